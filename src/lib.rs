@@ -1,0 +1,11 @@
+//! hybridmig: live migration of KVM virtual machines.
+//!
+//! The crate follows a page's journey from the source host to the destination host:
+//! [`vm`] runs the guest, [`wire`] encodes what crosses, [`ring`] drives io_uring,
+//! [`transport`] carries the bulk and urgent streams.
+
+pub mod host_check;
+pub mod ring;
+pub mod transport;
+pub mod vm;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! ring (placeholder until this module lands).

@@ -1,0 +1,1 @@
+//! vm (placeholder until this module lands).
