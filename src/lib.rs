@@ -5,6 +5,7 @@
 //! [`transport`] carries the bulk and urgent streams.
 
 pub mod host_check;
+pub mod memory;
 pub mod ring;
 pub mod transport;
 pub mod vm;

@@ -1,0 +1,225 @@
+//! A fixed-size set of page indices, one bit a page.
+//!
+//! Used for dirty sets, "sent" sets on the source and residency on the destination. Plain
+//! `u64` words: every user owns its bitmap on one thread, so no atomics are needed.
+
+/// A set of page indices in `0..len`, stored as a bitmap with a cached population count.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PageBitmap {
+    words: Vec<u64>,
+    len: u64,
+    ones: u64,
+}
+
+impl std::fmt::Debug for PageBitmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PageBitmap {{ len: {}, ones: {} }}", self.len, self.ones)
+    }
+}
+
+impl PageBitmap {
+    /// An empty set over `len` pages.
+    pub fn new(len: u64) -> Self {
+        let words = vec![0u64; len.div_ceil(64) as usize];
+        Self { words, len, ones: 0 }
+    }
+
+    /// A set with every page in `0..len`.
+    pub fn full(len: u64) -> Self {
+        let mut bitmap = Self::new(len);
+        bitmap.set_range(0, len);
+        bitmap
+    }
+
+    /// Number of pages the set ranges over.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the set ranges over no page at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of pages in the set.
+    pub fn count(&self) -> u64 {
+        self.ones
+    }
+
+    /// True if `page` is in the set. Pages past the end are never in it.
+    pub fn get(&self, page: u64) -> bool {
+        if page >= self.len {
+            return false;
+        }
+        self.words[(page / 64) as usize] & (1 << (page % 64)) != 0
+    }
+
+    /// Adds `page`; returns true if it was not there before. Pages past the end are ignored.
+    pub fn set(&mut self, page: u64) -> bool {
+        if page >= self.len {
+            return false;
+        }
+        let word = &mut self.words[(page / 64) as usize];
+        let bit = 1u64 << (page % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        self.ones += u64::from(fresh);
+        fresh
+    }
+
+    /// Removes `page`; returns true if it was there.
+    pub fn clear(&mut self, page: u64) -> bool {
+        if page >= self.len {
+            return false;
+        }
+        let word = &mut self.words[(page / 64) as usize];
+        let bit = 1u64 << (page % 64);
+        let was = *word & bit != 0;
+        *word &= !bit;
+        self.ones -= u64::from(was);
+        was
+    }
+
+    /// Adds every page in `first..first + count` (clipped to the end).
+    pub fn set_range(&mut self, first: u64, count: u64) {
+        let end = first.saturating_add(count).min(self.len);
+        for page in first..end {
+            self.set(page);
+        }
+    }
+
+    /// Removes every page.
+    pub fn clear_all(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+        self.ones = 0;
+    }
+
+    /// ORs a raw bitmap (KVM dirty-log layout: bit i of word j is page `base + 64*j + i`).
+    pub fn or_words(&mut self, base: u64, words: &[u64]) {
+        for (j, &word) in words.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let bit = u64::from(bits.trailing_zeros());
+                self.set(base + 64 * j as u64 + bit);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// Adds every page of `other` (which must range over the same pages).
+    pub fn union_with(&mut self, other: &PageBitmap) {
+        debug_assert_eq!(self.len, other.len);
+        let mut ones = 0;
+        for (mine, theirs) in self.words.iter_mut().zip(&other.words) {
+            *mine |= theirs;
+            ones += u64::from(mine.count_ones());
+        }
+        self.ones = ones;
+    }
+
+    /// The first page `>= from` that is in the set.
+    pub fn next_set(&self, from: u64) -> Option<u64> {
+        self.scan(from, false)
+    }
+
+    /// The first page `>= from` that is not in the set.
+    pub fn next_unset(&self, from: u64) -> Option<u64> {
+        self.scan(from, true)
+    }
+
+    fn scan(&self, from: u64, want_unset: bool) -> Option<u64> {
+        if from >= self.len {
+            return None;
+        }
+        let mut index = (from / 64) as usize;
+        let flip = if want_unset { u64::MAX } else { 0 };
+        let mut word = (self.words[index] ^ flip) & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                let page = index as u64 * 64 + u64::from(word.trailing_zeros());
+                return (page < self.len).then_some(page);
+            }
+            index += 1;
+            if index >= self.words.len() {
+                return None;
+            }
+            word = self.words[index] ^ flip;
+        }
+    }
+
+    /// Iterates over the pages in the set, in ascending order.
+    pub fn iter_ones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(j, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                Some(j as u64 * 64 + bit)
+            })
+        })
+    }
+
+    /// The raw words (bit i of word j is page `64*j + i`).
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(u64),
+        Clear(u64),
+        Range(u64, u64),
+    }
+
+    fn op(len: u64) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..len + 3).prop_map(Op::Set),
+            (0..len + 3).prop_map(Op::Clear),
+            (0..len + 3, 0u64..80).prop_map(|(a, n)| Op::Range(a, n)),
+        ]
+    }
+
+    proptest! {
+        // The bitmap against a naive oracle: after any sequence of operations, membership,
+        // counts, iteration and scans agree.
+        #[test]
+        fn matches_btreeset_oracle(len in 1u64..300, ops in proptest::collection::vec(op(300), 0..60)) {
+            let mut bitmap = PageBitmap::new(len);
+            let mut oracle = BTreeSet::new();
+            for o in ops {
+                match o {
+                    Op::Set(p) => { let fresh = bitmap.set(p); prop_assert_eq!(fresh, p < len && oracle.insert(p)); }
+                    Op::Clear(p) => { prop_assert_eq!(bitmap.clear(p), oracle.remove(&p)); }
+                    Op::Range(a, n) => { bitmap.set_range(a, n); for p in a..(a + n).min(len) { oracle.insert(p); } }
+                }
+            }
+            prop_assert_eq!(bitmap.count(), oracle.len() as u64);
+            prop_assert_eq!(bitmap.iter_ones().collect::<Vec<_>>(), oracle.iter().copied().collect::<Vec<_>>());
+            for from in 0..len + 2 {
+                prop_assert_eq!(bitmap.next_set(from), oracle.range(from..).next().copied());
+                let unset = (from..len).find(|p| !oracle.contains(p));
+                prop_assert_eq!(bitmap.next_unset(from), unset);
+            }
+        }
+    }
+
+    #[test]
+    fn or_words_uses_kvm_layout() {
+        let mut bitmap = PageBitmap::new(200);
+        bitmap.or_words(64, &[0b101, 1 << 63]);
+        assert_eq!(bitmap.iter_ones().collect::<Vec<_>>(), vec![64, 66, 191]);
+        let full = PageBitmap::full(130);
+        assert_eq!(full.count(), 130);
+        assert_eq!(full.next_unset(0), None);
+    }
+}
