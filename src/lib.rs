@@ -6,6 +6,7 @@
 
 pub mod host_check;
 pub mod memory;
+pub mod metrics;
 pub mod ring;
 pub mod transport;
 pub mod vm;
