@@ -1,0 +1,82 @@
+//! The narrow interface between the migration engines and a VMM.
+//!
+//! The engines never reach into a VMM's internals: they see guest memory as a list of regions
+//! mapped in this process, and five operations (dirty tracking, pause, state save, state
+//! restore, resume). A custom VMM implements [`MigratableVm`] to be migrated by hybridmig; the
+//! built-in VMM of [`crate::vm`] is one implementation.
+
+use crate::memory::{Layout, MemoryError, PageBitmap};
+use std::time::Duration;
+
+/// Errors a VMM reports through [`MigratableVm`].
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// A VMM operation failed.
+    #[error("VMM operation `{op}` failed: {source}")]
+    Vm {
+        /// The operation (`pause`, `save_state`, ...).
+        op: &'static str,
+        /// The VMM's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The VMM's regions do not form a valid layout.
+    #[error("guest memory layout: {0}")]
+    Layout(#[from] MemoryError),
+}
+
+/// One region of guest memory, mapped in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRegion {
+    /// Guest-physical start address.
+    pub guest_phys: u64,
+    /// Size in bytes (page-aligned).
+    pub size_bytes: u64,
+    /// Address of the region's first byte in this process.
+    pub host_addr: usize,
+}
+
+/// What the engines need from a VMM.
+///
+/// On the source: `regions`, `start_dirty_log`, `harvest_dirty`, `pause`, `save_state`.
+/// On the destination: `regions` (mapped but untouched until the engine fills them),
+/// `restore_state` and `resume`. A source VM stays paused after `pause`: hybridmig never
+/// resumes it, so the guest never runs twice.
+pub trait MigratableVm {
+    /// The guest memory regions, in guest-physical order; stable for the VM's life.
+    fn regions(&self) -> Vec<HostRegion>;
+    /// Turns dirty logging on for every region (and clears what was logged before).
+    fn start_dirty_log(&mut self) -> Result<(), EmbedError>;
+    /// ORs the pages written since the last harvest into `out` (global page indices of
+    /// [`layout_of`]), including the VMM's own writes into guest memory, and clears the log.
+    fn harvest_dirty(&mut self, out: &mut PageBitmap) -> Result<(), EmbedError>;
+    /// Stops every vCPU; returns how long the pause took.
+    fn pause(&mut self) -> Result<Duration, EmbedError>;
+    /// The vCPU and device state as an opaque, self-checking blob (VM paused).
+    fn save_state(&mut self) -> Result<Vec<u8>, EmbedError>;
+    /// Restores a blob made by `save_state` (destination, before `resume`).
+    fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError>;
+    /// Starts (or restarts) the vCPUs.
+    fn resume(&mut self) -> Result<(), EmbedError>;
+}
+
+/// The dense page layout of a VM's regions.
+pub fn layout_of(regions: &[HostRegion]) -> Result<Layout, EmbedError> {
+    let spans: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest_phys, r.size_bytes)).collect();
+    Ok(Layout::new(&spans)?)
+}
+
+/// Host address of global page `page`, given the regions and their layout.
+pub fn host_addr_of(regions: &[HostRegion], layout: &Layout, page: u64) -> Option<usize> {
+    let (region, offset) = layout.locate(page)?;
+    let base = regions.get(region as usize)?.host_addr;
+    Some(base + offset as usize * crate::memory::PAGE_SIZE)
+}
+
+/// Global page index of a host address inside one of the regions.
+pub fn page_of_host_addr(regions: &[HostRegion], layout: &Layout, addr: usize) -> Option<u64> {
+    regions.iter().zip(layout.regions()).find_map(|(r, span)| {
+        let offset = addr.checked_sub(r.host_addr)?;
+        (offset < r.size_bytes as usize)
+            .then(|| span.first_page + (offset / crate::memory::PAGE_SIZE) as u64)
+    })
+}
