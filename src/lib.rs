@@ -4,6 +4,8 @@
 //! [`vm`] runs the guest, [`wire`] encodes what crosses, [`ring`] drives io_uring,
 //! [`transport`] carries the bulk and urgent streams.
 
+pub mod dest;
+pub mod source;
 pub mod embed;
 pub mod host_check;
 pub mod memory;
