@@ -5,12 +5,12 @@
 //! [`transport`] carries the bulk and urgent streams.
 
 pub mod dest;
-pub mod source;
 pub mod embed;
 pub mod host_check;
 pub mod memory;
 pub mod metrics;
 pub mod ring;
+pub mod source;
 pub mod transport;
 pub mod vm;
 pub mod wire;

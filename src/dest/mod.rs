@@ -5,4 +5,5 @@
 //! in [`crate::ring`]) and places pages with `UFFDIO_COPY` / `UFFDIO_ZEROPAGE`. The receiver
 //! state machine that decides *what* to place lands here later.
 
+pub mod sink;
 pub mod uffd;

@@ -85,7 +85,13 @@ mod tests {
         let mut t = ProgressTimeline::default();
         // 1000 ops per 10 ms, a stall of 20 ms, then normal again.
         for k in 0..=10u64 {
-            let ops = if k <= 4 { k * 1000 } else if k <= 6 { 4000 } else { 4000 + (k - 6) * 1000 };
+            let ops = if k <= 4 {
+                k * 1000
+            } else if k <= 6 {
+                4000
+            } else {
+                4000 + (k - 6) * 1000
+            };
             t.record(k * 10_000_000, ops);
         }
         assert_eq!(t.ops_between(0, 40_000_000), 4000.0);

@@ -50,9 +50,8 @@ impl WorkingSetTracker {
     /// `max_pages` pages.
     pub fn estimate(&self, max_pages: u64) -> Vec<u64> {
         let min_hits = self.min_hits();
-        let mut pages: Vec<u64> = (0..self.hits.len() as u64)
-            .filter(|&p| self.hits[p as usize] >= min_hits)
-            .collect();
+        let mut pages: Vec<u64> =
+            (0..self.hits.len() as u64).filter(|&p| self.hits[p as usize] >= min_hits).collect();
         pages.sort_by_key(|&p| (std::cmp::Reverse(self.hits[p as usize]), p));
         pages.truncate(max_pages as usize);
         pages

@@ -1,0 +1,244 @@
+//! Where the destination engine puts pages.
+//!
+//! The engine decides *what* to place; a [`PageSink`] does it. [`UffdSink`] places pages into
+//! userfaultfd-registered guest memory (the post-copy and hybrid paths, where the guest may
+//! already be running and blocked on a missing page); [`DirectSink`] writes plain memory (the
+//! pre-copy path, where the guest runs only after every page is there). The simulator has its
+//! own sink over an in-process array.
+
+use super::uffd::{Placed, Uffd, UffdError};
+use crate::embed::{host_addr_of, HostRegion};
+use crate::memory::{Layout, PAGE_SIZE};
+
+/// Errors from placing pages.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A page index past the guest's memory.
+    #[error("page {page} is outside guest memory")]
+    NoSuchPage {
+        /// The page.
+        page: u64,
+    },
+    /// A userfaultfd operation failed.
+    #[error("placing pages {first}..{first}+{count}: {source}")]
+    Uffd {
+        /// First page.
+        first: u64,
+        /// Page count.
+        count: u64,
+        /// The wrapper's error.
+        source: UffdError,
+    },
+    /// madvise(MADV_DONTNEED) failed while discarding stale pages.
+    #[error("discarding pages {first}..{first}+{count}: {source}")]
+    Discard {
+        /// First page.
+        first: u64,
+        /// Page count.
+        count: u64,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// UFFDIO_COPY kept answering EAGAIN.
+    #[error("placing page {page}: the mapping kept changing (EAGAIN {tries} times)")]
+    Retries {
+        /// The page.
+        page: u64,
+        /// Attempts made.
+        tries: u32,
+    },
+}
+
+/// Places pages into guest memory. Page indices are global (see [`Layout`]); a run never
+/// crosses a region boundary.
+pub trait PageSink {
+    /// Places `data.len() / 4096` missing pages starting at `first`, waking any waiter.
+    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError>;
+    /// Places `count` missing zero pages starting at `first`, waking any waiter.
+    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError>;
+    /// Rewrites pages that are already present (only before the guest runs here).
+    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError>;
+    /// Drops present pages so that the next touch faults again (stale pre-copy pages).
+    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError>;
+    /// Wakes threads waiting on pages that are already present.
+    fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError>;
+}
+
+/// Host address of `first`, checked.
+fn addr(regions: &[HostRegion], layout: &Layout, first: u64) -> Result<usize, SinkError> {
+    host_addr_of(regions, layout, first).ok_or(SinkError::NoSuchPage { page: first })
+}
+
+/// Writes pages into memory with a plain copy.
+fn write_pages(
+    regions: &[HostRegion],
+    layout: &Layout,
+    first: u64,
+    data: &[u8],
+) -> Result<(), SinkError> {
+    let dst = addr(regions, layout, first)?;
+    let count = data.len().div_ceil(PAGE_SIZE) as u64;
+    if layout.pages_left_in_region(first) < count {
+        return Err(SinkError::NoSuchPage { page: first + count - 1 });
+    }
+    // SAFETY: `dst..dst+len` lies inside one mapped guest region (checked above against the
+    // layout), and nothing else in this process holds a Rust reference to guest memory.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len()) };
+    Ok(())
+}
+
+/// madvise(MADV_DONTNEED) over a run of pages.
+fn drop_pages(
+    regions: &[HostRegion],
+    layout: &Layout,
+    first: u64,
+    count: u64,
+) -> Result<(), SinkError> {
+    let start = addr(regions, layout, first)?;
+    // SAFETY: the range is inside a private anonymous guest mapping owned by this process;
+    // DONTNEED only drops its contents (later reads see zero or fault to the userfaultfd).
+    let ret = unsafe {
+        libc::madvise(start as *mut libc::c_void, count as usize * PAGE_SIZE, libc::MADV_DONTNEED)
+    };
+    if ret != 0 {
+        return Err(SinkError::Discard { first, count, source: std::io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// Places pages with `UFFDIO_COPY` / `UFFDIO_ZEROPAGE` into userfaultfd-registered memory.
+pub struct UffdSink<'a> {
+    uffd: &'a Uffd,
+    regions: &'a [HostRegion],
+    layout: &'a Layout,
+}
+
+impl std::fmt::Debug for UffdSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UffdSink").field("regions", &self.regions).finish()
+    }
+}
+
+/// Attempts before an EAGAIN from UFFDIO_COPY becomes an error.
+const MAX_EAGAIN_RETRIES: u32 = 1000;
+
+impl<'a> UffdSink<'a> {
+    /// A sink over `regions`, which must all be registered with `uffd` (MISSING mode).
+    pub fn new(uffd: &'a Uffd, regions: &'a [HostRegion], layout: &'a Layout) -> Self {
+        Self { uffd, regions, layout }
+    }
+
+    /// Runs `op(offset_bytes)` until the whole run is placed, waking on EEXIST.
+    fn place_with(
+        &mut self,
+        first: u64,
+        len_bytes: u64,
+        mut op: impl FnMut(u64, u64) -> Result<Placed, UffdError>,
+    ) -> Result<(), SinkError> {
+        let base = addr(self.regions, self.layout, first)? as u64;
+        let count = len_bytes / PAGE_SIZE as u64;
+        let mut done = 0u64;
+        let mut tries = 0u32;
+        while done < len_bytes {
+            let placed = op(done, len_bytes - done).map_err(|source| SinkError::Uffd {
+                first,
+                count,
+                source,
+            })?;
+            match placed {
+                Placed::Done { len_bytes: n } => done += n,
+                Placed::AlreadyPresent => {
+                    // Someone placed this page first: never place it twice, but never leave a
+                    // waiter asleep either.
+                    self.uffd
+                        .wake(base + done, PAGE_SIZE as u64)
+                        .map_err(|source| SinkError::Uffd { first, count, source })?;
+                    done += PAGE_SIZE as u64;
+                }
+                Placed::Retry { done_bytes } => {
+                    done += done_bytes;
+                    tries += 1;
+                    if tries > MAX_EAGAIN_RETRIES {
+                        return Err(SinkError::Retries {
+                            page: first + done / PAGE_SIZE as u64,
+                            tries,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PageSink for UffdSink<'_> {
+    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        let base = addr(self.regions, self.layout, first)? as u64;
+        let uffd = self.uffd;
+        self.place_with(first, data.len() as u64, |off, _| {
+            uffd.copy_from_slice(base + off, &data[off as usize..], false)
+        })
+    }
+
+    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        let base = addr(self.regions, self.layout, first)? as u64;
+        let uffd = self.uffd;
+        self.place_with(first, count * PAGE_SIZE as u64, |off, left| {
+            uffd.zeropage(base + off, left, false)
+        })
+    }
+
+    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        write_pages(self.regions, self.layout, first, data)
+    }
+
+    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        drop_pages(self.regions, self.layout, first, count)
+    }
+
+    fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        let base = addr(self.regions, self.layout, first)? as u64;
+        self.uffd.wake(base, count * PAGE_SIZE as u64).map_err(|source| SinkError::Uffd {
+            first,
+            count,
+            source,
+        })
+    }
+}
+
+/// Writes pages into plain (not userfaultfd-registered) memory: the pre-copy destination.
+#[derive(Debug)]
+pub struct DirectSink<'a> {
+    regions: &'a [HostRegion],
+    layout: &'a Layout,
+}
+
+impl<'a> DirectSink<'a> {
+    /// A sink over `regions`.
+    pub fn new(regions: &'a [HostRegion], layout: &'a Layout) -> Self {
+        Self { regions, layout }
+    }
+}
+
+impl PageSink for DirectSink<'_> {
+    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        write_pages(self.regions, self.layout, first, data)
+    }
+
+    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        // Dropping the pages is cheaper than writing zeros and reads back as zero.
+        drop_pages(self.regions, self.layout, first, count)
+    }
+
+    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        write_pages(self.regions, self.layout, first, data)
+    }
+
+    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        drop_pages(self.regions, self.layout, first, count)
+    }
+
+    fn wake(&mut self, _first: u64, _count: u64) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
