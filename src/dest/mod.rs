@@ -1,9 +1,105 @@
 //! The destination side of a migration.
 //!
-//! For now this holds the thin userfaultfd wrapper ([`uffd`]): the destination registers guest
-//! memory with a userfaultfd in MISSING mode, reads fault messages (through the io_uring driver
-//! in [`crate::ring`]) and places pages with `UFFDIO_COPY` / `UFFDIO_ZEROPAGE`. The receiver
-//! state machine that decides *what* to place lands here later.
+//! Guest memory is registered with a userfaultfd ([`uffd`]) in MISSING mode before anything
+//! arrives. [`engine::DestEngine`] decides what to place and what to ask for; a
+//! [`sink::PageSink`] places pages (`UFFDIO_COPY` / `UFFDIO_ZEROPAGE`, or plain writes for
+//! pre-copy); [`driver`] runs it all on one io_uring that carries the uffd reads, both socket
+//! receives and the fault-request sends.
 
+pub mod driver;
+pub mod engine;
 pub mod sink;
 pub mod uffd;
+
+use crate::memory::MemoryError;
+use crate::wire::{FrameType, Region, StreamKind, WireError};
+pub use engine::{DestEngine, DestEvent, DestPhase, DestStats};
+
+/// Errors of the destination engine and its driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    /// A frame could not be decoded or encoded.
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    /// A page reference outside guest memory.
+    #[error("memory: {0}")]
+    Memory(#[from] MemoryError),
+    /// Placing pages failed.
+    #[error("placing pages: {0}")]
+    Sink(#[from] sink::SinkError),
+    /// The source sent a frame that makes no sense now.
+    #[error("unexpected {frame:?} frame on the {stream:?} stream in phase {phase:?}")]
+    UnexpectedFrame {
+        /// Stream it came on.
+        stream: StreamKind,
+        /// Its type.
+        frame: FrameType,
+        /// The destination's phase.
+        phase: DestPhase,
+    },
+    /// The two streams announced different sessions.
+    #[error("Hello for session {got:#x} after session {expected:#x}")]
+    SessionMismatch {
+        /// The first session id.
+        expected: u64,
+        /// The other one.
+        got: u64,
+    },
+    /// The source's memory layout differs from this VM's.
+    #[error("memory layout mismatch: source {source:?}, destination {dest:?}")]
+    LayoutMismatch {
+        /// What the source announced.
+        source: Vec<Region>,
+        /// What this VM has.
+        dest: Vec<Region>,
+    },
+    /// A fault on an address outside guest memory.
+    #[error("fault on page {page}, outside guest memory")]
+    FaultOutsideMemory {
+        /// The page.
+        page: u64,
+    },
+    /// A fault before the state arrived: the guest must not run yet.
+    #[error("fault on page {page} before the switch-over: the guest ran before its state arrived")]
+    FaultBeforeSwitch {
+        /// The page.
+        page: u64,
+    },
+    /// The VMM failed.
+    #[error(transparent)]
+    Vm(#[from] crate::embed::EmbedError),
+    /// A socket, ring or uffd operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The source closed a stream before every page arrived.
+    #[error("the source closed the {stream:?} stream in phase {phase:?} with {outstanding} pages outstanding")]
+    PeerClosed {
+        /// Which stream.
+        stream: StreamKind,
+        /// The destination's phase.
+        phase: DestPhase,
+        /// Needed pages still missing.
+        outstanding: u64,
+    },
+    /// The memory digest did not match the source's.
+    #[error("memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}")]
+    DigestMismatch {
+        /// Source digest.
+        source_digest: u64,
+        /// Destination digest.
+        dest_digest: u64,
+    },
+    /// The migration did not finish in time.
+    #[error("migration timed out after {secs} s in phase {phase:?}")]
+    Timeout {
+        /// Seconds waited.
+        secs: u64,
+        /// The phase it stalled in.
+        phase: DestPhase,
+    },
+}

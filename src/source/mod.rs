@@ -1,5 +1,92 @@
 //! The source side of a migration: pre-copy rounds, working-set tracking, the switch-over,
 //! the background push and the fault service.
+//!
+//! [`engine::SourceEngine`] is the sans-IO state machine; [`driver`] runs it on io_uring over
+//! the two TCP streams. [`workingset`] estimates the hot pages from dirty-log samples and
+//! [`push`] orders the background push.
 
+pub mod driver;
+pub mod engine;
 pub mod push;
 pub mod workingset;
+
+use crate::embed::EmbedError;
+use crate::memory::MemoryError;
+use crate::wire::{FrameType, RejectReason, StreamKind, WireError};
+pub use engine::{CompressionPolicy, Phase, SourceConfig, SourceEngine, SourceStats};
+
+/// Errors of the source engine and its driver.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The VMM failed an operation.
+    #[error(transparent)]
+    Vm(#[from] EmbedError),
+    /// A frame could not be encoded or decoded.
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    /// A page reference outside guest memory.
+    #[error("memory: {0}")]
+    Memory(#[from] MemoryError),
+    /// A page index past the layout.
+    #[error("page {page} is outside guest memory")]
+    PageOutOfRange {
+        /// The page.
+        page: u64,
+    },
+    /// The destination sent a frame that makes no sense now.
+    #[error("unexpected {frame:?} frame on the {stream:?} stream in phase {phase:?}")]
+    UnexpectedFrame {
+        /// Stream it came on.
+        stream: StreamKind,
+        /// Its type.
+        frame: FrameType,
+        /// The source's phase.
+        phase: Phase,
+    },
+    /// The destination refused the Hello.
+    #[error("the destination rejected the migration: {reason:?}")]
+    Rejected {
+        /// Its reason.
+        reason: RejectReason,
+    },
+    /// A HelloAck for another session.
+    #[error("HelloAck for session {got:#x}, expected {expected:#x}")]
+    SessionMismatch {
+        /// Our session id.
+        expected: u64,
+        /// The one that came back.
+        got: u64,
+    },
+    /// The destination's memory digest differs from the source's: the source keeps its VM.
+    #[error("memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}; the source VM is kept paused")]
+    DigestMismatch {
+        /// Source digest.
+        source_digest: u64,
+        /// Destination digest.
+        dest_digest: u64,
+    },
+    /// A socket or ring operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The peer closed a stream before the migration finished.
+    #[error("the destination closed the {stream:?} stream in phase {phase:?}")]
+    PeerClosed {
+        /// Which stream.
+        stream: StreamKind,
+        /// The source's phase.
+        phase: Phase,
+    },
+    /// The migration did not finish in time.
+    #[error("migration timed out after {secs} s in phase {phase:?}")]
+    Timeout {
+        /// Seconds waited.
+        secs: u64,
+        /// The phase it stalled in.
+        phase: Phase,
+    },
+}

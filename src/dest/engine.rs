@@ -1,0 +1,436 @@
+//! The destination engine: a sans-IO state machine.
+//!
+//! Inputs: frames from the two streams, and page faults (a guest page the running VM touched
+//! while it is missing). Outputs: fault requests on the urgent stream, acknowledgements and
+//! DoneAck on the bulk stream, pages handed to a [`PageSink`], and [`DestEvent`]s telling the
+//! driver when to restore the state and resume the guest.
+//!
+//! Residency of each page: *present* (placed here), *requested* (a fault request is in
+//! flight), or missing. After the switch-over the *need set* says which missing pages must come
+//! from the source; a missing page outside it is zero and is placed locally.
+
+use super::sink::PageSink;
+use super::DestError;
+use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
+use crate::metrics::{mono_ns, LatencyHistogram};
+use crate::source::engine::{memory_digest, zero_page_crc};
+use crate::wire::{self, MigrationMode, StreamKind};
+use std::collections::{HashMap, VecDeque};
+
+/// What the driver must do after a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestEvent {
+    /// The Hello arrived: the mode is known (the driver picks its sink from it).
+    Mode(MigrationMode),
+    /// Restore this state blob and resume the guest now.
+    Resume(Vec<u8>),
+    /// Every page is here and the digests matched: the source is no longer needed.
+    Complete,
+}
+
+/// Where the destination is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestPhase {
+    /// Waiting for the Hello on each stream.
+    Handshake,
+    /// Receiving pages before the switch-over.
+    PreSwitch,
+    /// Guest running; pages arrive on demand and in the background.
+    Running,
+    /// Every page is here.
+    Complete,
+}
+
+/// Counters and instants the destination reports.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DestStats {
+    /// When the VmState arrived (mono ns).
+    pub state_received_ns: u64,
+    /// When every needed page was present (mono ns).
+    pub complete_ns: u64,
+    /// Faults that needed the network.
+    pub network_faults: u64,
+    /// Faults served locally (zero pages, or pages that arrived meanwhile).
+    pub local_faults: u64,
+    /// Pages placed from the network.
+    pub pages_placed: u64,
+    /// Pages that arrived twice (the second copy was dropped).
+    pub pages_duplicate: u64,
+    /// Stale pages dropped at the switch-over.
+    pub pages_discarded: u64,
+    /// Frame bytes received on bulk.
+    pub bytes_bulk: u64,
+    /// Frame bytes received on urgent.
+    pub bytes_urgent: u64,
+    /// Memory digest over the pages as placed.
+    pub memory_digest: u64,
+    /// The source's digest from Done.
+    pub source_digest: u64,
+}
+
+/// The destination state machine. See the module docs.
+pub struct DestEngine {
+    layout: Layout,
+    wire_regions: Vec<wire::Region>,
+    limits: wire::Limits,
+    version: u16,
+    session_id: Option<u64>,
+    mode: Option<MigrationMode>,
+    phase: DestPhase,
+    hellos: u8,
+    present: PageBitmap,
+    requested: PageBitmap,
+    need: Option<PageBitmap>,
+    /// Needed pages not yet present.
+    outstanding: u64,
+    page_crc: Vec<u32>,
+    fault_started_ns: HashMap<u64, u64>,
+    fault_hist: LatencyHistogram,
+    next_request_id: u32,
+    urgent_out: VecDeque<Vec<u8>>,
+    bulk_out: VecDeque<Vec<u8>>,
+    scratch: Vec<u8>,
+    done: Option<wire::Done>,
+    state: Option<Vec<u8>>,
+    stats: DestStats,
+}
+
+impl std::fmt::Debug for DestEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestEngine").field("phase", &self.phase).field("outstanding", &self.outstanding).finish()
+    }
+}
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+impl DestEngine {
+    /// A destination for a VM with this memory layout (its regions, in order).
+    pub fn new(layout: Layout) -> Self {
+        let pages = layout.total_pages();
+        let wire_regions = layout
+            .regions()
+            .iter()
+            .map(|r| wire::Region { guest_phys: r.guest_phys, size_bytes: r.size_bytes })
+            .collect();
+        let limits = wire::Limits::default();
+        let scratch = vec![0u8; limits.window_pages() as usize * PAGE_SIZE];
+        Self {
+            layout,
+            wire_regions,
+            limits,
+            version: wire::VERSION_CURRENT,
+            session_id: None,
+            mode: None,
+            phase: DestPhase::Handshake,
+            hellos: 0,
+            present: PageBitmap::new(pages),
+            requested: PageBitmap::new(pages),
+            need: None,
+            outstanding: 0,
+            page_crc: vec![zero_page_crc(); pages as usize],
+            fault_started_ns: HashMap::new(),
+            fault_hist: LatencyHistogram::new(),
+            next_request_id: 1,
+            urgent_out: VecDeque::new(),
+            bulk_out: VecDeque::new(),
+            scratch,
+            done: None,
+            state: None,
+            stats: DestStats::default(),
+        }
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> DestPhase {
+        self.phase
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &DestStats {
+        &self.stats
+    }
+
+    /// Fault latencies (uffd message to page placed), in microseconds.
+    pub fn fault_histogram(&self) -> &LatencyHistogram {
+        &self.fault_hist
+    }
+
+    /// The page layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The session id from the Hello, once known.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session_id
+    }
+
+    /// Appends the next urgent frame (fault requests) to `out`; false when none.
+    pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
+        Self::pop_into(&mut self.urgent_out, out)
+    }
+
+    /// Appends the next bulk-stream frame (HelloAck, DoneAck) to `out`; false when none.
+    pub fn poll_bulk(&mut self, out: &mut Vec<u8>) -> bool {
+        Self::pop_into(&mut self.bulk_out, out)
+    }
+
+    fn pop_into(queue: &mut VecDeque<Vec<u8>>, out: &mut Vec<u8>) -> bool {
+        match queue.pop_front() {
+            Some(frame) => {
+                out.extend_from_slice(&frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one frame from `stream` (`frame_bytes` long on the wire).
+    pub fn on_frame(
+        &mut self,
+        stream: StreamKind,
+        frame: wire::Frame<'_>,
+        frame_bytes: usize,
+        sink: &mut dyn PageSink,
+    ) -> Result<Option<DestEvent>, DestError> {
+        match stream {
+            StreamKind::Bulk => self.stats.bytes_bulk += frame_bytes as u64,
+            StreamKind::Urgent => self.stats.bytes_urgent += frame_bytes as u64,
+        }
+        let unexpected = |frame: &wire::Frame<'_>, phase| DestError::UnexpectedFrame { stream, frame: frame.frame_type(), phase };
+        match frame {
+            wire::Frame::Hello(hello) => self.on_hello(stream, &hello),
+            _ if self.phase == DestPhase::Handshake => Err(unexpected(&frame, self.phase)),
+            wire::Frame::PageWindow(window) => {
+                window.validate(&self.wire_regions)?;
+                self.on_window(&window, sink)?;
+                Ok(self.check_complete())
+            }
+            wire::Frame::DirtySet(set) => {
+                self.on_need_set(&set, sink)?;
+                Ok(None)
+            }
+            wire::Frame::VmState(blob) if self.phase == DestPhase::PreSwitch => self.on_state(blob),
+            wire::Frame::Done(done) if self.phase != DestPhase::PreSwitch => {
+                self.stats.source_digest = done.memory_digest;
+                self.done = Some(done);
+                Ok(self.check_complete())
+            }
+            wire::Frame::Control(_) => Ok(None),
+            other => Err(unexpected(&other, self.phase)),
+        }
+    }
+
+    fn on_hello(&mut self, stream: StreamKind, hello: &wire::Hello<'_>) -> Result<Option<DestEvent>, DestError> {
+        if self.phase != DestPhase::Handshake || hello.stream != stream {
+            return Err(DestError::UnexpectedFrame { stream, frame: wire::FrameType::Hello, phase: self.phase });
+        }
+        if let Some(id) = self.session_id.filter(|&id| id != hello.session_id) {
+            return Err(DestError::SessionMismatch { expected: id, got: hello.session_id });
+        }
+        let version = wire::negotiate_version(hello.max_version)?;
+        let verdict = if hello.regions != self.wire_regions || hello.page_size as usize != PAGE_SIZE {
+            wire::Verdict::Reject(wire::RejectReason::LayoutMismatch)
+        } else {
+            wire::Verdict::Accept
+        };
+        let ack = wire::HelloAck { version, session_id: hello.session_id, stream, verdict, auth_token: &[] };
+        let mut out = Vec::new();
+        wire::encode_hello_ack(&mut out, &ack, &self.limits)?;
+        match stream {
+            StreamKind::Bulk => self.bulk_out.push_back(out),
+            StreamKind::Urgent => self.urgent_out.push_back(out),
+        }
+        if verdict != wire::Verdict::Accept {
+            return Err(DestError::LayoutMismatch { source: hello.regions.clone(), dest: self.wire_regions.clone() });
+        }
+        self.version = version;
+        self.session_id = Some(hello.session_id);
+        self.mode = Some(hello.mode);
+        self.hellos += 1;
+        if self.hellos == 2 {
+            self.phase = DestPhase::PreSwitch;
+            return Ok(Some(DestEvent::Mode(hello.mode)));
+        }
+        Ok(None)
+    }
+
+    /// Places the pages of a window that are not here yet; rewrites present ones before the
+    /// switch-over (a pre-copy round re-sending a dirtied page), drops them after.
+    fn on_window(&mut self, window: &wire::PageWindowRef<'_>, sink: &mut dyn PageSink) -> Result<(), DestError> {
+        let count = window.page_count();
+        let first = self.layout.global(window.region(), window.first_page(), u64::from(count))?;
+        let len = count as usize * PAGE_SIZE;
+        let zeros = window.decode_into(&mut self.scratch[..len])?;
+        let now = mono_ns();
+        let mut i = 0u32;
+        while i < count {
+            let page = first + u64::from(i);
+            let is_zero = zeros.contains(i);
+            // Extend a run of pages with the same (present, zero) shape.
+            let present = self.present.get(page);
+            let mut j = i + 1;
+            while j < count && self.present.get(first + u64::from(j)) == present && zeros.contains(j) == is_zero {
+                j += 1;
+            }
+            self.place_run(first + u64::from(i), i, j - i, present, is_zero, sink, now)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn place_run(
+        &mut self,
+        first: u64,
+        offset: u32,
+        count: u32,
+        present: bool,
+        is_zero: bool,
+        sink: &mut dyn PageSink,
+        now_ns: u64,
+    ) -> Result<(), DestError> {
+        let bytes = &self.scratch[offset as usize * PAGE_SIZE..(offset + count) as usize * PAGE_SIZE];
+        if present && self.phase != DestPhase::PreSwitch {
+            self.stats.pages_duplicate += u64::from(count);
+            return Ok(());
+        }
+        match (present, is_zero) {
+            (false, false) => sink.place(first, bytes)?,
+            (false, true) => sink.place_zero(first, u64::from(count))?,
+            (true, false) => sink.overwrite(first, bytes)?,
+            (true, true) => {
+                for k in 0..u64::from(count) {
+                    sink.overwrite(first + k, &ZERO_PAGE)?;
+                }
+            }
+        }
+        for k in 0..count {
+            let page = first + u64::from(k);
+            self.page_crc[page as usize] = if is_zero {
+                zero_page_crc()
+            } else {
+                crc32fast::hash(&bytes[k as usize * PAGE_SIZE..(k as usize + 1) * PAGE_SIZE])
+            };
+            self.mark_present(page, now_ns);
+        }
+        self.stats.pages_placed += u64::from(count);
+        Ok(())
+    }
+
+    fn mark_present(&mut self, page: u64, now_ns: u64) {
+        if !self.present.set(page) {
+            return;
+        }
+        if self.need.as_ref().is_some_and(|n| n.get(page)) {
+            self.outstanding -= 1;
+        }
+        if self.requested.clear(page) {
+            if let Some(start) = self.fault_started_ns.remove(&page) {
+                self.fault_hist.record(now_ns.saturating_sub(start) / 1000);
+            }
+        }
+    }
+
+    /// The need set of one region: stale present pages are dropped so they fault again.
+    fn on_need_set(&mut self, set: &wire::DirtySetRef<'_>, sink: &mut dyn PageSink) -> Result<(), DestError> {
+        if self.phase != DestPhase::PreSwitch {
+            return Err(DestError::UnexpectedFrame { stream: StreamKind::Bulk, frame: wire::FrameType::DirtySet, phase: self.phase });
+        }
+        let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
+        let base = self.layout.global(set.region, 0, 1)?;
+        for run in set.runs(&self.wire_regions)? {
+            let run = run?;
+            let first = base + run.first_page;
+            need.set_range(first, run.count);
+            let mut page = first;
+            while page < first + run.count {
+                if !self.present.get(page) {
+                    page += 1;
+                    continue;
+                }
+                let end = self.present.next_unset(page).unwrap_or(u64::MAX).min(first + run.count);
+                sink.discard(page, end - page)?;
+                for p in page..end {
+                    self.present.clear(p);
+                    self.page_crc[p as usize] = zero_page_crc();
+                }
+                self.stats.pages_discarded += end - page;
+                page = end;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_state(&mut self, blob: &[u8]) -> Result<Option<DestEvent>, DestError> {
+        self.stats.state_received_ns = mono_ns();
+        let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
+        self.outstanding = need.iter_ones().filter(|&p| !self.present.get(p)).count() as u64;
+        self.phase = DestPhase::Running;
+        self.state = None;
+        Ok(Some(DestEvent::Resume(blob.to_vec())))
+    }
+
+    /// A vCPU touched missing page `page`.
+    pub fn on_fault(&mut self, page: u64, vcpu: u32, sink: &mut dyn PageSink) -> Result<(), DestError> {
+        if page >= self.layout.total_pages() {
+            return Err(DestError::FaultOutsideMemory { page });
+        }
+        if self.present.get(page) {
+            // Placed between the fault and its message: the waiter still needs a wake-up.
+            self.stats.local_faults += 1;
+            sink.wake(page, 1)?;
+            return Ok(());
+        }
+        let needed = match &self.need {
+            Some(need) => need.get(page),
+            None => return Err(DestError::FaultBeforeSwitch { page }),
+        };
+        if !needed {
+            self.stats.local_faults += 1;
+            sink.place_zero(page, 1)?;
+            self.mark_present(page, mono_ns());
+            return Ok(());
+        }
+        if !self.requested.set(page) {
+            return Ok(()); // a request is in flight; the answer wakes every waiter
+        }
+        self.stats.network_faults += 1;
+        self.fault_started_ns.insert(page, mono_ns());
+        let (region, page_in_region) = self.layout.locate(page).ok_or(DestError::FaultOutsideMemory { page })?;
+        let request = wire::FaultRequest { region, page: page_in_region, vcpu, request_id: self.next_request_id };
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        let mut out = Vec::new();
+        wire::encode_fault_request(&mut out, self.version, &request)?;
+        self.urgent_out.push_back(out);
+        Ok(())
+    }
+
+    /// Completes once Done arrived and every needed page is present: checks the digest and
+    /// queues DoneAck.
+    fn check_complete(&mut self) -> Option<DestEvent> {
+        if self.phase != DestPhase::Running || self.outstanding != 0 {
+            return None;
+        }
+        let done = self.done?;
+        let digest = memory_digest(&self.page_crc);
+        self.stats.memory_digest = digest;
+        self.stats.complete_ns = mono_ns();
+        let verdict = if digest == done.memory_digest { wire::DoneVerdict::Match } else { wire::DoneVerdict::DigestMismatch };
+        let ack = wire::DoneAck {
+            counts: wire::Done { pages: self.stats.pages_placed, bytes: self.stats.bytes_bulk + self.stats.bytes_urgent, memory_digest: digest },
+            verdict,
+        };
+        let mut out = Vec::new();
+        if wire::encode_done_ack(&mut out, self.version, &ack).is_ok() {
+            self.bulk_out.push_back(out);
+        }
+        self.phase = DestPhase::Complete;
+        Some(DestEvent::Complete)
+    }
+
+    /// True when the digests matched at completion.
+    pub fn verified(&self) -> bool {
+        self.phase == DestPhase::Complete && self.stats.memory_digest == self.stats.source_digest
+    }
+}

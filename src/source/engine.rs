@@ -1,0 +1,760 @@
+//! The source engine: a sans-IO state machine.
+//!
+//! A driver (io_uring, plain sockets, or the simulator) feeds it received frames and asks it
+//! for the next frame to send on each stream; the engine never touches a socket. It does call
+//! the VMM (through [`MigratableVm`]) for the dirty log, the pause and the state blob.
+//!
+//! ```text
+//!  Handshake ──▶ ZeroScan ──▶ Rounds (precopy) ──────────────┐
+//!                    │    └─▶ WorkingSet (hybrid) ───────────┤
+//!                    └──────────────────────────────────────▶ SwitchOver ──▶ Push ──▶ Done ──▶ Finished
+//!                         (postcopy, hybrid-paper)           pause, stale set,   faults on urgent,
+//!                                                            state             rest on bulk
+//! ```
+
+use super::push::PushScheduler;
+use super::workingset::recall;
+use super::SourceError;
+use crate::embed::{host_addr_of, layout_of, HostRegion, MigratableVm};
+use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
+use crate::metrics::mono_ns;
+use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
+use std::collections::VecDeque;
+
+/// Tunables of the source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Migration method.
+    pub mode: MigrationMode,
+    /// Session id carried by both connections.
+    pub session_id: u64,
+    /// Pages in a fault answer (the hybrid window); post-copy answers with one page.
+    pub window_pages: u32,
+    /// Pages in one background-push or round frame.
+    pub push_pages: u32,
+    /// Pre-copy: rounds before the switch-over is forced.
+    pub max_rounds: u32,
+    /// Pre-copy: switch over once the dirty pages fit this downtime at the measured rate.
+    pub downtime_target_ms: f64,
+    /// lz4 policy.
+    pub compression: CompressionPolicy,
+    /// Working set, most important first (hybrid modes), and the true hot set for scoring.
+    pub working_set: Vec<u64>,
+    /// The workload's true hot set, to compute `ws_recall` (empty when unknown).
+    pub true_hot_set: Vec<u64>,
+}
+
+impl SourceConfig {
+    /// Defaults for `mode`.
+    pub fn new(mode: MigrationMode, session_id: u64) -> Self {
+        Self {
+            mode,
+            session_id,
+            window_pages: 16,
+            push_pages: 64,
+            max_rounds: 30,
+            downtime_target_ms: 5.0,
+            compression: CompressionPolicy::Auto,
+            working_set: Vec::new(),
+            true_hot_set: Vec::new(),
+        }
+    }
+}
+
+/// Whether pages are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressionPolicy {
+    /// Never.
+    Off,
+    /// Always try lz4.
+    On,
+    /// Decide from the measured link rate against the measured compressor rate.
+    Auto,
+}
+
+/// Where the source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hello sent, waiting for both HelloAcks.
+    Handshake,
+    /// Pre-copy rounds over the dirty log while the guest runs.
+    Rounds,
+    /// Hybrid: sending the working set while the guest runs.
+    WorkingSet,
+    /// Guest paused: sending what the destination needs before it resumes.
+    SwitchOver,
+    /// Destination running: fault answers and background push.
+    Push,
+    /// Done sent, waiting for DoneAck.
+    AwaitDoneAck,
+    /// DoneAck matched: the source is no longer needed.
+    Finished,
+}
+
+/// Counters and instants the source reports.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SourceStats {
+    /// When the migration started (mono ns).
+    pub start_ns: u64,
+    /// When the guest was paused (mono ns).
+    pub pause_ns: u64,
+    /// When the VmState frame was handed to the driver (mono ns).
+    pub state_sent_ns: u64,
+    /// When DoneAck arrived (mono ns).
+    pub finished_ns: u64,
+    /// Frame bytes produced for the bulk stream.
+    pub bytes_bulk: u64,
+    /// Frame bytes produced for the urgent stream.
+    pub bytes_urgent: u64,
+    /// Pages sent as zero.
+    pub pages_zero: u64,
+    /// Pages sent raw.
+    pub pages_raw: u64,
+    /// Pages sent lz4-compressed.
+    pub pages_lz4: u64,
+    /// Pre-copy rounds (1 for one full pass).
+    pub rounds: u32,
+    /// Pages sent in the downtime.
+    pub pages_in_downtime: u64,
+    /// Fault requests served.
+    pub faults_served: u64,
+    /// Pages of the working set.
+    pub ws_pages: u64,
+    /// Fraction of the true hot set that the working set holds.
+    pub ws_recall: f64,
+    /// Pages sent before the pause and dirtied afterwards (dropped on the destination).
+    pub stale_pages: u64,
+    /// Pages the destination had to fetch after the resume.
+    pub need_pages: u64,
+    /// Whether lz4 was in use at the end.
+    pub lz4_used: bool,
+    /// Pause latency of the VMM (ms).
+    pub pause_latency_ms: f64,
+    /// Digest of guest memory as sent.
+    pub memory_digest: u64,
+}
+
+/// The source state machine. See the module docs.
+pub struct SourceEngine {
+    cfg: SourceConfig,
+    regions: Vec<HostRegion>,
+    wire_regions: Vec<wire::Region>,
+    layout: Layout,
+    limits: wire::Limits,
+    version: u16,
+    phase: Phase,
+    acks_pending: u8,
+    /// Pages whose current content the destination holds (or will, once in flight lands).
+    valid: PageBitmap,
+    /// What the current phase still has to send.
+    pending: PageBitmap,
+    /// Pages that were zero when scanned and not written since.
+    zero: PageBitmap,
+    /// CRC32 of each page's content as last sent (zero pages: the zero CRC).
+    page_crc: Vec<u32>,
+    push: PushScheduler,
+    urgent_out: VecDeque<Vec<u8>>,
+    control_out: VecDeque<Vec<u8>>,
+    rate: RateMeter,
+    compression: Compression,
+    stats: SourceStats,
+    round_started_ns: u64,
+    round_bytes: u64,
+    switch_queue: VecDeque<SwitchItem>,
+    dirty_scratch: PageBitmap,
+}
+
+/// What remains to be emitted during the switch-over, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SwitchItem {
+    /// Pages in `pending` (pre-copy's last dirty set, hybrid-paper's working set).
+    Pages,
+    /// The need set, one DirtySet frame per region.
+    NeedSet,
+    /// The VmState blob.
+    State,
+}
+
+impl std::fmt::Debug for SourceEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceEngine").field("phase", &self.phase).field("pending", &self.pending).finish()
+    }
+}
+
+/// CRC32 of a 4 KiB zero page.
+pub fn zero_page_crc() -> u32 {
+    crc32fast::hash(&[0u8; PAGE_SIZE])
+}
+
+/// Folds per-page CRCs into one 64-bit memory digest that does not depend on the order pages
+/// arrived in: the sum over pages of a mix of the page index and its CRC.
+pub fn memory_digest(page_crc: &[u32]) -> u64 {
+    page_crc.iter().enumerate().fold(0u64, |acc, (page, &crc)| {
+        let mut x = (page as u64) << 32 | u64::from(crc);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        acc.wrapping_add(x)
+    })
+}
+
+impl SourceEngine {
+    /// A source for `vm`, whose memory it reads while the guest runs.
+    pub fn new(cfg: SourceConfig, vm: &dyn MigratableVm) -> Result<Self, SourceError> {
+        let regions = vm.regions();
+        let layout = layout_of(&regions)?;
+        let pages = layout.total_pages();
+        let wire_regions = regions
+            .iter()
+            .map(|r| wire::Region { guest_phys: r.guest_phys, size_bytes: r.size_bytes })
+            .collect();
+        let compression = match cfg.compression {
+            CompressionPolicy::On => Compression::Lz4,
+            _ => Compression::None,
+        };
+        Ok(Self {
+            cfg,
+            regions,
+            wire_regions,
+            layout,
+            limits: wire::Limits::default(),
+            version: wire::VERSION_CURRENT,
+            phase: Phase::Handshake,
+            acks_pending: 2,
+            valid: PageBitmap::new(pages),
+            pending: PageBitmap::new(pages),
+            zero: PageBitmap::new(pages),
+            page_crc: vec![zero_page_crc(); pages as usize],
+            push: PushScheduler::new(),
+            urgent_out: VecDeque::new(),
+            control_out: VecDeque::new(),
+            rate: RateMeter::default(),
+            compression,
+            stats: SourceStats::default(),
+            round_started_ns: 0,
+            round_bytes: 0,
+            switch_queue: VecDeque::new(),
+            dirty_scratch: PageBitmap::new(pages),
+        })
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once DoneAck matched: the source VM may be released (never resumed).
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &SourceStats {
+        &self.stats
+    }
+
+    /// The page layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Starts the migration: queues the Hello of each stream. Call once.
+    pub fn start(&mut self) -> Result<(), SourceError> {
+        self.stats.start_ns = mono_ns();
+        for stream in [StreamKind::Bulk, StreamKind::Urgent] {
+            let hello = wire::Hello {
+                max_version: wire::VERSION_CURRENT,
+                session_id: self.cfg.session_id,
+                stream,
+                mode: self.cfg.mode,
+                page_size: PAGE_SIZE as u32,
+                regions: self.wire_regions.clone(),
+                auth_token: &[],
+            };
+            let mut out = Vec::new();
+            wire::encode_hello(&mut out, &hello, &self.limits)?;
+            match stream {
+                StreamKind::Bulk => self.control_out.push_back(out),
+                StreamKind::Urgent => self.urgent_out.push_back(out),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one frame received on `stream`.
+    pub fn on_frame(
+        &mut self,
+        stream: StreamKind,
+        frame: wire::Frame<'_>,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<(), SourceError> {
+        match frame {
+            wire::Frame::HelloAck(ack) => self.on_hello_ack(stream, &ack, vm),
+            wire::Frame::FaultRequest(req) => self.on_fault_request(&req),
+            wire::Frame::DoneAck(ack) => self.on_done_ack(&ack),
+            wire::Frame::Control(_) => Ok(()),
+            other => Err(SourceError::UnexpectedFrame { stream, frame: other.frame_type(), phase: self.phase }),
+        }
+    }
+
+    fn on_hello_ack(
+        &mut self,
+        stream: StreamKind,
+        ack: &wire::HelloAck<'_>,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<(), SourceError> {
+        if self.phase != Phase::Handshake || ack.stream != stream {
+            return Err(SourceError::UnexpectedFrame { stream, frame: wire::FrameType::HelloAck, phase: self.phase });
+        }
+        if let wire::Verdict::Reject(reason) = ack.verdict {
+            return Err(SourceError::Rejected { reason });
+        }
+        if ack.session_id != self.cfg.session_id {
+            return Err(SourceError::SessionMismatch { expected: self.cfg.session_id, got: ack.session_id });
+        }
+        wire::check_version(ack.version)?;
+        self.version = ack.version;
+        self.acks_pending -= 1;
+        if self.acks_pending == 0 {
+            self.begin(vm)?;
+        }
+        Ok(())
+    }
+
+    /// Both streams are up: start dirty logging and enter the mode's first phase.
+    fn begin(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        vm.start_dirty_log()?;
+        self.harvest(vm)?; // clear anything logged before this instant
+        self.round_started_ns = mono_ns();
+        match self.cfg.mode {
+            MigrationMode::Precopy => {
+                self.phase = Phase::Rounds;
+                self.stats.rounds = 1;
+                self.pending = PageBitmap::full(self.layout.total_pages());
+            }
+            MigrationMode::Hybrid => {
+                self.scan_zero_pages();
+                self.phase = Phase::WorkingSet;
+                self.record_ws();
+                for &page in &self.cfg.working_set {
+                    self.pending.set(page);
+                }
+                self.push.set_priority(self.cfg.working_set.clone());
+            }
+            MigrationMode::Postcopy | MigrationMode::HybridPaper => {
+                self.scan_zero_pages();
+                self.record_ws();
+                self.switch_over(vm)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record_ws(&mut self) {
+        self.stats.ws_pages = self.cfg.working_set.len() as u64;
+        self.stats.ws_recall = recall(&self.cfg.working_set, &self.cfg.true_hot_set);
+    }
+
+    /// Finds the zero pages while the guest runs; pages written after this show up in the dirty
+    /// log and lose their zero mark at the switch-over.
+    fn scan_zero_pages(&mut self) {
+        for page in 0..self.layout.total_pages() {
+            if wire::is_zero(self.page_bytes(page, 1)) {
+                self.zero.set(page);
+            }
+        }
+    }
+
+    /// The bytes of `count` pages from `first` (within one region).
+    fn page_bytes(&self, first: u64, count: u32) -> &[u8] {
+        let addr = host_addr_of(&self.regions, &self.layout, first).unwrap_or(0);
+        debug_assert!(addr != 0 && self.layout.pages_left_in_region(first) >= u64::from(count));
+        // SAFETY: the VMM keeps its regions mapped for as long as the engine exists, and the
+        // run lies inside one region (callers take runs from the layout). vCPUs may write these
+        // bytes while we read them; a torn read is harmless because the dirty log reports the
+        // page and it is sent again.
+        unsafe { std::slice::from_raw_parts(addr as *const u8, count as usize * PAGE_SIZE) }
+    }
+
+    fn harvest(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        self.dirty_scratch.clear_all();
+        vm.harvest_dirty(&mut self.dirty_scratch)?;
+        Ok(())
+    }
+
+    /// Appends the next control-stream-ordered bulk frame to `out`; false when there is
+    /// nothing to send now.
+    pub fn poll_bulk(&mut self, out: &mut Vec<u8>, vm: &mut dyn MigratableVm) -> Result<bool, SourceError> {
+        if let Some(frame) = self.control_out.pop_front() {
+            self.stats.bytes_bulk += frame.len() as u64;
+            out.extend_from_slice(&frame);
+            return Ok(true);
+        }
+        let before = out.len();
+        let produced = match self.phase {
+            Phase::Handshake | Phase::AwaitDoneAck | Phase::Finished => false,
+            Phase::Rounds | Phase::WorkingSet => self.poll_pre_switch(out, vm)?,
+            Phase::SwitchOver => self.poll_switch(out, vm)?,
+            Phase::Push => self.poll_push(out)?,
+        };
+        let added = (out.len() - before) as u64;
+        self.stats.bytes_bulk += added;
+        self.round_bytes += added;
+        Ok(produced)
+    }
+
+    /// Appends the next urgent frame (fault answers, Hello) to `out`; false when none.
+    pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
+        match self.urgent_out.pop_front() {
+            Some(frame) => {
+                self.stats.bytes_urgent += frame.len() as u64;
+                out.extend_from_slice(&frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tells the engine that `bytes` of bulk data left this host at `now_ns` (for the rate).
+    pub fn on_bulk_sent(&mut self, bytes: u64, now_ns: u64) {
+        self.rate.record(bytes, now_ns);
+    }
+
+    fn poll_pre_switch(&mut self, out: &mut Vec<u8>, vm: &mut dyn MigratableVm) -> Result<bool, SourceError> {
+        if self.send_next_pending(out, false)? {
+            return Ok(true);
+        }
+        // The phase's set is sent: look at what the guest dirtied meanwhile.
+        self.harvest(vm)?;
+        self.forget_dirty();
+        match self.phase {
+            Phase::Rounds if !self.precopy_should_stop() => {
+                self.pending.union_with(&self.dirty_scratch);
+                self.stats.rounds += 1;
+                self.round_started_ns = mono_ns();
+                self.round_bytes = 0;
+                self.pick_compression();
+                Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
+            }
+            _ => {
+                // Hybrid re-sends the dirtied working-set pages after the pause: not here, or
+                // the working set would be chased like a pre-copy round.
+                self.switch_over(vm)?;
+                self.poll_switch(out, vm)
+            }
+        }
+    }
+
+    /// Removes pages in the dirty scratch set from `valid` (their copy on the destination is
+    /// stale) and from `zero`.
+    fn forget_dirty(&mut self) {
+        for page in self.dirty_scratch.iter_ones() {
+            self.valid.clear(page);
+            self.zero.clear(page);
+        }
+    }
+
+    fn precopy_should_stop(&self) -> bool {
+        let dirty_bytes = self.dirty_scratch.count() as f64 * PAGE_SIZE as f64;
+        let rate = self.rate.bytes_per_ms().max(1.0);
+        let fits = dirty_bytes / rate <= self.cfg.downtime_target_ms;
+        fits || self.stats.rounds >= self.cfg.max_rounds
+    }
+
+    /// Pauses the guest and queues what must precede the destination's resume.
+    fn switch_over(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        let latency = vm.pause()?;
+        self.stats.pause_ns = mono_ns();
+        self.stats.pause_latency_ms = latency.as_secs_f64() * 1e3;
+        self.harvest(vm)?;
+        let stale_before = self.valid.count();
+        self.forget_dirty();
+        self.stats.stale_pages = stale_before - self.valid.count();
+        self.phase = Phase::SwitchOver;
+        self.pending.clear_all();
+        self.switch_queue.clear();
+        match self.cfg.mode {
+            MigrationMode::Precopy => {
+                // Every page not valid on the destination goes now, in the downtime.
+                self.fill_pending_with_needed();
+                self.switch_queue.extend([SwitchItem::Pages, SwitchItem::NeedSet, SwitchItem::State]);
+            }
+            MigrationMode::HybridPaper => {
+                for &page in &self.cfg.working_set {
+                    self.pending.set(page);
+                }
+                self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::Pages, SwitchItem::State]);
+            }
+            MigrationMode::Postcopy | MigrationMode::Hybrid => {
+                self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::State]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `pending` := pages the destination does not hold and that are not known zero.
+    fn fill_pending_with_needed(&mut self) {
+        for page in 0..self.layout.total_pages() {
+            if !self.valid.get(page) && !self.zero.get(page) {
+                self.pending.set(page);
+            }
+        }
+    }
+
+    fn poll_switch(&mut self, out: &mut Vec<u8>, vm: &mut dyn MigratableVm) -> Result<bool, SourceError> {
+        while let Some(item) = self.switch_queue.front().copied() {
+            match item {
+                SwitchItem::Pages => {
+                    let before = self.stats_pages();
+                    if self.send_next_pending(out, false)? {
+                        self.stats.pages_in_downtime += self.stats_pages() - before;
+                        return Ok(true);
+                    }
+                }
+                SwitchItem::NeedSet => {
+                    self.encode_need_set(out)?;
+                    self.switch_queue.pop_front();
+                    return Ok(true);
+                }
+                SwitchItem::State => {
+                    let blob = vm.save_state()?;
+                    wire::encode_vm_state(out, self.version, &blob, &self.limits)?;
+                    self.stats.state_sent_ns = mono_ns();
+                    self.switch_queue.pop_front();
+                    self.enter_push();
+                    return Ok(true);
+                }
+            }
+            self.switch_queue.pop_front();
+        }
+        Ok(false)
+    }
+
+    fn stats_pages(&self) -> u64 {
+        self.stats.pages_zero + self.stats.pages_raw + self.stats.pages_lz4
+    }
+
+    /// The need set: pages that are neither valid on the destination nor zero (and, for
+    /// hybrid-paper, not about to be sent in the downtime: those are still listed, since the
+    /// destination marks them present as they arrive).
+    fn encode_need_set(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
+        let total = self.layout.total_pages();
+        let mut need = PageBitmap::new(total);
+        for page in 0..total {
+            if !self.valid.get(page) && !self.zero.get(page) {
+                need.set(page);
+            }
+        }
+        self.stats.need_pages = need.count();
+        for (index, span) in self.layout.regions().iter().enumerate() {
+            let words = region_words(&need, span.first_page, span.pages());
+            wire::encode_dirty_set(out, self.version, index as u32, &words, span.pages(), &self.limits)?;
+        }
+        Ok(())
+    }
+
+    fn enter_push(&mut self) {
+        self.phase = Phase::Push;
+        self.pending.clear_all();
+        self.fill_pending_with_needed();
+        if self.cfg.mode == MigrationMode::Hybrid {
+            // Stale working-set pages first, in rank order: the guest needs them right away.
+            let pending = &self.pending;
+            let first: Vec<u64> = self.cfg.working_set.iter().copied().filter(|&p| pending.get(p)).collect();
+            self.push.set_priority(first);
+        }
+    }
+
+    fn poll_push(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
+        if self.send_next_pending(out, false)? {
+            return Ok(true);
+        }
+        let done = wire::Done {
+            pages: self.stats_pages(),
+            bytes: self.stats.bytes_bulk + self.stats.bytes_urgent,
+            memory_digest: memory_digest(&self.page_crc),
+        };
+        self.stats.memory_digest = done.memory_digest;
+        wire::encode_done(out, self.version, &done)?;
+        self.phase = Phase::AwaitDoneAck;
+        Ok(true)
+    }
+
+    /// Encodes the next run of `pending` pages; false when `pending` is empty.
+    fn send_next_pending(&mut self, out: &mut Vec<u8>, urgent: bool) -> Result<bool, SourceError> {
+        let Some((first, count)) = self.push.next_run(&self.pending, &self.layout, self.cfg.push_pages) else {
+            return Ok(false);
+        };
+        self.send_run(out, first, count, 0, urgent)?;
+        Ok(true)
+    }
+
+    /// Encodes pages `first..first+count` as one window and marks them sent.
+    fn send_run(&mut self, out: &mut Vec<u8>, first: u64, count: u32, request_id: u32, urgent: bool) -> Result<(), SourceError> {
+        let (region, page_in_region) = self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
+        let meta = WindowMeta { region, first_page: page_in_region, request_id, urgent_answer: urgent };
+        let bytes = self.page_bytes(first, count);
+        let stats = wire::encode_page_window(out, self.version, &meta, bytes, self.compression, &self.limits)?;
+        for (i, page) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
+            self.page_crc[first as usize + i] = crc32fast::hash(page);
+        }
+        for page in first..first + u64::from(count) {
+            self.pending.clear(page);
+            self.valid.set(page);
+        }
+        self.stats.pages_zero += u64::from(stats.zero_pages);
+        self.stats.pages_raw += u64::from(stats.raw_pages);
+        self.stats.pages_lz4 += u64::from(stats.lz4_pages);
+        Ok(())
+    }
+
+    /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
+    /// stream, and the push pivots to just past the window.
+    fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
+        if !matches!(self.phase, Phase::Push | Phase::AwaitDoneAck | Phase::SwitchOver) {
+            return Err(SourceError::UnexpectedFrame { stream: StreamKind::Urgent, frame: wire::FrameType::FaultRequest, phase: self.phase });
+        }
+        req.validate(&self.wire_regions)?;
+        let page = self.layout.global(req.region, req.page, 1)?;
+        self.stats.faults_served += 1;
+        let window = match self.cfg.mode {
+            MigrationMode::Postcopy => 1,
+            _ => self.cfg.window_pages.max(1),
+        };
+        let (start, count) = window_around(&self.layout, page, window);
+        // The faulting page always goes, even if the push already sent it: that copy may sit
+        // behind bulk data, and the destination drops duplicates.
+        self.pending.set(page);
+        let mut cursor = start;
+        let end = start + count;
+        let mut out = Vec::new();
+        while let Some(first) = self.pending.next_set(cursor).filter(|&p| p < end) {
+            let run_end = self.pending.next_unset(first).unwrap_or(end).min(end);
+            let n = (run_end - first) as u32;
+            let answers = (first..run_end).contains(&page);
+            self.send_run(&mut out, first, n, if answers { req.request_id } else { 0 }, answers)?;
+            cursor = run_end;
+        }
+        self.push.pivot(end);
+        if !out.is_empty() {
+            self.urgent_out.push_back(out);
+        }
+        Ok(())
+    }
+
+    fn on_done_ack(&mut self, ack: &wire::DoneAck) -> Result<(), SourceError> {
+        if self.phase != Phase::AwaitDoneAck {
+            return Err(SourceError::UnexpectedFrame { stream: StreamKind::Bulk, frame: wire::FrameType::DoneAck, phase: self.phase });
+        }
+        if ack.verdict != wire::DoneVerdict::Match || ack.counts.memory_digest != self.stats.memory_digest {
+            return Err(SourceError::DigestMismatch {
+                source_digest: self.stats.memory_digest,
+                dest_digest: ack.counts.memory_digest,
+            });
+        }
+        self.stats.finished_ns = mono_ns();
+        self.stats.lz4_used = self.compression == Compression::Lz4;
+        self.phase = Phase::Finished;
+        Ok(())
+    }
+
+    /// Auto policy: lz4 pays only when the link is slower than the compressor would make it
+    /// (measured compressor rate about 0.5 GB/s on text-like pages here, so only links below
+    /// about 4 Gbit/s qualify).
+    fn pick_compression(&mut self) {
+        if self.cfg.compression != CompressionPolicy::Auto {
+            return;
+        }
+        let link_bytes_per_ms = self.rate.bytes_per_ms();
+        self.compression = if link_bytes_per_ms > 0.0 && link_bytes_per_ms < LZ4_WORTH_BELOW_BYTES_PER_MS {
+            Compression::Lz4
+        } else {
+            Compression::None
+        };
+    }
+}
+
+/// Links slower than this (bytes per ms, about 3.2 Gbit/s) get lz4 under the auto policy.
+const LZ4_WORTH_BELOW_BYTES_PER_MS: f64 = 400_000.0;
+
+/// The window of `window` pages around `page`: a quarter before it, the rest after (guests
+/// mostly walk memory upwards), clipped to the page's region.
+pub fn window_around(layout: &Layout, page: u64, window: u32) -> (u64, u64) {
+    let (_, offset) = layout.locate(page).unwrap_or((0, 0));
+    let back = (u64::from(window) / 4).min(offset);
+    let start = page - back;
+    let count = u64::from(window).min(layout.pages_left_in_region(start)).max(1);
+    (start, count)
+}
+
+/// The words of `bitmap` for pages `first..first+pages`, re-based to 0 (KVM layout).
+fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> Vec<u64> {
+    let mut words = vec![0u64; pages.div_ceil(64) as usize];
+    let mut page = bitmap.next_set(first);
+    while let Some(p) = page.filter(|&p| p < first + pages) {
+        let local = p - first;
+        words[(local / 64) as usize] |= 1 << (local % 64);
+        page = bitmap.next_set(p + 1);
+    }
+    words
+}
+
+/// Bytes per millisecond over the recent past (exponentially weighted).
+#[derive(Debug, Clone, Default)]
+struct RateMeter {
+    last_ns: u64,
+    ewma_bytes_per_ms: f64,
+    acc_bytes: u64,
+}
+
+impl RateMeter {
+    fn record(&mut self, bytes: u64, now_ns: u64) {
+        if self.last_ns == 0 {
+            self.last_ns = now_ns;
+        }
+        self.acc_bytes += bytes;
+        let elapsed_ms = (now_ns.saturating_sub(self.last_ns)) as f64 / 1e6;
+        if elapsed_ms >= 5.0 {
+            let sample = self.acc_bytes as f64 / elapsed_ms;
+            self.ewma_bytes_per_ms = if self.ewma_bytes_per_ms == 0.0 { sample } else { 0.7 * self.ewma_bytes_per_ms + 0.3 * sample };
+            self.acc_bytes = 0;
+            self.last_ns = now_ns;
+        }
+    }
+
+    fn bytes_per_ms(&self) -> f64 {
+        self.ewma_bytes_per_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_clipped_to_its_region() {
+        let layout = Layout::new(&[(0, 16 * 4096), (1 << 20, 64 * 4096)]).unwrap();
+        assert_eq!(window_around(&layout, 2, 16), (0, 16));
+        assert_eq!(window_around(&layout, 15, 16), (11, 5));
+        assert_eq!(window_around(&layout, 40, 16), (36, 16));
+        assert_eq!(window_around(&layout, 16, 1), (16, 1));
+    }
+
+    #[test]
+    fn digest_depends_on_index_and_content_not_order() {
+        let a = memory_digest(&[1, 2, 3]);
+        assert_ne!(a, memory_digest(&[2, 1, 3]));
+        assert_ne!(a, memory_digest(&[1, 2, 4]));
+        assert_eq!(a, memory_digest(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn region_words_rebase() {
+        let mut b = PageBitmap::new(200);
+        b.set(100);
+        b.set(130);
+        b.set(199);
+        assert_eq!(region_words(&b, 100, 64), vec![1]);
+        assert_eq!(region_words(&b, 64, 136), vec![1 << 36, 1 << 2, 0]);
+    }
+}
