@@ -332,19 +332,11 @@ impl UffdMsg {
         let [a0, a1, a2] = self.arg;
         match self.event {
             // uffd_msg.arg.pagefault: flags, address, feat.ptid (low half of the third word).
-            UFFD_EVENT_PAGEFAULT => UffdEvent::PageFault {
-                addr: a1,
-                flags: a0,
-                thread_id: (a2 & 0xFFFF_FFFF) as u32,
-            },
-            UFFD_EVENT_FORK => UffdEvent::Fork {
-                uffd: (a0 & 0xFFFF_FFFF) as u32,
-            },
-            UFFD_EVENT_REMAP => UffdEvent::Remap {
-                from: a0,
-                to: a1,
-                len_bytes: a2,
-            },
+            UFFD_EVENT_PAGEFAULT => {
+                UffdEvent::PageFault { addr: a1, flags: a0, thread_id: (a2 & 0xFFFF_FFFF) as u32 }
+            }
+            UFFD_EVENT_FORK => UffdEvent::Fork { uffd: (a0 & 0xFFFF_FFFF) as u32 },
+            UFFD_EVENT_REMAP => UffdEvent::Remap { from: a0, to: a1, len_bytes: a2 },
             UFFD_EVENT_REMOVE => UffdEvent::Remove { start: a0, end: a1 },
             UFFD_EVENT_UNMAP => UffdEvent::Unmap { start: a0, end: a1 },
             event => UffdEvent::Unknown { event },
@@ -410,10 +402,7 @@ impl Uffd {
         // SAFETY: userfaultfd(2) takes one int flags argument and returns a new fd or -1.
         let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
         if ret < 0 {
-            return Err(UffdError::Open {
-                dev,
-                source: io::Error::last_os_error(),
-            });
+            return Err(UffdError::Open { dev, source: io::Error::last_os_error() });
         }
         // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(ret as RawFd) };
@@ -421,10 +410,7 @@ impl Uffd {
     }
 
     fn open_dev(flags: libc::c_int) -> io::Result<Uffd> {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/userfaultfd")?;
+        let dev = OpenOptions::new().read(true).write(true).open("/dev/userfaultfd")?;
         // SAFETY: USERFAULTFD_IOC_NEW takes the open flags as its integer argument and returns
         // a new descriptor; `dev` is a valid open fd for the duration of the call.
         let ret = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW as _, flags) };
@@ -450,22 +436,11 @@ impl Uffd {
     ///
     /// See <https://docs.kernel.org/admin-guide/mm/userfaultfd.html#api>.
     pub fn api(&self, features: u64) -> Result<ApiInfo, UffdError> {
-        let mut arg = UffdioApi {
-            api: UFFD_API,
-            features,
-            ioctls: 0,
-        };
+        let mut arg = UffdioApi { api: UFFD_API, features, ioctls: 0 };
         // SAFETY: `arg` is a valid, writable uffdio_api that outlives the call.
         let ret = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_API_IOCTL as _, &mut arg) };
-        check(ret).map_err(|source| UffdError::Api {
-            fd: self.as_raw_fd(),
-            features,
-            source,
-        })?;
-        Ok(ApiInfo {
-            features: arg.features,
-            ioctls: arg.ioctls,
-        })
+        check(ret).map_err(|source| UffdError::Api { fd: self.as_raw_fd(), features, source })?;
+        Ok(ApiInfo { features: arg.features, ioctls: arg.ioctls })
     }
 
     /// `UFFDIO_REGISTER` in MISSING mode: faults on never-populated pages of the range are
@@ -474,20 +449,13 @@ impl Uffd {
     /// See <https://docs.kernel.org/admin-guide/mm/userfaultfd.html#api>.
     pub fn register(&self, addr: u64, len_bytes: u64) -> Result<u64, UffdError> {
         let mut arg = UffdioRegister {
-            range: UffdioRange {
-                start: addr,
-                len: len_bytes,
-            },
+            range: UffdioRange { start: addr, len: len_bytes },
             mode: UFFDIO_REGISTER_MODE_MISSING,
             ioctls: 0,
         };
         // SAFETY: `arg` is a valid, writable uffdio_register; the kernel validates the range.
         let ret = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_REGISTER_IOCTL as _, &mut arg) };
-        check(ret).map_err(|source| UffdError::Register {
-            addr,
-            len_bytes,
-            source,
-        })?;
+        check(ret).map_err(|source| UffdError::Register { addr, len_bytes, source })?;
         Ok(arg.ioctls)
     }
 
@@ -495,17 +463,10 @@ impl Uffd {
     ///
     /// See <https://docs.kernel.org/admin-guide/mm/userfaultfd.html#api>.
     pub fn unregister(&self, addr: u64, len_bytes: u64) -> Result<(), UffdError> {
-        let arg = UffdioRange {
-            start: addr,
-            len: len_bytes,
-        };
+        let arg = UffdioRange { start: addr, len: len_bytes };
         // SAFETY: `arg` is a valid uffdio_range the kernel only reads.
         let ret = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_UNREGISTER_IOCTL as _, &arg) };
-        check(ret).map_err(|source| UffdError::Unregister {
-            addr,
-            len_bytes,
-            source,
-        })?;
+        check(ret).map_err(|source| UffdError::Unregister { addr, len_bytes, source })?;
         Ok(())
     }
 
@@ -534,11 +495,7 @@ impl Uffd {
         };
         // SAFETY: `arg` is a valid, writable uffdio_copy; the caller vouches for `src`.
         let ret = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_COPY_IOCTL as _, &mut arg) };
-        placed(ret, arg.copy).map_err(|source| UffdError::Copy {
-            dst,
-            len_bytes,
-            source,
-        })
+        placed(ret, arg.copy).map_err(|source| UffdError::Copy { dst, len_bytes, source })
     }
 
     /// Safe form of [`Uffd::copy`] taking the page contents as a slice.
@@ -558,20 +515,13 @@ impl Uffd {
     /// See <https://docs.kernel.org/admin-guide/mm/userfaultfd.html#resolving-userfaults>.
     pub fn zeropage(&self, dst: u64, len_bytes: u64, dontwake: bool) -> Result<Placed, UffdError> {
         let mut arg = UffdioZeropage {
-            range: UffdioRange {
-                start: dst,
-                len: len_bytes,
-            },
+            range: UffdioRange { start: dst, len: len_bytes },
             mode: if dontwake { MODE_DONTWAKE } else { 0 },
             zeropage: 0,
         };
         // SAFETY: `arg` is a valid, writable uffdio_zeropage.
         let ret = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_ZEROPAGE_IOCTL as _, &mut arg) };
-        placed(ret, arg.zeropage).map_err(|source| UffdError::Zeropage {
-            dst,
-            len_bytes,
-            source,
-        })
+        placed(ret, arg.zeropage).map_err(|source| UffdError::Zeropage { dst, len_bytes, source })
     }
 
     /// `UFFDIO_WAKE`: wake the threads waiting on `[addr, addr+len)` (after a DONTWAKE copy
@@ -579,17 +529,10 @@ impl Uffd {
     ///
     /// See <https://docs.kernel.org/admin-guide/mm/userfaultfd.html#resolving-userfaults>.
     pub fn wake(&self, addr: u64, len_bytes: u64) -> Result<(), UffdError> {
-        let arg = UffdioRange {
-            start: addr,
-            len: len_bytes,
-        };
+        let arg = UffdioRange { start: addr, len: len_bytes };
         // SAFETY: `arg` is a valid uffdio_range the kernel only reads.
         let ret = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_WAKE_IOCTL as _, &arg) };
-        check(ret).map_err(|source| UffdError::Wake {
-            addr,
-            len_bytes,
-            source,
-        })?;
+        check(ret).map_err(|source| UffdError::Wake { addr, len_bytes, source })?;
         Ok(())
     }
 
@@ -605,10 +548,7 @@ impl Uffd {
         if source.kind() == io::ErrorKind::WouldBlock {
             return Ok(0);
         }
-        Err(UffdError::Read {
-            fd: self.as_raw_fd(),
-            source,
-        })
+        Err(UffdError::Read { fd: self.as_raw_fd(), source })
     }
 
     /// Gives up ownership of the descriptor.
@@ -620,16 +560,12 @@ impl Uffd {
 /// Maps a copy/zeropage return (and the kernel's out field) to a [`Placed`] outcome.
 fn placed(ret: libc::c_int, out: i64) -> io::Result<Placed> {
     if ret >= 0 {
-        return Ok(Placed::Done {
-            len_bytes: out.max(0) as u64,
-        });
+        return Ok(Placed::Done { len_bytes: out.max(0) as u64 });
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
         Some(libc::EEXIST) => Ok(Placed::AlreadyPresent),
-        Some(libc::EAGAIN) => Ok(Placed::Retry {
-            done_bytes: out.max(0) as u64,
-        }),
+        Some(libc::EAGAIN) => Ok(Placed::Retry { done_bytes: out.max(0) as u64 }),
         _ => Err(err),
     }
 }
@@ -666,10 +602,7 @@ mod tests {
                 )
             };
             assert_ne!(addr, libc::MAP_FAILED);
-            Mapping {
-                addr: addr.cast(),
-                len,
-            }
+            Mapping { addr: addr.cast(), len }
         }
         fn base(&self) -> u64 {
             self.addr as u64
@@ -688,11 +621,7 @@ mod tests {
     }
 
     fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
         n == 1
@@ -739,10 +668,7 @@ mod tests {
                     flags: PAGEFAULT_FLAG_WRITE,
                     thread_id: 42
                 },
-                UffdEvent::Remove {
-                    start: 0x1000,
-                    end: 0x3000
-                }
+                UffdEvent::Remove { start: 0x1000, end: 0x3000 }
             ]
         );
         // A truncated trailing message is ignored, an unknown kind is reported as such.
