@@ -197,26 +197,27 @@ impl DestEngine {
             StreamKind::Bulk => self.stats.bytes_bulk += frame_bytes as u64,
             StreamKind::Urgent => self.stats.bytes_urgent += frame_bytes as u64,
         }
-        let unexpected = |frame: &wire::Frame<'_>, phase| DestError::UnexpectedFrame { stream, frame: frame.frame_type(), phase };
-        match frame {
-            wire::Frame::Hello(hello) => self.on_hello(stream, &hello),
-            _ if self.phase == DestPhase::Handshake => Err(unexpected(&frame, self.phase)),
-            wire::Frame::PageWindow(window) => {
+        let unexpected = |frame: &wire::FrameBody<'_>, phase| DestError::UnexpectedFrame { stream, frame: frame.frame_type(), phase };
+        let body = frame.body;
+        match body {
+            wire::FrameBody::Hello(hello) => self.on_hello(stream, &hello),
+            _ if self.phase == DestPhase::Handshake => Err(unexpected(&body, self.phase)),
+            wire::FrameBody::PageWindow(window) => {
                 window.validate(&self.wire_regions)?;
                 self.on_window(&window, sink)?;
                 Ok(self.check_complete())
             }
-            wire::Frame::DirtySet(set) => {
+            wire::FrameBody::DirtySet(set) => {
                 self.on_need_set(&set, sink)?;
                 Ok(None)
             }
-            wire::Frame::VmState(blob) if self.phase == DestPhase::PreSwitch => self.on_state(blob),
-            wire::Frame::Done(done) if self.phase != DestPhase::PreSwitch => {
+            wire::FrameBody::VmState(blob) if self.phase == DestPhase::PreSwitch => self.on_state(blob),
+            wire::FrameBody::Done(done) if self.phase != DestPhase::PreSwitch => {
                 self.stats.source_digest = done.memory_digest;
                 self.done = Some(done);
                 Ok(self.check_complete())
             }
-            wire::Frame::Control(_) => Ok(None),
+            wire::FrameBody::Control(_) => Ok(None),
             other => Err(unexpected(&other, self.phase)),
         }
     }
@@ -236,13 +237,13 @@ impl DestEngine {
         };
         let ack = wire::HelloAck { version, session_id: hello.session_id, stream, verdict, auth_token: &[] };
         let mut out = Vec::new();
-        wire::encode_hello_ack(&mut out, &ack, &self.limits)?;
+        wire::encode_frame(&mut out, version, &wire::FrameBody::HelloAck(ack), &self.limits)?;
         match stream {
             StreamKind::Bulk => self.bulk_out.push_back(out),
             StreamKind::Urgent => self.urgent_out.push_back(out),
         }
         if verdict != wire::Verdict::Accept {
-            return Err(DestError::LayoutMismatch { source: hello.regions.clone(), dest: self.wire_regions.clone() });
+            return Err(DestError::LayoutMismatch { source_regions: hello.regions.clone(), dest_regions: self.wire_regions.clone() });
         }
         self.version = version;
         self.session_id = Some(hello.session_id);
@@ -258,10 +259,24 @@ impl DestEngine {
     /// Places the pages of a window that are not here yet; rewrites present ones before the
     /// switch-over (a pre-copy round re-sending a dirtied page), drops them after.
     fn on_window(&mut self, window: &wire::PageWindowRef<'_>, sink: &mut dyn PageSink) -> Result<(), DestError> {
-        let count = window.page_count();
-        let first = self.layout.global(window.region(), window.first_page(), u64::from(count))?;
+        let count = window.page_count;
+        let first = self.layout.global(window.region, window.first_page, u64::from(count))?;
         let len = count as usize * PAGE_SIZE;
-        let zeros = window.decode_into(&mut self.scratch[..len])?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.place_window(window, first, &mut scratch[..len], sink);
+        self.scratch = scratch;
+        result
+    }
+
+    fn place_window(
+        &mut self,
+        window: &wire::PageWindowRef<'_>,
+        first: u64,
+        scratch: &mut [u8],
+        sink: &mut dyn PageSink,
+    ) -> Result<(), DestError> {
+        let count = window.page_count;
+        let zeros = window.decode_into(scratch)?;
         let now = mono_ns();
         let mut i = 0u32;
         while i < count {
@@ -273,24 +288,23 @@ impl DestEngine {
             while j < count && self.present.get(first + u64::from(j)) == present && zeros.contains(j) == is_zero {
                 j += 1;
             }
-            self.place_run(first + u64::from(i), i, j - i, present, is_zero, sink, now)?;
+            let bytes = &scratch[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
+            self.place_run(first + u64::from(i), bytes, present, is_zero, sink, now)?;
             i = j;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn place_run(
         &mut self,
         first: u64,
-        offset: u32,
-        count: u32,
+        bytes: &[u8],
         present: bool,
         is_zero: bool,
         sink: &mut dyn PageSink,
         now_ns: u64,
     ) -> Result<(), DestError> {
-        let bytes = &self.scratch[offset as usize * PAGE_SIZE..(offset + count) as usize * PAGE_SIZE];
+        let count = (bytes.len() / PAGE_SIZE) as u32;
         if present && self.phase != DestPhase::PreSwitch {
             self.stats.pages_duplicate += u64::from(count);
             return Ok(());
@@ -340,7 +354,6 @@ impl DestEngine {
         let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
         let base = self.layout.global(set.region, 0, 1)?;
         for run in set.runs(&self.wire_regions)? {
-            let run = run?;
             let first = base + run.first_page;
             need.set_range(first, run.count);
             let mut page = first;
@@ -401,7 +414,7 @@ impl DestEngine {
         let request = wire::FaultRequest { region, page: page_in_region, vcpu, request_id: self.next_request_id };
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         let mut out = Vec::new();
-        wire::encode_fault_request(&mut out, self.version, &request)?;
+        wire::encode_frame(&mut out, self.version, &wire::FrameBody::FaultRequest(request), &self.limits)?;
         self.urgent_out.push_back(out);
         Ok(())
     }
@@ -422,7 +435,7 @@ impl DestEngine {
             verdict,
         };
         let mut out = Vec::new();
-        if wire::encode_done_ack(&mut out, self.version, &ack).is_ok() {
+        if wire::encode_frame(&mut out, self.version, &wire::FrameBody::DoneAck(ack), &self.limits).is_ok() {
             self.bulk_out.push_back(out);
         }
         self.phase = DestPhase::Complete;

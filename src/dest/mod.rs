@@ -6,6 +6,7 @@
 //! pre-copy); [`driver`] runs it all on one io_uring that carries the uffd reads, both socket
 //! receives and the fault-request sends.
 
+
 pub mod driver;
 pub mod engine;
 pub mod sink;
@@ -46,12 +47,12 @@ pub enum DestError {
         got: u64,
     },
     /// The source's memory layout differs from this VM's.
-    #[error("memory layout mismatch: source {source:?}, destination {dest:?}")]
+    #[error("memory layout mismatch: source {source_regions:?}, destination {dest_regions:?}")]
     LayoutMismatch {
         /// What the source announced.
-        source: Vec<Region>,
+        source_regions: Vec<Region>,
         /// What this VM has.
-        dest: Vec<Region>,
+        dest_regions: Vec<Region>,
     },
     /// A fault on an address outside guest memory.
     #[error("fault on page {page}, outside guest memory")]

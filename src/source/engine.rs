@@ -272,7 +272,7 @@ impl SourceEngine {
                 auth_token: &[],
             };
             let mut out = Vec::new();
-            wire::encode_hello(&mut out, &hello, &self.limits)?;
+            wire::encode_frame(&mut out, wire::VERSION_CURRENT, &wire::FrameBody::Hello(hello), &self.limits)?;
             match stream {
                 StreamKind::Bulk => self.control_out.push_back(out),
                 StreamKind::Urgent => self.urgent_out.push_back(out),
@@ -288,11 +288,11 @@ impl SourceEngine {
         frame: wire::Frame<'_>,
         vm: &mut dyn MigratableVm,
     ) -> Result<(), SourceError> {
-        match frame {
-            wire::Frame::HelloAck(ack) => self.on_hello_ack(stream, &ack, vm),
-            wire::Frame::FaultRequest(req) => self.on_fault_request(&req),
-            wire::Frame::DoneAck(ack) => self.on_done_ack(&ack),
-            wire::Frame::Control(_) => Ok(()),
+        match frame.body {
+            wire::FrameBody::HelloAck(ack) => self.on_hello_ack(stream, &ack, vm),
+            wire::FrameBody::FaultRequest(req) => self.on_fault_request(&req),
+            wire::FrameBody::DoneAck(ack) => self.on_done_ack(&ack),
+            wire::FrameBody::Control(_) => Ok(()),
             other => Err(SourceError::UnexpectedFrame { stream, frame: other.frame_type(), phase: self.phase }),
         }
     }
@@ -366,10 +366,11 @@ impl SourceEngine {
     }
 
     /// The bytes of `count` pages from `first` (within one region).
-    fn page_bytes(&self, first: u64, count: u32) -> &[u8] {
+    fn page_bytes<'m>(&self, first: u64, count: u32) -> &'m [u8] {
         let addr = host_addr_of(&self.regions, &self.layout, first).unwrap_or(0);
         debug_assert!(addr != 0 && self.layout.pages_left_in_region(first) >= u64::from(count));
-        // SAFETY: the VMM keeps its regions mapped for as long as the engine exists, and the
+        // SAFETY: the VMM keeps its regions mapped for as long as the engine exists (callers use
+        // the slice only within one engine call, so the free lifetime never outlives it), and the
         // run lies inside one region (callers take runs from the layout). vCPUs may write these
         // bytes while we read them; a torn read is harmless because the dirty log reports the
         // page and it is sent again.
@@ -518,7 +519,7 @@ impl SourceEngine {
                 }
                 SwitchItem::State => {
                     let blob = vm.save_state()?;
-                    wire::encode_vm_state(out, self.version, &blob, &self.limits)?;
+                    wire::encode_frame(out, self.version, &wire::FrameBody::VmState(&blob), &self.limits)?;
                     self.stats.state_sent_ns = mono_ns();
                     self.switch_queue.pop_front();
                     self.enter_push();
@@ -575,7 +576,7 @@ impl SourceEngine {
             memory_digest: memory_digest(&self.page_crc),
         };
         self.stats.memory_digest = done.memory_digest;
-        wire::encode_done(out, self.version, &done)?;
+        wire::encode_frame(out, self.version, &wire::FrameBody::Done(done), &self.limits)?;
         self.phase = Phase::AwaitDoneAck;
         Ok(true)
     }

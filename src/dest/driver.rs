@@ -1,0 +1,246 @@
+//! Runs a [`DestEngine`] on one io_uring: userfaultfd reads, both socket receives and the
+//! fault-request sends share the ring.
+//!
+//! Guest memory is registered with the userfaultfd *before* the first frame is read, so fault
+//! service is running before the state is restored (restoring devices may touch memory). A
+//! pre-copy migration unregisters it when the Hello says pre-copy: every page arrives before
+//! the guest runs, so plain writes suffice.
+
+use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
+use super::sink::{DirectSink, PageSink, UffdSink};
+use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
+use super::DestError;
+use crate::embed::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
+use crate::metrics::mono_ns;
+use crate::ring::{Buf, Ring};
+use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent, FIRST_CALLER_TAG};
+use crate::transport::tcp::StreamPair;
+use crate::wire::{Limits, MigrationMode, StreamKind};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+const TAG_UFFD: u64 = FIRST_CALLER_TAG;
+/// Fault messages read per uffd read.
+const UFFD_MSGS_PER_READ: usize = 64;
+
+/// Tunables of the destination's event loop.
+#[derive(Debug, Clone)]
+pub struct DestDriverOptions {
+    /// Period of the caller's tick hook.
+    pub tick: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for DestDriverOptions {
+    fn default() -> Self {
+        Self { tick: Duration::from_millis(10), timeout: Duration::from_secs(600) }
+    }
+}
+
+/// What the destination measured, beyond the engine's counters.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DestRun {
+    /// The engine's counters.
+    pub stats: DestStats,
+    /// When the guest resumed here (mono ns).
+    pub resume_ns: u64,
+    /// Migration mode, from the Hello.
+    pub mode: Option<String>,
+    /// Fault latency percentiles (us).
+    pub fault_us_p50: u64,
+    /// 99th percentile.
+    pub fault_us_p99: u64,
+    /// 99.9th percentile.
+    pub fault_us_p999: u64,
+    /// Sum of fault latencies: time vCPUs spent blocked on the network (ms).
+    pub vcpu_blocked_ms: f64,
+    /// Fault latency CDF: (us, fraction).
+    pub fault_cdf: Vec<(u64, f64)>,
+}
+
+fn stream_err(e: StreamError) -> DestError {
+    DestError::Io { what: "migration stream", source: std::io::Error::other(e.to_string()) }
+}
+
+fn ring_err(what: &'static str, e: impl std::fmt::Display) -> DestError {
+    DestError::Io { what, source: std::io::Error::other(e.to_string()) }
+}
+
+/// Receives a migration into `vm` over `pair`; returns once every page is here and the source
+/// confirmed the digest. `on_tick` runs every `opts.tick` (after the resume too).
+pub fn run_dest(
+    vm: &mut dyn MigratableVm,
+    pair: &StreamPair,
+    opts: &DestDriverOptions,
+    on_tick: &mut dyn FnMut(&DestEngine),
+) -> Result<DestRun, DestError> {
+    let regions = vm.regions();
+    let layout = layout_of(&regions)?;
+    let uffd = Uffd::open().map_err(|e| ring_err("userfaultfd open", e))?;
+    for r in &regions {
+        uffd.register(r.host_addr as u64, r.size_bytes).map_err(|e| ring_err("userfaultfd register", e))?;
+    }
+    let mut engine = DestEngine::new(layout.clone());
+    let mut ring = Ring::new(256).map_err(|e| ring_err("io_uring setup", e))?;
+    let mut streams = RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
+    arm_uffd_read(&mut ring, &uffd, Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ))?;
+    let mut run = DestRun::default();
+    let mut direct = false;
+    let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
+    let mut next_tick = 0;
+    loop {
+        let now = mono_ns();
+        if now >= next_tick {
+            on_tick(&engine);
+            next_tick = now + opts.tick.as_nanos() as u64;
+        }
+        if now > deadline {
+            return Err(DestError::Timeout { secs: opts.timeout.as_secs(), phase: engine.phase() });
+        }
+        flush(&mut engine, &mut ring, &mut streams)?;
+        if engine.phase() == DestPhase::Complete && streams.in_flight(StreamKind::Bulk) == 0 {
+            break;
+        }
+        ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| ring_err("io_uring wait", e))?;
+        while let Some(completion) = ring.next_completion() {
+            let completion = match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
+                Ok(StreamEvent::Received(stream)) => {
+                    let mut ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, direct: &mut direct, run: &mut run };
+                    while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
+                        let event = {
+                            let mut sink = ctx.sink();
+                            engine.on_frame(stream, frame, 0, sink.as_mut())?
+                        };
+                        if let Some(event) = event {
+                            ctx.on_event(event, &uffd)?;
+                        }
+                    }
+                    continue;
+                }
+                Ok(StreamEvent::Closed(stream)) if engine.phase() != DestPhase::Complete => {
+                    return Err(DestError::PeerClosed { stream, phase: engine.phase(), outstanding: 0 });
+                }
+                Ok(_) => continue,
+                Err(completion) => completion,
+            };
+            if completion.tag == TAG_UFFD {
+                let buf = completion.buf.unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
+                match completion.result {
+                    Ok(_) => {
+                        let mut ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, direct: &mut direct, run: &mut run };
+                        on_uffd_messages(&mut engine, &mut ctx, buf.as_slice())?;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(source) => return Err(DestError::Io { what: "userfaultfd read", source }),
+                }
+                let mut buf = buf;
+                buf.clear();
+                arm_uffd_read(&mut ring, &uffd, buf)?;
+                flush(&mut engine, &mut ring, &mut streams)?;
+            }
+        }
+    }
+    let hist = engine.fault_histogram();
+    run.stats = engine.stats().clone();
+    run.stats.bytes_bulk = streams.bytes_received[0];
+    run.stats.bytes_urgent = streams.bytes_received[1];
+    run.fault_us_p50 = hist.quantile_us(0.5);
+    run.fault_us_p99 = hist.quantile_us(0.99);
+    run.fault_us_p999 = hist.quantile_us(0.999);
+    run.vcpu_blocked_ms = hist.sum_us() as f64 / 1e3;
+    run.fault_cdf = hist.cdf();
+    if !engine.verified() {
+        return Err(DestError::DigestMismatch { source_digest: run.stats.source_digest, dest_digest: run.stats.memory_digest });
+    }
+    // The guest keeps running here without this loop: every page still missing is a zero page
+    // (the need set is complete), so hand the memory back to the kernel's own fault path.
+    // Unregistering also wakes any vCPU whose fault message was not read yet.
+    if !direct {
+        for r in &regions {
+            uffd.unregister(r.host_addr as u64, r.size_bytes).map_err(|e| ring_err("userfaultfd unregister", e))?;
+        }
+    }
+    Ok(run)
+}
+
+fn arm_uffd_read(ring: &mut Ring, uffd: &Uffd, buf: Buf) -> Result<(), DestError> {
+    ring.read(uffd.as_raw_fd(), buf, TAG_UFFD).map_err(|r| ring_err("userfaultfd read submit", r.error))
+}
+
+/// Everything a frame or a fault may need besides the engine.
+struct Ctx<'a> {
+    vm: &'a mut dyn MigratableVm,
+    uffd: &'a Uffd,
+    regions: &'a [HostRegion],
+    layout: &'a crate::memory::Layout,
+    direct: &'a mut bool,
+    run: &'a mut DestRun,
+}
+
+impl Ctx<'_> {
+    fn sink(&mut self) -> Box<dyn PageSink + '_> {
+        if *self.direct {
+            Box::new(DirectSink::new(self.regions, self.layout))
+        } else {
+            Box::new(UffdSink::new(self.uffd, self.regions, self.layout))
+        }
+    }
+
+    fn on_event(&mut self, event: DestEvent, uffd: &Uffd) -> Result<(), DestError> {
+        match event {
+            DestEvent::Mode(mode) => {
+                self.run.mode = Some(mode.to_string());
+                if mode == MigrationMode::Precopy {
+                    for r in self.regions {
+                        uffd.unregister(r.host_addr as u64, r.size_bytes).map_err(|e| ring_err("userfaultfd unregister", e))?;
+                    }
+                    *self.direct = true;
+                }
+            }
+            DestEvent::Resume(blob) => {
+                self.vm.restore_state(&blob)?;
+                self.vm.resume()?;
+                self.run.resume_ns = mono_ns();
+            }
+            DestEvent::Complete => {}
+        }
+        Ok(())
+    }
+}
+
+fn on_uffd_messages(engine: &mut DestEngine, ctx: &mut Ctx<'_>, bytes: &[u8]) -> Result<(), DestError> {
+    for event in super::uffd::parse_messages(bytes) {
+        if let UffdEvent::PageFault { address, .. } = event {
+            let page = page_of_host_addr(ctx.regions, ctx.layout, address as usize)
+                .ok_or(DestError::FaultOutsideMemory { page: u64::MAX })?;
+            let mut sink = ctx.sink();
+            engine.on_fault(page, 0, sink.as_mut())?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends whatever the engine queued: urgent first.
+fn flush(engine: &mut DestEngine, ring: &mut Ring, streams: &mut RingStreams) -> Result<(), DestError> {
+    for stream in [StreamKind::Urgent, StreamKind::Bulk] {
+        while let Some(mut frames) = streams.take_send_buf(stream) {
+            let produced = match stream {
+                StreamKind::Urgent => {
+                    while engine.poll_urgent(&mut frames) {}
+                    !frames.is_empty()
+                }
+                StreamKind::Bulk => {
+                    while engine.poll_bulk(&mut frames) {}
+                    !frames.is_empty()
+                }
+            };
+            if !produced {
+                streams.put_back(stream, frames);
+                break;
+            }
+            streams.send(ring, stream, frames).map_err(stream_err)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Runs a [`SourceEngine`] on one io_uring over the two TCP streams.
+//!
+//! The loop keeps a few bulk sends in flight (each a buffer of several frames), sends urgent
+//! frames the moment the engine has them, and waits on the ring for receives, send
+//! completions and a periodic tick (the caller's hook samples the guest's progress there).
+
+use super::engine::{SourceEngine, SourceStats};
+use super::SourceError;
+use crate::embed::MigratableVm;
+use crate::metrics::mono_ns;
+use crate::ring::Ring;
+use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent};
+use crate::transport::tcp::StreamPair;
+use crate::wire::{Limits, StreamKind};
+use std::time::Duration;
+
+/// Tunables of the source's event loop.
+#[derive(Debug, Clone)]
+pub struct SourceDriverOptions {
+    /// Bulk send buffers in flight at most.
+    pub bulk_in_flight: usize,
+    /// Bytes per bulk send buffer.
+    pub bulk_buf_bytes: usize,
+    /// Period of the caller's tick hook.
+    pub tick: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for SourceDriverOptions {
+    fn default() -> Self {
+        Self { bulk_in_flight: 4, bulk_buf_bytes: 1 << 20, tick: Duration::from_millis(10), timeout: Duration::from_secs(600) }
+    }
+}
+
+fn stream_err(e: StreamError) -> SourceError {
+    SourceError::Io { what: "migration stream", source: std::io::Error::other(e.to_string()) }
+}
+
+/// Drives `engine` to the end of the migration; `on_tick` runs every `opts.tick`.
+pub fn run_source(
+    engine: &mut SourceEngine,
+    vm: &mut dyn MigratableVm,
+    pair: &StreamPair,
+    opts: &SourceDriverOptions,
+    on_tick: &mut dyn FnMut(&SourceEngine),
+) -> Result<SourceStats, SourceError> {
+    let mut ring = Ring::new(256).map_err(|e| SourceError::Io { what: "io_uring setup", source: std::io::Error::other(e.to_string()) })?;
+    let mut streams = RingStreams::new(&mut ring, pair, opts.bulk_in_flight, opts.bulk_buf_bytes, Limits::default()).map_err(stream_err)?;
+    engine.start()?;
+    let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
+    let mut next_tick = 0u64;
+    loop {
+        let now = mono_ns();
+        if now >= next_tick {
+            on_tick(engine);
+            next_tick = now + opts.tick.as_nanos() as u64;
+        }
+        if now > deadline {
+            return Err(SourceError::Timeout { secs: opts.timeout.as_secs(), phase: engine.phase() });
+        }
+        fill_urgent(engine, &mut ring, &mut streams)?;
+        fill_bulk(engine, vm, &mut ring, &mut streams, opts)?;
+        if engine.is_finished() && streams.in_flight(StreamKind::Bulk) == 0 && streams.in_flight(StreamKind::Urgent) == 0 {
+            let mut stats = engine.stats().clone();
+            stats.bytes_bulk = streams.bytes_sent[0];
+            stats.bytes_urgent = streams.bytes_sent[1];
+            return Ok(stats);
+        }
+        ring.submit_and_wait(1, Some(opts.tick))
+            .map_err(|e| SourceError::Io { what: "io_uring wait", source: std::io::Error::other(e.to_string()) })?;
+        while let Some(completion) = ring.next_completion() {
+            match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
+                Ok(StreamEvent::Received(stream)) => {
+                    while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
+                        engine.on_frame(stream, frame, vm)?;
+                    }
+                }
+                Ok(StreamEvent::Sent(StreamKind::Bulk, bytes)) => engine.on_bulk_sent(bytes, mono_ns()),
+                Ok(StreamEvent::Sent(..)) => {}
+                Ok(StreamEvent::Closed(stream)) if !engine.is_finished() => {
+                    return Err(SourceError::PeerClosed { stream, phase: engine.phase() });
+                }
+                Ok(StreamEvent::Closed(_)) | Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Sends every urgent frame the engine has (each in its own buffer while buffers last).
+fn fill_urgent(engine: &mut SourceEngine, ring: &mut Ring, streams: &mut RingStreams) -> Result<(), SourceError> {
+    while let Some(mut frames) = streams.take_send_buf(StreamKind::Urgent) {
+        while engine.poll_urgent(&mut frames) {}
+        if frames.is_empty() {
+            streams.put_back(StreamKind::Urgent, frames);
+            return Ok(());
+        }
+        streams.send(ring, StreamKind::Urgent, frames).map_err(stream_err)?;
+    }
+    Ok(())
+}
+
+/// Fills free bulk buffers with frames, up to about one buffer each.
+fn fill_bulk(
+    engine: &mut SourceEngine,
+    vm: &mut dyn MigratableVm,
+    ring: &mut Ring,
+    streams: &mut RingStreams,
+    opts: &SourceDriverOptions,
+) -> Result<(), SourceError> {
+    while let Some(mut frames) = streams.take_send_buf(StreamKind::Bulk) {
+        while frames.len() < opts.bulk_buf_bytes && engine.poll_bulk(&mut frames, vm)? {}
+        if frames.is_empty() {
+            streams.put_back(StreamKind::Bulk, frames);
+            return Ok(());
+        }
+        streams.send(ring, StreamKind::Bulk, frames).map_err(stream_err)?;
+    }
+    Ok(())
+}
