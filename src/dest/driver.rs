@@ -79,11 +79,13 @@ pub fn run_dest(
     let layout = layout_of(&regions)?;
     let uffd = Uffd::open().map_err(|e| ring_err("userfaultfd open", e))?;
     for r in &regions {
-        uffd.register(r.host_addr as u64, r.size_bytes).map_err(|e| ring_err("userfaultfd register", e))?;
+        uffd.register(r.host_addr as u64, r.size_bytes)
+            .map_err(|e| ring_err("userfaultfd register", e))?;
     }
     let mut engine = DestEngine::new(layout.clone());
     let mut ring = Ring::new(256).map_err(|e| ring_err("io_uring setup", e))?;
-    let mut streams = RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
+    let mut streams =
+        RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
     arm_uffd_read(&mut ring, &uffd, Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ))?;
     let mut run = DestRun::default();
     let mut direct = false;
@@ -104,34 +106,57 @@ pub fn run_dest(
         }
         ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| ring_err("io_uring wait", e))?;
         while let Some(completion) = ring.next_completion() {
-            let completion = match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
-                Ok(StreamEvent::Received(stream)) => {
-                    let mut ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, direct: &mut direct, run: &mut run };
-                    while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
-                        let event = {
-                            let mut sink = ctx.sink();
-                            engine.on_frame(stream, frame, 0, sink.as_mut())?
+            let completion =
+                match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
+                    Ok(StreamEvent::Received(stream)) => {
+                        let mut ctx = Ctx {
+                            vm,
+                            uffd: &uffd,
+                            regions: &regions,
+                            layout: &layout,
+                            direct: &mut direct,
+                            run: &mut run,
                         };
-                        if let Some(event) = event {
-                            ctx.on_event(event, &uffd)?;
+                        while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
+                            let event = {
+                                let mut sink = ctx.sink();
+                                engine.on_frame(stream, frame, 0, sink.as_mut())?
+                            };
+                            if let Some(event) = event {
+                                ctx.on_event(event, &uffd)?;
+                            }
                         }
+                        continue;
                     }
-                    continue;
-                }
-                Ok(StreamEvent::Closed(stream)) if engine.phase() != DestPhase::Complete => {
-                    return Err(DestError::PeerClosed { stream, phase: engine.phase(), outstanding: 0 });
-                }
-                Ok(_) => continue,
-                Err(completion) => completion,
-            };
+                    Ok(StreamEvent::Closed(stream)) if engine.phase() != DestPhase::Complete => {
+                        return Err(DestError::PeerClosed {
+                            stream,
+                            phase: engine.phase(),
+                            outstanding: 0,
+                        });
+                    }
+                    Ok(_) => continue,
+                    Err(completion) => completion,
+                };
             if completion.tag == TAG_UFFD {
-                let buf = completion.buf.unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
+                let buf = completion
+                    .buf
+                    .unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
                 match completion.result {
                     Ok(_) => {
-                        let mut ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, direct: &mut direct, run: &mut run };
+                        let mut ctx = Ctx {
+                            vm,
+                            uffd: &uffd,
+                            regions: &regions,
+                            layout: &layout,
+                            direct: &mut direct,
+                            run: &mut run,
+                        };
                         on_uffd_messages(&mut engine, &mut ctx, buf.as_slice())?;
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EAGAIN)
+                            || e.raw_os_error() == Some(libc::EINTR) => {}
                     Err(source) => return Err(DestError::Io { what: "userfaultfd read", source }),
                 }
                 let mut buf = buf;
@@ -151,21 +176,26 @@ pub fn run_dest(
     run.vcpu_blocked_ms = hist.sum_us() as f64 / 1e3;
     run.fault_cdf = hist.cdf();
     if !engine.verified() {
-        return Err(DestError::DigestMismatch { source_digest: run.stats.source_digest, dest_digest: run.stats.memory_digest });
+        return Err(DestError::DigestMismatch {
+            source_digest: run.stats.source_digest,
+            dest_digest: run.stats.memory_digest,
+        });
     }
     // The guest keeps running here without this loop: every page still missing is a zero page
     // (the need set is complete), so hand the memory back to the kernel's own fault path.
     // Unregistering also wakes any vCPU whose fault message was not read yet.
     if !direct {
         for r in &regions {
-            uffd.unregister(r.host_addr as u64, r.size_bytes).map_err(|e| ring_err("userfaultfd unregister", e))?;
+            uffd.unregister(r.host_addr as u64, r.size_bytes)
+                .map_err(|e| ring_err("userfaultfd unregister", e))?;
         }
     }
     Ok(run)
 }
 
 fn arm_uffd_read(ring: &mut Ring, uffd: &Uffd, buf: Buf) -> Result<(), DestError> {
-    ring.read(uffd.as_raw_fd(), buf, TAG_UFFD).map_err(|r| ring_err("userfaultfd read submit", r.error))
+    ring.read(uffd.as_raw_fd(), buf, TAG_UFFD)
+        .map_err(|r| ring_err("userfaultfd read submit", r.error))
 }
 
 /// Everything a frame or a fault may need besides the engine.
@@ -193,7 +223,8 @@ impl Ctx<'_> {
                 self.run.mode = Some(mode.to_string());
                 if mode == MigrationMode::Precopy {
                     for r in self.regions {
-                        uffd.unregister(r.host_addr as u64, r.size_bytes).map_err(|e| ring_err("userfaultfd unregister", e))?;
+                        uffd.unregister(r.host_addr as u64, r.size_bytes)
+                            .map_err(|e| ring_err("userfaultfd unregister", e))?;
                     }
                     *self.direct = true;
                 }
@@ -209,10 +240,14 @@ impl Ctx<'_> {
     }
 }
 
-fn on_uffd_messages(engine: &mut DestEngine, ctx: &mut Ctx<'_>, bytes: &[u8]) -> Result<(), DestError> {
+fn on_uffd_messages(
+    engine: &mut DestEngine,
+    ctx: &mut Ctx<'_>,
+    bytes: &[u8],
+) -> Result<(), DestError> {
     for event in super::uffd::parse_messages(bytes) {
-        if let UffdEvent::PageFault { address, .. } = event {
-            let page = page_of_host_addr(ctx.regions, ctx.layout, address as usize)
+        if let UffdEvent::PageFault { addr, .. } = event {
+            let page = page_of_host_addr(ctx.regions, ctx.layout, addr as usize)
                 .ok_or(DestError::FaultOutsideMemory { page: u64::MAX })?;
             let mut sink = ctx.sink();
             engine.on_fault(page, 0, sink.as_mut())?;
@@ -222,7 +257,11 @@ fn on_uffd_messages(engine: &mut DestEngine, ctx: &mut Ctx<'_>, bytes: &[u8]) ->
 }
 
 /// Sends whatever the engine queued: urgent first.
-fn flush(engine: &mut DestEngine, ring: &mut Ring, streams: &mut RingStreams) -> Result<(), DestError> {
+fn flush(
+    engine: &mut DestEngine,
+    ring: &mut Ring,
+    streams: &mut RingStreams,
+) -> Result<(), DestError> {
     for stream in [StreamKind::Urgent, StreamKind::Bulk] {
         while let Some(mut frames) = streams.take_send_buf(stream) {
             let produced = match stream {

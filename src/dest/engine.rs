@@ -97,7 +97,10 @@ pub struct DestEngine {
 
 impl std::fmt::Debug for DestEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DestEngine").field("phase", &self.phase).field("outstanding", &self.outstanding).finish()
+        f.debug_struct("DestEngine")
+            .field("phase", &self.phase)
+            .field("outstanding", &self.outstanding)
+            .finish()
     }
 }
 
@@ -197,7 +200,11 @@ impl DestEngine {
             StreamKind::Bulk => self.stats.bytes_bulk += frame_bytes as u64,
             StreamKind::Urgent => self.stats.bytes_urgent += frame_bytes as u64,
         }
-        let unexpected = |frame: &wire::FrameBody<'_>, phase| DestError::UnexpectedFrame { stream, frame: frame.frame_type(), phase };
+        let unexpected = |frame: &wire::FrameBody<'_>, phase| DestError::UnexpectedFrame {
+            stream,
+            frame: frame.frame_type(),
+            phase,
+        };
         let body = frame.body;
         match body {
             wire::FrameBody::Hello(hello) => self.on_hello(stream, &hello),
@@ -211,7 +218,9 @@ impl DestEngine {
                 self.on_need_set(&set, sink)?;
                 Ok(None)
             }
-            wire::FrameBody::VmState(blob) if self.phase == DestPhase::PreSwitch => self.on_state(blob),
+            wire::FrameBody::VmState(blob) if self.phase == DestPhase::PreSwitch => {
+                self.on_state(blob)
+            }
             wire::FrameBody::Done(done) if self.phase != DestPhase::PreSwitch => {
                 self.stats.source_digest = done.memory_digest;
                 self.done = Some(done);
@@ -222,20 +231,35 @@ impl DestEngine {
         }
     }
 
-    fn on_hello(&mut self, stream: StreamKind, hello: &wire::Hello<'_>) -> Result<Option<DestEvent>, DestError> {
+    fn on_hello(
+        &mut self,
+        stream: StreamKind,
+        hello: &wire::Hello<'_>,
+    ) -> Result<Option<DestEvent>, DestError> {
         if self.phase != DestPhase::Handshake || hello.stream != stream {
-            return Err(DestError::UnexpectedFrame { stream, frame: wire::FrameType::Hello, phase: self.phase });
+            return Err(DestError::UnexpectedFrame {
+                stream,
+                frame: wire::FrameType::Hello,
+                phase: self.phase,
+            });
         }
         if let Some(id) = self.session_id.filter(|&id| id != hello.session_id) {
             return Err(DestError::SessionMismatch { expected: id, got: hello.session_id });
         }
         let version = wire::negotiate_version(hello.max_version)?;
-        let verdict = if hello.regions != self.wire_regions || hello.page_size as usize != PAGE_SIZE {
+        let verdict = if hello.regions != self.wire_regions || hello.page_size as usize != PAGE_SIZE
+        {
             wire::Verdict::Reject(wire::RejectReason::LayoutMismatch)
         } else {
             wire::Verdict::Accept
         };
-        let ack = wire::HelloAck { version, session_id: hello.session_id, stream, verdict, auth_token: &[] };
+        let ack = wire::HelloAck {
+            version,
+            session_id: hello.session_id,
+            stream,
+            verdict,
+            auth_token: &[],
+        };
         let mut out = Vec::new();
         wire::encode_frame(&mut out, version, &wire::FrameBody::HelloAck(ack), &self.limits)?;
         match stream {
@@ -243,7 +267,10 @@ impl DestEngine {
             StreamKind::Urgent => self.urgent_out.push_back(out),
         }
         if verdict != wire::Verdict::Accept {
-            return Err(DestError::LayoutMismatch { source_regions: hello.regions.clone(), dest_regions: self.wire_regions.clone() });
+            return Err(DestError::LayoutMismatch {
+                source_regions: hello.regions.clone(),
+                dest_regions: self.wire_regions.clone(),
+            });
         }
         self.version = version;
         self.session_id = Some(hello.session_id);
@@ -258,7 +285,11 @@ impl DestEngine {
 
     /// Places the pages of a window that are not here yet; rewrites present ones before the
     /// switch-over (a pre-copy round re-sending a dirtied page), drops them after.
-    fn on_window(&mut self, window: &wire::PageWindowRef<'_>, sink: &mut dyn PageSink) -> Result<(), DestError> {
+    fn on_window(
+        &mut self,
+        window: &wire::PageWindowRef<'_>,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), DestError> {
         let count = window.page_count;
         let first = self.layout.global(window.region, window.first_page, u64::from(count))?;
         let len = count as usize * PAGE_SIZE;
@@ -285,7 +316,10 @@ impl DestEngine {
             // Extend a run of pages with the same (present, zero) shape.
             let present = self.present.get(page);
             let mut j = i + 1;
-            while j < count && self.present.get(first + u64::from(j)) == present && zeros.contains(j) == is_zero {
+            while j < count
+                && self.present.get(first + u64::from(j)) == present
+                && zeros.contains(j) == is_zero
+            {
                 j += 1;
             }
             let bytes = &scratch[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
@@ -347,9 +381,17 @@ impl DestEngine {
     }
 
     /// The need set of one region: stale present pages are dropped so they fault again.
-    fn on_need_set(&mut self, set: &wire::DirtySetRef<'_>, sink: &mut dyn PageSink) -> Result<(), DestError> {
+    fn on_need_set(
+        &mut self,
+        set: &wire::DirtySetRef<'_>,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), DestError> {
         if self.phase != DestPhase::PreSwitch {
-            return Err(DestError::UnexpectedFrame { stream: StreamKind::Bulk, frame: wire::FrameType::DirtySet, phase: self.phase });
+            return Err(DestError::UnexpectedFrame {
+                stream: StreamKind::Bulk,
+                frame: wire::FrameType::DirtySet,
+                phase: self.phase,
+            });
         }
         let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
         let base = self.layout.global(set.region, 0, 1)?;
@@ -385,7 +427,12 @@ impl DestEngine {
     }
 
     /// A vCPU touched missing page `page`.
-    pub fn on_fault(&mut self, page: u64, vcpu: u32, sink: &mut dyn PageSink) -> Result<(), DestError> {
+    pub fn on_fault(
+        &mut self,
+        page: u64,
+        vcpu: u32,
+        sink: &mut dyn PageSink,
+    ) -> Result<(), DestError> {
         if page >= self.layout.total_pages() {
             return Err(DestError::FaultOutsideMemory { page });
         }
@@ -410,11 +457,22 @@ impl DestEngine {
         }
         self.stats.network_faults += 1;
         self.fault_started_ns.insert(page, mono_ns());
-        let (region, page_in_region) = self.layout.locate(page).ok_or(DestError::FaultOutsideMemory { page })?;
-        let request = wire::FaultRequest { region, page: page_in_region, vcpu, request_id: self.next_request_id };
+        let (region, page_in_region) =
+            self.layout.locate(page).ok_or(DestError::FaultOutsideMemory { page })?;
+        let request = wire::FaultRequest {
+            region,
+            page: page_in_region,
+            vcpu,
+            request_id: self.next_request_id,
+        };
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         let mut out = Vec::new();
-        wire::encode_frame(&mut out, self.version, &wire::FrameBody::FaultRequest(request), &self.limits)?;
+        wire::encode_frame(
+            &mut out,
+            self.version,
+            &wire::FrameBody::FaultRequest(request),
+            &self.limits,
+        )?;
         self.urgent_out.push_back(out);
         Ok(())
     }
@@ -429,13 +487,23 @@ impl DestEngine {
         let digest = memory_digest(&self.page_crc);
         self.stats.memory_digest = digest;
         self.stats.complete_ns = mono_ns();
-        let verdict = if digest == done.memory_digest { wire::DoneVerdict::Match } else { wire::DoneVerdict::DigestMismatch };
+        let verdict = if digest == done.memory_digest {
+            wire::DoneVerdict::Match
+        } else {
+            wire::DoneVerdict::DigestMismatch
+        };
         let ack = wire::DoneAck {
-            counts: wire::Done { pages: self.stats.pages_placed, bytes: self.stats.bytes_bulk + self.stats.bytes_urgent, memory_digest: digest },
+            counts: wire::Done {
+                pages: self.stats.pages_placed,
+                bytes: self.stats.bytes_bulk + self.stats.bytes_urgent,
+                memory_digest: digest,
+            },
             verdict,
         };
         let mut out = Vec::new();
-        if wire::encode_frame(&mut out, self.version, &wire::FrameBody::DoneAck(ack), &self.limits).is_ok() {
+        if wire::encode_frame(&mut out, self.version, &wire::FrameBody::DoneAck(ack), &self.limits)
+            .is_ok()
+        {
             self.bulk_out.push_back(out);
         }
         self.phase = DestPhase::Complete;

@@ -6,7 +6,6 @@
 //! pre-copy); [`driver`] runs it all on one io_uring that carries the uffd reads, both socket
 //! receives and the fault-request sends.
 
-
 pub mod driver;
 pub mod engine;
 pub mod sink;
@@ -88,7 +87,9 @@ pub enum DestError {
         outstanding: u64,
     },
     /// The memory digest did not match the source's.
-    #[error("memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}")]
+    #[error(
+        "memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}"
+    )]
     DigestMismatch {
         /// Source digest.
         source_digest: u64,

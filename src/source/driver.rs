@@ -29,7 +29,12 @@ pub struct SourceDriverOptions {
 
 impl Default for SourceDriverOptions {
     fn default() -> Self {
-        Self { bulk_in_flight: 4, bulk_buf_bytes: 1 << 20, tick: Duration::from_millis(10), timeout: Duration::from_secs(600) }
+        Self {
+            bulk_in_flight: 4,
+            bulk_buf_bytes: 1 << 20,
+            tick: Duration::from_millis(10),
+            timeout: Duration::from_secs(600),
+        }
     }
 }
 
@@ -45,8 +50,18 @@ pub fn run_source(
     opts: &SourceDriverOptions,
     on_tick: &mut dyn FnMut(&SourceEngine),
 ) -> Result<SourceStats, SourceError> {
-    let mut ring = Ring::new(256).map_err(|e| SourceError::Io { what: "io_uring setup", source: std::io::Error::other(e.to_string()) })?;
-    let mut streams = RingStreams::new(&mut ring, pair, opts.bulk_in_flight, opts.bulk_buf_bytes, Limits::default()).map_err(stream_err)?;
+    let mut ring = Ring::new(256).map_err(|e| SourceError::Io {
+        what: "io_uring setup",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut streams = RingStreams::new(
+        &mut ring,
+        pair,
+        opts.bulk_in_flight,
+        opts.bulk_buf_bytes,
+        Limits::default(),
+    )
+    .map_err(stream_err)?;
     engine.start()?;
     let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
     let mut next_tick = 0u64;
@@ -57,18 +72,26 @@ pub fn run_source(
             next_tick = now + opts.tick.as_nanos() as u64;
         }
         if now > deadline {
-            return Err(SourceError::Timeout { secs: opts.timeout.as_secs(), phase: engine.phase() });
+            return Err(SourceError::Timeout {
+                secs: opts.timeout.as_secs(),
+                phase: engine.phase(),
+            });
         }
         fill_urgent(engine, &mut ring, &mut streams)?;
         fill_bulk(engine, vm, &mut ring, &mut streams, opts)?;
-        if engine.is_finished() && streams.in_flight(StreamKind::Bulk) == 0 && streams.in_flight(StreamKind::Urgent) == 0 {
+        if engine.is_finished()
+            && streams.in_flight(StreamKind::Bulk) == 0
+            && streams.in_flight(StreamKind::Urgent) == 0
+        {
             let mut stats = engine.stats().clone();
             stats.bytes_bulk = streams.bytes_sent[0];
             stats.bytes_urgent = streams.bytes_sent[1];
             return Ok(stats);
         }
-        ring.submit_and_wait(1, Some(opts.tick))
-            .map_err(|e| SourceError::Io { what: "io_uring wait", source: std::io::Error::other(e.to_string()) })?;
+        ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| SourceError::Io {
+            what: "io_uring wait",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         while let Some(completion) = ring.next_completion() {
             match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
                 Ok(StreamEvent::Received(stream)) => {
@@ -76,7 +99,9 @@ pub fn run_source(
                         engine.on_frame(stream, frame, vm)?;
                     }
                 }
-                Ok(StreamEvent::Sent(StreamKind::Bulk, bytes)) => engine.on_bulk_sent(bytes, mono_ns()),
+                Ok(StreamEvent::Sent(StreamKind::Bulk, bytes)) => {
+                    engine.on_bulk_sent(bytes, mono_ns())
+                }
                 Ok(StreamEvent::Sent(..)) => {}
                 Ok(StreamEvent::Closed(stream)) if !engine.is_finished() => {
                     return Err(SourceError::PeerClosed { stream, phase: engine.phase() });
@@ -88,7 +113,11 @@ pub fn run_source(
 }
 
 /// Sends every urgent frame the engine has (each in its own buffer while buffers last).
-fn fill_urgent(engine: &mut SourceEngine, ring: &mut Ring, streams: &mut RingStreams) -> Result<(), SourceError> {
+fn fill_urgent(
+    engine: &mut SourceEngine,
+    ring: &mut Ring,
+    streams: &mut RingStreams,
+) -> Result<(), SourceError> {
     while let Some(mut frames) = streams.take_send_buf(StreamKind::Urgent) {
         while engine.poll_urgent(&mut frames) {}
         if frames.is_empty() {

@@ -177,7 +177,10 @@ enum SwitchItem {
 
 impl std::fmt::Debug for SourceEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceEngine").field("phase", &self.phase).field("pending", &self.pending).finish()
+        f.debug_struct("SourceEngine")
+            .field("phase", &self.phase)
+            .field("pending", &self.pending)
+            .finish()
     }
 }
 
@@ -272,7 +275,12 @@ impl SourceEngine {
                 auth_token: &[],
             };
             let mut out = Vec::new();
-            wire::encode_frame(&mut out, wire::VERSION_CURRENT, &wire::FrameBody::Hello(hello), &self.limits)?;
+            wire::encode_frame(
+                &mut out,
+                wire::VERSION_CURRENT,
+                &wire::FrameBody::Hello(hello),
+                &self.limits,
+            )?;
             match stream {
                 StreamKind::Bulk => self.control_out.push_back(out),
                 StreamKind::Urgent => self.urgent_out.push_back(out),
@@ -293,7 +301,11 @@ impl SourceEngine {
             wire::FrameBody::FaultRequest(req) => self.on_fault_request(&req),
             wire::FrameBody::DoneAck(ack) => self.on_done_ack(&ack),
             wire::FrameBody::Control(_) => Ok(()),
-            other => Err(SourceError::UnexpectedFrame { stream, frame: other.frame_type(), phase: self.phase }),
+            other => Err(SourceError::UnexpectedFrame {
+                stream,
+                frame: other.frame_type(),
+                phase: self.phase,
+            }),
         }
     }
 
@@ -304,13 +316,20 @@ impl SourceEngine {
         vm: &mut dyn MigratableVm,
     ) -> Result<(), SourceError> {
         if self.phase != Phase::Handshake || ack.stream != stream {
-            return Err(SourceError::UnexpectedFrame { stream, frame: wire::FrameType::HelloAck, phase: self.phase });
+            return Err(SourceError::UnexpectedFrame {
+                stream,
+                frame: wire::FrameType::HelloAck,
+                phase: self.phase,
+            });
         }
         if let wire::Verdict::Reject(reason) = ack.verdict {
             return Err(SourceError::Rejected { reason });
         }
         if ack.session_id != self.cfg.session_id {
-            return Err(SourceError::SessionMismatch { expected: self.cfg.session_id, got: ack.session_id });
+            return Err(SourceError::SessionMismatch {
+                expected: self.cfg.session_id,
+                got: ack.session_id,
+            });
         }
         wire::check_version(ack.version)?;
         self.version = ack.version;
@@ -385,7 +404,11 @@ impl SourceEngine {
 
     /// Appends the next control-stream-ordered bulk frame to `out`; false when there is
     /// nothing to send now.
-    pub fn poll_bulk(&mut self, out: &mut Vec<u8>, vm: &mut dyn MigratableVm) -> Result<bool, SourceError> {
+    pub fn poll_bulk(
+        &mut self,
+        out: &mut Vec<u8>,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<bool, SourceError> {
         if let Some(frame) = self.control_out.pop_front() {
             self.stats.bytes_bulk += frame.len() as u64;
             out.extend_from_slice(&frame);
@@ -421,7 +444,11 @@ impl SourceEngine {
         self.rate.record(bytes, now_ns);
     }
 
-    fn poll_pre_switch(&mut self, out: &mut Vec<u8>, vm: &mut dyn MigratableVm) -> Result<bool, SourceError> {
+    fn poll_pre_switch(
+        &mut self,
+        out: &mut Vec<u8>,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<bool, SourceError> {
         if self.send_next_pending(out, false)? {
             return Ok(true);
         }
@@ -478,13 +505,21 @@ impl SourceEngine {
             MigrationMode::Precopy => {
                 // Every page not valid on the destination goes now, in the downtime.
                 self.fill_pending_with_needed();
-                self.switch_queue.extend([SwitchItem::Pages, SwitchItem::NeedSet, SwitchItem::State]);
+                self.switch_queue.extend([
+                    SwitchItem::Pages,
+                    SwitchItem::NeedSet,
+                    SwitchItem::State,
+                ]);
             }
             MigrationMode::HybridPaper => {
                 for &page in &self.cfg.working_set {
                     self.pending.set(page);
                 }
-                self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::Pages, SwitchItem::State]);
+                self.switch_queue.extend([
+                    SwitchItem::NeedSet,
+                    SwitchItem::Pages,
+                    SwitchItem::State,
+                ]);
             }
             MigrationMode::Postcopy | MigrationMode::Hybrid => {
                 self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::State]);
@@ -502,7 +537,11 @@ impl SourceEngine {
         }
     }
 
-    fn poll_switch(&mut self, out: &mut Vec<u8>, vm: &mut dyn MigratableVm) -> Result<bool, SourceError> {
+    fn poll_switch(
+        &mut self,
+        out: &mut Vec<u8>,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<bool, SourceError> {
         while let Some(item) = self.switch_queue.front().copied() {
             match item {
                 SwitchItem::Pages => {
@@ -519,7 +558,12 @@ impl SourceEngine {
                 }
                 SwitchItem::State => {
                     let blob = vm.save_state()?;
-                    wire::encode_frame(out, self.version, &wire::FrameBody::VmState(&blob), &self.limits)?;
+                    wire::encode_frame(
+                        out,
+                        self.version,
+                        &wire::FrameBody::VmState(&blob),
+                        &self.limits,
+                    )?;
                     self.stats.state_sent_ns = mono_ns();
                     self.switch_queue.pop_front();
                     self.enter_push();
@@ -549,7 +593,14 @@ impl SourceEngine {
         self.stats.need_pages = need.count();
         for (index, span) in self.layout.regions().iter().enumerate() {
             let words = region_words(&need, span.first_page, span.pages());
-            wire::encode_dirty_set(out, self.version, index as u32, &words, span.pages(), &self.limits)?;
+            wire::encode_dirty_set(
+                out,
+                self.version,
+                index as u32,
+                &words,
+                span.pages(),
+                &self.limits,
+            )?;
         }
         Ok(())
     }
@@ -561,7 +612,8 @@ impl SourceEngine {
         if self.cfg.mode == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
             let pending = &self.pending;
-            let first: Vec<u64> = self.cfg.working_set.iter().copied().filter(|&p| pending.get(p)).collect();
+            let first: Vec<u64> =
+                self.cfg.working_set.iter().copied().filter(|&p| pending.get(p)).collect();
             self.push.set_priority(first);
         }
     }
@@ -583,7 +635,9 @@ impl SourceEngine {
 
     /// Encodes the next run of `pending` pages; false when `pending` is empty.
     fn send_next_pending(&mut self, out: &mut Vec<u8>, urgent: bool) -> Result<bool, SourceError> {
-        let Some((first, count)) = self.push.next_run(&self.pending, &self.layout, self.cfg.push_pages) else {
+        let Some((first, count)) =
+            self.push.next_run(&self.pending, &self.layout, self.cfg.push_pages)
+        else {
             return Ok(false);
         };
         self.send_run(out, first, count, 0, urgent)?;
@@ -591,11 +645,27 @@ impl SourceEngine {
     }
 
     /// Encodes pages `first..first+count` as one window and marks them sent.
-    fn send_run(&mut self, out: &mut Vec<u8>, first: u64, count: u32, request_id: u32, urgent: bool) -> Result<(), SourceError> {
-        let (region, page_in_region) = self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
-        let meta = WindowMeta { region, first_page: page_in_region, request_id, urgent_answer: urgent };
+    fn send_run(
+        &mut self,
+        out: &mut Vec<u8>,
+        first: u64,
+        count: u32,
+        request_id: u32,
+        urgent: bool,
+    ) -> Result<(), SourceError> {
+        let (region, page_in_region) =
+            self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
+        let meta =
+            WindowMeta { region, first_page: page_in_region, request_id, urgent_answer: urgent };
         let bytes = self.page_bytes(first, count);
-        let stats = wire::encode_page_window(out, self.version, &meta, bytes, self.compression, &self.limits)?;
+        let stats = wire::encode_page_window(
+            out,
+            self.version,
+            &meta,
+            bytes,
+            self.compression,
+            &self.limits,
+        )?;
         for (i, page) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
             self.page_crc[first as usize + i] = crc32fast::hash(page);
         }
@@ -613,7 +683,11 @@ impl SourceEngine {
     /// stream, and the push pivots to just past the window.
     fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
         if !matches!(self.phase, Phase::Push | Phase::AwaitDoneAck | Phase::SwitchOver) {
-            return Err(SourceError::UnexpectedFrame { stream: StreamKind::Urgent, frame: wire::FrameType::FaultRequest, phase: self.phase });
+            return Err(SourceError::UnexpectedFrame {
+                stream: StreamKind::Urgent,
+                frame: wire::FrameType::FaultRequest,
+                phase: self.phase,
+            });
         }
         req.validate(&self.wire_regions)?;
         let page = self.layout.global(req.region, req.page, 1)?;
@@ -645,9 +719,15 @@ impl SourceEngine {
 
     fn on_done_ack(&mut self, ack: &wire::DoneAck) -> Result<(), SourceError> {
         if self.phase != Phase::AwaitDoneAck {
-            return Err(SourceError::UnexpectedFrame { stream: StreamKind::Bulk, frame: wire::FrameType::DoneAck, phase: self.phase });
+            return Err(SourceError::UnexpectedFrame {
+                stream: StreamKind::Bulk,
+                frame: wire::FrameType::DoneAck,
+                phase: self.phase,
+            });
         }
-        if ack.verdict != wire::DoneVerdict::Match || ack.counts.memory_digest != self.stats.memory_digest {
+        if ack.verdict != wire::DoneVerdict::Match
+            || ack.counts.memory_digest != self.stats.memory_digest
+        {
             return Err(SourceError::DigestMismatch {
                 source_digest: self.stats.memory_digest,
                 dest_digest: ack.counts.memory_digest,
@@ -667,11 +747,12 @@ impl SourceEngine {
             return;
         }
         let link_bytes_per_ms = self.rate.bytes_per_ms();
-        self.compression = if link_bytes_per_ms > 0.0 && link_bytes_per_ms < LZ4_WORTH_BELOW_BYTES_PER_MS {
-            Compression::Lz4
-        } else {
-            Compression::None
-        };
+        self.compression =
+            if link_bytes_per_ms > 0.0 && link_bytes_per_ms < LZ4_WORTH_BELOW_BYTES_PER_MS {
+                Compression::Lz4
+            } else {
+                Compression::None
+            };
     }
 }
 
@@ -717,7 +798,11 @@ impl RateMeter {
         let elapsed_ms = (now_ns.saturating_sub(self.last_ns)) as f64 / 1e6;
         if elapsed_ms >= 5.0 {
             let sample = self.acc_bytes as f64 / elapsed_ms;
-            self.ewma_bytes_per_ms = if self.ewma_bytes_per_ms == 0.0 { sample } else { 0.7 * self.ewma_bytes_per_ms + 0.3 * sample };
+            self.ewma_bytes_per_ms = if self.ewma_bytes_per_ms == 0.0 {
+                sample
+            } else {
+                0.7 * self.ewma_bytes_per_ms + 0.3 * sample
+            };
             self.acc_bytes = 0;
             self.last_ns = now_ns;
         }

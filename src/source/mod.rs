@@ -5,7 +5,6 @@
 //! the two TCP streams. [`workingset`] estimates the hot pages from dirty-log samples and
 //! [`push`] orders the background push.
 
-
 pub mod driver;
 pub mod engine;
 pub mod push;

@@ -64,10 +64,7 @@ pub enum StreamEvent {
 }
 
 fn index(stream: StreamKind) -> usize {
-    match stream {
-        StreamKind::Bulk => 0,
-        StreamKind::Urgent => 1,
-    }
+    stream.index()
 }
 
 fn kind(index: usize) -> StreamKind {
@@ -93,7 +90,10 @@ pub struct RingStreams {
 
 impl std::fmt::Debug for RingStreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingStreams").field("fds", &self.fds).field("in_flight", &self.in_flight).finish()
+        f.debug_struct("RingStreams")
+            .field("fds", &self.fds)
+            .field("in_flight", &self.in_flight)
+            .finish()
     }
 }
 
@@ -111,7 +111,8 @@ impl RingStreams {
         let streams = Self {
             fds,
             readers: [FrameReader::new(limits.clone()), FrameReader::new(limits)],
-            free_send: [0, 1].map(|_| (0..send_bufs).map(|_| Vec::with_capacity(send_buf_bytes)).collect()),
+            free_send: [0, 1]
+                .map(|_| (0..send_bufs).map(|_| Vec::with_capacity(send_buf_bytes)).collect()),
             in_flight: [0; 2],
             bytes_received: [0; 2],
             bytes_sent: [0; 2],
@@ -139,9 +140,15 @@ impl RingStreams {
 
     /// Sends all of `frames` on `stream`; the buffer comes back to the free list when the
     /// kernel is done with it.
-    pub fn send(&mut self, ring: &mut Ring, stream: StreamKind, frames: Vec<u8>) -> Result<(), StreamError> {
+    pub fn send(
+        &mut self,
+        ring: &mut Ring,
+        stream: StreamKind,
+        frames: Vec<u8>,
+    ) -> Result<(), StreamError> {
         let i = index(stream);
-        ring.send(self.fds[i], Buf::from_vec(frames), TAG_SEND[i]).map_err(|r| StreamError::Ring { stream, source: r.error })?;
+        ring.send(self.fds[i], Buf::from_vec(frames), TAG_SEND[i])
+            .map_err(|r| StreamError::Ring { stream, source: r.error })?;
         self.in_flight[i] += 1;
         Ok(())
     }
@@ -169,7 +176,11 @@ impl RingStreams {
         if let Some(i) = TAG_SEND.iter().position(|&t| t == tag) {
             self.in_flight[i] -= 1;
             let stream = kind(i);
-            let sent = completion.result.map_err(|source| StreamError::Io { op: "send", stream, source })?;
+            let sent = completion.result.map_err(|source| StreamError::Io {
+                op: "send",
+                stream,
+                source,
+            })?;
             self.bytes_sent[i] += sent as u64;
             if let Some(vec) = completion.buf.and_then(Buf::into_vec) {
                 self.free_send[i].push(vec);
@@ -179,7 +190,12 @@ impl RingStreams {
         Ok(Err(completion))
     }
 
-    fn on_recv(&mut self, ring: &mut Ring, i: usize, completion: Completion) -> Result<StreamEvent, StreamError> {
+    fn on_recv(
+        &mut self,
+        ring: &mut Ring,
+        i: usize,
+        completion: Completion,
+    ) -> Result<StreamEvent, StreamError> {
         let stream = kind(i);
         let n = match completion.result {
             Ok(n) => n,
@@ -194,12 +210,15 @@ impl RingStreams {
         self.bytes_received[i] += n as u64;
         self.readers[i].push_bytes(buf.as_slice());
         buf.clear();
-        ring.recv(self.fds[i], buf, TAG_RECV[i]).map_err(|r| StreamError::Ring { stream, source: r.error })?;
+        ring.recv(self.fds[i], buf, TAG_RECV[i])
+            .map_err(|r| StreamError::Ring { stream, source: r.error })?;
         Ok(StreamEvent::Received(stream))
     }
 
     /// The next complete frame received on `stream`, if any.
     pub fn next_frame(&mut self, stream: StreamKind) -> Result<Option<Frame<'_>>, StreamError> {
-        self.readers[index(stream)].next_frame().map_err(|source| StreamError::Wire { stream, source })
+        self.readers[index(stream)]
+            .next_frame()
+            .map_err(|source| StreamError::Wire { stream, source })
     }
 }

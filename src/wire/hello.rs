@@ -14,7 +14,7 @@ use super::codec::{put_u16, put_u32, put_u64, Cur};
 use super::{check_version, FrameType, Limits, WireError, PAGE_SIZE, VERSION_CURRENT, VERSION_MIN};
 
 /// Which of the two connections of a migration this is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum StreamKind {
     /// Rounds, working set, background push, state, dirty sets, Done.
@@ -24,6 +24,27 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
+    /// Both kinds, bulk first.
+    pub const ALL: [StreamKind; 2] = [StreamKind::Bulk, StreamKind::Urgent];
+
+    /// The byte that names the stream (in a Hello and in a connection preamble).
+    pub fn to_wire(self) -> u8 {
+        self as u8
+    }
+
+    /// Parses a stream byte; unknown values are `None`.
+    pub fn from_wire(byte: u8) -> Option<StreamKind> {
+        Self::from_u8(byte).ok()
+    }
+
+    /// 0 for bulk, 1 for urgent (for per-stream arrays).
+    pub fn index(self) -> usize {
+        match self {
+            StreamKind::Bulk => 0,
+            StreamKind::Urgent => 1,
+        }
+    }
+
     fn from_u8(got: u8) -> Result<Self, WireError> {
         match got {
             1 => Ok(Self::Bulk),
@@ -48,6 +69,24 @@ pub enum MigrationMode {
 }
 
 impl MigrationMode {
+    /// Every mode, in the order reports list them.
+    pub const ALL: [MigrationMode; 4] = [
+        MigrationMode::Precopy,
+        MigrationMode::Postcopy,
+        MigrationMode::Hybrid,
+        MigrationMode::HybridPaper,
+    ];
+
+    /// The mode's name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Precopy => "precopy",
+            Self::Postcopy => "postcopy",
+            Self::Hybrid => "hybrid",
+            Self::HybridPaper => "hybrid-paper",
+        }
+    }
+
     fn from_u8(got: u8) -> Result<Self, WireError> {
         match got {
             1 => Ok(Self::Precopy),
@@ -56,6 +95,22 @@ impl MigrationMode {
             4 => Ok(Self::HybridPaper),
             _ => Err(WireError::InvalidField { field: "hello.mode", got: got.into() }),
         }
+    }
+}
+
+impl std::fmt::Display for MigrationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MigrationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            format!("unknown mode `{s}` (expected precopy, postcopy, hybrid or hybrid-paper)")
+        })
     }
 }
 
