@@ -370,7 +370,8 @@ impl DestEngine {
         if !self.present.set(page) {
             return;
         }
-        if self.need.as_ref().is_some_and(|n| n.get(page)) {
+        // Before the state arrives `outstanding` is not counted yet (on_state counts it).
+        if self.phase == DestPhase::Running && self.need.as_ref().is_some_and(|n| n.get(page)) {
             self.outstanding -= 1;
         }
         if self.requested.clear(page) {
