@@ -9,6 +9,7 @@ pub mod embed;
 pub mod host_check;
 pub mod memory;
 pub mod metrics;
+pub mod migration;
 pub mod ring;
 pub mod sim;
 pub mod source;

@@ -57,6 +57,10 @@ pub struct DestRun {
     pub vcpu_blocked_ms: f64,
     /// Fault latency CDF: (us, fraction).
     pub fault_cdf: Vec<(u64, f64)>,
+    /// Bytes this host sent on the bulk stream (acks, DoneAck).
+    pub sent_bulk: u64,
+    /// Bytes this host sent on the urgent stream (fault requests).
+    pub sent_urgent: u64,
 }
 
 fn stream_err(e: StreamError) -> DestError {
@@ -170,6 +174,8 @@ pub fn run_dest(
     run.stats = engine.stats().clone();
     run.stats.bytes_bulk = streams.bytes_received[0];
     run.stats.bytes_urgent = streams.bytes_received[1];
+    run.sent_bulk = streams.bytes_sent[0];
+    run.sent_urgent = streams.bytes_sent[1];
     run.fault_us_p50 = hist.quantile_us(0.5);
     run.fault_us_p99 = hist.quantile_us(0.99);
     run.fault_us_p999 = hist.quantile_us(0.999);

@@ -545,9 +545,9 @@ impl SourceEngine {
         while let Some(item) = self.switch_queue.front().copied() {
             match item {
                 SwitchItem::Pages => {
-                    let before = self.stats_pages();
+                    let before = self.pages_sent();
                     if self.send_next_pending(out, false)? {
-                        self.stats.pages_in_downtime += self.stats_pages() - before;
+                        self.stats.pages_in_downtime += self.pages_sent() - before;
                         return Ok(true);
                     }
                 }
@@ -575,7 +575,8 @@ impl SourceEngine {
         Ok(false)
     }
 
-    fn stats_pages(&self) -> u64 {
+    /// Pages sent so far (a page sent twice counts twice).
+    pub fn pages_sent(&self) -> u64 {
         self.stats.pages_zero + self.stats.pages_raw + self.stats.pages_lz4
     }
 
@@ -623,7 +624,7 @@ impl SourceEngine {
             return Ok(true);
         }
         let done = wire::Done {
-            pages: self.stats_pages(),
+            pages: self.pages_sent(),
             bytes: self.stats.bytes_bulk + self.stats.bytes_urgent,
             memory_digest: memory_digest(&self.page_crc),
         };

@@ -1,0 +1,250 @@
+//! One host's half of a migration with the built-in VMM: the source host runs the guest,
+//! tracks its working set and migrates it; the destination host receives it and runs it to
+//! the end of its ops.
+
+use super::report::{DestReport, SourceReport};
+use super::MigrationError;
+use crate::dest::driver::{run_dest, DestDriverOptions};
+use crate::embed::{EmbedError, HostRegion, MigratableVm};
+use crate::memory::PageBitmap;
+use crate::metrics::{mono_ns, ProgressTimeline};
+use crate::source::driver::{run_source, SourceDriverOptions};
+use crate::source::workingset::WorkingSetTracker;
+use crate::source::{CompressionPolicy, SourceConfig, SourceEngine};
+use crate::transport::tcp;
+use crate::vm::{DirtyBitmap, Vm, VmConfig, VmState};
+use crate::wire::MigrationMode;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The built-in VMM seen through the engines' narrow interface.
+pub struct KvmGuest<'a> {
+    vm: &'a mut Vm,
+    scratch: DirtyBitmap,
+}
+
+impl std::fmt::Debug for KvmGuest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmGuest").finish_non_exhaustive()
+    }
+}
+
+impl<'a> KvmGuest<'a> {
+    /// Wraps `vm`.
+    pub fn new(vm: &'a mut Vm) -> Self {
+        let pages = vm.total_pages();
+        Self { vm, scratch: DirtyBitmap::new(pages) }
+    }
+}
+
+fn vm_err(op: &'static str) -> impl FnOnce(crate::vm::VmError) -> EmbedError {
+    move |e| EmbedError::Vm { op, source: Box::new(e) }
+}
+
+impl MigratableVm for KvmGuest<'_> {
+    fn regions(&self) -> Vec<HostRegion> {
+        self.vm
+            .regions()
+            .iter()
+            .map(|r| HostRegion { guest_phys: r.guest_phys, size_bytes: r.len() as u64, host_addr: r.as_ptr() as usize })
+            .collect()
+    }
+
+    fn start_dirty_log(&mut self) -> Result<(), EmbedError> {
+        self.vm.set_dirty_logging(true).map_err(vm_err("start_dirty_log"))?;
+        self.vm.harvest_dirty(&mut self.scratch).map_err(vm_err("harvest_dirty"))?;
+        self.scratch.clear();
+        Ok(())
+    }
+
+    fn harvest_dirty(&mut self, out: &mut PageBitmap) -> Result<(), EmbedError> {
+        self.vm.harvest_dirty(&mut self.scratch).map_err(vm_err("harvest_dirty"))?;
+        // The built-in VMM's regions are contiguous from guest-physical 0, so its page
+        // numbers (gpa / 4096) are the engines' dense indices.
+        out.or_words(0, self.scratch.words());
+        self.scratch.clear();
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<Duration, EmbedError> {
+        self.vm.pause().map_err(vm_err("pause"))
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, EmbedError> {
+        Ok(self.vm.save_state().map_err(vm_err("save_state"))?.to_blob())
+    }
+
+    fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError> {
+        let state = VmState::from_blob(blob).map_err(|e| EmbedError::Vm { op: "restore_state", source: Box::new(e) })?;
+        self.vm.restore_state(&state).map_err(vm_err("restore_state"))
+    }
+
+    fn resume(&mut self) -> Result<(), EmbedError> {
+        self.vm.start().map_err(vm_err("resume"))
+    }
+}
+
+/// How the source host runs.
+#[derive(Debug, Clone)]
+pub struct SourceHostOptions {
+    /// The guest.
+    pub cfg: VmConfig,
+    /// Where the destination listens.
+    pub connect: SocketAddr,
+    /// Migration mode.
+    pub mode: MigrationMode,
+    /// Guest run time before the migration starts.
+    pub migrate_after_ms: u64,
+    /// Fault window in pages.
+    pub window_pages: u32,
+    /// lz4 policy.
+    pub compression: CompressionPolicy,
+    /// Session id of the two connections.
+    pub session_id: u64,
+    /// Print `PROGRESS` lines on stderr for a parent's progress bar.
+    pub progress_lines: bool,
+}
+
+/// Dirty-log sampling window of the working-set tracker.
+const WS_WINDOW: Duration = Duration::from_millis(50);
+/// Progress sampling period.
+const SAMPLE: Duration = Duration::from_millis(10);
+
+/// Runs the guest, migrates it, and returns the source's report. The source VM is paused at
+/// the switch-over and never resumed; it is dropped once the destination confirmed.
+pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, MigrationError> {
+    let mut vm = Vm::new(&opts.cfg)?;
+    let mut report = SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() };
+    let pages = vm.total_pages();
+    let mut tracker = WorkingSetTracker::new(pages);
+    vm.start()?;
+    let started = mono_ns();
+    let migrate_at = started + opts.migrate_after_ms * 1_000_000;
+    // Track the working set over the second half of the pre-migration run; the first half
+    // gives the guest's undisturbed rate (dirty logging costs a write fault per page).
+    let track_from = started + opts.migrate_after_ms * 500_000;
+    let tracks = matches!(opts.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
+    let (mut tracking, mut last_window) = (false, 0u64);
+    let mut dirty = DirtyBitmap::new(pages);
+    let mut window = PageBitmap::new(pages);
+    while mono_ns() < migrate_at {
+        std::thread::sleep(SAMPLE);
+        let now = mono_ns();
+        report.timeline.record(now, vm.ops_done());
+        if tracks && !tracking && now >= track_from {
+            vm.set_dirty_logging(true)?;
+            vm.harvest_dirty(&mut dirty)?;
+            dirty.clear();
+            (tracking, last_window) = (true, now);
+        } else if tracking && now - last_window >= WS_WINDOW.as_nanos() as u64 {
+            vm.harvest_dirty(&mut dirty)?;
+            window.clear_all();
+            window.or_words(0, dirty.words());
+            dirty.clear();
+            tracker.record_window(&window);
+            last_window = now;
+        }
+    }
+    report.baseline_ops_per_sec = report.timeline.ops_between(started, track_from.min(migrate_at)) * 1e9
+        / (track_from.min(migrate_at) - started).max(1) as f64;
+    report.ws_windows = tracker.windows();
+
+    let pair = tcp::connect(opts.connect, opts.session_id)?;
+    let mut cfg = SourceConfig::new(opts.mode, opts.session_id);
+    cfg.window_pages = opts.window_pages;
+    cfg.compression = opts.compression;
+    cfg.true_hot_set = vm.hot_pages();
+    if tracks {
+        cfg.working_set = tracker.estimate(pages / 2);
+    }
+    let mut guest = KvmGuest::new(&mut vm);
+    let mut engine = SourceEngine::new(cfg, &guest)?;
+    let mut timeline = std::mem::take(&mut report.timeline);
+    let ops_source = OpsReader::new(&guest);
+    let progress_lines = opts.progress_lines;
+    let mut last_progress = 0u64;
+    let stats = run_source(&mut engine, &mut guest, &pair, &SourceDriverOptions::default(), &mut |e| {
+        let now = mono_ns();
+        if e.stats().pause_ns == 0 {
+            timeline.record(now, ops_source.ops());
+        }
+        if progress_lines && now - last_progress > 100_000_000 {
+            last_progress = now;
+            eprintln!("PROGRESS {:?} {} {}", e.phase(), e.pages_sent(), e.layout().total_pages());
+        }
+    })?;
+    report.timeline = timeline;
+    report.ops_at_pause = ops_source.ops();
+    report.stats = stats;
+    drop(guest);
+    report.ops_at_release = vm.ops_done();
+    Ok(report)
+}
+
+/// Reads the guest's op counters from memory without borrowing the VM (the driver holds it).
+struct OpsReader {
+    addrs: Vec<usize>,
+}
+
+impl OpsReader {
+    fn new(guest: &KvmGuest<'_>) -> Self {
+        Self { addrs: guest.vm.progress_counter_addrs() }
+    }
+
+    fn ops(&self) -> u64 {
+        self.addrs
+            .iter()
+            // SAFETY: each address is an 8-aligned counter inside the VM's system region, which
+            // stays mapped while the VM lives (longer than this reader); a volatile read of a
+            // u64 the guest updates is what the VMM's own sampler does.
+            .map(|&a| unsafe { std::ptr::read_volatile(a as *const u64) })
+            .sum()
+    }
+}
+
+/// How the destination host runs.
+#[derive(Debug, Clone)]
+pub struct DestHostOptions {
+    /// The guest's configuration (must give the source's memory layout).
+    pub cfg: VmConfig,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// How long to wait for the source to connect.
+    pub accept_timeout: Duration,
+    /// How long the guest may take to finish its ops after the migration.
+    pub finish_timeout: Duration,
+}
+
+/// Receives the guest, runs it to the end of its ops, returns the destination's report.
+/// `on_listening` gets the bound address before the first accept.
+pub fn run_dest_host(opts: &DestHostOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<DestReport, MigrationError> {
+    let mut vm = Vm::new_incoming(&opts.cfg)?;
+    let mut listener = tcp::listen(opts.listen)?;
+    on_listening(listener.local_addr().map_err(|source| MigrationError::Io { what: "listener address", source })?);
+    let pair = listener.accept_pair(opts.accept_timeout)?;
+    let mut report = DestReport::default();
+    let mut timeline = ProgressTimeline::default();
+    let mut guest = KvmGuest::new(&mut vm);
+    let ops_source = OpsReader::new(&guest);
+    let mut resumed = false;
+    let run = run_dest(&mut guest, &pair, &DestDriverOptions::default(), &mut |e| {
+        resumed |= e.phase() == crate::dest::DestPhase::Running;
+        if resumed {
+            timeline.record(mono_ns(), ops_source.ops());
+        }
+    })?;
+    drop(guest);
+    report.run = run;
+    let deadline = mono_ns() + opts.finish_timeout.as_nanos() as u64;
+    while mono_ns() < deadline {
+        if let Some(digest) = vm.wait_finished(SAMPLE)? {
+            report.guest_digest = Some(digest);
+            report.guest_finished_ns = mono_ns();
+            break;
+        }
+        timeline.record(mono_ns(), vm.ops_done());
+    }
+    timeline.record(mono_ns(), vm.ops_done());
+    report.timeline = timeline;
+    Ok(report)
+}

@@ -1,0 +1,247 @@
+//! `hybridmig migrate`: a local migration between two processes on this machine.
+//!
+//! 1. An unmigrated reference run of the same workload gives `digest_expected`.
+//! 2. A destination process (`hybridmig dest`) listens on an ephemeral loopback port (or in a
+//!    network namespace) and says where on its first stdout line.
+//! 3. A source process (`hybridmig source`) starts the guest, migrates it after
+//!    `migrate_after_ms`, and reports.
+//! 4. The two JSON reports merge into one [`MigrationReport`].
+
+use super::report::{hex, DestReport, MigrationReport, SourceReport};
+use super::MigrationError;
+use crate::source::CompressionPolicy;
+use crate::vm::{run_local, VmConfig};
+use crate::wire::MigrationMode;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What `hybridmig migrate` was asked to do.
+#[derive(Debug, Clone)]
+pub struct LocalMigration {
+    /// The guest.
+    pub cfg: VmConfig,
+    /// Migration mode.
+    pub mode: MigrationMode,
+    /// Guest run time before the migration.
+    pub migrate_after_ms: u64,
+    /// Fault window in pages.
+    pub window_pages: u32,
+    /// lz4 policy name (`auto`, `on`, `off`).
+    pub compression: CompressionPolicy,
+    /// Network namespace of the source process.
+    pub src_netns: Option<String>,
+    /// Network namespace of the destination process.
+    pub dst_netns: Option<String>,
+    /// Address the destination listens on (`127.0.0.1:0` on loopback).
+    pub listen: String,
+    /// A known digest of the unmigrated run (skips the reference run).
+    pub expected_digest: Option<u64>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Whole-run time limit.
+    pub timeout: Duration,
+}
+
+/// The command-line arguments that recreate `cfg` in a child process.
+pub fn config_args(cfg: &VmConfig) -> Vec<String> {
+    let w = &cfg.workload;
+    let mut args = vec![
+        "--workload".into(),
+        w.kind.name().into(),
+        "--mem".into(),
+        format!("{}M", cfg.mem_bytes >> 20),
+        "--vcpus".into(),
+        cfg.vcpus.to_string(),
+        "--seed".into(),
+        w.seed.to_string(),
+        "--hot-mib".into(),
+        w.hot_mib.to_string(),
+        "--hot-frac".into(),
+        w.hot_frac.to_string(),
+        "--write-frac".into(),
+        w.write_frac.to_string(),
+    ];
+    if let Some(ops) = w.ops {
+        args.extend(["--ops".into(), ops.to_string()]);
+    }
+    if let Some(pace) = w.pace_ops_per_sec {
+        args.extend(["--pace".into(), pace.to_string()]);
+    }
+    args
+}
+
+fn compression_name(c: CompressionPolicy) -> &'static str {
+    match c {
+        CompressionPolicy::Off => "off",
+        CompressionPolicy::On => "on",
+        CompressionPolicy::Auto => "auto",
+    }
+}
+
+fn spawn(netns: Option<&str>, args: &[String]) -> Result<Child, MigrationError> {
+    let exe = std::env::current_exe().map_err(|source| MigrationError::Io { what: "current_exe", source })?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn().map_err(|source| MigrationError::Io { what: "spawning a host process", source })
+}
+
+/// Runs the whole local migration and returns the merged report.
+pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationError> {
+    if m.cfg.workload.ops.is_none() {
+        return Err(MigrationError::NeedsOps);
+    }
+    let expected = match m.expected_digest {
+        Some(d) => d,
+        None => run_local(&m.cfg, None, 0, |_| {})?.digest.ok_or(MigrationError::ReferenceUnfinished)?,
+    };
+    let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
+    let mut dest_args: Vec<String> = vec!["dest".into(), "--listen".into(), m.listen.clone(), "--json".into()];
+    dest_args.extend(config_args(&m.cfg));
+    let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
+    let mut dest_out = BufReader::new(dest.0.stdout.take().ok_or(MigrationError::ChildOutput { host: "destination" })?);
+    let addr = read_listening(&mut dest_out)?;
+    let mut src_args: Vec<String> = vec![
+        "source".into(),
+        "--connect".into(),
+        addr,
+        "--mode".into(),
+        m.mode.to_string(),
+        "--migrate-after-ms".into(),
+        m.migrate_after_ms.to_string(),
+        "--window".into(),
+        m.window_pages.to_string(),
+        "--compress".into(),
+        compression_name(m.compression).into(),
+        "--session".into(),
+        session_id.to_string(),
+        "--json".into(),
+    ];
+    if m.progress {
+        src_args.push("--progress-lines".into());
+    }
+    src_args.extend(config_args(&m.cfg));
+    let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);
+    let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source");
+    let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination");
+    let deadline = Instant::now() + m.timeout;
+    let src_json = wait_json(&mut source, "source", deadline, source_stdout(&mut source.0)?, src_err)?;
+    let dst_json = wait_json(&mut dest, "destination", deadline, read_all(dest_out), dst_err)?;
+    let src: SourceReport = serde_json::from_str(&src_json).map_err(|e| MigrationError::BadReport { host: "source", detail: e.to_string() })?;
+    let dst: DestReport = serde_json::from_str(&dst_json).map_err(|e| MigrationError::BadReport { host: "destination", detail: e.to_string() })?;
+    let mut report = MigrationReport::merge(&src, &dst, expected, [dst.run.sent_bulk, dst.run.sent_urgent]);
+    let w = &m.cfg.workload;
+    report.workload = w.kind.name().to_string();
+    report.mem_bytes = m.cfg.mem_bytes;
+    report.vcpus = m.cfg.vcpus;
+    report.ops = w.ops.unwrap_or(0);
+    report.pace = w.pace_ops_per_sec.unwrap_or(0);
+    report.digest_expected = hex(expected);
+    Ok(report)
+}
+
+/// Kills the child if the migration is abandoned (error or timeout).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn read_listening(out: &mut impl BufRead) -> Result<String, MigrationError> {
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(|source| MigrationError::Io { what: "reading the destination's address", source })?;
+    line.trim()
+        .strip_prefix("LISTENING ")
+        .map(str::to_string)
+        .ok_or_else(|| MigrationError::BadReport { host: "destination", detail: format!("expected `LISTENING <addr>`, got `{}`", line.trim()) })
+}
+
+fn source_stdout(child: &mut Child) -> Result<std::thread::JoinHandle<String>, MigrationError> {
+    let out = child.stdout.take().ok_or(MigrationError::ChildOutput { host: "source" })?;
+    Ok(read_all(BufReader::new(out)))
+}
+
+fn read_all<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Forwards a child's stderr; `PROGRESS` lines drive a progress bar when `bar` is set.
+fn forward_stderr(err: Option<std::process::ChildStderr>, bar: bool, host: &'static str) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let Some(err) = err else { return String::new() };
+        let progress = bar.then(|| {
+            let pb = indicatif::ProgressBar::new(1);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg:>12} [{bar:40}] {pos}/{len} pages {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            pb
+        });
+        let mut tail = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let (Some(pb), Some(rest)) = (&progress, line.strip_prefix("PROGRESS ")) {
+                let parts: Vec<&str> = rest.split_whitespace().collect();
+                if let [phase, sent, total] = parts[..] {
+                    pb.set_length(total.parse().unwrap_or(1));
+                    pb.set_position(sent.parse().unwrap_or(0));
+                    pb.set_message(phase.to_string());
+                }
+                continue;
+            }
+            if !line.starts_with("PROGRESS ") {
+                eprintln!("[{host}] {line}");
+                tail.push_str(&line);
+                tail.push('\n');
+            }
+        }
+        if let Some(pb) = progress {
+            pb.finish_and_clear();
+        }
+        tail
+    })
+}
+
+fn wait_json(
+    child: &mut Guard,
+    host: &'static str,
+    deadline: Instant,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+) -> Result<String, MigrationError> {
+    let status = loop {
+        if let Some(status) = child.0.try_wait().map_err(|source| MigrationError::Io { what: "waiting for a host", source })? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(MigrationError::HostTimeout { host });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(MigrationError::HostFailed { host, status: status.to_string(), detail: last });
+    }
+    out.lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .ok_or(MigrationError::BadReport { host, detail: "no JSON report on stdout".into() })
+}

@@ -1,0 +1,71 @@
+//! A migration of the built-in VMM's guest, end to end: the source host, the destination
+//! host, the local two-process run behind `hybridmig migrate`, and the merged report.
+
+pub mod host;
+pub mod local;
+pub mod report;
+
+pub use host::{run_dest_host, run_source_host, DestHostOptions, KvmGuest, SourceHostOptions};
+pub use local::{migrate_local, LocalMigration};
+pub use report::{DestReport, MigrationReport, SourceReport};
+
+/// Errors of a whole migration.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The VMM failed.
+    #[error("vm: {0}")]
+    Vm(#[from] crate::vm::VmError),
+    /// The source engine failed.
+    #[error("source: {0}")]
+    Source(#[from] crate::source::SourceError),
+    /// The destination engine failed.
+    #[error("destination: {0}")]
+    Dest(#[from] crate::dest::DestError),
+    /// Connecting the two streams failed.
+    #[error("transport: {0}")]
+    Tcp(#[from] crate::transport::tcp::TcpError),
+    /// An OS call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `migrate` needs a finite op count to compare digests.
+    #[error("a migration needs --ops K: the guest must finish to compare its digest with an unmigrated run")]
+    NeedsOps,
+    /// The reference run did not finish.
+    #[error("the unmigrated reference run did not finish its ops")]
+    ReferenceUnfinished,
+    /// A host process failed.
+    #[error("the {host} process failed ({status}): {detail}")]
+    HostFailed {
+        /// Which host.
+        host: &'static str,
+        /// Its exit status.
+        status: String,
+        /// The last line it printed on stderr.
+        detail: String,
+    },
+    /// A host process did not finish in time.
+    #[error("the {host} process did not finish in time")]
+    HostTimeout {
+        /// Which host.
+        host: &'static str,
+    },
+    /// A host's report could not be read.
+    #[error("the {host} report is unreadable: {detail}")]
+    BadReport {
+        /// Which host.
+        host: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A host's output pipe was missing.
+    #[error("no output pipe from the {host} process")]
+    ChildOutput {
+        /// Which host.
+        host: &'static str,
+    },
+}

@@ -1,0 +1,184 @@
+//! What each host reports, and the merged report of a migration.
+
+use crate::dest::driver::DestRun;
+use crate::metrics::{degradation_pct, ms_between, ProgressTimeline};
+use crate::source::SourceStats;
+use serde::{Deserialize, Serialize};
+
+/// The source host's report (one JSON line on the source process's stdout).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// Migration mode.
+    pub mode: String,
+    /// Engine counters and instants.
+    pub stats: SourceStats,
+    /// Guest progress on the source: (mono ns, cumulative ops).
+    pub timeline: ProgressTimeline,
+    /// Guest ops per second before the migration started.
+    pub baseline_ops_per_sec: f64,
+    /// Guest ops counter right after the pause.
+    pub ops_at_pause: u64,
+    /// Guest ops counter when the source released the VM (must equal `ops_at_pause`).
+    pub ops_at_release: u64,
+    /// Dirty-log windows the working-set tracker saw.
+    pub ws_windows: u32,
+}
+
+/// The destination host's report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DestReport {
+    /// Receiver counters, fault latencies and instants.
+    pub run: DestRun,
+    /// Guest progress on the destination: (mono ns, cumulative ops).
+    pub timeline: ProgressTimeline,
+    /// The guest's own digest when it finished its ops (None if it did not finish).
+    pub guest_digest: Option<u64>,
+    /// When the guest finished (mono ns).
+    pub guest_finished_ns: u64,
+}
+
+/// The merged report of one migration (the `--json` object of `hybridmig migrate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// Migration mode.
+    pub mode: String,
+    /// Workload name.
+    pub workload: String,
+    /// Workload memory in bytes.
+    pub mem_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Ops the guest ran in all.
+    pub ops: u64,
+    /// Pace cap (ops/s per vCPU), 0 when unpaced.
+    pub pace: u64,
+    /// Migration start to the source no longer needed.
+    pub total_ms: f64,
+    /// Source pause to destination resume, on the shared clock.
+    pub downtime_ms: f64,
+    /// Bytes on both streams, both ways.
+    pub bytes_wire_total: u64,
+    /// Bytes on the bulk stream (both ways).
+    pub bytes_bulk: u64,
+    /// Bytes on the urgent stream (both ways).
+    pub bytes_urgent: u64,
+    /// Pages sent as zero.
+    pub pages_zero: u64,
+    /// Pages sent raw.
+    pub pages_raw: u64,
+    /// Pages sent lz4-compressed.
+    pub pages_lz4: u64,
+    /// Pages sent while the guest was paused.
+    pub pages_in_downtime: u64,
+    /// Faults that needed the network.
+    pub network_faults: u64,
+    /// Faults served locally.
+    pub local_faults: u64,
+    /// Fault latency, 50th percentile (uffd message to page placed).
+    pub fault_us_p50: u64,
+    /// 99th percentile.
+    pub fault_us_p99: u64,
+    /// 99.9th percentile.
+    pub fault_us_p999: u64,
+    /// Time vCPUs spent blocked on network faults.
+    pub vcpu_blocked_ms: f64,
+    /// Working-set pages.
+    pub ws_pages: u64,
+    /// Fraction of the workload's true hot set in the working set.
+    pub ws_recall: f64,
+    /// Pre-copy rounds.
+    pub rounds: u32,
+    /// Stale pages dropped on the destination at the switch-over.
+    pub stale_pages: u64,
+    /// Slowdown of the guest during the migration against its rate before.
+    pub degradation_pct: f64,
+    /// The guest's digest after its ops, on the destination (hex).
+    pub digest: String,
+    /// The digest of an unmigrated run of the same workload (hex).
+    pub digest_expected: String,
+    /// True only if the two digests match and the memory digests of both hosts matched.
+    pub verified: bool,
+    /// Memory digest exchanged in Done/DoneAck matched.
+    pub memory_digest_match: bool,
+    /// The source guest made no progress after the pause (no split brain).
+    pub source_stayed_paused: bool,
+    /// The destination resumed only after the state arrived.
+    pub dest_resumed_after_state: bool,
+    /// Whether lz4 was in use.
+    pub lz4_used: bool,
+    /// Guest progress (ops per 10 ms bucket) from migration start: (ms since start, ops).
+    pub progress_buckets: Vec<(f64, f64)>,
+    /// Fault latency CDF: (us, cumulative fraction).
+    pub fault_cdf: Vec<(u64, f64)>,
+    /// Instants relative to migration start (ms): pause, resume, done.
+    pub pause_at_ms: f64,
+    /// Destination resume.
+    pub resume_at_ms: f64,
+    /// Source released.
+    pub done_at_ms: f64,
+}
+
+/// Formats a digest as the CLI prints it.
+pub fn hex(digest: u64) -> String {
+    format!("{digest:016x}")
+}
+
+impl MigrationReport {
+    /// Merges the two hosts' reports; `expected` is the unmigrated run's digest.
+    pub fn merge(src: &SourceReport, dst: &DestReport, expected: u64, dest_sent: [u64; 2]) -> Self {
+        let s = &src.stats;
+        let d = &dst.run;
+        let start = s.start_ns;
+        let mut timeline = src.timeline.clone();
+        timeline.extend(&dst.timeline);
+        let digest = dst.guest_digest.unwrap_or(0);
+        let memory_digest_match = d.stats.memory_digest == s.memory_digest && s.memory_digest != 0;
+        let end = s.finished_ns.max(d.stats.complete_ns);
+        MigrationReport {
+            mode: src.mode.clone(),
+            total_ms: ms_between(start, s.finished_ns),
+            downtime_ms: ms_between(s.pause_ns, d.resume_ns),
+            bytes_bulk: s.bytes_bulk + dest_sent[0],
+            bytes_urgent: s.bytes_urgent + dest_sent[1],
+            bytes_wire_total: s.bytes_bulk + s.bytes_urgent + dest_sent[0] + dest_sent[1],
+            pages_zero: s.pages_zero,
+            pages_raw: s.pages_raw,
+            pages_lz4: s.pages_lz4,
+            pages_in_downtime: s.pages_in_downtime,
+            network_faults: d.stats.network_faults,
+            local_faults: d.stats.local_faults,
+            fault_us_p50: d.fault_us_p50,
+            fault_us_p99: d.fault_us_p99,
+            fault_us_p999: d.fault_us_p999,
+            vcpu_blocked_ms: d.vcpu_blocked_ms,
+            ws_pages: s.ws_pages,
+            ws_recall: s.ws_recall,
+            rounds: s.rounds,
+            stale_pages: d.stats.pages_discarded.max(s.stale_pages),
+            degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),
+            digest: hex(digest),
+            digest_expected: hex(expected),
+            verified: dst.guest_digest == Some(expected) && memory_digest_match,
+            memory_digest_match,
+            source_stayed_paused: src.ops_at_pause == src.ops_at_release,
+            dest_resumed_after_state: d.stats.state_received_ns > 0 && d.stats.state_received_ns <= d.resume_ns,
+            lz4_used: s.lz4_used,
+            progress_buckets: timeline.buckets(start).into_iter().map(|(t, ops)| (ms_between(start, t), ops)).collect(),
+            fault_cdf: d.fault_cdf.clone(),
+            pause_at_ms: ms_between(start, s.pause_ns),
+            resume_at_ms: ms_between(start, d.resume_ns),
+            done_at_ms: ms_between(start, s.finished_ns),
+            ..MigrationReport::default()
+        }
+    }
+
+    /// One line for people: the figures that matter.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "mode={} total_ms={:.1} downtime_ms={:.2} bytes_wire_total={} network_faults={} fault_us_p50={} fault_us_p99={} vcpu_blocked_ms={:.1} ws_pages={} ws_recall={:.2} rounds={} degradation_pct={:.1} pages_zero={} pages_raw={} pages_lz4={} verified={}",
+            self.mode, self.total_ms, self.downtime_ms, self.bytes_wire_total, self.network_faults,
+            self.fault_us_p50, self.fault_us_p99, self.vcpu_blocked_ms, self.ws_pages, self.ws_recall,
+            self.rounds, self.degradation_pct, self.pages_zero, self.pages_raw, self.pages_lz4, self.verified
+        )
+    }
+}
