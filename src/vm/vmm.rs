@@ -1,0 +1,486 @@
+//! The [`Vm`]: a KVM VM with its guest memory, vCPU threads and devices.
+//!
+//! Built by [`Vm::new`] (memory initialised, ready to start) or [`Vm::new_incoming`] (memory
+//! mapped but untouched, for a migration to fill). The migration engines drive it through
+//! pause/resume, state save/restore, dirty logging and the memory regions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use super::config::VmConfig;
+use super::devices::{ControlVcpu, Devices};
+use super::dirty::DirtyBitmap;
+use super::error::VmError;
+use super::guest::digest::combine_digests;
+use super::guest::{asm, fill, params};
+use super::layout::{params_gpa, Layout, CODE_GPA, CODE_MAX_BYTES, DATA_GPA, PAGE_BYTES};
+use super::memory::{locate, GuestRegion};
+use super::setup;
+use super::state::{self, VmState};
+use super::vcpu::{self, Control, Kick, VcpuRun, VcpuThread, Want};
+
+/// How long `pause` waits for the vCPUs before giving up.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lowest TSC rate that keeps the guest's pacing division in range (see `guest::asm`).
+const MIN_PACING_TSC_HZ: u64 = 1 << 29;
+
+/// A small KVM virtual machine running one of the guest workloads.
+pub struct Vm {
+    cfg: VmConfig,
+    layout: Layout,
+    ctl: Arc<Control>,
+    kicks: Vec<Arc<Kick>>,
+    vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
+    threads: Vec<Option<JoinHandle<()>>>,
+    devices: Arc<Mutex<Devices>>,
+    vmm_dirty: Mutex<DirtyBitmap>,
+    msr_list: Vec<u32>,
+    dirty_logging: bool,
+    started: bool,
+    vm: VmFd,
+    _kvm: Kvm,
+    // Last: the mappings must outlive the VM fd and the vCPU threads.
+    regions: Vec<GuestRegion>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("cfg", &self.cfg).field("started", &self.started).finish()
+    }
+}
+
+impl Vm {
+    /// A VM with its memory initialised (page tables, code, parameters, pre-filled data),
+    /// vCPUs created with their entry state, not yet running.
+    pub fn new(cfg: &VmConfig) -> Result<Vm, VmError> {
+        let mut vm = Vm::create(cfg)?;
+        let tsc_hz = vm.tsc_hz()?;
+        vm.init_memory(tsc_hz)?;
+        for (i, fd) in vm.vcpu_fds.iter().enumerate() {
+            setup::set_initial_state(&lock(fd), i as u32)?;
+        }
+        Ok(vm)
+    }
+
+    /// A VM for an incoming migration: same layout, memory mapped but never touched by the
+    /// VMM (it will be registered with userfaultfd and filled by the migration), vCPUs created
+    /// with CPUID set, not running, state not set.
+    pub fn new_incoming(cfg: &VmConfig) -> Result<Vm, VmError> {
+        Vm::create(cfg)
+    }
+
+    fn create(cfg: &VmConfig) -> Result<Vm, VmError> {
+        cfg.validate()?;
+        vcpu::install_kick_handler()?;
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+        state::check_xsave_size(&vm)?;
+        let layout = Layout::new(cfg);
+        let regions = layout.slots.iter().map(GuestRegion::map).collect::<Result<Vec<_>, _>>()?;
+        for r in &regions {
+            register_slot(&vm, r, 0)?;
+        }
+        let cpuid = setup::supported_cpuid(&kvm)?;
+        let mut vcpu_fds = Vec::new();
+        let mut kicks = Vec::new();
+        for i in 0..cfg.vcpus {
+            let mut fd = vm
+                .create_vcpu(u64::from(i))
+                .map_err(|source| VmError::CreateVcpu { vcpu: i, source })?;
+            setup::set_cpuid(&fd, i, &cpuid)?;
+            kicks.push(Arc::new(Kick::new(&mut fd)));
+            vcpu_fds.push(Arc::new(Mutex::new(fd)));
+        }
+        // Probe on a vCPU that has not run; the result is cached per process.
+        let msr_list = state::saveable_msrs(&kvm, &lock(&vcpu_fds[0]));
+        Ok(Vm {
+            cfg: cfg.clone(),
+            ctl: Arc::new(Control::new(cfg.vcpus)),
+            kicks,
+            threads: (0..cfg.vcpus).map(|_| None).collect(),
+            vcpu_fds,
+            devices: Arc::new(Mutex::new(Devices::new(cfg.vcpus))),
+            vmm_dirty: Mutex::new(DirtyBitmap::new(layout.total_pages())),
+            layout,
+            msr_list,
+            dirty_logging: false,
+            started: false,
+            vm,
+            _kvm: kvm,
+            regions,
+        })
+    }
+
+    fn tsc_hz(&self) -> Result<u64, VmError> {
+        let khz = lock(&self.vcpu_fds[0]).get_tsc_khz();
+        let paced = self.cfg.workload.pace_ops_per_sec.is_some();
+        match khz {
+            Ok(k) if !paced || u64::from(k) * 1000 >= MIN_PACING_TSC_HZ => Ok(u64::from(k) * 1000),
+            Ok(k) => Err(VmError::TscKhz { vcpu: 0, khz: k, detail: "too slow for pacing".into() }),
+            Err(_) if !paced => Ok(1),
+            Err(e) => Err(VmError::TscKhz { vcpu: 0, khz: 0, detail: e.to_string() }),
+        }
+    }
+
+    fn init_memory(&mut self, tsc_hz: u64) -> Result<(), VmError> {
+        let code = asm::program(self.cfg.workload.kind, CODE_GPA)?;
+        if code.len() as u64 > CODE_MAX_BYTES {
+            return Err(VmError::CodeTooLarge { len_bytes: code.len() as u64, max_bytes: CODE_MAX_BYTES });
+        }
+        // SAFETY: no vCPU has run and no other reference to the system region exists.
+        let sys = unsafe { self.regions[0].as_mut_slice() };
+        setup::write_tables(sys, &self.layout);
+        sys[CODE_GPA as usize..CODE_GPA as usize + code.len()].copy_from_slice(&code);
+        for (i, slice) in self.layout.slices.iter().enumerate() {
+            let page = params::encode(&self.cfg, slice, i as u32, tsc_hz);
+            let at = params_gpa(i as u32) as usize;
+            sys[at..at + page.len()].copy_from_slice(&page);
+        }
+        if self.cfg.workload.kind.host_prefilled() {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            for r in &self.regions[1..] {
+                // SAFETY: as above, for each data region in turn.
+                let mem = unsafe { r.as_mut_slice() };
+                fill::fill_range(self.cfg.workload.seed, r.first_page(), mem, threads);
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration the VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    /// The guest physical layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Guest RAM regions (system region first), in guest physical order.
+    pub fn regions(&self) -> &[GuestRegion] {
+        &self.regions
+    }
+
+    /// Total guest pages (system + data); the size a [`DirtyBitmap`] for this VM needs.
+    pub fn total_pages(&self) -> u64 {
+        self.layout.total_pages()
+    }
+
+    /// Spawns the vCPU threads (vCPUs restored as finished stay stopped).
+    pub fn start(&mut self) -> Result<(), VmError> {
+        if self.started {
+            return Err(self.wrong_state("start", "a VM not yet started"));
+        }
+        self.started = true;
+        for i in 0..self.cfg.vcpus {
+            let mut st = self.ctl.lock();
+            if st.vcpus[i as usize] != VcpuRun::NotStarted {
+                continue;
+            }
+            st.vcpus[i as usize] = VcpuRun::Running;
+            drop(st);
+            let t = VcpuThread {
+                index: i,
+                fd: self.vcpu_fds[i as usize].clone(),
+                kick: self.kicks[i as usize].clone(),
+                ctl: self.ctl.clone(),
+                devices: self.devices.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || t.run())
+                .map_err(|source| VmError::Spawn { vcpu: i, source })?;
+            self.threads[i as usize] = Some(h);
+        }
+        Ok(())
+    }
+
+    /// Pauses every vCPU (each completes its pending I/O first); returns the pause latency:
+    /// from the request to the last vCPU's acknowledgement.
+    pub fn pause(&mut self) -> Result<Duration, VmError> {
+        if !self.started {
+            return Err(self.wrong_state("pause", "a started VM"));
+        }
+        vcpu::pause_all(&self.ctl, &self.kicks, PAUSE_TIMEOUT)
+    }
+
+    /// Resumes paused vCPUs.
+    pub fn resume(&mut self) -> Result<(), VmError> {
+        if !self.started {
+            return Err(self.wrong_state("resume", "a started VM"));
+        }
+        vcpu::resume_all(&self.ctl, &self.kicks);
+        Ok(())
+    }
+
+    /// Whether every vCPU is quiet (paused, finished, failed or never started).
+    pub fn is_quiet(&self) -> bool {
+        self.ctl.lock().vcpus.iter().all(VcpuRun::is_quiet)
+    }
+
+    /// Captures vCPU and device state; only while paused, finished or not started.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let st = self.ctl.lock();
+        // A vCPU still marked Paused after a resume is about to run again.
+        let quiet = st.vcpus.iter().all(VcpuRun::is_quiet)
+            && (st.want == Want::Pause || !st.vcpus.contains(&VcpuRun::Paused));
+        if !quiet {
+            return Err(VmError::WrongRunState {
+                op: "save_state",
+                needs: "paused, finished or not-started vCPUs",
+                actual: "running",
+            });
+        }
+        drop(st);
+        let mut vcpus = Vec::with_capacity(self.vcpu_fds.len());
+        for (i, fd) in self.vcpu_fds.iter().enumerate() {
+            vcpus.push(state::capture_vcpu(&lock(fd), i as u32, &self.msr_list)?);
+        }
+        let devices = lock(&self.devices).save();
+        Ok(VmState { mem_bytes: self.cfg.mem_bytes, vcpus, devices })
+    }
+
+    /// Restores vCPU and device state; only before `start`. Memory must already hold the
+    /// source's contents (or be registered with userfaultfd to fetch them).
+    pub fn restore_state(&mut self, s: &VmState) -> Result<(), VmError> {
+        if self.started {
+            return Err(self.wrong_state("restore_state", "a VM not yet started"));
+        }
+        let check = |what, blob: u64, vm: u64| {
+            if blob == vm {
+                Ok(())
+            } else {
+                Err(state::StateError::Mismatch { what, blob, vm })
+            }
+        };
+        check("vcpus", s.vcpus.len() as u64, u64::from(self.cfg.vcpus))?;
+        check("mem_bytes", s.mem_bytes, self.cfg.mem_bytes)?;
+        check("control devices", s.devices.control.len() as u64, u64::from(self.cfg.vcpus))?;
+        for (i, (fd, v)) in self.vcpu_fds.iter().zip(&s.vcpus).enumerate() {
+            state::restore_vcpu(&lock(fd), i as u32, v)?;
+        }
+        lock(&self.devices).restore(&s.devices);
+        let mut st = self.ctl.lock();
+        for (run, c) in st.vcpus.iter_mut().zip(&s.devices.control) {
+            *run = match (c.done, c.digest) {
+                (true, Some(d)) => VcpuRun::Finished(d),
+                _ => VcpuRun::NotStarted,
+            };
+        }
+        Ok(())
+    }
+
+    /// Turns KVM dirty logging on or off on every slot.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), VmError> {
+        let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        for r in &self.regions {
+            register_slot(&self.vm, r, flags)?;
+        }
+        self.dirty_logging = on;
+        Ok(())
+    }
+
+    /// ORs into `out` the pages KVM logged as dirty since the last harvest (clearing KVM's
+    /// log) and the pages the VMM itself wrote (clearing that set too).
+    pub fn harvest_dirty(&mut self, out: &mut DirtyBitmap) -> Result<(), VmError> {
+        if out.pages() < self.total_pages() {
+            return Err(VmError::BitmapSize { have_pages: out.pages(), need_pages: self.total_pages() });
+        }
+        if self.dirty_logging {
+            for r in &self.regions {
+                let words = self
+                    .vm
+                    .get_dirty_log(r.slot, r.len())
+                    .map_err(|source| VmError::DirtyLog { slot: r.slot, source })?;
+                out.or_words(r.first_page(), &words);
+            }
+        }
+        let mut own = lock(&self.vmm_dirty);
+        out.or_bitmap(&own);
+        own.clear();
+        Ok(())
+    }
+
+    /// Writes `bytes` at guest physical `gpa` from the VMM, recording the pages as dirty.
+    pub fn write_guest(&self, gpa: u64, bytes: &[u8]) -> Result<(), VmError> {
+        let (r, at) = locate(&self.regions, gpa, bytes.len() as u64)?;
+        // SAFETY: `locate` checked that [at, at + len) is inside the region's mapping; guest
+        // memory is plain bytes, so a racing vCPU can at worst see a torn value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), r.as_ptr().add(at), bytes.len());
+        }
+        let mut own = lock(&self.vmm_dirty);
+        let first = gpa / PAGE_BYTES;
+        let last = (gpa + bytes.len().max(1) as u64 - 1) / PAGE_BYTES;
+        for p in first..=last {
+            own.set(p);
+        }
+        Ok(())
+    }
+
+    /// Reads an 8-byte little-endian word of guest memory atomically (it may be changing).
+    pub fn read_guest_u64(&self, gpa: u64) -> Result<u64, VmError> {
+        let (r, at) = locate(&self.regions, gpa & !7, 8)?;
+        // SAFETY: the 8 aligned bytes are inside the mapping (checked by `locate`; regions
+        // start page-aligned), and the guest writes them with aligned 8-byte stores, so an
+        // atomic view is sound.
+        let word = unsafe { AtomicU64::from_ptr(r.as_ptr().add(at).cast::<u64>()) };
+        Ok(word.load(Ordering::Relaxed))
+    }
+
+    /// Ops done by each vCPU, sampled from guest memory. On an incoming VM this reads the
+    /// system region, which must have been placed first.
+    pub fn ops_per_vcpu(&self) -> Vec<u64> {
+        (0..self.cfg.vcpus)
+            .map(|i| {
+                self.read_guest_u64(params_gpa(i) + params::off::OPS as u64).unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Sum of [`Vm::ops_per_vcpu`].
+    pub fn ops_done(&self) -> u64 {
+        self.ops_per_vcpu().iter().sum()
+    }
+
+    /// The accumulator and digest the guest of vCPU `index` stored before reporting.
+    pub fn guest_result(&self, index: u32) -> Result<(u64, u64), VmError> {
+        let base = params_gpa(index);
+        Ok((
+            self.read_guest_u64(base + params::off::RESULT_ACC as u64)?,
+            self.read_guest_u64(base + params::off::RESULT_DIGEST as u64)?,
+        ))
+    }
+
+    /// Run state of every vCPU.
+    pub fn vcpu_states(&self) -> Vec<VcpuRun> {
+        self.ctl.lock().vcpus.clone()
+    }
+
+    /// Control-device state of vCPU `index` (phase, digest).
+    pub fn control(&self, index: u32) -> Option<ControlVcpu> {
+        lock(&self.devices).control(index)
+    }
+
+    /// Serial console output so far.
+    pub fn serial_output(&self) -> Vec<u8> {
+        lock(&self.devices).serial_output().to_vec()
+    }
+
+    /// Waits until every vCPU finished (returns the VM digest), one failed (error), or the
+    /// timeout passed (`None`).
+    pub fn wait_finished(&mut self, timeout: Duration) -> Result<Option<u64>, VmError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.ctl.lock();
+        loop {
+            if let Some((i, VcpuRun::Failed(f))) =
+                st.vcpus.iter().enumerate().find(|(_, r)| matches!(r, VcpuRun::Failed(_)))
+            {
+                return Err(VmError::Vcpu { vcpu: i as u32, fault: f.clone() });
+            }
+            if let Some(d) = digests(&st.vcpus) {
+                return Ok(Some(combine_digests(&d)));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            st = self
+                .ctl
+                .cv
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Whether every vCPU reported its digest.
+    pub fn is_finished(&self) -> bool {
+        digests(&self.ctl.lock().vcpus).is_some()
+    }
+
+    /// Guest page numbers of the true hot set (hotcold; empty for other workloads).
+    pub fn hot_pages(&self) -> Vec<u64> {
+        self.layout
+            .slices
+            .iter()
+            .flat_map(|s| (s.first_page + s.hot_start)..(s.first_page + s.hot_start + s.hot_pages))
+            .collect()
+    }
+
+    /// Guest page numbers of the write-hot subset of the hot set.
+    pub fn write_hot_pages(&self) -> Vec<u64> {
+        self.layout
+            .slices
+            .iter()
+            .flat_map(|s| {
+                (s.first_page + s.hot_start)..(s.first_page + s.hot_start + s.write_hot_pages)
+            })
+            .collect()
+    }
+
+    /// Guest page numbers of all workload data (every vCPU's slice).
+    pub fn workload_pages(&self) -> std::ops::Range<u64> {
+        let first = DATA_GPA / PAGE_BYTES;
+        first..first + self.cfg.mem_bytes / PAGE_BYTES
+    }
+
+    fn wrong_state(&self, op: &'static str, needs: &'static str) -> VmError {
+        let actual = if self.started { "started" } else { "not started" };
+        VmError::WrongRunState { op, needs, actual }
+    }
+}
+
+fn digests(v: &[VcpuRun]) -> Option<Vec<u64>> {
+    v.iter().map(|r| if let VcpuRun::Finished(d) = r { Some(*d) } else { None }).collect()
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        {
+            let mut st = self.ctl.lock();
+            st.want = Want::Stop;
+            for (k, run) in self.kicks.iter().zip(&st.vcpus) {
+                k.request_pause(*run == VcpuRun::Running);
+            }
+            self.ctl.cv.notify_all();
+        }
+        for (i, t) in self.threads.iter_mut().enumerate() {
+            let Some(h) = t.take() else { continue };
+            // Re-kick until the thread leaves: it may have been about to enter KVM_RUN.
+            while !h.is_finished() {
+                let st = self.ctl.lock();
+                if st.vcpus[i] == VcpuRun::Running {
+                    self.kicks[i].request_pause(true);
+                }
+                drop(st);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+fn register_slot(vm: &VmFd, r: &GuestRegion, flags: u32) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot: r.slot,
+        flags,
+        guest_phys_addr: r.guest_phys,
+        memory_size: r.size_bytes,
+        userspace_addr: r.as_ptr() as u64,
+    };
+    // SAFETY: the host range is a live mapping of exactly `size_bytes` owned by the Vm, which
+    // keeps it mapped until after the VM fd is closed (field order) and the threads are joined.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(|source| VmError::SetMemoryRegion { slot: r.slot, flags, source })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
