@@ -2,7 +2,15 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hybridmig::migration::{
+    migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration, MigrationReport,
+    SourceHostOptions,
+};
+use hybridmig::source::CompressionPolicy;
 use hybridmig::vm::{parse_size, run_local, RunReport, VmConfig, WorkloadKind, WorkloadSpec};
+use hybridmig::wire::MigrationMode;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "hybridmig", version, about = "Live migration of KVM virtual machines")]
@@ -15,10 +23,32 @@ struct Cli {
 enum Cmd {
     /// Run a guest workload locally and report its op rate.
     Run(RunArgs),
+    /// Migrate a running guest between two local processes and report (the main job).
+    Migrate(MigrateArgs),
+    /// Source host: run a guest and migrate it to a listening destination.
+    Source(SourceArgs),
+    /// Destination host: receive a guest and run it to the end of its ops.
+    Dest(DestArgs),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// Stop after this many seconds (default 10 when --ops is not given).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Measure the pause latency over this many pause/resume cycles.
+    #[arg(long, default_value_t = 0)]
+    measure_pause: usize,
+    /// Print one JSON object on stdout at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options shared by every command that builds a guest.
+#[derive(clap::Args, Clone)]
+struct GuestArgs {
     /// Workload: scan, hotcold, random, seqread or idle.
     #[arg(long)]
     workload: WorkloadKind,
@@ -31,9 +61,6 @@ struct RunArgs {
     /// Ops (over all vCPUs) after which the guest digests its memory and stops.
     #[arg(long)]
     ops: Option<u64>,
-    /// Stop after this many seconds (default 10 when --ops is not given).
-    #[arg(long)]
-    seconds: Option<f64>,
     /// Cap on ops per second, per vCPU.
     #[arg(long)]
     pace: Option<u64>,
@@ -49,12 +76,115 @@ struct RunArgs {
     /// Fraction of ops that are writes (hotcold).
     #[arg(long, default_value_t = 0.2)]
     write_frac: f64,
-    /// Measure the pause latency over this many pause/resume cycles.
-    #[arg(long, default_value_t = 0)]
-    measure_pause: usize,
-    /// Print one JSON object on stdout at the end.
+}
+
+impl GuestArgs {
+    fn config(&self) -> VmConfig {
+        VmConfig {
+            mem_bytes: self.mem,
+            vcpus: self.vcpus,
+            workload: WorkloadSpec {
+                kind: self.workload,
+                seed: self.seed,
+                ops: self.ops,
+                pace_ops_per_sec: self.pace,
+                hot_mib: self.hot_mib,
+                hot_frac: self.hot_frac,
+                write_frac: self.write_frac,
+            },
+        }
+    }
+}
+
+/// Options of the migration itself.
+#[derive(clap::Args, Clone)]
+struct MigrationArgs {
+    /// precopy, postcopy, hybrid or hybrid-paper.
+    #[arg(long, default_value = "hybrid")]
+    mode: MigrationMode,
+    /// Let the guest run this long before the migration starts.
+    #[arg(long, default_value_t = 1000)]
+    migrate_after_ms: u64,
+    /// Pages in a fault answer (hybrid modes).
+    #[arg(long, default_value_t = 16)]
+    window: u32,
+    /// lz4 compression: auto (from measured rates), on or off.
+    #[arg(long, default_value = "auto", value_parser = parse_compression)]
+    compress: CompressionPolicy,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    migration: MigrationArgs,
+    /// Run the source process in this network namespace.
+    #[arg(long)]
+    src_netns: Option<String>,
+    /// Run the destination process in this network namespace.
+    #[arg(long)]
+    dst_netns: Option<String>,
+    /// Address the destination listens on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Digest of an unmigrated run, if known (skips the reference run).
+    #[arg(long, value_parser = parse_hex)]
+    expected_digest: Option<u64>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_s: u64,
+    /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct SourceArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    migration: MigrationArgs,
+    /// Destination address (host:port).
+    #[arg(long)]
+    connect: std::net::SocketAddr,
+    /// Session id of the two connections (random when absent).
+    #[arg(long)]
+    session: Option<u64>,
+    /// Print PROGRESS lines on stderr (for a parent's progress bar).
+    #[arg(long)]
+    progress_lines: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DestArgs {
+    #[command(flatten)]
+    guest: GuestArgs,
+    /// Address to listen on (host:port; port 0 picks one).
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Seconds to wait for the source.
+    #[arg(long, default_value_t = 120)]
+    accept_timeout_s: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_compression(s: &str) -> Result<CompressionPolicy, String> {
+    match s {
+        "auto" => Ok(CompressionPolicy::Auto),
+        "on" => Ok(CompressionPolicy::On),
+        "off" => Ok(CompressionPolicy::Off),
+        _ => Err(format!("unknown compression `{s}` (auto, on, off)")),
+    }
+}
+
+fn parse_hex(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -62,25 +192,93 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Migrate(a) => migrate(a),
+        Cmd::Source(a) => source(a),
+        Cmd::Dest(a) => dest(a),
     }
 }
 
-fn run(a: RunArgs) -> Result<()> {
-    let cfg = VmConfig {
-        mem_bytes: a.mem,
-        vcpus: a.vcpus,
-        workload: WorkloadSpec {
-            kind: a.workload,
-            seed: a.seed,
-            ops: a.ops,
-            pace_ops_per_sec: a.pace,
-            hot_mib: a.hot_mib,
-            hot_frac: a.hot_frac,
-            write_frac: a.write_frac,
-        },
+fn migrate(a: MigrateArgs) -> Result<()> {
+    let m = LocalMigration {
+        cfg: a.guest.config(),
+        mode: a.migration.mode,
+        migrate_after_ms: a.migration.migrate_after_ms,
+        window_pages: a.migration.window,
+        compression: a.migration.compress,
+        src_netns: a.src_netns,
+        dst_netns: a.dst_netns,
+        listen: a.listen,
+        expected_digest: a.expected_digest,
+        progress: !a.json && std::io::stderr().is_terminal(),
+        timeout: Duration::from_secs(a.timeout_s),
     };
+    let report = migrate_local(&m).context("migration failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_migration(&report);
+    }
+    if !report.verified {
+        anyhow::bail!("digest mismatch: the migrated guest ended at {} but an unmigrated run ends at {}", report.digest, report.digest_expected);
+    }
+    Ok(())
+}
+
+fn print_migration(r: &MigrationReport) {
+    println!("{}", r.summary_line());
+    println!("digest {} expected {} -> {}", r.digest, r.digest_expected, if r.verified { "verified" } else { "MISMATCH" });
+}
+
+fn source(a: SourceArgs) -> Result<()> {
+    let opts = SourceHostOptions {
+        cfg: a.guest.config(),
+        connect: a.connect,
+        mode: a.migration.mode,
+        migrate_after_ms: a.migration.migrate_after_ms,
+        window_pages: a.migration.window,
+        compression: a.migration.compress,
+        session_id: a.session.unwrap_or_else(|| hybridmig::metrics::mono_ns() ^ u64::from(std::process::id())),
+        progress_lines: a.progress_lines,
+    };
+    let report = run_source_host(&opts).context("source failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let s = &report.stats;
+        println!("source done: mode={} rounds={} pages_zero={} pages_raw={} pages_lz4={} bytes_bulk={} bytes_urgent={} faults_served={}", report.mode, s.rounds, s.pages_zero, s.pages_raw, s.pages_lz4, s.bytes_bulk, s.bytes_urgent, s.faults_served);
+    }
+    Ok(())
+}
+
+fn dest(a: DestArgs) -> Result<()> {
+    let opts = DestHostOptions {
+        cfg: a.guest.config(),
+        listen: a.listen,
+        accept_timeout: Duration::from_secs(a.accept_timeout_s),
+        finish_timeout: Duration::from_secs(600),
+    };
+    let report = run_dest_host(&opts, |addr| {
+        println!("LISTENING {addr}");
+        let _ = std::io::stdout().flush();
+    })
+    .context("destination failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let d = &report.run;
+        println!("destination done: network_faults={} fault_us_p50={} fault_us_p99={} digest={}", d.stats.network_faults, d.fault_us_p50, d.fault_us_p99, report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let cfg = a.guest.config();
     let report = run_local(&cfg, a.seconds, a.measure_pause, |p| {
         eprintln!("{:7.1}s {:>14} ops/s {:>16} ops", p.elapsed_s, p.ops_last_sec, p.ops_total);
     })

@@ -163,6 +163,11 @@ impl DestEngine {
         &self.layout
     }
 
+    /// True when `page` has been placed here.
+    pub fn is_present(&self, page: u64) -> bool {
+        self.present.get(page)
+    }
+
     /// The session id from the Hello, once known.
     pub fn session_id(&self) -> Option<u64> {
         self.session_id

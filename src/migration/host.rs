@@ -191,6 +191,14 @@ impl OpsReader {
         Self { addrs: guest.vm.progress_counter_addrs() }
     }
 
+    /// Global page indices of the counters (the destination reads them only once present,
+    /// or the read would fault into its own userfaultfd).
+    fn pages(&self, guest: &KvmGuest<'_>) -> Vec<u64> {
+        let regions = guest.regions();
+        let Ok(layout) = crate::embed::layout_of(&regions) else { return Vec::new() };
+        self.addrs.iter().filter_map(|&a| crate::embed::page_of_host_addr(&regions, &layout, a)).collect()
+    }
+
     fn ops(&self) -> u64 {
         self.addrs
             .iter()
@@ -226,10 +234,10 @@ pub fn run_dest_host(opts: &DestHostOptions, on_listening: impl FnOnce(SocketAdd
     let mut timeline = ProgressTimeline::default();
     let mut guest = KvmGuest::new(&mut vm);
     let ops_source = OpsReader::new(&guest);
-    let mut resumed = false;
+    let counter_pages = ops_source.pages(&guest);
     let run = run_dest(&mut guest, &pair, &DestDriverOptions::default(), &mut |e| {
-        resumed |= e.phase() == crate::dest::DestPhase::Running;
-        if resumed {
+        let running = matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
+        if running && counter_pages.iter().all(|&p| e.is_present(p)) {
             timeline.record(mono_ns(), ops_source.ops());
         }
     })?;

@@ -100,7 +100,10 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     }
     let expected = match m.expected_digest {
         Some(d) => d,
-        None => run_local(&m.cfg, None, 0, |_| {})?.digest.ok_or(MigrationError::ReferenceUnfinished)?,
+        None => run_local(&m.cfg, None, 0, |_| {})?
+            .digest
+            .and_then(|d| u64::from_str_radix(&d, 16).ok())
+            .ok_or(MigrationError::ReferenceUnfinished)?,
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
     let mut dest_args: Vec<String> = vec!["dest".into(), "--listen".into(), m.listen.clone(), "--json".into()];
@@ -132,7 +135,8 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source");
     let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination");
     let deadline = Instant::now() + m.timeout;
-    let src_json = wait_json(&mut source, "source", deadline, source_stdout(&mut source.0)?, src_err)?;
+    let src_out = source_stdout(&mut source.0)?;
+    let src_json = wait_json(&mut source, "source", deadline, src_out, src_err)?;
     let dst_json = wait_json(&mut dest, "destination", deadline, read_all(dest_out), dst_err)?;
     let src: SourceReport = serde_json::from_str(&src_json).map_err(|e| MigrationError::BadReport { host: "source", detail: e.to_string() })?;
     let dst: DestReport = serde_json::from_str(&dst_json).map_err(|e| MigrationError::BadReport { host: "destination", detail: e.to_string() })?;

@@ -344,6 +344,18 @@ impl Vm {
             .collect()
     }
 
+    /// Host addresses of the per-vCPU op counters, for samplers that run while another
+    /// thread holds the VM (the migration drivers). Each is an aligned u64 in guest memory.
+    pub fn progress_counter_addrs(&self) -> Vec<usize> {
+        (0..self.cfg.vcpus)
+            .filter_map(|i| {
+                let gpa = params_gpa(i) + params::off::OPS as u64;
+                let r = self.regions.iter().find(|r| r.contains(gpa))?;
+                Some(r.as_ptr() as usize + (gpa - r.guest_phys) as usize)
+            })
+            .collect()
+    }
+
     /// Sum of [`Vm::ops_per_vcpu`].
     pub fn ops_done(&self) -> u64 {
         self.ops_per_vcpu().iter().sum()
