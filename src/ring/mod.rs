@@ -153,8 +153,9 @@ impl Ring {
     }
 
     /// Submits queued SQEs, waits until at least `min_complete` CQEs arrived or `timeout`
-    /// passed, then moves finished operations to the ready queue. Returns how many
-    /// completions are ready. A timeout or a signal is not an error.
+    /// passed (`None`: no bound; ignored when `min_complete` is 0), then moves finished
+    /// operations to the ready queue. Returns how many completions are ready. A timeout or a
+    /// signal is not an error. Note that one operation may take two CQEs (SEND_ZC).
     pub fn submit_and_wait(
         &mut self,
         min_complete: usize,
@@ -237,15 +238,16 @@ impl Ring {
                 rec.result = Some(res);
                 false
             }
-            OpKind::Wake if res < 0 => {
-                // Cancelled (ring closing) or a broken eventfd: stop re-arming.
-                self.slab.remove(user_data);
-                if let Some(armed) = self.waker.as_mut() {
-                    armed.disarm();
-                }
-                false
-            }
             OpKind::Wake => {
+                let active = self.waker.as_ref().is_some_and(|a| a.is_active());
+                if res < 0 || !active {
+                    // Cancelled (ring closing), disarmed, or a broken eventfd: stop re-arming.
+                    self.slab.remove(user_data);
+                    if let Some(armed) = self.waker.as_mut() {
+                        armed.disarm();
+                    }
+                    return false;
+                }
                 let tag = rec.tag;
                 self.ready.push_back(Completion {
                     tag,
@@ -329,6 +331,9 @@ impl Drop for Ring {
     /// buffers of operations that did not finish in time are leaked rather than freed under
     /// the kernel's feet.
     fn drop(&mut self) {
+        if let Some(armed) = self.waker.as_mut() {
+            armed.disarm();
+        }
         if self.slab.in_flight() > 0 {
             let cancel = io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()

@@ -149,3 +149,18 @@ pub(crate) fn probe(ring: &IoUring) -> Result<Opcodes, RingError> {
     }
     Ok(Opcodes { send_zc: probe.is_supported(opcode::SendZc::CODE) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_failures_name_the_likely_cause() {
+        let eperm = setup_cause(&io::Error::from_raw_os_error(libc::EPERM));
+        assert!(eperm.contains("kernel.io_uring_disabled") && eperm.contains("seccomp"), "{eperm}");
+        let enosys = setup_cause(&io::Error::from_raw_os_error(libc::ENOSYS));
+        assert!(enosys.contains("seccomp"), "{enosys}");
+        let enomem = setup_cause(&io::Error::from_raw_os_error(libc::ENOMEM));
+        assert!(enomem.contains("MEMLOCK"), "{enomem}");
+    }
+}
