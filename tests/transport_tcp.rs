@@ -129,3 +129,41 @@ fn works_over_ipv6_loopback_with_buffer_options() {
     assert_eq!(pair.session_id, 99);
     assert_eq!(client.join().expect("client").session_id, 99);
 }
+
+#[test]
+fn ring_driven_pair_urgent_is_not_stuck_behind_bulk() {
+    use hybridmig::ring::{Buf, Ring};
+    use std::os::fd::AsRawFd;
+    let (mut l, addr) = listener();
+    let sender = std::thread::spawn(move || {
+        let pair = tcp::connect(addr, 77).expect("connect");
+        let mut ring = Ring::new(32).expect("ring");
+        // 8 MiB of bulk, far more than the socket buffers hold while nobody reads.
+        for i in 0..8u64 {
+            let buf = Buf::from_vec(vec![i as u8; 1 << 20]);
+            ring.send(pair.bulk.as_raw_fd(), buf, i).expect("bulk send");
+        }
+        ring.send(pair.urgent.as_raw_fd(), Buf::from_vec(b"fault 42".to_vec()), 100)
+            .expect("urgent send");
+        let mut done = 0;
+        let deadline = std::time::Instant::now() + WAIT;
+        while done < 9 && std::time::Instant::now() < deadline {
+            ring.submit_and_wait(1, Some(Duration::from_millis(100))).expect("wait");
+            for c in ring.completions() {
+                c.result.expect("send");
+                done += 1;
+            }
+        }
+        assert_eq!(done, 9);
+        pair
+    });
+    let mut pair = l.accept_pair(WAIT).expect("accept");
+    pair.urgent.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut urgent = [0u8; 8];
+    pair.urgent.read_exact(&mut urgent).expect("urgent arrives while bulk is blocked");
+    assert_eq!(&urgent, b"fault 42");
+    let mut bulk = vec![0u8; 8 << 20];
+    pair.bulk.read_exact(&mut bulk).expect("bulk");
+    assert!(bulk.chunks(1 << 20).enumerate().all(|(i, c)| c.iter().all(|b| *b == i as u8)));
+    drop(sender.join().expect("sender"));
+}

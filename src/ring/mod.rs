@@ -16,6 +16,7 @@
 
 mod buf;
 mod ops;
+mod order;
 mod setup;
 mod slab;
 mod waker;
@@ -28,9 +29,11 @@ pub use waker::Waker;
 pub use zc::{SendMode, SendPolicy, PROBE_NOTIFS};
 
 use io_uring::{cqueue, squeue, types, IoUring};
+use order::{Dir, Order};
 use slab::{OpKind, Slab};
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use zc::ZcTable;
 
@@ -83,6 +86,7 @@ pub struct Ring {
     slab: Slab,
     ready: VecDeque<Completion>,
     zc: ZcTable,
+    order: Order,
     pool: Option<BufPool>,
     waker: Option<waker::Armed>,
     stats: RingStats,
@@ -119,6 +123,7 @@ impl Ring {
             slab: Slab::new(max_in_flight),
             ready: VecDeque::with_capacity(max_in_flight as usize + 1),
             zc: ZcTable::new(probe.send_zc),
+            order: Order::new(),
             pool: None,
             waker: None,
             stats: RingStats::default(),
@@ -233,6 +238,19 @@ impl Ring {
             self.finish(user_data, main_res);
             return false;
         }
+        let ordered = rec.ordered.map(|dir| (rec.fd, dir));
+        let rearm = self.on_result(user_data, res, flags);
+        if let Some(key) = ordered {
+            self.advance_order(key);
+        }
+        rearm
+    }
+
+    /// Handles the main (non-notification) CQE of a record.
+    fn on_result(&mut self, user_data: u64, res: i32, flags: u32) -> bool {
+        let Some(rec) = self.slab.get_mut(user_data) else {
+            return false;
+        };
         match rec.kind {
             OpKind::SendZc if cqueue::more(flags) => {
                 rec.result = Some(res);
@@ -259,6 +277,25 @@ impl Ring {
             _ => {
                 self.finish(user_data, res);
                 false
+            }
+        }
+    }
+
+    /// The operation in flight on a socket direction got its result: submit the next queued
+    /// one (bounded: a queued SQE that cannot be pushed completes with its error instead).
+    fn advance_order(&mut self, key: (RawFd, Dir)) {
+        for _ in 0..self.slab.capacity() {
+            let slab = &mut self.slab;
+            let Some(next) = self.order.release(key, |ud| slab.get_mut(ud).and_then(|r| r.next))
+            else {
+                return;
+            };
+            let Some(entry) = self.slab.get_mut(next).and_then(|r| r.pending.take()) else {
+                continue;
+            };
+            match self.push(&entry) {
+                Ok(()) => return,
+                Err(_) => self.finish(next, -libc::EIO),
             }
         }
     }
@@ -333,6 +370,15 @@ impl Drop for Ring {
     fn drop(&mut self) {
         if let Some(armed) = self.waker.as_mut() {
             armed.disarm();
+        }
+        // Queued operations never reached the kernel: free them directly.
+        for head in self.order.take_all_heads() {
+            let mut cursor = Some(head);
+            for _ in 0..self.slab.capacity() {
+                let Some(ud) = cursor else { break };
+                cursor = self.slab.get_mut(ud).and_then(|r| r.next);
+                self.slab.remove(ud);
+            }
         }
         if self.slab.in_flight() > 0 {
             let cancel = io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::any())
