@@ -11,6 +11,14 @@
 //! timers) on its ring. The driver here is small: a slab of records, a queue of ready
 //! completions, and the per-connection SEND_ZC decision ([`SendMode`]).
 //!
+//! Registered buffers ([`Ring::register_buffers`]) serve page windows: SEND_ZC passes their
+//! `buf_index` (no page pinning per send), receives into them use READ_FIXED; plain SEND has
+//! no fixed variant in io-uring 0.7 and simply uses their address.
+//!
+//! Stream order: io_uring does not keep concurrent operations on one stream socket in order,
+//! so the driver runs one send and one receive per socket at a time and queues the rest
+//! (see `order.rs`).
+//!
 //! Nothing allocates per operation on the hot path: the slab and the ready queue are sized at
 //! construction; a full submission queue is flushed and the push retried.
 
@@ -93,6 +101,18 @@ pub struct Ring {
     last_wait_end: Instant,
     probe: setup::Opcodes,
 }
+
+// The engines build a ring on one thread and may move it to its event-loop thread; wakers and
+// buffers travel between threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_clone<T: Send + Clone>() {}
+    send::<Ring>();
+    send::<Buf>();
+    send::<Completion>();
+    send_clone::<Waker>();
+    send_clone::<BufPool>();
+};
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

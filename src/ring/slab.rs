@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 /// What an in-flight record is doing (decides how its CQE is interpreted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpKind {
-    /// IORING_OP_SEND (or WRITE_FIXED): result advances the payload.
+    /// IORING_OP_SEND: result advances the payload.
     Send,
     /// IORING_OP_SEND_ZC: result, then a notification CQE frees the buffer.
     SendZc,
