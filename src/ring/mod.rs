@@ -143,7 +143,7 @@ impl Ring {
             slab: Slab::new(max_in_flight),
             ready: VecDeque::with_capacity(max_in_flight as usize + 1),
             zc: ZcTable::new(probe.send_zc),
-            order: Order::new(),
+            order: Order::new((entries / 2).max(1)),
             pool: None,
             waker: None,
             stats: RingStats::default(),
@@ -301,22 +301,52 @@ impl Ring {
         }
     }
 
-    /// The operation in flight on a socket direction got its result: submit the next queued
-    /// one (bounded: a queued SQE that cannot be pushed completes with its error instead).
+    /// An operation of a socket direction's running chain got its result: when the chain is
+    /// done, submit the queued operations as the next IO_LINK chain.
     fn advance_order(&mut self, key: (RawFd, Dir)) {
-        for _ in 0..self.slab.capacity() {
-            let slab = &mut self.slab;
-            let Some(next) = self.order.release(key, |ud| slab.get_mut(ud).and_then(|r| r.next))
-            else {
-                return;
-            };
-            let Some(entry) = self.slab.get_mut(next).and_then(|r| r.pending.take()) else {
+        let slab = &mut self.slab;
+        let skip = |from: u64, n: u32| {
+            let mut cursor = Some(from);
+            for _ in 0..n {
+                cursor = cursor.and_then(|ud| slab.get_mut(ud).and_then(|r| r.next));
+            }
+            cursor
+        };
+        let Some(batch) = self.order.release(key, skip) else {
+            return;
+        };
+        // The whole chain must enter the SQ in one submission: a chain cut by a flush would
+        // end early and its tail would run unordered.
+        let free = {
+            let sq = self.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < batch.count as usize {
+            if let Err(e) = self.uring.submit() {
+                tracing::warn!(error = %e, "flush before a send chain failed");
+            }
+        }
+        let mut cursor = Some(batch.first);
+        let mut failed = 0;
+        for i in 0..batch.count {
+            let Some(ud) = cursor else { break };
+            let Some(rec) = self.slab.get_mut(ud) else { break };
+            cursor = rec.next.take();
+            let Some(entry) = rec.pending.take() else {
                 continue;
             };
-            match self.push(&entry) {
-                Ok(()) => return,
-                Err(_) => self.finish(next, -libc::EIO),
+            let last = i + 1 == batch.count;
+            let entry = if last { entry } else { entry.flags(squeue::Flags::IO_LINK) };
+            // A push fails only when io_uring_enter itself fails (the ring is unusable);
+            // the operation completes with EIO and leaves the chain's count.
+            if let Err(e) = self.push(&entry) {
+                tracing::warn!(error = %e, "queued socket operation could not be submitted");
+                self.finish(ud, -libc::EIO);
+                failed += 1;
             }
+        }
+        for _ in 0..failed {
+            self.advance_order(key);
         }
     }
 
