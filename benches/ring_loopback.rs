@@ -2,7 +2,9 @@
 //! `send(2)` loop, same bytes, same receiver (a thread draining with blocking `recv`).
 //!
 //! Run: `cargo bench --bench ring_loopback` (env: `RING_BENCH_MIB` total MiB, default 1024;
-//! `RING_BENCH_DEPTH` sends in flight, default 8; `RING_BENCH_MSG_KIB`, default 1024).
+//! `RING_BENCH_DEPTH` sends queued, default 8; `RING_BENCH_MSG_KIB`, default 1024;
+//! `RING_BENCH_SNDBUF_KIB` SO_SNDBUF of both senders, default 0 = kernel autotuning;
+//! `RING_BENCH_REPS`, default 5).
 //! Prints one JSON line per run and a summary line with the ratio ring / blocking.
 
 use hybridmig::ring::{Buf, Ring};
@@ -24,6 +26,11 @@ fn pair_with_drain(
     let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
     let (mut server, _) = listener.accept().expect("accept");
     client.set_nodelay(true).expect("nodelay");
+    // Same socket settings for both senders; 0 keeps the kernel's autotuning.
+    let sndbuf_kib = env_usize("RING_BENCH_SNDBUF_KIB", 0);
+    if sndbuf_kib > 0 {
+        socket2::SockRef::from(&client).set_send_buffer_size(sndbuf_kib << 10).expect("SO_SNDBUF");
+    }
     let drain = std::thread::spawn(move || {
         let mut buf = vec![0u8; msg_bytes];
         let mut got = 0;

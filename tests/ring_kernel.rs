@@ -255,3 +255,83 @@ fn full_slab_hands_the_buffer_back() {
     // Dropping the ring with receives in flight cancels them cleanly.
     drop(ring);
 }
+
+#[test]
+fn drop_with_armed_waker_and_pending_reads_is_prompt() {
+    let mut ring = Ring::new(8).expect("ring");
+    let waker = ring.waker(9).expect("waker");
+    let (_client, server) = tcp_pair();
+    ring.recv(server.as_raw_fd(), Buf::with_capacity(64), 1).expect("recv");
+    ring.submit().expect("submit");
+    waker.wake().expect("wake");
+    let started = Instant::now();
+    drop(ring);
+    // Cancellation of every record must finish well before the 1 s leak deadline.
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    waker.wake().expect("a waker outliving its ring is harmless");
+}
+
+#[test]
+fn blocking_uffd_read_through_the_ring_fails_with_eintr() {
+    if !require_uffd("blocking_uffd_read_through_the_ring_fails_with_eintr") {
+        return;
+    }
+    // Why the wrapper opens the uffd O_NONBLOCK: a blocking one makes io_uring's READ fail at
+    // once instead of waiting for a message (DESIGN.md, measured here).
+    let (uffd, _) = Uffd::open_with_features(0).expect("uffd");
+    let fd = uffd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, clearing O_NONBLOCK.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK)
+    };
+    assert_eq!(cleared, 0);
+    let mut ring = Ring::new(8).expect("ring");
+    ring.read(fd, Buf::with_capacity(UFFD_MSG_LEN_BYTES), 1).expect("read");
+    let c = collect(&mut ring, 1).remove(0);
+    let err = c.result.expect_err("blocking uffd read must not succeed without a fault");
+    assert_eq!(err.raw_os_error(), Some(libc::EINTR), "{err}");
+}
+
+#[test]
+fn many_sends_and_receives_on_one_socket_keep_stream_order() {
+    let mut ring = Ring::new(64).expect("ring");
+    let (client, server) = tcp_pair();
+    let (tx, rx) = (client.as_raw_fd(), server.as_raw_fd());
+    const MSG: usize = 512 * 1024;
+    const COUNT: u64 = 12;
+    // All sends at once: 6 MiB, far above the socket buffers, so sends park and retry.
+    for i in 0..COUNT {
+        ring.send(tx, Buf::from_vec(pattern(MSG, i as u8)), i).expect("send");
+    }
+    for i in 0..4 {
+        ring.recv(rx, Buf::with_capacity(64 * 1024), 1000 + i).expect("recv");
+    }
+    let mut received = Vec::new();
+    let mut send_tags = Vec::new();
+    let mut recv_tags = Vec::new();
+    let total = MSG * COUNT as usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (received.len() < total || send_tags.len() < COUNT as usize) && Instant::now() < deadline
+    {
+        for c in collect(&mut ring, 1) {
+            let n = c.result.expect("result");
+            if c.tag < 1000 {
+                assert_eq!(n, MSG);
+                send_tags.push(c.tag);
+                continue;
+            }
+            recv_tags.push(c.tag);
+            let mut buf = c.buf.expect("buf");
+            received.extend_from_slice(buf.as_slice());
+            if received.len() < total {
+                buf.clear();
+                ring.recv(rx, buf, c.tag).expect("re-recv");
+            }
+        }
+    }
+    let expected: Vec<u8> = (0..COUNT).flat_map(|i| pattern(MSG, i as u8)).collect();
+    assert!(received == expected, "stream bytes out of order or missing");
+    assert_eq!(send_tags, (0..COUNT).collect::<Vec<_>>(), "sends complete in order");
+    assert_eq!(&recv_tags[..4], &[1000, 1001, 1002, 1003], "receives complete in order");
+}

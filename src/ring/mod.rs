@@ -11,11 +11,20 @@
 //! timers) on its ring. The driver here is small: a slab of records, a queue of ready
 //! completions, and the per-connection SEND_ZC decision ([`SendMode`]).
 //!
+//! Registered buffers ([`Ring::register_buffers`]) serve page windows: SEND_ZC passes their
+//! `buf_index` (no page pinning per send), receives into them use READ_FIXED; plain SEND has
+//! no fixed variant in io-uring 0.7 and simply uses their address.
+//!
+//! Stream order: io_uring does not keep concurrent operations on one stream socket in order,
+//! so the driver runs one send and one receive per socket at a time and queues the rest
+//! (see `order.rs`).
+//!
 //! Nothing allocates per operation on the hot path: the slab and the ready queue are sized at
 //! construction; a full submission queue is flushed and the push retried.
 
 mod buf;
 mod ops;
+mod order;
 mod setup;
 mod slab;
 mod waker;
@@ -28,9 +37,11 @@ pub use waker::Waker;
 pub use zc::{SendMode, SendPolicy, PROBE_NOTIFS};
 
 use io_uring::{cqueue, squeue, types, IoUring};
+use order::{Dir, Order};
 use slab::{OpKind, Slab};
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use zc::ZcTable;
 
@@ -83,12 +94,25 @@ pub struct Ring {
     slab: Slab,
     ready: VecDeque<Completion>,
     zc: ZcTable,
+    order: Order,
     pool: Option<BufPool>,
     waker: Option<waker::Armed>,
     stats: RingStats,
     last_wait_end: Instant,
     probe: setup::Opcodes,
 }
+
+// The engines build a ring on one thread and may move it to its event-loop thread; wakers and
+// buffers travel between threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_clone<T: Send + Clone>() {}
+    send::<Ring>();
+    send::<Buf>();
+    send::<Completion>();
+    send_clone::<Waker>();
+    send_clone::<BufPool>();
+};
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,6 +143,7 @@ impl Ring {
             slab: Slab::new(max_in_flight),
             ready: VecDeque::with_capacity(max_in_flight as usize + 1),
             zc: ZcTable::new(probe.send_zc),
+            order: Order::new((entries / 2).max(1)),
             pool: None,
             waker: None,
             stats: RingStats::default(),
@@ -153,8 +178,9 @@ impl Ring {
     }
 
     /// Submits queued SQEs, waits until at least `min_complete` CQEs arrived or `timeout`
-    /// passed, then moves finished operations to the ready queue. Returns how many
-    /// completions are ready. A timeout or a signal is not an error.
+    /// passed (`None`: no bound; ignored when `min_complete` is 0), then moves finished
+    /// operations to the ready queue. Returns how many completions are ready. A timeout or a
+    /// signal is not an error. Note that one operation may take two CQEs (SEND_ZC).
     pub fn submit_and_wait(
         &mut self,
         min_complete: usize,
@@ -232,20 +258,34 @@ impl Ring {
             self.finish(user_data, main_res);
             return false;
         }
+        let ordered = rec.ordered.map(|dir| (rec.fd, dir));
+        let rearm = self.on_result(user_data, res, flags);
+        if let Some(key) = ordered {
+            self.advance_order(key);
+        }
+        rearm
+    }
+
+    /// Handles the main (non-notification) CQE of a record.
+    fn on_result(&mut self, user_data: u64, res: i32, flags: u32) -> bool {
+        let Some(rec) = self.slab.get_mut(user_data) else {
+            return false;
+        };
         match rec.kind {
             OpKind::SendZc if cqueue::more(flags) => {
                 rec.result = Some(res);
                 false
             }
-            OpKind::Wake if res < 0 => {
-                // Cancelled (ring closing) or a broken eventfd: stop re-arming.
-                self.slab.remove(user_data);
-                if let Some(armed) = self.waker.as_mut() {
-                    armed.disarm();
-                }
-                false
-            }
             OpKind::Wake => {
+                let active = self.waker.as_ref().is_some_and(|a| a.is_active());
+                if res < 0 || !active {
+                    // Cancelled (ring closing), disarmed, or a broken eventfd: stop re-arming.
+                    self.slab.remove(user_data);
+                    if let Some(armed) = self.waker.as_mut() {
+                        armed.disarm();
+                    }
+                    return false;
+                }
                 let tag = rec.tag;
                 self.ready.push_back(Completion {
                     tag,
@@ -258,6 +298,55 @@ impl Ring {
                 self.finish(user_data, res);
                 false
             }
+        }
+    }
+
+    /// An operation of a socket direction's running chain got its result: when the chain is
+    /// done, submit the queued operations as the next IO_LINK chain.
+    fn advance_order(&mut self, key: (RawFd, Dir)) {
+        let slab = &mut self.slab;
+        let skip = |from: u64, n: u32| {
+            let mut cursor = Some(from);
+            for _ in 0..n {
+                cursor = cursor.and_then(|ud| slab.get_mut(ud).and_then(|r| r.next));
+            }
+            cursor
+        };
+        let Some(batch) = self.order.release(key, skip) else {
+            return;
+        };
+        // The whole chain must enter the SQ in one submission: a chain cut by a flush would
+        // end early and its tail would run unordered.
+        let free = {
+            let sq = self.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < batch.count as usize {
+            if let Err(e) = self.uring.submit() {
+                tracing::warn!(error = %e, "flush before a send chain failed");
+            }
+        }
+        let mut cursor = Some(batch.first);
+        let mut failed = 0;
+        for i in 0..batch.count {
+            let Some(ud) = cursor else { break };
+            let Some(rec) = self.slab.get_mut(ud) else { break };
+            cursor = rec.next.take();
+            let Some(entry) = rec.pending.take() else {
+                continue;
+            };
+            let last = i + 1 == batch.count;
+            let entry = if last { entry } else { entry.flags(squeue::Flags::IO_LINK) };
+            // A push fails only when io_uring_enter itself fails (the ring is unusable);
+            // the operation completes with EIO and leaves the chain's count.
+            if let Err(e) = self.push(&entry) {
+                tracing::warn!(error = %e, "queued socket operation could not be submitted");
+                self.finish(ud, -libc::EIO);
+                failed += 1;
+            }
+        }
+        for _ in 0..failed {
+            self.advance_order(key);
         }
     }
 
@@ -329,6 +418,18 @@ impl Drop for Ring {
     /// buffers of operations that did not finish in time are leaked rather than freed under
     /// the kernel's feet.
     fn drop(&mut self) {
+        if let Some(armed) = self.waker.as_mut() {
+            armed.disarm();
+        }
+        // Queued operations never reached the kernel: free them directly.
+        for head in self.order.take_all_heads() {
+            let mut cursor = Some(head);
+            for _ in 0..self.slab.capacity() {
+                let Some(ud) = cursor else { break };
+                cursor = self.slab.get_mut(ud).and_then(|r| r.next);
+                self.slab.remove(ud);
+            }
+        }
         if self.slab.in_flight() > 0 {
             let cancel = io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()

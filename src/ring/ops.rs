@@ -2,6 +2,7 @@
 //! SQE whose `user_data` names that record.
 
 use super::buf::{Buf, BufPool, PoolShared};
+use super::order::{Claim, Dir};
 use super::slab::OpKind;
 use super::waker::{Armed, Waker};
 use super::zc::{SendMode, SendPolicy};
@@ -31,7 +32,9 @@ impl Ring {
     /// Sends the payload of `buf` on the connected socket `fd`; completes when all of it was
     /// sent (or on error). Uses SEND_ZC or plain send according to the connection's
     /// [`SendMode`]; with SEND_ZC the completion (and the buffer) comes back only after the
-    /// kernel's notification, when the buffer is really free.
+    /// kernel's notification, when the buffer is really free. Sends on one socket go out in
+    /// call order: while one is in flight the next waits in the driver (io_uring would
+    /// otherwise interleave their bytes).
     pub fn send(&mut self, fd: RawFd, mut buf: Buf, tag: u64) -> Result<(), Rejected> {
         let (ptr, len) = buf.payload_raw();
         let Ok(len32) = u32::try_from(len) else {
@@ -55,11 +58,12 @@ impl Ring {
                     .build(),
             ),
         };
-        self.submit_with_buf(fd, buf, tag, kind, entry)
+        self.submit_with_buf(fd, buf, tag, kind, entry, Some(Dir::Tx))
     }
 
     /// Receives into the free space of `buf` from socket `fd` (whatever is available, at most
-    /// the free space; 0 bytes means the peer closed). A pool slot uses READ_FIXED.
+    /// the free space; 0 bytes means the peer closed). A pool slot uses READ_FIXED. Receives on
+    /// one socket run one at a time in call order, so bytes land in the buffers in order.
     pub fn recv(&mut self, fd: RawFd, buf: Buf, tag: u64) -> Result<(), Rejected> {
         self.receive(fd, buf, tag, true)
     }
@@ -86,7 +90,8 @@ impl Ring {
             None if socket => opcode::Recv::new(types::Fd(fd), ptr, len32).build(),
             None => opcode::Read::new(types::Fd(fd), ptr, len32).offset(CUR_POS).build(),
         };
-        self.submit_with_buf(fd, buf, tag, OpKind::Receive, entry)
+        let ordered = socket.then_some(Dir::Rx);
+        self.submit_with_buf(fd, buf, tag, OpKind::Receive, entry, ordered)
     }
 
     /// A relative timeout: completes with `Ok(0)` after `after`.
@@ -180,6 +185,7 @@ impl Ring {
         tag: u64,
         kind: OpKind,
         entry: squeue::Entry,
+        ordered: Option<Dir>,
     ) -> Result<(), Rejected> {
         let capacity = self.slab.capacity();
         let user_data = match self.slab.insert(tag, kind, fd, Some(buf)) {
@@ -191,7 +197,25 @@ impl Ring {
             Err(None) => return Ok(()),
         };
         let entry = entry.user_data(user_data);
+        if let Some(dir) = ordered {
+            if let Claim::Queued { after } = self.order.claim((fd, dir), user_data) {
+                if let Some(rec) = self.slab.get_mut(user_data) {
+                    rec.ordered = Some(dir);
+                    rec.pending = Some(entry);
+                }
+                if let Some(prev) = after.and_then(|p| self.slab.get_mut(p)) {
+                    prev.next = Some(user_data);
+                }
+                return Ok(());
+            }
+            if let Some(rec) = self.slab.get_mut(user_data) {
+                rec.ordered = Some(dir);
+            }
+        }
         if let Err(error) = self.push(&entry) {
+            if let Some(dir) = ordered {
+                self.advance_order((fd, dir));
+            }
             let buf = self.slab.remove(user_data);
             return match buf {
                 Some(buf) => Err(Rejected { error, buf }),

@@ -135,12 +135,11 @@ pub(crate) fn build(entries: u32, max_in_flight: u32) -> Result<IoUring, RingErr
 pub(crate) fn probe(ring: &IoUring) -> Result<Opcodes, RingError> {
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|source| RingError::Probe { source })?;
-    let required: [(u8, &'static str); 7] = [
+    let required: [(u8, &'static str); 6] = [
         (opcode::Send::CODE, "IORING_OP_SEND"),
         (opcode::Recv::CODE, "IORING_OP_RECV"),
         (opcode::Read::CODE, "IORING_OP_READ"),
         (opcode::ReadFixed::CODE, "IORING_OP_READ_FIXED"),
-        (opcode::WriteFixed::CODE, "IORING_OP_WRITE_FIXED"),
         (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
     ];
@@ -148,4 +147,19 @@ pub(crate) fn probe(ring: &IoUring) -> Result<Opcodes, RingError> {
         return Err(RingError::MissingOpcode { name });
     }
     Ok(Opcodes { send_zc: probe.is_supported(opcode::SendZc::CODE) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_failures_name_the_likely_cause() {
+        let eperm = setup_cause(&io::Error::from_raw_os_error(libc::EPERM));
+        assert!(eperm.contains("kernel.io_uring_disabled") && eperm.contains("seccomp"), "{eperm}");
+        let enosys = setup_cause(&io::Error::from_raw_os_error(libc::ENOSYS));
+        assert!(enosys.contains("seccomp"), "{enosys}");
+        let enomem = setup_cause(&io::Error::from_raw_os_error(libc::ENOMEM));
+        assert!(enomem.contains("MEMLOCK"), "{enomem}");
+    }
 }

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 /// What an in-flight record is doing (decides how its CQE is interpreted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OpKind {
-    /// IORING_OP_SEND (or WRITE_FIXED): result advances the payload.
+    /// IORING_OP_SEND: result advances the payload.
     Send,
     /// IORING_OP_SEND_ZC: result, then a notification CQE frees the buffer.
     SendZc,
@@ -34,6 +34,12 @@ pub(crate) struct Record {
     pub(crate) timespec: Timespec,
     /// The main CQE's result, held while a SEND_ZC waits for its notification.
     pub(crate) result: Option<i32>,
+    /// Set when the operation is ordered behind others on its socket ([`super::order`]).
+    pub(crate) ordered: Option<super::order::Dir>,
+    /// The SQE of a queued (not yet submitted) operation.
+    pub(crate) pending: Option<io_uring::squeue::Entry>,
+    /// Next queued operation on the same socket direction.
+    pub(crate) next: Option<u64>,
     generation: u32,
     in_use: bool,
 }
@@ -55,6 +61,9 @@ impl Slab {
                 buf: None,
                 timespec: Timespec::new(),
                 result: None,
+                ordered: None,
+                pending: None,
+                next: None,
                 generation: 0,
                 in_use: false,
             })
@@ -89,6 +98,9 @@ impl Slab {
         rec.fd = fd;
         rec.buf = buf;
         rec.result = None;
+        rec.ordered = None;
+        rec.pending = None;
+        rec.next = None;
         rec.in_use = true;
         Ok(((rec.generation as u64) << 32) | index as u64)
     }
