@@ -3,8 +3,8 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hybridmig::migration::{
-    migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration, MigrationReport,
-    SourceHostOptions,
+    migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
+    MigrationReport, SourceHostOptions,
 };
 use hybridmig::source::CompressionPolicy;
 use hybridmig::vm::{parse_size, run_local, RunReport, VmConfig, WorkloadKind, WorkloadSpec};
@@ -225,14 +225,23 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         print_migration(&report);
     }
     if !report.verified {
-        anyhow::bail!("digest mismatch: the migrated guest ended at {} but an unmigrated run ends at {}", report.digest, report.digest_expected);
+        anyhow::bail!(
+            "digest mismatch: the migrated guest ended at {} but an unmigrated run ends at {}",
+            report.digest,
+            report.digest_expected
+        );
     }
     Ok(())
 }
 
 fn print_migration(r: &MigrationReport) {
     println!("{}", r.summary_line());
-    println!("digest {} expected {} -> {}", r.digest, r.digest_expected, if r.verified { "verified" } else { "MISMATCH" });
+    println!(
+        "digest {} expected {} -> {}",
+        r.digest,
+        r.digest_expected,
+        if r.verified { "verified" } else { "MISMATCH" }
+    );
 }
 
 fn source(a: SourceArgs) -> Result<()> {
@@ -243,7 +252,9 @@ fn source(a: SourceArgs) -> Result<()> {
         migrate_after_ms: a.migration.migrate_after_ms,
         window_pages: a.migration.window,
         compression: a.migration.compress,
-        session_id: a.session.unwrap_or_else(|| hybridmig::metrics::mono_ns() ^ u64::from(std::process::id())),
+        session_id: a
+            .session
+            .unwrap_or_else(|| hybridmig::metrics::mono_ns() ^ u64::from(std::process::id())),
         progress_lines: a.progress_lines,
     };
     let report = run_source_host(&opts).context("source failed")?;
@@ -272,7 +283,13 @@ fn dest(a: DestArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         let d = &report.run;
-        println!("destination done: network_faults={} fault_us_p50={} fault_us_p99={} digest={}", d.stats.network_faults, d.fault_us_p50, d.fault_us_p99, report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default());
+        println!(
+            "destination done: network_faults={} fault_us_p50={} fault_us_p99={} digest={}",
+            d.stats.network_faults,
+            d.fault_us_p50,
+            d.fault_us_p99,
+            report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -81,7 +81,8 @@ pub fn run_dest(
 ) -> Result<DestRun, DestError> {
     let regions = vm.regions();
     let layout = layout_of(&regions)?;
-    let (uffd, _) = Uffd::open_with_features(super::uffd::UFFD_FEATURE_THREAD_ID).map_err(|e| ring_err("userfaultfd open", e))?;
+    let (uffd, _) = Uffd::open_with_features(super::uffd::UFFD_FEATURE_THREAD_ID)
+        .map_err(|e| ring_err("userfaultfd open", e))?;
     for r in &regions {
         uffd.register(r.host_addr as u64, r.size_bytes)
             .map_err(|e| ring_err("userfaultfd register", e))?;

@@ -46,7 +46,11 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm
             .regions()
             .iter()
-            .map(|r| HostRegion { guest_phys: r.guest_phys, size_bytes: r.len() as u64, host_addr: r.as_ptr() as usize })
+            .map(|r| HostRegion {
+                guest_phys: r.guest_phys,
+                size_bytes: r.len() as u64,
+                host_addr: r.as_ptr() as usize,
+            })
             .collect()
     }
 
@@ -75,7 +79,8 @@ impl MigratableVm for KvmGuest<'_> {
     }
 
     fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError> {
-        let state = VmState::from_blob(blob).map_err(|e| EmbedError::Vm { op: "restore_state", source: Box::new(e) })?;
+        let state = VmState::from_blob(blob)
+            .map_err(|e| EmbedError::Vm { op: "restore_state", source: Box::new(e) })?;
         self.vm.restore_state(&state).map_err(vm_err("restore_state"))
     }
 
@@ -145,7 +150,8 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
             last_window = now;
         }
     }
-    report.baseline_ops_per_sec = report.timeline.ops_between(started, track_from.min(migrate_at)) * 1e9
+    report.baseline_ops_per_sec = report.timeline.ops_between(started, track_from.min(migrate_at))
+        * 1e9
         / (track_from.min(migrate_at) - started).max(1) as f64;
     report.ws_windows = tracker.windows();
 
@@ -163,16 +169,22 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let ops_source = OpsReader::new(&guest);
     let progress_lines = opts.progress_lines;
     let mut last_progress = 0u64;
-    let stats = run_source(&mut engine, &mut guest, &pair, &SourceDriverOptions::default(), &mut |e| {
-        let now = mono_ns();
-        if e.stats().pause_ns == 0 {
-            timeline.record(now, ops_source.ops());
-        }
-        if progress_lines && now - last_progress > 100_000_000 {
-            last_progress = now;
-            eprintln!("PROGRESS {:?} {} {}", e.phase(), e.pages_sent(), e.layout().total_pages());
-        }
-    })?;
+    let stats =
+        run_source(&mut engine, &mut guest, &pair, &SourceDriverOptions::default(), &mut |e| {
+            let now = mono_ns();
+            if e.stats().pause_ns == 0 {
+                timeline.record(now, ops_source.ops());
+            }
+            if progress_lines && now - last_progress > 100_000_000 {
+                last_progress = now;
+                eprintln!(
+                    "PROGRESS {:?} {} {}",
+                    e.phase(),
+                    e.pages_sent(),
+                    e.layout().total_pages()
+                );
+            }
+        })?;
     report.timeline = timeline;
     report.ops_at_pause = ops_source.ops();
     report.stats = stats;
@@ -196,7 +208,10 @@ impl OpsReader {
     fn pages(&self, guest: &KvmGuest<'_>) -> Vec<u64> {
         let regions = guest.regions();
         let Ok(layout) = crate::embed::layout_of(&regions) else { return Vec::new() };
-        self.addrs.iter().filter_map(|&a| crate::embed::page_of_host_addr(&regions, &layout, a)).collect()
+        self.addrs
+            .iter()
+            .filter_map(|&a| crate::embed::page_of_host_addr(&regions, &layout, a))
+            .collect()
     }
 
     fn ops(&self) -> u64 {
@@ -225,10 +240,17 @@ pub struct DestHostOptions {
 
 /// Receives the guest, runs it to the end of its ops, returns the destination's report.
 /// `on_listening` gets the bound address before the first accept.
-pub fn run_dest_host(opts: &DestHostOptions, on_listening: impl FnOnce(SocketAddr)) -> Result<DestReport, MigrationError> {
+pub fn run_dest_host(
+    opts: &DestHostOptions,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<DestReport, MigrationError> {
     let mut vm = Vm::new_incoming(&opts.cfg)?;
     let mut listener = tcp::listen(opts.listen)?;
-    on_listening(listener.local_addr().map_err(|source| MigrationError::Io { what: "listener address", source })?);
+    on_listening(
+        listener
+            .local_addr()
+            .map_err(|source| MigrationError::Io { what: "listener address", source })?,
+    );
     let pair = listener.accept_pair(opts.accept_timeout)?;
     let mut report = DestReport::default();
     let mut timeline = ProgressTimeline::default();
@@ -236,7 +258,8 @@ pub fn run_dest_host(opts: &DestHostOptions, on_listening: impl FnOnce(SocketAdd
     let ops_source = OpsReader::new(&guest);
     let counter_pages = ops_source.pages(&guest);
     let run = run_dest(&mut guest, &pair, &DestDriverOptions::default(), &mut |e| {
-        let running = matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
+        let running =
+            matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
         if running && counter_pages.iter().all(|&p| e.is_present(p)) {
             timeline.record(mono_ns(), ops_source.ops());
         }

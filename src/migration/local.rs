@@ -80,7 +80,8 @@ fn compression_name(c: CompressionPolicy) -> &'static str {
 }
 
 fn spawn(netns: Option<&str>, args: &[String]) -> Result<Child, MigrationError> {
-    let exe = std::env::current_exe().map_err(|source| MigrationError::Io { what: "current_exe", source })?;
+    let exe = std::env::current_exe()
+        .map_err(|source| MigrationError::Io { what: "current_exe", source })?;
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -106,10 +107,13 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
             .ok_or(MigrationError::ReferenceUnfinished)?,
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
-    let mut dest_args: Vec<String> = vec!["dest".into(), "--listen".into(), m.listen.clone(), "--json".into()];
+    let mut dest_args: Vec<String> =
+        vec!["dest".into(), "--listen".into(), m.listen.clone(), "--json".into()];
     dest_args.extend(config_args(&m.cfg));
     let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
-    let mut dest_out = BufReader::new(dest.0.stdout.take().ok_or(MigrationError::ChildOutput { host: "destination" })?);
+    let mut dest_out = BufReader::new(
+        dest.0.stdout.take().ok_or(MigrationError::ChildOutput { host: "destination" })?,
+    );
     let addr = read_listening(&mut dest_out)?;
     let mut src_args: Vec<String> = vec![
         "source".into(),
@@ -138,9 +142,12 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     let src_out = source_stdout(&mut source.0)?;
     let src_json = wait_json(&mut source, "source", deadline, src_out, src_err)?;
     let dst_json = wait_json(&mut dest, "destination", deadline, read_all(dest_out), dst_err)?;
-    let src: SourceReport = serde_json::from_str(&src_json).map_err(|e| MigrationError::BadReport { host: "source", detail: e.to_string() })?;
-    let dst: DestReport = serde_json::from_str(&dst_json).map_err(|e| MigrationError::BadReport { host: "destination", detail: e.to_string() })?;
-    let mut report = MigrationReport::merge(&src, &dst, expected, [dst.run.sent_bulk, dst.run.sent_urgent]);
+    let src: SourceReport = serde_json::from_str(&src_json)
+        .map_err(|e| MigrationError::BadReport { host: "source", detail: e.to_string() })?;
+    let dst: DestReport = serde_json::from_str(&dst_json)
+        .map_err(|e| MigrationError::BadReport { host: "destination", detail: e.to_string() })?;
+    let mut report =
+        MigrationReport::merge(&src, &dst, expected, [dst.run.sent_bulk, dst.run.sent_urgent]);
     let w = &m.cfg.workload;
     report.workload = w.kind.name().to_string();
     report.mem_bytes = m.cfg.mem_bytes;
@@ -165,11 +172,16 @@ impl Drop for Guard {
 
 fn read_listening(out: &mut impl BufRead) -> Result<String, MigrationError> {
     let mut line = String::new();
-    out.read_line(&mut line).map_err(|source| MigrationError::Io { what: "reading the destination's address", source })?;
-    line.trim()
-        .strip_prefix("LISTENING ")
-        .map(str::to_string)
-        .ok_or_else(|| MigrationError::BadReport { host: "destination", detail: format!("expected `LISTENING <addr>`, got `{}`", line.trim()) })
+    out.read_line(&mut line).map_err(|source| MigrationError::Io {
+        what: "reading the destination's address",
+        source,
+    })?;
+    line.trim().strip_prefix("LISTENING ").map(str::to_string).ok_or_else(|| {
+        MigrationError::BadReport {
+            host: "destination",
+            detail: format!("expected `LISTENING <addr>`, got `{}`", line.trim()),
+        }
+    })
 }
 
 fn source_stdout(child: &mut Child) -> Result<std::thread::JoinHandle<String>, MigrationError> {
@@ -186,14 +198,20 @@ fn read_all<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Strin
 }
 
 /// Forwards a child's stderr; `PROGRESS` lines drive a progress bar when `bar` is set.
-fn forward_stderr(err: Option<std::process::ChildStderr>, bar: bool, host: &'static str) -> std::thread::JoinHandle<String> {
+fn forward_stderr(
+    err: Option<std::process::ChildStderr>,
+    bar: bool,
+    host: &'static str,
+) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let Some(err) = err else { return String::new() };
         let progress = bar.then(|| {
             let pb = indicatif::ProgressBar::new(1);
             pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg:>12} [{bar:40}] {pos}/{len} pages {elapsed}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg:>12} [{bar:40}] {pos}/{len} pages {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             pb
         });
@@ -229,7 +247,11 @@ fn wait_json(
     stderr: std::thread::JoinHandle<String>,
 ) -> Result<String, MigrationError> {
     let status = loop {
-        if let Some(status) = child.0.try_wait().map_err(|source| MigrationError::Io { what: "waiting for a host", source })? {
+        if let Some(status) = child
+            .0
+            .try_wait()
+            .map_err(|source| MigrationError::Io { what: "waiting for a host", source })?
+        {
             break status;
         }
         if Instant::now() > deadline {

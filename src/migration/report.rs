@@ -88,8 +88,10 @@ pub struct MigrationReport {
     pub ws_recall: f64,
     /// Pre-copy rounds.
     pub rounds: u32,
-    /// Stale pages dropped on the destination at the switch-over.
+    /// Pages sent and dirtied afterwards (stale on the destination until replaced).
     pub stale_pages: u64,
+    /// Stale pages dropped on the destination at the switch-over.
+    pub pages_discarded: u64,
     /// Slowdown of the guest during the migration against its rate before.
     pub degradation_pct: f64,
     /// The guest's digest after its ops, on the destination (hex).
@@ -154,16 +156,22 @@ impl MigrationReport {
             ws_pages: s.ws_pages,
             ws_recall: s.ws_recall,
             rounds: s.rounds,
-            stale_pages: d.stats.pages_discarded.max(s.stale_pages),
+            stale_pages: s.stale_pages,
+            pages_discarded: d.stats.pages_discarded,
             degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),
             digest: hex(digest),
             digest_expected: hex(expected),
             verified: dst.guest_digest == Some(expected) && memory_digest_match,
             memory_digest_match,
             source_stayed_paused: src.ops_at_pause == src.ops_at_release,
-            dest_resumed_after_state: d.stats.state_received_ns > 0 && d.stats.state_received_ns <= d.resume_ns,
+            dest_resumed_after_state: d.stats.state_received_ns > 0
+                && d.stats.state_received_ns <= d.resume_ns,
             lz4_used: s.lz4_used,
-            progress_buckets: timeline.buckets(start).into_iter().map(|(t, ops)| (ms_between(start, t), ops)).collect(),
+            progress_buckets: timeline
+                .buckets(start)
+                .into_iter()
+                .map(|(t, ops)| (ms_between(start, t), ops))
+                .collect(),
             fault_cdf: d.fault_cdf.clone(),
             pause_at_ms: ms_between(start, s.pause_ns),
             resume_at_ms: ms_between(start, d.resume_ns),

@@ -122,7 +122,8 @@ pub struct SourceStats {
     pub ws_pages: u64,
     /// Fraction of the true hot set that the working set holds.
     pub ws_recall: f64,
-    /// Pages sent before the pause and dirtied afterwards (dropped on the destination).
+    /// Pages sent and dirtied afterwards (re-sent by a later round, or dropped on the
+    /// destination at the switch-over).
     pub stale_pages: u64,
     /// Pages the destination had to fetch after the resume.
     pub need_pages: u64,
@@ -477,7 +478,9 @@ impl SourceEngine {
     /// stale) and from `zero`.
     fn forget_dirty(&mut self) {
         for page in self.dirty_scratch.iter_ones() {
-            self.valid.clear(page);
+            if self.valid.clear(page) {
+                self.stats.stale_pages += 1;
+            }
             self.zero.clear(page);
         }
     }
@@ -495,9 +498,7 @@ impl SourceEngine {
         self.stats.pause_ns = mono_ns();
         self.stats.pause_latency_ms = latency.as_secs_f64() * 1e3;
         self.harvest(vm)?;
-        let stale_before = self.valid.count();
         self.forget_dirty();
-        self.stats.stale_pages = stale_before - self.valid.count();
         self.phase = Phase::SwitchOver;
         self.pending.clear_all();
         self.switch_queue.clear();
