@@ -70,7 +70,7 @@ fn vm_unexpected_exits_are_typed() {
         a.ud2()
     });
     assert!(
-        matches!(e, VmError::Vcpu { vcpu: 0, fault: VcpuFault::Shutdown { rip } } if rip >= CODE_GPA && rip < CODE_GPA + 16),
+        matches!(e, VmError::Vcpu { vcpu: 0, fault: VcpuFault::Shutdown { rip } } if (CODE_GPA..CODE_GPA + 16).contains(&rip)),
         "{e}"
     );
     let e = run_custom("mmio", |a| {
@@ -78,7 +78,10 @@ fn vm_unexpected_exits_are_typed() {
         a.mov(qword_ptr(rax), rcx)
     });
     assert!(
-        matches!(e, VmError::Vcpu { fault: VcpuFault::Mmio { dir: "write", addr: 0x3000_0000, .. }, .. }),
+        matches!(
+            e,
+            VmError::Vcpu { fault: VcpuFault::Mmio { dir: "write", addr: 0x3000_0000, .. }, .. }
+        ),
         "{e}"
     );
     let e = run_custom("port", |a| {
@@ -118,7 +121,11 @@ fn vm_dirty_log_and_hot_set() {
     let dirty: HashSet<u64> = bm.iter_ones().collect();
     assert!(dirty.contains(&own), "VMM write missing from the dirty set");
     let wh_dirty = write_hot.iter().filter(|p| dirty.contains(p)).count();
-    assert!(wh_dirty * 10 >= write_hot.len() * 9, "{wh_dirty} of {} write-hot pages dirty", write_hot.len());
+    assert!(
+        wh_dirty * 10 >= write_hot.len() * 9,
+        "{wh_dirty} of {} write-hot pages dirty",
+        write_hot.len()
+    );
     let read_hot_dirty = hot.difference(&write_hot).filter(|p| dirty.contains(p)).count();
     assert_eq!(read_hot_dirty, 0, "read-only hot pages were written");
     let mut again = DirtyBitmap::new(vm.total_pages());

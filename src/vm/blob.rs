@@ -200,7 +200,17 @@ fn get_vcpu(r: &mut Reader<'_>) -> Result<VcpuState, StateError> {
     let msrs = (0..n)
         .map(|_| Ok((r.u32("msr.index")?, r.u64("msr.data")?)))
         .collect::<Result<Vec<_>, StateError>>()?;
-    Ok(VcpuState { regs, sregs, xsave: xsave.to_vec(), xcrs, debugregs, events, mp_state, msrs, tsc_khz })
+    Ok(VcpuState {
+        regs,
+        sregs,
+        xsave: xsave.to_vec(),
+        xcrs,
+        debugregs,
+        events,
+        mp_state,
+        msrs,
+        tsc_khz,
+    })
 }
 
 fn get_devices(r: &mut Reader<'_>) -> Result<DeviceState, StateError> {
@@ -243,7 +253,8 @@ mod tests {
         };
         let mut devices = DeviceState::default();
         devices.serial.output = b"AB".to_vec();
-        devices.control = vec![ControlVcpu { phase: 3, digest_lo: Some(5), digest: None, done: false }];
+        devices.control =
+            vec![ControlVcpu { phase: 3, digest_lo: Some(5), digest: None, done: false }];
         VmState { mem_bytes: 64 << 20, vcpus: vec![vcpu.clone(), vcpu], devices }
     }
 

@@ -251,7 +251,11 @@ mod tests {
 
     #[test]
     fn validation_rejects_bad_values() {
-        let ok = VmConfig { mem_bytes: 64 << 20, vcpus: 2, workload: WorkloadSpec::new(WorkloadKind::Scan, 1) };
+        let ok = VmConfig {
+            mem_bytes: 64 << 20,
+            vcpus: 2,
+            workload: WorkloadSpec::new(WorkloadKind::Scan, 1),
+        };
         assert_eq!(ok.validate(), Ok(()));
         let mut c = ok.clone();
         c.vcpus = 5;

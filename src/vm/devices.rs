@@ -242,14 +242,20 @@ mod tests {
     #[test]
     fn control_protocol() {
         let mut d = Devices::new(2);
-        assert_eq!(d.io_out(1, ports::DONE, &[0; 4]), Err(DeviceError::DoneWithoutDigest { vcpu: 1 }));
+        assert_eq!(
+            d.io_out(1, ports::DONE, &[0; 4]),
+            Err(DeviceError::DoneWithoutDigest { vcpu: 1 })
+        );
         d.io_out(1, ports::PHASE, &3u32.to_le_bytes()).unwrap();
         d.io_out(1, ports::DIGEST_LO, &0x1122_3344u32.to_le_bytes()).unwrap();
         d.io_out(1, ports::DIGEST_HI, &0x5566_7788u32.to_le_bytes()).unwrap();
         let got = d.io_out(1, ports::DONE, &[0; 4]).unwrap();
         assert_eq!(got, IoAction::Done(0x5566_7788_1122_3344));
         assert_eq!(d.control(1).map(|c| (c.phase, c.done)), Some((3, true)));
-        assert!(matches!(d.io_out(0, 0x99, &[1]), Err(DeviceError::UnknownPort { port: 0x99, .. })));
+        assert!(matches!(
+            d.io_out(0, 0x99, &[1]),
+            Err(DeviceError::UnknownPort { port: 0x99, .. })
+        ));
         assert!(d.io_in(0x511, &mut [0u8; 4]).is_err());
     }
 }

@@ -81,7 +81,12 @@ impl GuestRegion {
             size_bytes: slot.size_bytes,
             source: std::io::Error::from_raw_os_error(libc::EFAULT),
         })?;
-        Ok(GuestRegion { slot: slot.slot, guest_phys: slot.guest_phys, size_bytes: slot.size_bytes, host })
+        Ok(GuestRegion {
+            slot: slot.slot,
+            guest_phys: slot.guest_phys,
+            size_bytes: slot.size_bytes,
+            host,
+        })
     }
 
     /// Host address of the first byte. Valid while the `Vm` lives; the guest may write it

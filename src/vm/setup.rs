@@ -168,13 +168,21 @@ pub fn set_cpuid(vcpu: &VcpuFd, index: u32, base: &CpuId) -> Result<(), VmError>
 
 /// Sets the initial sregs and regs of a vCPU.
 pub fn set_initial_state(vcpu: &VcpuFd, index: u32) -> Result<(), VmError> {
-    let sregs = vcpu
-        .get_sregs()
-        .map_err(|source| VmError::InitRegs { what: "sregs", vcpu: index, source })?;
-    vcpu.set_sregs(&initial_sregs(sregs))
-        .map_err(|source| VmError::InitRegs { what: "sregs", vcpu: index, source })?;
-    vcpu.set_regs(&initial_regs(index))
-        .map_err(|source| VmError::InitRegs { what: "regs", vcpu: index, source })
+    let sregs = vcpu.get_sregs().map_err(|source| VmError::InitRegs {
+        what: "sregs",
+        vcpu: index,
+        source,
+    })?;
+    vcpu.set_sregs(&initial_sregs(sregs)).map_err(|source| VmError::InitRegs {
+        what: "sregs",
+        vcpu: index,
+        source,
+    })?;
+    vcpu.set_regs(&initial_regs(index)).map_err(|source| VmError::InitRegs {
+        what: "regs",
+        vcpu: index,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -185,7 +193,11 @@ mod tests {
 
     #[test]
     fn tables_identity_map_all_ram() {
-        let cfg = VmConfig { mem_bytes: 3 << 30, vcpus: 1, workload: WorkloadSpec::new(WorkloadKind::Scan, 1) };
+        let cfg = VmConfig {
+            mem_bytes: 3 << 30,
+            vcpus: 1,
+            workload: WorkloadSpec::new(WorkloadKind::Scan, 1),
+        };
         let layout = Layout::new(&cfg);
         let mut sys = vec![0u8; SYSTEM_BYTES as usize];
         write_tables(&mut sys, &layout);

@@ -302,7 +302,11 @@ pub(crate) fn pause_all(
                 waited_ms: t0.elapsed().as_millis() as u64,
             });
         }
-        st = ctl.cv.wait_timeout(st, Duration::from_millis(1)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        st = ctl
+            .cv
+            .wait_timeout(st, Duration::from_millis(1))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
         // Re-kick: a signal that landed just before KVM_RUN is covered by immediate_exit, but
         // re-sending costs nothing and covers any window we did not foresee.
         for (k, run) in kicks.iter().zip(&st.vcpus) {

@@ -130,7 +130,10 @@ impl Vm {
     fn init_memory(&mut self, tsc_hz: u64) -> Result<(), VmError> {
         let code = asm::program(self.cfg.workload.kind, CODE_GPA)?;
         if code.len() as u64 > CODE_MAX_BYTES {
-            return Err(VmError::CodeTooLarge { len_bytes: code.len() as u64, max_bytes: CODE_MAX_BYTES });
+            return Err(VmError::CodeTooLarge {
+                len_bytes: code.len() as u64,
+                max_bytes: CODE_MAX_BYTES,
+            });
         }
         // SAFETY: no vCPU has run and no other reference to the system region exists.
         let sys = unsafe { self.regions[0].as_mut_slice() };
@@ -290,7 +293,10 @@ impl Vm {
     /// log) and the pages the VMM itself wrote (clearing that set too).
     pub fn harvest_dirty(&mut self, out: &mut DirtyBitmap) -> Result<(), VmError> {
         if out.pages() < self.total_pages() {
-            return Err(VmError::BitmapSize { have_pages: out.pages(), need_pages: self.total_pages() });
+            return Err(VmError::BitmapSize {
+                have_pages: out.pages(),
+                need_pages: self.total_pages(),
+            });
         }
         if self.dirty_logging {
             for r in &self.regions {
@@ -338,9 +344,7 @@ impl Vm {
     /// system region, which must have been placed first.
     pub fn ops_per_vcpu(&self) -> Vec<u64> {
         (0..self.cfg.vcpus)
-            .map(|i| {
-                self.read_guest_u64(params_gpa(i) + params::off::OPS as u64).unwrap_or(0)
-            })
+            .map(|i| self.read_guest_u64(params_gpa(i) + params::off::OPS as u64).unwrap_or(0))
             .collect()
     }
 
@@ -477,8 +481,11 @@ fn register_slot(vm: &VmFd, r: &GuestRegion, flags: u32) -> Result<(), VmError> 
     };
     // SAFETY: the host range is a live mapping of exactly `size_bytes` owned by the Vm, which
     // keeps it mapped until after the VM fd is closed (field order) and the threads are joined.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(|source| VmError::SetMemoryRegion { slot: r.slot, flags, source })
+    unsafe { vm.set_user_memory_region(region) }.map_err(|source| VmError::SetMemoryRegion {
+        slot: r.slot,
+        flags,
+        source,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

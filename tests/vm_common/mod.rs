@@ -62,7 +62,6 @@ pub fn wait_until(vm: &Vm, timeout: Duration, pred: impl Fn(&Vm) -> bool) -> boo
 
 /// True when some vCPU is inside its digest loop (phase DIGEST, not yet reported).
 pub fn some_vcpu_digesting(vm: &Vm) -> bool {
-    (0..vm.config().vcpus).any(|i| {
-        vm.control(i).is_some_and(|c| c.phase == phase::DIGEST && c.digest.is_none())
-    })
+    (0..vm.config().vcpus)
+        .any(|i| vm.control(i).is_some_and(|c| c.phase == phase::DIGEST && c.digest.is_none()))
 }

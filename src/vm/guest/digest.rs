@@ -25,9 +25,7 @@ pub fn digest_finish(h: u64, acc: u64) -> u64 {
 
 /// Combines per-vCPU digests (in vCPU order) into the VM digest.
 pub fn combine_digests(per_vcpu: &[u64]) -> u64 {
-    per_vcpu
-        .iter()
-        .fold(VM_DIGEST_INIT, |d, &x| (d.rotate_left(29) ^ x).wrapping_mul(DIGEST_MUL))
+    per_vcpu.iter().fold(VM_DIGEST_INIT, |d, &x| (d.rotate_left(29) ^ x).wrapping_mul(DIGEST_MUL))
 }
 
 #[cfg(test)]

@@ -100,8 +100,5 @@ pub fn encode(cfg: &VmConfig, slice: &Slice, index: u32, tsc_hz: u64) -> [u8; of
 /// Reads field `offset` from an encoded parameter page.
 pub fn field(page: &[u8], offset: i32) -> u64 {
     let o = offset as usize;
-    page.get(o..o + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
+    page.get(o..o + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
 }
