@@ -256,8 +256,13 @@ mod tests {
         };
         let mut devices = DeviceState::default();
         devices.serial.output = b"AB".to_vec();
-        devices.control =
-            vec![ControlVcpu { phase: 3, digest_lo: Some(5), digest: None, done: false }];
+        devices.control = vec![ControlVcpu {
+            phase: 3,
+            digest_lo: Some(5),
+            digest: None,
+            done: false,
+            ticket: 9,
+        }];
         VmState { mem_bytes: 64 << 20, vcpus: vec![vcpu.clone(), vcpu], devices }
     }
 
