@@ -33,29 +33,40 @@ fn exact(kind: WorkloadKind, name: &str) {
         let k = ops_for(kind);
         let c = cfg(kind, vcpus, 5, k);
         let reference = run_plain(&c);
-        let mut vm = Vm::new(&c).expect("vm");
-        vm.start().expect("start");
-        let mut mid_ops = 0;
-        for pause_after_ms in [40, 90] {
-            std::thread::sleep(Duration::from_millis(pause_after_ms));
-            vm.pause().expect("pause");
-            let ops = vm.ops_done();
-            if ops > 0 && ops < k {
-                mid_ops += 1;
-            }
-            vm = migrate(&vm);
-            vm.start().expect("start after restore");
-        }
-        assert!(mid_ops >= 1, "{kind} x{vcpus}: no pause landed inside the ops loop");
-        let digesting = wait_until(&vm, Duration::from_secs(20), some_vcpu_digesting);
-        vm.pause().expect("pause in digest");
-        assert!(digesting && some_vcpu_digesting(&vm), "{kind} x{vcpus}: missed the digest loop");
-        vm = migrate(&vm);
-        vm.start().expect("start after digest-phase restore");
-        let d = vm.wait_finished(Duration::from_secs(30)).expect("run").expect("finished");
-        assert_eq!(d, reference, "{kind} x{vcpus}: digest differs after save/restore");
-        assert_eq!(vm.ops_done(), k);
+        // The digest loop lasts a few ms; on a loaded host the poller can miss it, so a run
+        // that missed it is repeated (at most 3 times) rather than passed.
+        let caught = (0..3).any(|_| chain_of_migrations(&c, k, reference));
+        assert!(caught, "{kind} x{vcpus}: never paused inside the digest loop");
     }
+}
+
+/// Returns false when the digest loop was missed (the run is then not checked further).
+fn chain_of_migrations(c: &hybridmig::vm::VmConfig, k: u64, reference: u64) -> bool {
+    let kind = c.workload.kind;
+    let vcpus = c.vcpus;
+    let mut vm = Vm::new(c).expect("vm");
+    vm.start().expect("start");
+    let mut mid_ops = 0;
+    for pause_after_ms in [40, 90] {
+        std::thread::sleep(Duration::from_millis(pause_after_ms));
+        vm.pause().expect("pause");
+        let ops = vm.ops_done();
+        if ops > 0 && ops < k {
+            mid_ops += 1;
+        }
+        vm = migrate(&vm);
+        vm.start().expect("start after restore");
+    }
+    assert!(mid_ops >= 1, "{kind} x{vcpus}: no pause landed inside the ops loop");
+    let digesting = wait_until(&vm, Duration::from_secs(20), some_vcpu_digesting);
+    vm.pause().expect("pause in digest");
+    let in_loop = digesting && some_vcpu_digesting(&vm);
+    vm = migrate(&vm);
+    vm.start().expect("start after digest-phase restore");
+    let d = vm.wait_finished(Duration::from_secs(30)).expect("run").expect("finished");
+    assert_eq!(d, reference, "{kind} x{vcpus}: digest differs after save/restore");
+    assert_eq!(vm.ops_done(), k);
+    in_loop
 }
 
 #[test]
