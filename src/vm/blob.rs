@@ -117,6 +117,7 @@ fn put_devices(p: &mut Vec<u8>, d: &DeviceState) {
         p.push(flags);
         put_u32(p, c.digest_lo.unwrap_or(0));
         p.extend_from_slice(&c.digest.unwrap_or(0).to_le_bytes());
+        put_u32(p, c.ticket);
     }
 }
 
@@ -224,11 +225,13 @@ fn get_devices(r: &mut Reader<'_>) -> Result<DeviceState, StateError> {
         let flags = r.u8("control.flags")?;
         let lo = r.u32("control.digest_lo")?;
         let digest = r.u64("control.digest")?;
+        let ticket = r.u32("control.ticket")?;
         control.push(ControlVcpu {
             phase,
             digest_lo: (flags & 1 != 0).then_some(lo),
             digest: (flags & 2 != 0).then_some(digest),
             done: flags & 4 != 0,
+            ticket,
         });
     }
     Ok(DeviceState { serial, control })
@@ -253,8 +256,13 @@ mod tests {
         };
         let mut devices = DeviceState::default();
         devices.serial.output = b"AB".to_vec();
-        devices.control =
-            vec![ControlVcpu { phase: 3, digest_lo: Some(5), digest: None, done: false }];
+        devices.control = vec![ControlVcpu {
+            phase: 3,
+            digest_lo: Some(5),
+            digest: None,
+            done: false,
+            ticket: 9,
+        }];
         VmState { mem_bytes: 64 << 20, vcpus: vec![vcpu.clone(), vcpu], devices }
     }
 

@@ -16,6 +16,9 @@ pub mod ports {
     pub const DIGEST_HI: u16 = 0x512;
     /// Control device: the vCPU is done; its thread leaves the run loop.
     pub const DONE: u16 = 0x513;
+    /// Control device: `in` returns the vCPU's ticket number and advances it (a read with a
+    /// side effect, so a replayed `in` is visible; the workloads do not use it).
+    pub const TICKET: u16 = 0x514;
 }
 
 /// Most bytes of serial output kept (older bytes are dropped).
@@ -81,6 +84,8 @@ pub struct ControlVcpu {
     pub digest: Option<u64>,
     /// Whether the done port was written.
     pub done: bool,
+    /// Next ticket number [`ports::TICKET`] returns.
+    pub ticket: u32,
 }
 
 /// All device state (saved and restored with the vCPUs).
@@ -133,15 +138,22 @@ impl Devices {
         &self.state.serial.output
     }
 
-    /// A guest `in` from `port` into `data`.
-    pub fn io_in(&mut self, port: u16, data: &mut [u8]) -> Result<(), DeviceError> {
+    /// A guest `in` from `port` into `data`, by vCPU `vcpu`.
+    pub fn io_in(&mut self, vcpu: u32, port: u16, data: &mut [u8]) -> Result<(), DeviceError> {
         let value = match port.checked_sub(ports::SERIAL_BASE) {
-            Some(reg @ 0..=7) => self.serial_read(reg as u8),
+            Some(reg @ 0..=7) => u32::from(self.serial_read(reg as u8)),
+            _ if port == ports::TICKET => {
+                let unknown = DeviceError::UnknownPort { port, dir: "in", len: data.len() };
+                let ctl = self.state.control.get_mut(vcpu as usize).ok_or(unknown)?;
+                ctl.ticket = ctl.ticket.wrapping_add(1);
+                ctl.ticket.wrapping_sub(1)
+            }
             _ => return Err(DeviceError::UnknownPort { port, dir: "in", len: data.len() }),
         };
-        data.fill(0);
-        if let Some(first) = data.first_mut() {
-            *first = value;
+        for (d, v) in
+            data.iter_mut().zip(value.to_le_bytes().into_iter().chain(std::iter::repeat(0)))
+        {
+            *d = v;
         }
         Ok(())
     }
@@ -223,14 +235,14 @@ mod tests {
         d.io_out(0, ports::SERIAL_BASE + 3, &[0x80]).unwrap();
         d.io_out(0, ports::SERIAL_BASE, &[0x0c]).unwrap();
         let mut b = [0u8];
-        d.io_in(ports::SERIAL_BASE, &mut b).unwrap();
+        d.io_in(0, ports::SERIAL_BASE, &mut b).unwrap();
         assert_eq!(b[0], 0x0c);
         d.io_out(0, ports::SERIAL_BASE + 3, &[0x03]).unwrap();
         d.io_out(0, ports::SERIAL_BASE, b"hi").unwrap();
         d.io_out(0, ports::SERIAL_BASE + 7, &[0x5a]).unwrap();
-        d.io_in(ports::SERIAL_BASE + 7, &mut b).unwrap();
+        d.io_in(0, ports::SERIAL_BASE + 7, &mut b).unwrap();
         assert_eq!(b[0], 0x5a);
-        d.io_in(ports::SERIAL_BASE + 5, &mut b).unwrap();
+        d.io_in(0, ports::SERIAL_BASE + 5, &mut b).unwrap();
         assert_eq!(b[0], 0x60);
         assert_eq!(d.serial_output(), b"h");
         let saved = d.save();
@@ -256,6 +268,11 @@ mod tests {
             d.io_out(0, 0x99, &[1]),
             Err(DeviceError::UnknownPort { port: 0x99, .. })
         ));
-        assert!(d.io_in(0x511, &mut [0u8; 4]).is_err());
+        assert!(d.io_in(0, 0x511, &mut [0u8; 4]).is_err());
+        let mut t = [0u8; 4];
+        d.io_in(1, ports::TICKET, &mut t).unwrap();
+        d.io_in(1, ports::TICKET, &mut t).unwrap();
+        assert_eq!(u32::from_le_bytes(t), 1);
+        assert_eq!(d.control(1).map(|c| c.ticket), Some(2));
     }
 }

@@ -44,6 +44,15 @@ pub const STACK_GPA: u64 = 0x1e_0000;
 /// Stack size per vCPU, bytes.
 pub const STACK_BYTES: u64 = 0x4000;
 
+// The system structures fit their places for the largest configuration.
+const _: () = {
+    let max_pds = (super::config::MAX_MEM_BYTES + SYSTEM_BYTES).div_ceil(1 << 30);
+    assert!(PD_GPA + max_pds * PAGE_BYTES <= PARAMS_GPA);
+    assert!(PARAMS_GPA + super::config::MAX_VCPUS as u64 * PAGE_BYTES <= CODE_GPA);
+    assert!(CODE_GPA + CODE_MAX_BYTES <= STACK_GPA);
+    assert!(STACK_GPA + super::config::MAX_VCPUS as u64 * STACK_BYTES <= SYSTEM_BYTES);
+};
+
 /// One KVM memory slot of the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotLayout {
@@ -211,14 +220,5 @@ mod tests {
             assert!(s.hot_start + s.hot_pages <= s.pages);
             assert!(s.write_hot_pages >= 1 && s.write_hot_pages <= s.hot_pages);
         }
-    }
-
-    #[test]
-    fn system_structures_fit() {
-        let max_pds = (crate::vm::config::MAX_MEM_BYTES + SYSTEM_BYTES).div_ceil(1 << 30);
-        assert!(PD_GPA + max_pds * PAGE_BYTES <= PARAMS_GPA);
-        assert!(params_gpa(crate::vm::config::MAX_VCPUS) <= CODE_GPA);
-        assert!(CODE_GPA + CODE_MAX_BYTES <= STACK_GPA);
-        assert!(stack_top_gpa(crate::vm::config::MAX_VCPUS - 1) <= SYSTEM_BYTES);
     }
 }

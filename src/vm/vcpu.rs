@@ -229,7 +229,7 @@ impl VcpuThread {
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
-                lock(&self.devices).io_in(port, data).map(|()| Step::Continue)
+                lock(&self.devices).io_in(self.index, port, data).map(|()| Step::Continue)
             }
             Ok(exit) => Ok(classify(exit)),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
