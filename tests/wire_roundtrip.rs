@@ -299,7 +299,10 @@ fn encoder_errors_leave_output_untouched() {
     let meta = WindowMeta { request_id: 5, ..WindowMeta::default() };
     let pages = vec![1u8; PAGE_SIZE];
     let err = encode_page_window(&mut out, 1, &meta, &pages, Compression::None, &limits);
-    assert!(matches!(err, Err(WireError::FeatureNotInVersion { feature: "request id", version: 1 })));
+    assert!(matches!(
+        err,
+        Err(WireError::FeatureNotInVersion { feature: "request id", version: 1 })
+    ));
     let big = vec![0u8; (limits.max_vmstate_bytes as usize) + 1];
     let err = encode_frame(&mut out, 2, &FrameBody::VmState(&big), &limits);
     assert!(matches!(err, Err(WireError::PayloadTooLong { frame: FrameType::VmState, .. })));

@@ -32,8 +32,25 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "the", "migration", "page", "window", "guest", "memory", "fault", "vcpu", "dirty", "round",
-    "kernel", "userfaultfd", "source", "destination", "hybrid", "copy", "state", "working", "set",
+    "the",
+    "migration",
+    "page",
+    "window",
+    "guest",
+    "memory",
+    "fault",
+    "vcpu",
+    "dirty",
+    "round",
+    "kernel",
+    "userfaultfd",
+    "source",
+    "destination",
+    "hybrid",
+    "copy",
+    "state",
+    "working",
+    "set",
 ];
 
 /// Fills `page` (4096 bytes) with content of `kind`.
