@@ -44,6 +44,8 @@ mod control;
 mod dirty;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod header;
 mod hello;

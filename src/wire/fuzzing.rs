@@ -1,0 +1,118 @@
+//! The decoder harness shared by the cargo-fuzz target (`fuzz/fuzz_targets/decode.rs`) and the
+//! long randomized test (`tests/wire_fuzz.rs`), so both exercise exactly the same paths.
+//!
+//! Bytes enter through [`exercise_decoders`]; nothing leaves but panics, which only fire on a
+//! codec bug (an invariant the decoder promises), never on bad input.
+
+use super::{
+    decode_frame, encode_frame, FrameBody, FrameReader, Handshake, Limits, Region, HEADER_LEN,
+    PAGE_SIZE,
+};
+
+/// Region table the harness validates windows and dirty sets against.
+const FUZZ_REGIONS: [Region; 2] = [
+    Region { guest_phys: 0, size_bytes: 64 * PAGE_SIZE as u64 },
+    Region { guest_phys: 1 << 30, size_bytes: 4096 * PAGE_SIZE as u64 },
+];
+
+/// Feeds `data` to the decoders: a [`FrameReader`] in chunks whose sizes come from the first
+/// byte, then every frame through the handshake checker, window decode into a buffer, dirty
+/// set validation, and a re-encode that must reproduce the frame's bytes exactly.
+///
+/// Panics only when the codec breaks a promise (a decoded frame does not re-encode to the
+/// same bytes, a decode writes outside its destination, the reader buffer grows past the
+/// limit).
+pub fn exercise_decoders(data: &[u8]) {
+    let Some((&chunk_seed, stream)) = data.split_first() else { return };
+    // Odd first byte: repair every CRC first, so mutations reach the payload parsers instead
+    // of all stopping at the checksum.
+    let mut repaired;
+    let stream = if chunk_seed & 1 == 1 {
+        repaired = stream.to_vec();
+        fix_crcs(&mut repaired);
+        &repaired[..]
+    } else {
+        stream
+    };
+    let limits =
+        Limits { max_vmstate_bytes: 1 << 16, max_dirtyset_bytes: 1 << 16, ..Limits::default() };
+    let chunk_bytes = 1 + usize::from(chunk_seed) * 31;
+    let mut reader = FrameReader::new(limits);
+    let mut acceptor = Handshake::acceptor();
+    let mut dest = vec![0u8; limits.window_pages() as usize * PAGE_SIZE];
+    let mut consumed = 0usize;
+    for chunk in stream.chunks(chunk_bytes) {
+        reader.push_bytes(chunk);
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    let _ = acceptor.check(&frame);
+                    check_frame(
+                        &frame.body,
+                        frame.version,
+                        stream,
+                        &mut consumed,
+                        &mut dest,
+                        &limits,
+                    );
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        let bound = 2 * (16 + limits.max_payload_bytes as usize) + stream.len();
+        assert!(reader.capacity_bytes() <= bound, "reader grew to {}", reader.capacity_bytes());
+    }
+}
+
+/// Rewrites the CRC field of each frame (as framed by its length field) to match its payload.
+fn fix_crcs(stream: &mut [u8]) {
+    let mut pos = 0usize;
+    while pos + HEADER_LEN <= stream.len() {
+        let len_bytes = [stream[pos + 8], stream[pos + 9], stream[pos + 10], stream[pos + 11]];
+        let end = (pos + HEADER_LEN).saturating_add(u32::from_be_bytes(len_bytes) as usize);
+        let end = end.min(stream.len());
+        let crc = crc32fast::hash(&stream[pos + HEADER_LEN..end]);
+        stream[pos + 12..pos + 16].copy_from_slice(&crc.to_be_bytes());
+        pos = end;
+    }
+}
+
+fn check_frame(
+    body: &FrameBody<'_>,
+    version: u16,
+    stream: &[u8],
+    consumed: &mut usize,
+    dest: &mut [u8],
+    limits: &Limits,
+) {
+    let mut again = Vec::new();
+    let n = encode_frame(&mut again, version, body, limits).expect("decoded frame must re-encode");
+    let original = &stream[*consumed..*consumed + n];
+    assert_eq!(again.as_slice(), original, "re-encoded {body:?} differs");
+    let (one_shot, used) = decode_frame(original, limits).expect("one-shot decode must agree");
+    assert_eq!(used, n);
+    assert_eq!(&one_shot.body, body);
+    *consumed += n;
+    match body {
+        FrameBody::PageWindow(w) => {
+            let _ = w.validate(&FUZZ_REGIONS);
+            let len = w.len_bytes();
+            if let Some(slot) = dest.get_mut(..len) {
+                if let Ok(zero) = w.decode_into(slot) {
+                    assert!(zero.count() <= w.page_count);
+                }
+            }
+        }
+        FrameBody::DirtySet(d) => {
+            if let Ok(runs) = d.runs(&FUZZ_REGIONS) {
+                let pages: u64 = runs.map(|r| r.count).sum();
+                assert_eq!(pages, d.page_count, "validated dirty set must add up");
+            }
+        }
+        FrameBody::FaultRequest(f) => {
+            let _ = f.validate(&FUZZ_REGIONS);
+        }
+        _ => {}
+    }
+}
