@@ -425,6 +425,7 @@ impl DestEngine {
 
     fn on_state(&mut self, blob: &[u8]) -> Result<Option<DestEvent>, DestError> {
         self.stats.state_received_ns = mono_ns();
+        tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
         let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
         self.outstanding = need.iter_ones().filter(|&p| !self.present.get(p)).count() as u64;
         self.phase = DestPhase::Running;
@@ -513,6 +514,7 @@ impl DestEngine {
             self.bulk_out.push_back(out);
         }
         self.phase = DestPhase::Complete;
+        tracing::info!(digest, matched = verdict == wire::DoneVerdict::Match, "destination: every page present");
         Some(DestEvent::Complete)
     }
 

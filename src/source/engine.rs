@@ -343,6 +343,7 @@ impl SourceEngine {
 
     /// Both streams are up: start dirty logging and enter the mode's first phase.
     fn begin(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        tracing::info!(mode = %self.cfg.mode, version = self.version, "source: both streams up, migration starts");
         vm.start_dirty_log()?;
         self.harvest(vm)?; // clear anything logged before this instant
         self.round_started_ns = mono_ns();
@@ -496,6 +497,7 @@ impl SourceEngine {
     fn switch_over(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         let latency = vm.pause()?;
         self.stats.pause_ns = mono_ns();
+        tracing::info!(rounds = self.stats.rounds, pause_latency_us = latency.as_micros() as u64, "source: guest paused, switch-over");
         self.stats.pause_latency_ms = latency.as_secs_f64() * 1e3;
         self.harvest(vm)?;
         self.forget_dirty();
@@ -608,6 +610,7 @@ impl SourceEngine {
     }
 
     fn enter_push(&mut self) {
+        tracing::info!("source: state sent, destination resumes; push and fault service");
         self.phase = Phase::Push;
         self.pending.clear_all();
         self.fill_pending_with_needed();
@@ -736,6 +739,7 @@ impl SourceEngine {
             });
         }
         self.stats.finished_ns = mono_ns();
+        tracing::info!(digest = self.stats.memory_digest, "source: DoneAck matched, source released");
         self.stats.lz4_used = self.compression == Compression::Lz4;
         self.phase = Phase::Finished;
         Ok(())
@@ -842,7 +846,7 @@ mod tests {
         b.set(100);
         b.set(130);
         b.set(199);
-        assert_eq!(region_words(&b, 100, 64), vec![1]);
-        assert_eq!(region_words(&b, 64, 136), vec![1 << 36, 1 << 2, 0]);
+        assert_eq!(region_words(&b, 100, 64), vec![1 | 1 << 30]);
+        assert_eq!(region_words(&b, 64, 136), vec![1 << 36, 1 << 2, 1 << 7]);
     }
 }
