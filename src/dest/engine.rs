@@ -514,7 +514,11 @@ impl DestEngine {
             self.bulk_out.push_back(out);
         }
         self.phase = DestPhase::Complete;
-        tracing::info!(digest, matched = verdict == wire::DoneVerdict::Match, "destination: every page present");
+        tracing::info!(
+            digest,
+            matched = verdict == wire::DoneVerdict::Match,
+            "destination: every page present"
+        );
         Some(DestEvent::Complete)
     }
 

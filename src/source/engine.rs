@@ -497,7 +497,11 @@ impl SourceEngine {
     fn switch_over(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         let latency = vm.pause()?;
         self.stats.pause_ns = mono_ns();
-        tracing::info!(rounds = self.stats.rounds, pause_latency_us = latency.as_micros() as u64, "source: guest paused, switch-over");
+        tracing::info!(
+            rounds = self.stats.rounds,
+            pause_latency_us = latency.as_micros() as u64,
+            "source: guest paused, switch-over"
+        );
         self.stats.pause_latency_ms = latency.as_secs_f64() * 1e3;
         self.harvest(vm)?;
         self.forget_dirty();
@@ -739,7 +743,10 @@ impl SourceEngine {
             });
         }
         self.stats.finished_ns = mono_ns();
-        tracing::info!(digest = self.stats.memory_digest, "source: DoneAck matched, source released");
+        tracing::info!(
+            digest = self.stats.memory_digest,
+            "source: DoneAck matched, source released"
+        );
         self.stats.lz4_used = self.compression == Compression::Lz4;
         self.phase = Phase::Finished;
         Ok(())
