@@ -30,7 +30,7 @@ for cond in ["unpaced","paced"]:
     print("| mode | " + " | ".join(keys) + " | verified |")
     print("|" + "---|" * (len(keys) + 2))
     for mode in ["precopy","postcopy","hybrid","hybrid-paper"]:
-        runs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(d, f"{cond}-{mode}-*.json")))]
+        runs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(d, f"{cond}-{mode}-[0-9]*.json")))]
         med = lambda k: statistics.median(r[k] for r in runs)
         cells = [f"{med(k):.2f}" if isinstance(runs[0][k], float) else str(int(med(k))) for k in keys]
         print(f"| {mode} | " + " | ".join(cells) + f" | {all(r['verified'] for r in runs)} ({len(runs)}) |")
