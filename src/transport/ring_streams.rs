@@ -110,7 +110,7 @@ impl RingStreams {
         let fds = [pair.bulk.as_raw_fd(), pair.urgent.as_raw_fd()];
         let streams = Self {
             fds,
-            readers: [FrameReader::new(limits.clone()), FrameReader::new(limits)],
+            readers: [FrameReader::new(limits), FrameReader::new(limits)],
             free_send: [0, 1]
                 .map(|_| (0..send_bufs).map(|_| Vec::with_capacity(send_buf_bytes)).collect()),
             in_flight: [0; 2],
