@@ -309,3 +309,31 @@ impl Iterator for DirtyRuns<'_> {
         self.next_checked(0, u64::MAX).ok().flatten()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(bitmap: &[u64], pages: u64) -> DirtyStats {
+        encode_dirty_set(&mut Vec::new(), 2, 0, bitmap, pages, &Limits::default()).expect("encode")
+    }
+
+    #[test]
+    fn long_runs_choose_runs_and_scatter_chooses_bitmap() {
+        let mut runs = vec![0u64; 1024];
+        runs[10..500].fill(u64::MAX);
+        let s = encode(&runs, 1024 * 64);
+        assert_eq!((s.format, s.pages), (DirtyFormat::Runs, 490 * 64));
+        assert!(s.frame_bytes < 40, "{} bytes for one run", s.frame_bytes);
+        let scattered = vec![0x5555_5555_5555_5555u64; 1024];
+        let s = encode(&scattered, 1024 * 64);
+        assert_eq!(s.format, DirtyFormat::Bitmap);
+        assert_eq!(s.frame_bytes, 16 + 13 + 8 + 8 * 1024, "header, fixed part, base, bitmap");
+    }
+
+    #[test]
+    fn empty_set_is_a_header_only() {
+        let s = encode(&[0; 4], 256);
+        assert_eq!((s.format, s.pages), (DirtyFormat::Runs, 0));
+    }
+}

@@ -131,7 +131,7 @@ pub fn encode_frame(
         FrameBody::HelloAck(a) => a.write_payload(out, limits),
         FrameBody::PageWindow(w) => {
             flags = w.flags();
-            w.write_payload(version, out)
+            w.write_payload(version, out, limits)
         }
         FrameBody::VmState(blob) => {
             out.extend_from_slice(blob);

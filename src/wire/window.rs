@@ -351,7 +351,26 @@ impl<'a> PageWindowRef<'a> {
     }
 
     /// Appends the payload to `out` in `version`'s layout.
-    pub(crate) fn write_payload(&self, version: u16, out: &mut Vec<u8>) -> Result<(), WireError> {
+    pub(crate) fn write_payload(
+        &self,
+        version: u16,
+        out: &mut Vec<u8>,
+        limits: &Limits,
+    ) -> Result<(), WireError> {
+        // Never emit what our own decoder would refuse.
+        if self.page_count == 0 {
+            return Err(WireError::EmptyWindow {
+                region: self.region,
+                first_page: self.first_page,
+            });
+        }
+        let max = limits.window_pages();
+        if self.page_count > max {
+            return Err(WireError::WindowTooLong {
+                count: self.page_count.into(),
+                max: max.into(),
+            });
+        }
         if version < 2 && self.encoding == WindowEncoding::Mixed {
             return Err(WireError::FeatureNotInVersion { feature: "mixed window", version });
         }
