@@ -112,7 +112,7 @@ fn vm_dirty_log_and_hot_set() {
     std::thread::sleep(Duration::from_millis(100));
     let mut bm = DirtyBitmap::new(vm.total_pages());
     vm.harvest_dirty(&mut bm).unwrap();
-    bm.clear();
+    bm.clear_all();
     std::thread::sleep(Duration::from_millis(200));
     vm.pause().unwrap();
     let own = vm.workload_pages().end - 1;

@@ -7,7 +7,7 @@
 //! the guest runs, so plain writes suffice.
 
 use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
-use super::sink::{DirectSink, PageSink, UffdSink};
+use super::sink::{DirectSink, PageSink, SinkError, UffdSink};
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::embed::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
@@ -92,8 +92,14 @@ pub fn run_dest(
     let mut streams =
         RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
     arm_uffd_read(&mut ring, &uffd, Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ))?;
-    let mut run = DestRun::default();
-    let mut direct = false;
+    let mut ctx = Ctx {
+        vm,
+        uffd: &uffd,
+        regions: &regions,
+        layout: &layout,
+        direct: false,
+        run: DestRun::default(),
+    };
     let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
     let mut next_tick = 0;
     loop {
@@ -114,21 +120,10 @@ pub fn run_dest(
             let completion =
                 match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
                     Ok(StreamEvent::Received(stream)) => {
-                        let mut ctx = Ctx {
-                            vm,
-                            uffd: &uffd,
-                            regions: &regions,
-                            layout: &layout,
-                            direct: &mut direct,
-                            run: &mut run,
-                        };
                         while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
-                            let event = {
-                                let mut sink = ctx.sink();
-                                engine.on_frame(stream, frame, 0, sink.as_mut())?
-                            };
+                            let event = engine.on_frame(stream, frame, &mut ctx.sink())?;
                             if let Some(event) = event {
-                                ctx.on_event(event, &uffd)?;
+                                ctx.on_event(event)?;
                             }
                         }
                         continue;
@@ -148,17 +143,7 @@ pub fn run_dest(
                     .buf
                     .unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
                 match completion.result {
-                    Ok(_) => {
-                        let mut ctx = Ctx {
-                            vm,
-                            uffd: &uffd,
-                            regions: &regions,
-                            layout: &layout,
-                            direct: &mut direct,
-                            run: &mut run,
-                        };
-                        on_uffd_messages(&mut engine, &mut ctx, buf.as_slice())?;
-                    }
+                    Ok(_) => on_uffd_messages(&mut engine, &mut ctx, buf.as_slice())?,
                     Err(e)
                         if e.raw_os_error() == Some(libc::EAGAIN)
                             || e.raw_os_error() == Some(libc::EINTR) => {}
@@ -171,6 +156,7 @@ pub fn run_dest(
             }
         }
     }
+    let (direct, mut run) = (ctx.direct, ctx.run);
     let hist = engine.fault_histogram();
     run.stats = engine.stats().clone();
     run.stats.bytes_bulk = streams.bytes_received[0];
@@ -211,20 +197,55 @@ struct Ctx<'a> {
     uffd: &'a Uffd,
     regions: &'a [HostRegion],
     layout: &'a crate::memory::Layout,
-    direct: &'a mut bool,
-    run: &'a mut DestRun,
+    /// Pre-copy: userfaultfd unregistered, pages are plain writes.
+    direct: bool,
+    run: DestRun,
+}
+
+/// The sink for the current mode, without a heap allocation per frame or fault.
+enum ModeSink<'a> {
+    Uffd(UffdSink<'a>),
+    Direct(DirectSink<'a>),
+}
+
+impl ModeSink<'_> {
+    fn inner(&mut self) -> &mut dyn PageSink {
+        match self {
+            ModeSink::Uffd(s) => s,
+            ModeSink::Direct(s) => s,
+        }
+    }
+}
+
+impl PageSink for ModeSink<'_> {
+    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.inner().place(first, data)
+    }
+    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        self.inner().place_zero(first, count)
+    }
+    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.inner().overwrite(first, data)
+    }
+    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        self.inner().discard(first, count)
+    }
+    fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        self.inner().wake(first, count)
+    }
 }
 
 impl Ctx<'_> {
-    fn sink(&mut self) -> Box<dyn PageSink + '_> {
-        if *self.direct {
-            Box::new(DirectSink::new(self.regions, self.layout))
+    fn sink(&self) -> ModeSink<'_> {
+        if self.direct {
+            ModeSink::Direct(DirectSink::new(self.regions, self.layout))
         } else {
-            Box::new(UffdSink::new(self.uffd, self.regions, self.layout))
+            ModeSink::Uffd(UffdSink::new(self.uffd, self.regions, self.layout))
         }
     }
 
-    fn on_event(&mut self, event: DestEvent, uffd: &Uffd) -> Result<(), DestError> {
+    fn on_event(&mut self, event: DestEvent) -> Result<(), DestError> {
+        let uffd = self.uffd;
         match event {
             DestEvent::Mode(mode) => {
                 self.run.mode = Some(mode.to_string());
@@ -233,7 +254,7 @@ impl Ctx<'_> {
                         uffd.unregister(r.host_addr as u64, r.size_bytes)
                             .map_err(|e| ring_err("userfaultfd unregister", e))?;
                     }
-                    *self.direct = true;
+                    self.direct = true;
                 }
             }
             DestEvent::Resume(blob) => {
@@ -256,8 +277,7 @@ fn on_uffd_messages(
         if let UffdEvent::PageFault { addr, .. } = event {
             let page = page_of_host_addr(ctx.regions, ctx.layout, addr as usize)
                 .ok_or(DestError::FaultOutsideMemory { page: u64::MAX })?;
-            let mut sink = ctx.sink();
-            engine.on_fault(page, 0, sink.as_mut())?;
+            engine.on_fault(page, 0, &mut ctx.sink())?;
         }
     }
     Ok(())

@@ -58,9 +58,9 @@ pub struct DestStats {
     pub pages_duplicate: u64,
     /// Stale pages dropped at the switch-over.
     pub pages_discarded: u64,
-    /// Frame bytes received on bulk.
+    /// Bytes received on bulk (counted by the driver).
     pub bytes_bulk: u64,
-    /// Frame bytes received on urgent.
+    /// Bytes received on urgent (counted by the driver).
     pub bytes_urgent: u64,
     /// Memory digest over the pages as placed.
     pub memory_digest: u64,
@@ -91,7 +91,6 @@ pub struct DestEngine {
     bulk_out: VecDeque<Vec<u8>>,
     scratch: Vec<u8>,
     done: Option<wire::Done>,
-    state: Option<Vec<u8>>,
     stats: DestStats,
 }
 
@@ -138,7 +137,6 @@ impl DestEngine {
             bulk_out: VecDeque::new(),
             scratch,
             done: None,
-            state: None,
             stats: DestStats::default(),
         }
     }
@@ -193,18 +191,13 @@ impl DestEngine {
         }
     }
 
-    /// Handles one frame from `stream` (`frame_bytes` long on the wire).
+    /// Handles one frame from `stream`.
     pub fn on_frame(
         &mut self,
         stream: StreamKind,
         frame: wire::Frame<'_>,
-        frame_bytes: usize,
         sink: &mut dyn PageSink,
     ) -> Result<Option<DestEvent>, DestError> {
-        match stream {
-            StreamKind::Bulk => self.stats.bytes_bulk += frame_bytes as u64,
-            StreamKind::Urgent => self.stats.bytes_urgent += frame_bytes as u64,
-        }
         let unexpected = |frame: &wire::FrameBody<'_>, phase| DestError::UnexpectedFrame {
             stream,
             frame: frame.frame_type(),
@@ -427,9 +420,8 @@ impl DestEngine {
         self.stats.state_received_ns = mono_ns();
         tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
         let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
-        self.outstanding = need.iter_ones().filter(|&p| !self.present.get(p)).count() as u64;
+        self.outstanding = need.count_and_not(&self.present);
         self.phase = DestPhase::Running;
-        self.state = None;
         Ok(Some(DestEvent::Resume(blob.to_vec())))
     }
 

@@ -20,7 +20,6 @@ use std::time::Duration;
 /// The built-in VMM seen through the engines' narrow interface.
 pub struct KvmGuest<'a> {
     vm: &'a mut Vm,
-    scratch: DirtyBitmap,
 }
 
 impl std::fmt::Debug for KvmGuest<'_> {
@@ -32,8 +31,7 @@ impl std::fmt::Debug for KvmGuest<'_> {
 impl<'a> KvmGuest<'a> {
     /// Wraps `vm`.
     pub fn new(vm: &'a mut Vm) -> Self {
-        let pages = vm.total_pages();
-        Self { vm, scratch: DirtyBitmap::new(pages) }
+        Self { vm }
     }
 }
 
@@ -56,18 +54,15 @@ impl MigratableVm for KvmGuest<'_> {
 
     fn start_dirty_log(&mut self) -> Result<(), EmbedError> {
         self.vm.set_dirty_logging(true).map_err(vm_err("start_dirty_log"))?;
-        self.vm.harvest_dirty(&mut self.scratch).map_err(vm_err("harvest_dirty"))?;
-        self.scratch.clear();
-        Ok(())
+        // Drop whatever was logged before this instant.
+        let mut discard = DirtyBitmap::new(self.vm.total_pages());
+        self.vm.harvest_dirty(&mut discard).map_err(vm_err("harvest_dirty"))
     }
 
     fn harvest_dirty(&mut self, out: &mut PageBitmap) -> Result<(), EmbedError> {
-        self.vm.harvest_dirty(&mut self.scratch).map_err(vm_err("harvest_dirty"))?;
         // The built-in VMM's regions are contiguous from guest-physical 0, so its page
         // numbers (gpa / 4096) are the engines' dense indices.
-        out.or_words(0, self.scratch.words());
-        self.scratch.clear();
-        Ok(())
+        self.vm.harvest_dirty(out).map_err(vm_err("harvest_dirty"))
     }
 
     fn pause(&mut self) -> Result<Duration, EmbedError> {
@@ -130,7 +125,6 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let track_from = started + opts.migrate_after_ms * 500_000;
     let tracks = matches!(opts.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
     let (mut tracking, mut last_window) = (false, 0u64);
-    let mut dirty = DirtyBitmap::new(pages);
     let mut window = PageBitmap::new(pages);
     while mono_ns() < migrate_at {
         std::thread::sleep(SAMPLE);
@@ -138,14 +132,11 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
         report.timeline.record(now, vm.ops_done());
         if tracks && !tracking && now >= track_from {
             vm.set_dirty_logging(true)?;
-            vm.harvest_dirty(&mut dirty)?;
-            dirty.clear();
+            vm.harvest_dirty(&mut window)?;
             (tracking, last_window) = (true, now);
         } else if tracking && now - last_window >= WS_WINDOW.as_nanos() as u64 {
-            vm.harvest_dirty(&mut dirty)?;
             window.clear_all();
-            window.or_words(0, dirty.words());
-            dirty.clear();
+            vm.harvest_dirty(&mut window)?;
             tracker.record_window(&window);
             last_window = now;
         }

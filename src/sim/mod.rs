@@ -184,12 +184,8 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
                         match to {
                             Side::Source => source.on_frame(stream, frame, &mut src_vm)?,
                             Side::Dest => {
-                                let event = dest.on_frame(
-                                    stream,
-                                    frame,
-                                    0,
-                                    &mut SimSink { vm: &mut dst_vm },
-                                )?;
+                                let event =
+                                    dest.on_frame(stream, frame, &mut SimSink { vm: &mut dst_vm })?;
                                 if let Some(DestEvent::Resume(blob)) = event {
                                     dst_vm.restore_state(&blob).map_err(SourceError::from)?;
                                     dst_vm.resume().map_err(SourceError::from)?;
@@ -203,7 +199,7 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
             }
         }
         if source.is_finished() && dest.phase() == DestPhase::Complete {
-            return finish(spec, &reference, dst_vm, &dest, &source, now);
+            return finish(spec, &reference, dst_vm, &dest, now);
         }
     }
     Err(SimRunError::Stuck {
@@ -284,7 +280,6 @@ fn finish(
     reference: &SimVm,
     mut dst_vm: SimVm,
     dest: &DestEngine,
-    source: &SourceEngine,
     now_us: u64,
 ) -> Result<SimOutcome, SimRunError> {
     // Every page the destination never received is a zero page by the engines' contract.
@@ -295,7 +290,6 @@ fn finish(
     let left = spec.steps_total.saturating_sub(dst_vm.steps);
     dst_vm.run_steps(left);
     let exact = dst_vm.same_as(reference);
-    let _ = source;
     Ok(SimOutcome {
         exact,
         network_faults: dest.stats().network_faults,

@@ -511,7 +511,7 @@ impl SourceEngine {
         match self.cfg.mode {
             MigrationMode::Precopy => {
                 // Every page not valid on the destination goes now, in the downtime.
-                self.fill_pending_with_needed();
+                self.pending = self.needed();
                 self.switch_queue.extend([
                     SwitchItem::Pages,
                     SwitchItem::NeedSet,
@@ -535,13 +535,9 @@ impl SourceEngine {
         Ok(())
     }
 
-    /// `pending` := pages the destination does not hold and that are not known zero.
-    fn fill_pending_with_needed(&mut self) {
-        for page in 0..self.layout.total_pages() {
-            if !self.valid.get(page) && !self.zero.get(page) {
-                self.pending.set(page);
-            }
-        }
+    /// Pages the destination does not hold and that are not known zero.
+    fn needed(&self) -> PageBitmap {
+        PageBitmap::in_neither(&self.valid, &self.zero)
     }
 
     fn poll_switch(
@@ -591,13 +587,7 @@ impl SourceEngine {
     /// hybrid-paper, not about to be sent in the downtime: those are still listed, since the
     /// destination marks them present as they arrive).
     fn encode_need_set(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
-        let total = self.layout.total_pages();
-        let mut need = PageBitmap::new(total);
-        for page in 0..total {
-            if !self.valid.get(page) && !self.zero.get(page) {
-                need.set(page);
-            }
-        }
+        let need = self.needed();
         self.stats.need_pages = need.count();
         for (index, span) in self.layout.regions().iter().enumerate() {
             let words = region_words(&need, span.first_page, span.pages());
@@ -616,8 +606,7 @@ impl SourceEngine {
     fn enter_push(&mut self) {
         tracing::info!("source: state sent, destination resumes; push and fault service");
         self.phase = Phase::Push;
-        self.pending.clear_all();
-        self.fill_pending_with_needed();
+        self.pending = self.needed();
         if self.cfg.mode == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
             let pending = &self.pending;

@@ -12,7 +12,6 @@
 pub mod blob;
 pub mod config;
 pub mod devices;
-pub mod dirty;
 pub mod error;
 pub mod guest;
 pub mod layout;
@@ -23,9 +22,10 @@ pub mod state;
 pub mod vcpu;
 pub mod vmm;
 
+/// The dirty set type the VMM harvests into (one bit a guest page, gpa / 4096).
+pub use crate::memory::PageBitmap as DirtyBitmap;
 pub use config::{parse_size, ConfigError, VmConfig, WorkloadKind, WorkloadSpec};
 pub use devices::{ControlVcpu, DeviceState};
-pub use dirty::DirtyBitmap;
 pub use error::{VcpuFault, VmError};
 pub use guest::digest::{combine_digests, digest_finish, digest_words};
 pub use memory::GuestRegion;

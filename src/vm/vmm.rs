@@ -14,7 +14,6 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::config::VmConfig;
 use super::devices::{ControlVcpu, Devices};
-use super::dirty::DirtyBitmap;
 use super::error::VmError;
 use super::guest::digest::combine_digests;
 use super::guest::{asm, fill, params};
@@ -23,6 +22,7 @@ use super::memory::{locate, GuestRegion};
 use super::setup;
 use super::state::{self, VmState};
 use super::vcpu::{self, Control, Kick, VcpuRun, VcpuThread, Want};
+use crate::memory::PageBitmap as DirtyBitmap;
 
 /// How long `pause` waits for the vCPUs before giving up.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -292,9 +292,9 @@ impl Vm {
     /// ORs into `out` the pages KVM logged as dirty since the last harvest (clearing KVM's
     /// log) and the pages the VMM itself wrote (clearing that set too).
     pub fn harvest_dirty(&mut self, out: &mut DirtyBitmap) -> Result<(), VmError> {
-        if out.pages() < self.total_pages() {
+        if out.len() < self.total_pages() {
             return Err(VmError::BitmapSize {
-                have_pages: out.pages(),
+                have_pages: out.len(),
                 need_pages: self.total_pages(),
             });
         }
@@ -308,8 +308,8 @@ impl Vm {
             }
         }
         let mut own = lock(&self.vmm_dirty);
-        out.or_bitmap(&own);
-        own.clear();
+        out.union_with(&own);
+        own.clear_all();
         Ok(())
     }
 
