@@ -179,7 +179,6 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     report.timeline = timeline;
     report.ops_at_pause = ops_source.ops();
     report.stats = stats;
-    drop(guest);
     report.ops_at_release = vm.ops_done();
     Ok(report)
 }
@@ -255,7 +254,6 @@ pub fn run_dest_host(
             timeline.record(mono_ns(), ops_source.ops());
         }
     })?;
-    drop(guest);
     report.run = run;
     let deadline = mono_ns() + opts.finish_timeout.as_nanos() as u64;
     while mono_ns() < deadline {
