@@ -289,6 +289,21 @@ impl Vm {
         Ok(())
     }
 
+    /// Drops KVM's cached mappings of the data slots (delete and re-add each slot), so that
+    /// the next guest access to every data page walks the guest page tables again and sets
+    /// their Accessed bits. The VM must be paused: between the two ioctls the range has no slot.
+    pub fn zap_data_mappings(&mut self) -> Result<(), VmError> {
+        if self.started && !self.is_quiet() {
+            return Err(self.wrong_state("zap_data_mappings", "paused"));
+        }
+        let flags = if self.dirty_logging { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        for r in self.regions.iter().skip(1) {
+            register_slot_sized(&self.vm, r, 0, 0)?;
+            register_slot(&self.vm, r, flags)?;
+        }
+        Ok(())
+    }
+
     /// ORs into `out` the pages KVM logged as dirty since the last harvest (clearing KVM's
     /// log) and the pages the VMM itself wrote (clearing that set too).
     pub fn harvest_dirty(&mut self, out: &mut DirtyBitmap) -> Result<(), VmError> {
@@ -484,11 +499,16 @@ impl Drop for Vm {
 }
 
 fn register_slot(vm: &VmFd, r: &GuestRegion, flags: u32) -> Result<(), VmError> {
+    register_slot_sized(vm, r, r.size_bytes, flags)
+}
+
+/// KVM_SET_USER_MEMORY_REGION for `r`'s slot with `size_bytes` (0 deletes the slot).
+fn register_slot_sized(vm: &VmFd, r: &GuestRegion, size_bytes: u64, flags: u32) -> Result<(), VmError> {
     let region = kvm_userspace_memory_region {
         slot: r.slot,
         flags,
         guest_phys_addr: r.guest_phys,
-        memory_size: r.size_bytes,
+        memory_size: size_bytes,
         userspace_addr: r.as_ptr() as u64,
     };
     // SAFETY: the host range is a live mapping of exactly `size_bytes` owned by the Vm, which
