@@ -87,6 +87,9 @@ pub fn run_dest(
         uffd.register(r.host_addr as u64, r.size_bytes)
             .map_err(|e| ring_err("userfaultfd register", e))?;
     }
+    if !crate::ring::prioritize_this_thread() {
+        tracing::info!("destination event loop runs at normal priority (no CAP_SYS_NICE)");
+    }
     let mut engine = DestEngine::new(layout.clone());
     let mut ring = Ring::new(256).map_err(|e| ring_err("io_uring setup", e))?;
     let mut streams =

@@ -105,8 +105,8 @@ pub struct SourceHostOptions {
     pub progress_lines: bool,
 }
 
-/// Dirty-log sampling window of the working-set tracker.
-const WS_WINDOW: Duration = Duration::from_millis(50);
+/// Sampling window of the working-set tracker (page-table Accessed bits).
+const WS_WINDOW: Duration = Duration::from_millis(100);
 /// Progress sampling period.
 const SAMPLE: Duration = Duration::from_millis(10);
 
@@ -116,13 +116,16 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let mut vm = Vm::new(&opts.cfg)?;
     let mut report = SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() };
     let pages = vm.total_pages();
-    let mut tracker = WorkingSetTracker::new(pages);
+    // Accessed bits see reads too, so one touch in the tracking period makes a page a
+    // candidate; pages are ranked by how many windows touched them.
+    let mut tracker = WorkingSetTracker::new(pages, 1);
     vm.start()?;
     let started = mono_ns();
     let migrate_at = started + opts.migrate_after_ms * 1_000_000;
-    // Track the working set over the second half of the pre-migration run; the first half
-    // gives the guest's undisturbed rate (dirty logging costs a write fault per page).
-    let track_from = started + opts.migrate_after_ms * 500_000;
+    // Track the working set over the last 90% of the pre-migration run; the first 10% gives
+    // the guest's undisturbed rate (each sample stops the guest briefly and re-faults the
+    // pages it touches).
+    let track_from = started + opts.migrate_after_ms * 100_000;
     let tracks = matches!(opts.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
     let (mut tracking, mut last_window) = (false, 0u64);
     let mut window = PageBitmap::new(pages);
@@ -131,12 +134,11 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
         let now = mono_ns();
         report.timeline.record(now, vm.ops_done());
         if tracks && !tracking && now >= track_from {
-            vm.set_dirty_logging(true)?;
-            vm.harvest_dirty(&mut window)?;
+            report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
             (tracking, last_window) = (true, now);
         } else if tracking && now - last_window >= WS_WINDOW.as_nanos() as u64 {
             window.clear_all();
-            vm.harvest_dirty(&mut window)?;
+            report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
             tracker.record_window(&window);
             last_window = now;
         }
@@ -152,7 +154,7 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     cfg.compression = opts.compression;
     cfg.true_hot_set = vm.hot_pages();
     if tracks {
-        cfg.working_set = tracker.estimate(pages / 2);
+        cfg.working_set = tracker.estimate(pages / 4);
     }
     let mut guest = KvmGuest::new(&mut vm);
     let mut engine = SourceEngine::new(cfg, &guest)?;

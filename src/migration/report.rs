@@ -20,8 +20,10 @@ pub struct SourceReport {
     pub ops_at_pause: u64,
     /// Guest ops counter when the source released the VM (must equal `ops_at_pause`).
     pub ops_at_release: u64,
-    /// Dirty-log windows the working-set tracker saw.
+    /// Sampling windows the working-set tracker saw.
     pub ws_windows: u32,
+    /// Time the guest was stopped for working-set samples before the migration (ms).
+    pub ws_sample_pause_ms: f64,
 }
 
 /// The destination host's report.

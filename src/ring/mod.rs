@@ -87,6 +87,21 @@ pub struct RingStats {
     pub stray_cqes: u64,
 }
 
+/// Gives the calling event-loop thread real-time priority (SCHED_FIFO 1) when the process may,
+/// and returns whether it did. A fault answer waits for whichever thread is on the CPU: with
+/// vCPU threads busy on a 2-core host, a normal-priority loop thread wakes a scheduler slice
+/// (milliseconds) late. Threads it spawns later do not inherit the priority
+/// (SCHED_RESET_ON_FORK), and the kernel's RT throttling keeps a busy loop from starving the
+/// machine.
+pub fn prioritize_this_thread() -> bool {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid, initialised param.
+    let ret = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    ret == 0
+}
+
 /// An io_uring instance with its completion records; use from one thread.
 pub struct Ring {
     // Declared first so it is dropped last among the fields that matter: see `Drop`.

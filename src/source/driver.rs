@@ -50,6 +50,9 @@ pub fn run_source(
     opts: &SourceDriverOptions,
     on_tick: &mut dyn FnMut(&SourceEngine),
 ) -> Result<SourceStats, SourceError> {
+    if !crate::ring::prioritize_this_thread() {
+        tracing::info!("source event loop runs at normal priority (no CAP_SYS_NICE)");
+    }
     let mut ring = Ring::new(256).map_err(|e| SourceError::Io {
         what: "io_uring setup",
         source: std::io::Error::other(e.to_string()),

@@ -1,10 +1,10 @@
-//! Working-set estimation from dirty-log samples.
+//! Working-set estimation from access samples.
 //!
-//! While the guest runs, the source harvests the dirty log over short windows and counts, per
-//! page, in how many windows the page was written. Pages that show up in several windows are
-//! the working set; they are ranked by that count, so the most frequently written pages are
-//! sent (and later pushed) first. A write-based sampler cannot see pages that are only read;
-//! that limit is measured as `ws_recall` in the report.
+//! While the guest runs, the source samples which pages the guest touched over short windows
+//! (the built-in VMM reads its page tables' Accessed bits, which see reads as well as writes;
+//! a VMM with only a dirty log can feed write samples) and counts, per page, in how many
+//! windows the page showed up. Pages seen in at least `min_hits` windows are the working set,
+//! ranked by that count, so the most used pages are sent (and later pushed) first.
 
 use crate::memory::PageBitmap;
 
@@ -13,12 +13,15 @@ use crate::memory::PageBitmap;
 pub struct WorkingSetTracker {
     hits: Vec<u8>,
     windows: u32,
+    min_hits: u8,
 }
 
 impl WorkingSetTracker {
-    /// A tracker over `total_pages` pages, with no samples yet.
-    pub fn new(total_pages: u64) -> Self {
-        Self { hits: vec![0; total_pages as usize], windows: 0 }
+    /// A tracker over `total_pages` pages, with no samples yet; a page needs `min_hits`
+    /// windows to count as hot (2 filters one-off writes out of dirty-log samples; 1 suits
+    /// access samples of a slowly paced guest).
+    pub fn new(total_pages: u64, min_hits: u8) -> Self {
+        Self { hits: vec![0; total_pages as usize], windows: 0, min_hits: min_hits.max(1) }
     }
 
     /// Adds one window's dirty set.
@@ -36,14 +39,10 @@ impl WorkingSetTracker {
         self.windows
     }
 
-    /// Number of windows a page must appear in to count as hot: two when there were at least
-    /// four windows (a single write is noise from the cold set), one otherwise.
+    /// Number of windows a page must appear in to count as hot (never more than the windows
+    /// recorded).
     pub fn min_hits(&self) -> u8 {
-        if self.windows >= 4 {
-            2
-        } else {
-            1
-        }
+        self.min_hits.min(self.windows.clamp(1, 255) as u8)
     }
 
     /// The estimated working set, most frequently written first (ties by page index), at most
@@ -73,7 +72,7 @@ mod tests {
 
     #[test]
     fn ranks_repeated_pages_and_drops_one_offs() {
-        let mut tracker = WorkingSetTracker::new(100);
+        let mut tracker = WorkingSetTracker::new(100, 2);
         for window in 0..6u64 {
             let mut dirty = PageBitmap::new(100);
             dirty.set(10);

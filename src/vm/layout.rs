@@ -11,6 +11,9 @@
 //!   0x090000  per-vCPU parameter/progress pages (one 4 KiB page each)
 //!   0x100000  guest code     0x1e0000  per-vCPU stacks (16 KiB each)
 //! 0x200000  workload data (KVM slots 1.., at most 1 GiB each), split into per-vCPU slices
+//! then      page-table region (last KVM slot): the 4 KiB page tables that map the data, one
+//!           8-byte entry per data page, so that their Accessed bits tell which data pages the
+//!           guest touched (reads included), for the working-set tracker
 //! ```
 
 use super::config::{VmConfig, WorkloadKind};
@@ -46,7 +49,10 @@ pub const STACK_BYTES: u64 = 0x4000;
 
 // The system structures fit their places for the largest configuration.
 const _: () = {
-    let max_pds = (super::config::MAX_MEM_BYTES + SYSTEM_BYTES).div_ceil(1 << 30);
+    let max_pds = (super::config::MAX_MEM_BYTES
+        + SYSTEM_BYTES
+        + page_table_bytes(super::config::MAX_MEM_BYTES))
+    .div_ceil(1 << 30);
     assert!(PD_GPA + max_pds * PAGE_BYTES <= PARAMS_GPA);
     assert!(PARAMS_GPA + super::config::MAX_VCPUS as u64 * PAGE_BYTES <= CODE_GPA);
     assert!(CODE_GPA + CODE_MAX_BYTES <= STACK_GPA);
@@ -114,7 +120,17 @@ impl Layout {
         Layout { slots: slots(cfg.mem_bytes), slices: slices(cfg) }
     }
 
-    /// Total guest RAM (system + data), bytes.
+    /// Guest physical address of the page-table region (the last slot).
+    pub fn page_table_gpa(&self) -> u64 {
+        self.slots.last().map_or(0, |s| s.guest_phys)
+    }
+
+    /// The data slots (neither the system region nor the page-table region).
+    pub fn data_slots(&self) -> &[SlotLayout] {
+        &self.slots[1..self.slots.len() - 1]
+    }
+
+    /// Total guest RAM (system + data + page tables), bytes.
     pub fn total_bytes(&self) -> u64 {
         self.slots.iter().map(|s| s.size_bytes).sum()
     }
@@ -123,6 +139,11 @@ impl Layout {
     pub fn total_pages(&self) -> u64 {
         self.total_bytes() / PAGE_BYTES
     }
+}
+
+/// Bytes of 4 KiB page tables that map `mem_bytes` of data: 8 bytes a page.
+pub const fn page_table_bytes(mem_bytes: u64) -> u64 {
+    (mem_bytes / PAGE_BYTES * 8).div_ceil(PAGE_BYTES) * PAGE_BYTES
 }
 
 fn slots(mem_bytes: u64) -> Vec<SlotLayout> {
@@ -135,6 +156,11 @@ fn slots(mem_bytes: u64) -> Vec<SlotLayout> {
         gpa += size_bytes;
         left -= size_bytes;
     }
+    out.push(SlotLayout {
+        slot: out.len() as u32,
+        guest_phys: gpa,
+        size_bytes: page_table_bytes(mem_bytes),
+    });
     out
 }
 
@@ -197,8 +223,10 @@ mod tests {
     #[test]
     fn slots_cover_memory_contiguously() {
         let l = Layout::new(&cfg(2560, 1, WorkloadKind::Scan));
-        assert_eq!(l.slots.len(), 4);
-        assert_eq!(l.total_bytes(), (2560 << 20) + SYSTEM_BYTES);
+        assert_eq!(l.slots.len(), 5, "system, three data slots, page tables");
+        assert_eq!(l.data_slots().len(), 3);
+        assert_eq!(page_table_bytes(2560 << 20), (2560 << 20) / 512);
+        assert_eq!(l.total_bytes(), (2560 << 20) + SYSTEM_BYTES + page_table_bytes(2560 << 20));
         let mut gpa = 0;
         for s in &l.slots {
             assert_eq!(s.guest_phys, gpa);

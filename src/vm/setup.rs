@@ -48,6 +48,27 @@ const IOMAP_PORTS: u64 = 0x800;
 /// TSS limit: the TSS, the bitmap, and the trailing byte the CPU (and KVM's emulator) may read.
 const TSS_LIMIT: u32 = (IOMAP_OFFSET + IOMAP_PORTS / 8) as u32;
 
+/// The data's guest-physical range (2 MiB aligned at both ends).
+fn data_range(layout: &Layout) -> (u64, u64) {
+    let data = layout.data_slots();
+    let start = data.first().map_or(0, |s| s.guest_phys);
+    let end = data.last().map_or(0, |s| s.guest_phys + s.size_bytes);
+    (start, end)
+}
+
+/// Accessed bit of a page-table entry.
+pub const PTE_ACCESSED: u64 = 1 << 5;
+
+/// Writes the 4 KiB page tables that map the data into the page-table region (`pt` = its
+/// bytes): entry k maps data page k, present, writable, user.
+pub fn write_data_page_tables(pt: &mut [u8], layout: &Layout) {
+    let (start, end) = data_range(layout);
+    for (k, entry) in pt.chunks_exact_mut(8).take(((end - start) / PAGE_BYTES) as usize).enumerate()
+    {
+        entry.copy_from_slice(&((start + k as u64 * PAGE_BYTES) | TABLE_FLAGS).to_le_bytes());
+    }
+}
+
 /// Writes page tables, GDT and TSS into the system region (`sys` = its bytes).
 pub fn write_tables(sys: &mut [u8], layout: &Layout) {
     let put = |sys: &mut [u8], gpa: u64, v: u64| {
@@ -57,11 +78,19 @@ pub fn write_tables(sys: &mut [u8], layout: &Layout) {
     put(sys, PML4_GPA, PDPT_GPA | TABLE_FLAGS);
     let gib = 1u64 << 30;
     let pds = layout.total_bytes().div_ceil(gib);
+    let (data_start, data_end) = data_range(layout);
     for i in 0..pds {
         let pd = PD_GPA + i * PAGE_BYTES;
         put(sys, PDPT_GPA + i * 8, pd | TABLE_FLAGS);
         for j in 0..512 {
-            put(sys, pd + j * 8, (i * gib + j * (2 << 20)) | TABLE_FLAGS | PDE_HUGE);
+            let gpa = i * gib + j * (2 << 20);
+            let pde = if (data_start..data_end).contains(&gpa) {
+                // Data: a 4 KiB page table in the page-table region, one per 2 MiB.
+                (layout.page_table_gpa() + (gpa - data_start) / 512) | TABLE_FLAGS
+            } else {
+                gpa | TABLE_FLAGS | PDE_HUGE
+            };
+            put(sys, pd + j * 8, pde);
         }
     }
     for (i, d) in gdt_entries().iter().enumerate() {
@@ -199,21 +228,34 @@ mod tests {
             workload: WorkloadSpec::new(WorkloadKind::Scan, 1),
         };
         let layout = Layout::new(&cfg);
-        let mut sys = vec![0u8; SYSTEM_BYTES as usize];
-        write_tables(&mut sys, &layout);
+        // All of guest RAM as one byte array, so the walk can follow any table.
+        let mut ram = vec![0u8; layout.total_bytes() as usize];
+        write_tables(&mut ram[..SYSTEM_BYTES as usize], &layout);
+        let pt_at = layout.page_table_gpa() as usize;
+        write_data_page_tables(&mut ram[pt_at..], &layout);
         let rd = |gpa: u64| {
             let o = gpa as usize;
-            u64::from_le_bytes(sys[o..o + 8].try_into().unwrap())
+            u64::from_le_bytes(ram[o..o + 8].try_into().unwrap())
         };
-        // Walk a few addresses through PML4 -> PDPT -> PD (2 MiB pages).
-        for gpa in [0u64, 0x20_0000, (1 << 30) + 0x12_3456, layout.total_bytes() - 1] {
+        // Walk addresses through PML4 -> PDPT -> PD: 2 MiB pages for the system and
+        // page-table regions, 4 KiB pages for the data.
+        let data_end = layout.page_table_gpa();
+        for gpa in [0u64, 0x20_0000, 0x20_1234, (1 << 30) + 0x12_3456, data_end - 1, data_end + 8] {
             let pml4e = rd(PML4_GPA + ((gpa >> 39) & 511) * 8);
             assert_eq!(pml4e & 7, 7);
             let pdpte = rd((pml4e & !0xfff) + ((gpa >> 30) & 511) * 8);
             assert_eq!(pdpte & 7, 7);
             let pde = rd((pdpte & !0xfff) + ((gpa >> 21) & 511) * 8);
-            assert_eq!(pde & (7 | PDE_HUGE), 7 | PDE_HUGE);
-            assert_eq!((pde & !0x1f_ffff & !(1 << 63)) | (gpa & 0x1f_ffff), gpa);
+            let is_data = (0x20_0000..data_end).contains(&gpa);
+            if is_data {
+                assert_eq!(pde & (7 | PDE_HUGE), 7, "data is mapped by a page table at {gpa:#x}");
+                let pte = rd((pde & !0xfff) + ((gpa >> 12) & 511) * 8);
+                assert_eq!(pte & 7, 7);
+                assert_eq!((pte & !0xfff) | (gpa & 0xfff), gpa);
+            } else {
+                assert_eq!(pde & (7 | PDE_HUGE), 7 | PDE_HUGE);
+                assert_eq!((pde & !0x1f_ffff & !(1 << 63)) | (gpa & 0x1f_ffff), gpa);
+            }
         }
         assert_eq!(rd(GDT_GPA + 8 * 3) >> 45 & 3, 3, "user code DPL 3");
     }

@@ -138,6 +138,10 @@ impl Vm {
         // SAFETY: no vCPU has run and no other reference to the system region exists.
         let sys = unsafe { self.regions[0].as_mut_slice() };
         setup::write_tables(sys, &self.layout);
+        if let Some(pt) = self.regions.last() {
+            // SAFETY: as above; the page-table region is the last slot.
+            setup::write_data_page_tables(unsafe { pt.as_mut_slice() }, &self.layout);
+        }
         sys[CODE_GPA as usize..CODE_GPA as usize + code.len()].copy_from_slice(&code);
         for (i, slice) in self.layout.slices.iter().enumerate() {
             let page = params::encode(&self.cfg, slice, i as u32, tsc_hz);
@@ -146,13 +150,51 @@ impl Vm {
         }
         if self.cfg.workload.kind.host_prefilled() {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            for r in &self.regions[1..] {
+            for r in self.data_regions() {
                 // SAFETY: as above, for each data region in turn.
                 let mem = unsafe { r.as_mut_slice() };
                 fill::fill_range(self.cfg.workload.seed, r.first_page(), mem, threads);
             }
         }
         Ok(())
+    }
+
+    /// The data regions (not the system region, not the page-table region).
+    fn data_regions(&self) -> &[GuestRegion] {
+        &self.regions[1..self.regions.len() - 1]
+    }
+
+    /// ORs into `out` the data pages (gpa / 4096) the guest touched, read or written, since the
+    /// last call, from the Accessed bits of its page tables; clears the bits and drops KVM's
+    /// mappings so the next touch sets them again. Pauses a running VM for the duration;
+    /// returns how long the guest was stopped.
+    pub fn harvest_accessed(&mut self, out: &mut DirtyBitmap) -> Result<Duration, VmError> {
+        let started = std::time::Instant::now();
+        let running = self.started && !self.is_quiet();
+        if running {
+            self.pause()?;
+        }
+        let first_data_page = DATA_GPA / PAGE_BYTES;
+        let data_pages = self.cfg.mem_bytes / PAGE_BYTES;
+        if let Some(pt) = self.regions.last() {
+            // SAFETY: every vCPU is stopped, so nothing else writes the page tables now.
+            let bytes = unsafe { pt.as_mut_slice() };
+            let mut own = lock(&self.vmm_dirty);
+            for (k, entry) in bytes.chunks_exact_mut(8).take(data_pages as usize).enumerate() {
+                let pte = u64::from_le_bytes(entry.try_into().unwrap_or([0; 8]));
+                if pte & setup::PTE_ACCESSED != 0 {
+                    out.set(first_data_page + k as u64);
+                    entry.copy_from_slice(&(pte & !setup::PTE_ACCESSED).to_le_bytes());
+                    // A VMM write into guest memory: a migration must see the page as dirty.
+                    own.set(pt.first_page() + (k * 8 / PAGE_BYTES as usize) as u64);
+                }
+            }
+        }
+        self.zap_data_mappings()?;
+        if running {
+            self.resume()?;
+        }
+        Ok(started.elapsed())
     }
 
     /// The configuration the VM was built from.
@@ -297,7 +339,7 @@ impl Vm {
             return Err(self.wrong_state("zap_data_mappings", "paused"));
         }
         let flags = if self.dirty_logging { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
-        for r in self.regions.iter().skip(1) {
+        for r in self.data_regions() {
             register_slot_sized(&self.vm, r, 0, 0)?;
             register_slot(&self.vm, r, flags)?;
         }
@@ -503,7 +545,12 @@ fn register_slot(vm: &VmFd, r: &GuestRegion, flags: u32) -> Result<(), VmError> 
 }
 
 /// KVM_SET_USER_MEMORY_REGION for `r`'s slot with `size_bytes` (0 deletes the slot).
-fn register_slot_sized(vm: &VmFd, r: &GuestRegion, size_bytes: u64, flags: u32) -> Result<(), VmError> {
+fn register_slot_sized(
+    vm: &VmFd,
+    r: &GuestRegion,
+    size_bytes: u64,
+    flags: u32,
+) -> Result<(), VmError> {
     let region = kvm_userspace_memory_region {
         slot: r.slot,
         flags,
