@@ -503,7 +503,12 @@ fn register_slot(vm: &VmFd, r: &GuestRegion, flags: u32) -> Result<(), VmError> 
 }
 
 /// KVM_SET_USER_MEMORY_REGION for `r`'s slot with `size_bytes` (0 deletes the slot).
-fn register_slot_sized(vm: &VmFd, r: &GuestRegion, size_bytes: u64, flags: u32) -> Result<(), VmError> {
+fn register_slot_sized(
+    vm: &VmFd,
+    r: &GuestRegion,
+    size_bytes: u64,
+    flags: u32,
+) -> Result<(), VmError> {
     let region = kvm_userspace_memory_region {
         slot: r.slot,
         flags,
