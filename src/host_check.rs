@@ -4,6 +4,7 @@
 //! environment) a missing device is a failure, never a silent pass; a developer without the
 //! device gets a printed reason and the test returns early.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Returns true when `path` (for example `/dev/kvm`) can be opened read-write.
@@ -31,4 +32,48 @@ pub fn require_kvm(test: &str) -> bool {
 /// Shorthand for [`require_device`] on `/dev/userfaultfd`.
 pub fn require_uffd(test: &str) -> bool {
     require_device("/dev/userfaultfd", test)
+}
+
+/// Returns true when the process runs as root (network namespaces, tc and nft need it).
+///
+/// When not: panics if `CI` is set, otherwise prints why `test` is skipped and returns false.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no arguments, cannot fail and touches no memory of ours.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root, and CI requires it");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+/// Returns true when every `(command, debian_package)` in `tools` is on `PATH`.
+///
+/// When one is missing: panics if `CI` is set (`.ci/run` installs them), otherwise prints
+/// which package to install, says `test` is skipped and returns false.
+pub fn require_commands(tools: &[(&str, &str)], test: &str) -> bool {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(cmd, pkg)| format!("`{cmd}` (Debian package {pkg})"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let what = missing.join(", ");
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: missing {what}, and CI requires it (.ci/run installs them)");
+    }
+    eprintln!("SKIPPED {test}: missing {what}");
+    false
+}
+
+fn on_path(cmd: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else { return false };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(cmd))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }

@@ -125,9 +125,10 @@ struct MigrateArgs {
     /// Run the destination process in this network namespace.
     #[arg(long)]
     dst_netns: Option<String>,
-    /// Address the destination listens on.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: String,
+    /// Address the destination listens on [default: 127.0.0.1:0, or with --dst-netns the
+    /// first global IPv4 address in that namespace, port 0].
+    #[arg(long)]
+    listen: Option<String>,
     /// Digest of an unmigrated run, if known (skips the reference run).
     #[arg(long, value_parser = parse_hex)]
     expected_digest: Option<u64>,

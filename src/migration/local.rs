@@ -1,8 +1,8 @@
 //! `hybridmig migrate`: a local migration between two processes on this machine.
 //!
 //! 1. An unmigrated reference run of the same workload gives `digest_expected`.
-//! 2. A destination process (`hybridmig dest`) listens on an ephemeral loopback port (or in a
-//!    network namespace) and says where on its first stdout line.
+//! 2. A destination process (`hybridmig dest`) listens on an ephemeral loopback port (or, in a
+//!    network namespace, on that namespace's address) and says where on its first stdout line.
 //! 3. A source process (`hybridmig source`) starts the guest, migrates it after
 //!    `migrate_after_ms`, and reports.
 //! 4. The two JSON reports merge into one [`MigrationReport`].
@@ -33,8 +33,9 @@ pub struct LocalMigration {
     pub src_netns: Option<String>,
     /// Network namespace of the destination process.
     pub dst_netns: Option<String>,
-    /// Address the destination listens on (`127.0.0.1:0` on loopback).
-    pub listen: String,
+    /// Address the destination listens on; `None` picks one (see
+    /// [`super::netns::dest_listen_addr`]).
+    pub listen: Option<String>,
     /// A known digest of the unmigrated run (skips the reference run).
     pub expected_digest: Option<u64>,
     /// Show a progress bar on stderr.
@@ -99,6 +100,12 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     if m.cfg.workload.ops.is_none() {
         return Err(MigrationError::NeedsOps);
     }
+    // Before the reference run, so a missing namespace fails at once.
+    let listen = super::netns::dest_listen_addr(
+        m.listen.as_deref(),
+        m.src_netns.as_deref(),
+        m.dst_netns.as_deref(),
+    )?;
     let expected = match m.expected_digest {
         Some(d) => d,
         None => run_local(&m.cfg, None, 0, |_| {})?
@@ -108,7 +115,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
     let mut dest_args: Vec<String> =
-        vec!["dest".into(), "--listen".into(), m.listen.clone(), "--json".into()];
+        vec!["dest".into(), "--listen".into(), listen.to_string(), "--json".into()];
     dest_args.extend(config_args(&m.cfg));
     let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
     let mut dest_out = BufReader::new(

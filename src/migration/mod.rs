@@ -3,6 +3,7 @@
 
 pub mod host;
 pub mod local;
+pub mod netns;
 pub mod report;
 
 pub use host::{run_dest_host, run_source_host, DestHostOptions, KvmGuest, SourceHostOptions};
@@ -21,6 +22,9 @@ pub enum MigrationError {
     /// The destination engine failed.
     #[error("destination: {0}")]
     Dest(#[from] crate::dest::DestError),
+    /// The network namespaces or the listening address are unusable.
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     /// Connecting the two streams failed.
     #[error("transport: {0}")]
     Tcp(#[from] crate::transport::tcp::TcpError),

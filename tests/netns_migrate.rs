@@ -1,0 +1,173 @@
+//! A migration between two network namespaces joined by a veth pair (`bench-env/netns`), the
+//! two-host test bed on one machine. The bed gets names of its own (`hmt-src-<pid>`,
+//! `hmt-dst-<pid>`) so it never touches a developer's `hm-src`/`hm-dst`, and a guard takes it
+//! down even when an assertion fails.
+//!
+//! Besides the guest's digest, the test checks that the bytes really crossed the veth (its
+//! counters) and, under `lan1g-loss1`, that the link was capped near 1 Gbit/s and dropped
+//! packets.
+
+use hybridmig::host_check::{require_commands, require_kvm, require_root, require_uffd};
+use serde_json::Value;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hybridmig");
+const NETNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-env/netns");
+/// The source veth end `bench-env/netns` creates, and the destination's address.
+const SRC_IF: &str = "hm-veth0";
+const DST_ADDR: &str = "10.77.0.2";
+/// About 2 s of guest time at the pace; the migration starts after 800 ms.
+const OPS: u64 = 200_000;
+const PACE: u64 = 100_000;
+
+const GUEST: [&str; 8] = ["--workload", "hotcold", "--mem", "256M", "--vcpus", "1", "--seed", "5"];
+
+/// The namespace pair of this test; dropping it deletes both namespaces.
+struct Bed {
+    src: String,
+    dst: String,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let pid = std::process::id();
+        Bed { src: format!("hmt-src-{pid}"), dst: format!("hmt-dst-{pid}") }
+    }
+
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new(NETNS)
+            .args(args)
+            .env("HM_SRC_NS", &self.src)
+            .env("HM_DST_NS", &self.dst)
+            .output()
+            .expect("running bench-env/netns")
+    }
+
+    fn up(&self, profile: &str) {
+        let out = self.script(&["up", profile]);
+        assert!(
+            out.status.success(),
+            "bench-env/netns up {profile}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Bytes sent by the source's veth end so far.
+    fn src_tx_bytes(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.src, "-j", "-s", "link", "show", "dev", SRC_IF])
+            .output()
+            .expect("ip link");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+        v[0]["stats64"]["tx"]["bytes"].as_u64().expect("tx bytes")
+    }
+
+    /// Packets the loss rule dropped in `ns` (from its `counter`).
+    fn dropped(&self, ns: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "list", "ruleset"])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let after = text.split("counter packets ").nth(1).expect("a counter in the loss rule");
+        after.split_whitespace().next().and_then(|n| n.parse().ok()).expect("packet count")
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let out = self.script(&["down"]);
+        if !out.status.success() {
+            eprintln!("bench-env/netns down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+fn json_of(out: std::process::Output, what: &str) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{what}: no JSON in {stdout}"));
+    serde_json::from_str(line).expect("JSON report")
+}
+
+fn reference_digest() -> String {
+    let out = Command::new(BIN)
+        .arg("run")
+        .args(GUEST)
+        .args(["--ops", &OPS.to_string(), "--json"])
+        .output()
+        .expect("run");
+    json_of(out, "reference run")["digest"].as_str().expect("digest").to_string()
+}
+
+fn migrate(bed: &Bed, expected: &str, profile: &str) -> Value {
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .args(GUEST)
+        .args(["--ops", &OPS.to_string(), "--pace", &PACE.to_string()])
+        .args(["--mode", "hybrid", "--migrate-after-ms", "800"])
+        .args(["--src-netns", &bed.src, "--dst-netns", &bed.dst])
+        .args(["--listen", &format!("{DST_ADDR}:0")])
+        .args(["--expected-digest", expected, "--timeout-s", "40", "--json"])
+        .output()
+        .expect("migrate");
+    let report = json_of(out, &format!("migrate over {profile}"));
+    assert_eq!(
+        report["verified"], true,
+        "{profile}: digest {} vs expected {}",
+        report["digest"], report["digest_expected"]
+    );
+    assert_eq!(report["memory_digest_match"], true, "{profile}: memory digests differ");
+    eprintln!(
+        "{profile}: total_ms={} downtime_ms={} bytes_wire_total={} network_faults={}",
+        report["total_ms"],
+        report["downtime_ms"],
+        report["bytes_wire_total"],
+        report["network_faults"]
+    );
+    report
+}
+
+#[test]
+fn hybrid_across_namespaces() {
+    let test = "hybrid_across_namespaces";
+    let tools =
+        [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"), ("ethtool", "ethtool")];
+    if !require_kvm(test) || !require_uffd(test) || !require_root(test) {
+        return;
+    }
+    if !require_commands(&tools, test) {
+        return;
+    }
+    let expected = reference_digest();
+    let bed = Bed::new();
+
+    bed.up("veth");
+    let before = bed.src_tx_bytes();
+    let report = migrate(&bed, &expected, "veth");
+    let crossed = bed.src_tx_bytes() - before;
+    let wire = report["bytes_wire_total"].as_u64().expect("bytes_wire_total");
+    // The source sends the guest's 256 MiB; all of it must have left through the veth.
+    assert!(wire >= 256 << 20, "only {wire} bytes on the wire for a 256 MiB guest");
+    assert!(crossed >= wire * 9 / 10, "the veth carried {crossed} bytes of {wire}");
+
+    bed.up("lan1g-loss1");
+    let report = migrate(&bed, &expected, "lan1g-loss1");
+    let wire = report["bytes_wire_total"].as_u64().expect("bytes_wire_total") as f64;
+    let total_ms = report["total_ms"].as_f64().expect("total_ms");
+    let gbit_per_s = wire * 8.0 / (total_ms * 1e6);
+    assert!(gbit_per_s < 1.1, "{gbit_per_s:.2} Gbit/s on a link capped at 1 Gbit/s");
+    let drops = (bed.dropped(&bed.src), bed.dropped(&bed.dst));
+    assert!(drops.0 > 0 && drops.1 > 0, "the 1% loss rule dropped no packets: {drops:?}");
+    eprintln!("lan1g-loss1: {gbit_per_s:.2} Gbit/s, dropped (src, dst) = {drops:?}");
+}
