@@ -12,7 +12,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 guest=(--workload hotcold --mem 1G --vcpus 1 --hot-mib 64 --seed 3)
 for cond in unpaced paced; do
-  if [ "$cond" = paced ]; then ops=100000; pace=(--pace 20000); after=2000; else ops=150000000; pace=(); after=2000; fi
+  if [ "$cond" = paced ]; then ops=120000; pace=(--pace 20000); after=3000; else ops=150000000; pace=(); after=2000; fi
   expected=$("$bin" run "${guest[@]}" --ops "$ops" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["digest"])')
   for mode in precopy postcopy hybrid hybrid-paper; do
     for r in $(seq "$reps"); do

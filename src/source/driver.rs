@@ -30,8 +30,8 @@ pub struct SourceDriverOptions {
 impl Default for SourceDriverOptions {
     fn default() -> Self {
         Self {
-            bulk_in_flight: 4,
-            bulk_buf_bytes: 1 << 20,
+            bulk_in_flight: 2,
+            bulk_buf_bytes: 256 << 10,
             tick: Duration::from_millis(10),
             timeout: Duration::from_secs(600),
         }
