@@ -73,6 +73,7 @@ fn hybrid_faults_less_than_postcopy() {
             post += p.network_faults;
             hybrid += h.network_faults;
         }
+        eprintln!("network faults over 8 seeds: hybrid {hybrid}, postcopy {post}");
         assert!(hybrid < post, "hybrid {hybrid} vs postcopy {post} network faults over 8 seeds");
     });
 }

@@ -134,6 +134,9 @@ impl PageSink for SimSink<'_> {
     }
 }
 
+/// Loop iterations between two bulk frames (the link's rate).
+const BULK_EVERY_STEPS: u64 = 4;
+
 /// Virtual microseconds per loop iteration (one guest step on the running side).
 const STEP_US: u64 = 2;
 
@@ -151,6 +154,9 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     cfg.working_set = src_vm.hot_pages();
     cfg.true_hot_set = src_vm.hot_pages();
     cfg.max_rounds = 8;
+    // Small frames on a link much slower than the guest, as on a real network: the push takes
+    // a good part of the run, so faults during it matter.
+    cfg.push_pages = 4;
     let mut source = SourceEngine::new(cfg, &src_vm)?;
     let mut dest = DestEngine::new(layout.clone());
     let mut net = SimNet::new(spec.seed, spec.faults.clone());
@@ -168,7 +174,7 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
         } else if !src_vm.paused {
             src_vm.run_steps(1);
         }
-        pump_source(&mut source, &mut src_vm, &mut net)?;
+        pump_source(&mut source, &mut src_vm, &mut net, iteration % BULK_EVERY_STEPS == 0)?;
         pump_dest(&mut dest, &mut net)?;
         net.advance_to(now);
         while net.peek_time_us().is_some_and(|t| t <= now) {
@@ -241,11 +247,15 @@ fn pump_source(
     source: &mut SourceEngine,
     vm: &mut SimVm,
     net: &mut SimNet,
+    bulk_turn: bool,
 ) -> Result<(), SimRunError> {
     let mut out = Vec::new();
     while source.poll_urgent(&mut out) {}
     send(net, Side::Source, StreamKind::Urgent, &mut out)?;
-    // One bulk frame per step: the link, not the engine, sets the pace.
+    if !bulk_turn {
+        return Ok(());
+    }
+    // One bulk frame per bulk turn: the link, not the engine, sets the pace.
     source.poll_bulk(&mut out, vm)?;
     let len = out.len() as u64;
     send(net, Side::Source, StreamKind::Bulk, &mut out)?;
