@@ -91,6 +91,8 @@ pub struct DestEngine {
     bulk_out: VecDeque<Vec<u8>>,
     scratch: Vec<u8>,
     done: Option<wire::Done>,
+    /// Windows received per stream, acknowledged every [`ACK_EVERY_WINDOWS`].
+    windows_received: [u64; 2],
     stats: DestStats,
 }
 
@@ -104,6 +106,10 @@ impl std::fmt::Debug for DestEngine {
 }
 
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// Windows between two acknowledgements on a stream (the source keeps every unacknowledged
+/// window so that a broken connection can be resumed without losing one).
+pub const ACK_EVERY_WINDOWS: u64 = 32;
 
 impl DestEngine {
     /// A destination for a VM with this memory layout (its regions, in order).
@@ -137,6 +143,7 @@ impl DestEngine {
             bulk_out: VecDeque::new(),
             scratch,
             done: None,
+            windows_received: [0; 2],
             stats: DestStats::default(),
         }
     }
@@ -210,6 +217,7 @@ impl DestEngine {
             wire::FrameBody::PageWindow(window) => {
                 window.validate(&self.wire_regions)?;
                 self.on_window(&window, sink)?;
+                self.count_window(stream)?;
                 Ok(self.check_complete())
             }
             wire::FrameBody::DirtySet(set) => {
@@ -476,6 +484,28 @@ impl DestEngine {
         Ok(())
     }
 
+    fn count_window(&mut self, stream: StreamKind) -> Result<(), DestError> {
+        let i = stream.index();
+        self.windows_received[i] += 1;
+        if self.windows_received[i] % ACK_EVERY_WINDOWS == 0 {
+            self.queue_ack(stream)?;
+        }
+        Ok(())
+    }
+
+    /// Queues an acknowledgement of every window received so far on `stream` (on bulk).
+    fn queue_ack(&mut self, stream: StreamKind) -> Result<(), DestError> {
+        let ack = wire::Control {
+            kind: wire::ControlKind::Ack,
+            seq: self.windows_received[stream.index()],
+            value: stream.index() as u64,
+        };
+        let mut out = Vec::new();
+        wire::encode_frame(&mut out, self.version, &wire::FrameBody::Control(ack), &self.limits)?;
+        self.bulk_out.push_back(out);
+        Ok(())
+    }
+
     /// Completes once Done arrived and every needed page is present: checks the digest and
     /// queues DoneAck.
     fn check_complete(&mut self) -> Option<DestEvent> {
@@ -499,6 +529,12 @@ impl DestEngine {
             },
             verdict,
         };
+        // Everything received is acknowledged before the DoneAck.
+        for stream in StreamKind::ALL {
+            if self.queue_ack(stream).is_err() {
+                return None;
+            }
+        }
         let mut out = Vec::new();
         if wire::encode_frame(&mut out, self.version, &wire::FrameBody::DoneAck(ack), &self.limits)
             .is_ok()

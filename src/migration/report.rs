@@ -110,6 +110,10 @@ pub struct MigrationReport {
     pub dest_resumed_after_state: bool,
     /// Whether lz4 was in use.
     pub lz4_used: bool,
+    /// Most pages in flight without an acknowledgement.
+    pub unacked_pages_max: u64,
+    /// Pages never acknowledged by the end (0 when every page sent was confirmed).
+    pub unacked_pages_at_end: u64,
     /// Guest progress (ops per 10 ms bucket) from migration start: (ms since start, ops).
     pub progress_buckets: Vec<(f64, f64)>,
     /// Fault latency CDF: (us, cumulative fraction).
@@ -169,6 +173,8 @@ impl MigrationReport {
             dest_resumed_after_state: d.stats.state_received_ns > 0
                 && d.stats.state_received_ns <= d.resume_ns,
             lz4_used: s.lz4_used,
+            unacked_pages_max: s.unacked_pages_max,
+            unacked_pages_at_end: s.unacked_pages_at_end,
             progress_buckets: timeline
                 .buckets(start)
                 .into_iter()

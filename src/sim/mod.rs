@@ -84,6 +84,8 @@ pub struct SimOutcome {
     pub total_us: u64,
     /// Stale pages dropped on the destination.
     pub pages_discarded: u64,
+    /// Pages the source sent that the destination never acknowledged (0 when all arrived).
+    pub unacked_pages: u64,
 }
 
 /// A [`PageSink`] over a [`SimVm`]'s memory that models userfaultfd: placing a present page
@@ -205,7 +207,9 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
             }
         }
         if source.is_finished() && dest.phase() == DestPhase::Complete {
-            return finish(spec, &reference, dst_vm, &dest, now);
+            let unacked_pages = source.unacked_pages();
+            return finish(spec, &reference, dst_vm, &dest, now)
+                .map(|o| SimOutcome { unacked_pages, ..o });
         }
     }
     Err(SimRunError::Stuck {
@@ -305,5 +309,6 @@ fn finish(
         network_faults: dest.stats().network_faults,
         total_us: now_us,
         pages_discarded: dest.stats().pages_discarded,
+        unacked_pages: 0,
     })
 }

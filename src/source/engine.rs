@@ -133,6 +133,10 @@ pub struct SourceStats {
     pub pause_latency_ms: f64,
     /// Digest of guest memory as sent.
     pub memory_digest: u64,
+    /// Most pages sent and not yet acknowledged at any time.
+    pub unacked_pages_max: u64,
+    /// Pages still unacknowledged when DoneAck arrived (0: every page sent was confirmed).
+    pub unacked_pages_at_end: u64,
 }
 
 /// The source state machine. See the module docs.
@@ -163,6 +167,11 @@ pub struct SourceEngine {
     round_bytes: u64,
     switch_queue: VecDeque<SwitchItem>,
     dirty_scratch: PageBitmap,
+    /// Windows sent and not yet acknowledged, per stream: (sequence number, first page,
+    /// count). A connection lost in post-copy is resumed by re-sending exactly these.
+    unacked: [VecDeque<(u64, u64, u32)>; 2],
+    /// Windows sent per stream (the next sequence number is this + 1).
+    windows_sent: [u64; 2],
 }
 
 /// What remains to be emitted during the switch-over, in order.
@@ -239,6 +248,8 @@ impl SourceEngine {
             round_bytes: 0,
             switch_queue: VecDeque::new(),
             dirty_scratch: PageBitmap::new(pages),
+            unacked: [VecDeque::new(), VecDeque::new()],
+            windows_sent: [0; 2],
         })
     }
 
@@ -301,7 +312,10 @@ impl SourceEngine {
             wire::FrameBody::HelloAck(ack) => self.on_hello_ack(stream, &ack, vm),
             wire::FrameBody::FaultRequest(req) => self.on_fault_request(&req),
             wire::FrameBody::DoneAck(ack) => self.on_done_ack(&ack),
-            wire::FrameBody::Control(_) => Ok(()),
+            wire::FrameBody::Control(c) => {
+                self.on_control(&c);
+                Ok(())
+            }
             other => Err(SourceError::UnexpectedFrame {
                 stream,
                 frame: other.frame_type(),
@@ -667,6 +681,7 @@ impl SourceEngine {
             return Ok(false);
         };
         self.send_run(out, first, count, 0, urgent)?;
+        self.track(StreamKind::Bulk, first, count);
         Ok(true)
     }
 
@@ -705,6 +720,32 @@ impl SourceEngine {
         Ok(())
     }
 
+    /// Records a window sent on `stream` until the destination acknowledges it.
+    fn track(&mut self, stream: StreamKind, first: u64, count: u32) {
+        let i = stream.index();
+        self.windows_sent[i] += 1;
+        self.unacked[i].push_back((self.windows_sent[i], first, count));
+        let pages: u64 = self.unacked.iter().flatten().map(|&(_, _, n)| u64::from(n)).sum::<u64>();
+        self.stats.unacked_pages_max = self.stats.unacked_pages_max.max(pages);
+    }
+
+    /// An acknowledgement: every window of stream `value` up to sequence `seq` arrived.
+    fn on_control(&mut self, c: &wire::Control) {
+        if c.kind != wire::ControlKind::Ack {
+            return;
+        }
+        if let Some(log) = self.unacked.get_mut(c.value as usize) {
+            while log.front().is_some_and(|&(seq, _, _)| seq <= c.seq) {
+                log.pop_front();
+            }
+        }
+    }
+
+    /// Pages sent and not yet acknowledged by the destination.
+    pub fn unacked_pages(&self) -> u64 {
+        self.unacked.iter().flatten().map(|&(_, _, n)| u64::from(n)).sum()
+    }
+
     /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
     /// stream, and the push pivots to just past the window.
     fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
@@ -734,6 +775,7 @@ impl SourceEngine {
             let n = (run_end - first) as u32;
             let answers = (first..run_end).contains(&page);
             self.send_run(&mut out, first, n, if answers { req.request_id } else { 0 }, answers)?;
+            self.track(StreamKind::Urgent, first, n);
             cursor = run_end;
         }
         self.push.pivot(end);
@@ -760,6 +802,7 @@ impl SourceEngine {
             });
         }
         self.stats.finished_ns = mono_ns();
+        self.stats.unacked_pages_at_end = self.unacked_pages();
         tracing::info!(
             digest = self.stats.memory_digest,
             "source: DoneAck matched, source released"
