@@ -96,7 +96,10 @@ fn check(report: &Value, label: &str) {
         report["dest_resumed_after_state"], true,
         "{label}: the destination ran before its state arrived"
     );
-    assert_eq!(report["unacked_pages_at_end"], 0, "{label}: pages sent were never acknowledged");
+    assert_eq!(
+        report["unacked_pages_at_end"], 0,
+        "{label}: bulk pages sent were never acknowledged"
+    );
 }
 
 fn matrix(mode: &str) {

@@ -36,7 +36,7 @@ fn every_mode_is_exact_on_a_perfect_link() {
                 let out = sim::run(&spec(mode, seed.wrapping_add(k), SimFaults::default()))
                     .unwrap_or_else(|e| panic!("{mode}: {e}"));
                 assert!(out.exact, "{mode}: destination differs from the unmigrated run");
-                assert_eq!(out.unacked_pages, 0, "{mode}: sent pages never acknowledged");
+                assert_eq!(out.unacked_pages, 0, "{mode}: bulk pages never acknowledged");
             }
         }
     });

@@ -112,7 +112,7 @@ pub struct MigrationReport {
     pub lz4_used: bool,
     /// Most pages in flight without an acknowledgement.
     pub unacked_pages_max: u64,
-    /// Pages never acknowledged by the end (0 when every page sent was confirmed).
+    /// Bulk pages never acknowledged by DoneAck (must be 0).
     pub unacked_pages_at_end: u64,
     /// Guest progress (ops per 10 ms bucket) from migration start: (ms since start, ops).
     pub progress_buckets: Vec<(f64, f64)>,

@@ -84,7 +84,7 @@ pub struct SimOutcome {
     pub total_us: u64,
     /// Stale pages dropped on the destination.
     pub pages_discarded: u64,
-    /// Pages the source sent that the destination never acknowledged (0 when all arrived).
+    /// Bulk pages the source sent that the destination never acknowledged (must be 0).
     pub unacked_pages: u64,
 }
 
@@ -207,7 +207,7 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
             }
         }
         if source.is_finished() && dest.phase() == DestPhase::Complete {
-            let unacked_pages = source.unacked_pages();
+            let unacked_pages = source.unacked_pages(StreamKind::Bulk);
             return finish(spec, &reference, dst_vm, &dest, now)
                 .map(|o| SimOutcome { unacked_pages, ..o });
         }

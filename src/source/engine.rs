@@ -135,7 +135,7 @@ pub struct SourceStats {
     pub memory_digest: u64,
     /// Most pages sent and not yet acknowledged at any time.
     pub unacked_pages_max: u64,
-    /// Pages still unacknowledged when DoneAck arrived (0: every page sent was confirmed).
+    /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
     pub unacked_pages_at_end: u64,
 }
 
@@ -741,9 +741,9 @@ impl SourceEngine {
         }
     }
 
-    /// Pages sent and not yet acknowledged by the destination.
-    pub fn unacked_pages(&self) -> u64 {
-        self.unacked.iter().flatten().map(|&(_, _, n)| u64::from(n)).sum()
+    /// Pages sent on `stream` and not yet acknowledged by the destination.
+    pub fn unacked_pages(&self, stream: StreamKind) -> u64 {
+        self.unacked[stream.index()].iter().map(|&(_, _, n)| u64::from(n)).sum()
     }
 
     /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
@@ -802,7 +802,10 @@ impl SourceEngine {
             });
         }
         self.stats.finished_ns = mono_ns();
-        self.stats.unacked_pages_at_end = self.unacked_pages();
+        // Bulk windows all precede Done on their stream and the destination acknowledges them
+        // before DoneAck, so none may be left. A fault answer can still be in flight on the
+        // urgent stream for a page the push already delivered; DoneAck's digest covers it.
+        self.stats.unacked_pages_at_end = self.unacked_pages(StreamKind::Bulk);
         tracing::info!(
             digest = self.stats.memory_digest,
             "source: DoneAck matched, source released"
