@@ -3,11 +3,13 @@
 //! equal to an unmigrated run's (`verified`), the source never running after the pause, and
 //! the destination never running before the state arrived.
 
+mod cli_common;
+
+use cli_common::{json_of, BIN};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use serde_json::Value;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hybridmig");
 /// Ops per second per vCPU: slow enough that the guest is mid-run when the migration starts.
 const PACE: u64 = 150_000;
 
@@ -29,31 +31,9 @@ fn guest_args(workload: &str, vcpus: u32, ops: u64) -> Vec<String> {
     .collect()
 }
 
-fn json_of(out: std::process::Output, what: &str) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("{what}: no JSON in {stdout}"));
-    serde_json::from_str(line).expect("JSON report")
-}
-
 /// The digest of an unmigrated, unpaced run.
 fn reference_digest(workload: &str, vcpus: u32, ops: u64) -> String {
-    let out = Command::new(BIN)
-        .arg("run")
-        .args(guest_args(workload, vcpus, ops))
-        .arg("--json")
-        .output()
-        .expect("run");
-    json_of(out, "reference run")["digest"].as_str().expect("digest").to_string()
+    cli_common::reference_digest(&guest_args(workload, vcpus, ops))
 }
 
 fn migrate(

@@ -7,11 +7,13 @@
 //! counters) and, under `lan1g-loss1`, that the link was capped near 1 Gbit/s and dropped
 //! packets.
 
+mod cli_common;
+
+use cli_common::{json_of, BIN};
 use hybridmig::host_check::{require_commands, require_kvm, require_root, require_uffd};
 use serde_json::Value;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hybridmig");
 const NETNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-env/netns");
 /// The source veth end `bench-env/netns` creates, and the destination's address.
 const SRC_IF: &str = "hm-veth0";
@@ -84,30 +86,10 @@ impl Drop for Bed {
     }
 }
 
-fn json_of(out: std::process::Output, what: &str) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("{what}: no JSON in {stdout}"));
-    serde_json::from_str(line).expect("JSON report")
-}
-
 fn reference_digest() -> String {
-    let out = Command::new(BIN)
-        .arg("run")
-        .args(GUEST)
-        .args(["--ops", &OPS.to_string(), "--json"])
-        .output()
-        .expect("run");
-    json_of(out, "reference run")["digest"].as_str().expect("digest").to_string()
+    let mut args: Vec<String> = GUEST.iter().map(|s| s.to_string()).collect();
+    args.extend(["--ops".to_string(), OPS.to_string()]);
+    cli_common::reference_digest(&args)
 }
 
 fn migrate(bed: &Bed, expected: &str, profile: &str) -> Value {
