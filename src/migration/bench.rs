@@ -555,14 +555,11 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        let mut s = BenchSpec::default();
-        s.modes = vec!["teleport".into()];
+        let s = BenchSpec { modes: vec!["teleport".into()], ..BenchSpec::default() };
         assert!(matches!(s.matrix(), Err(BenchError::Spec { field: "modes", .. })));
-        let mut s = BenchSpec::default();
-        s.mems = vec!["lots".into()];
+        let s = BenchSpec { mems: vec!["lots".into()], ..BenchSpec::default() };
         assert!(matches!(s.matrix(), Err(BenchError::Spec { field: "mems", .. })));
-        let mut s = BenchSpec::default();
-        s.compression = "maybe".into();
+        let s = BenchSpec { compression: "maybe".into(), ..BenchSpec::default() };
         assert!(s.matrix().is_err());
     }
 

@@ -11,8 +11,11 @@ use crate::migration::MigrationReport;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// Reads one figure out of a report.
+pub type MetricFn = fn(&MigrationReport) -> f64;
+
 /// The metrics of the tables: name and how to read it from a report.
-pub const METRICS: [(&str, fn(&MigrationReport) -> f64); 5] = [
+pub const METRICS: [(&str, MetricFn); 5] = [
     ("total_ms", |r| r.total_ms),
     ("downtime_ms", |r| r.downtime_ms),
     ("network_faults", |r| r.network_faults as f64),
@@ -232,6 +235,12 @@ pub fn write_plots(out_dir: &Path, results: &BenchResults) -> Result<(), BenchEr
             done_ms: r.done_at_ms,
         });
         cdfs.push((mode.clone(), r.fault_cdf.iter().map(|&(us, f)| (us as f64, f)).collect()));
+    }
+    // The guest runs on for seconds after the migration; show the migration and some after.
+    let done_max_ms = through.iter().map(|t| t.done_ms).fold(0.0, f64::max);
+    let window_ms = done_max_ms * 3.0 + 200.0;
+    for t in &mut through {
+        t.buckets.retain(|b| b.0 <= window_ms);
     }
     throughput_svg(&out_dir.join("throughput.svg"), &through)?;
     cdf_svg(&out_dir.join("fault_cdf.svg"), &cdfs)?;
