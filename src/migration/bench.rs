@@ -324,7 +324,9 @@ pub fn run_bench(
     };
     let bar = Bar::new(spec.run_count() as u64, progress);
     let script = netns_script(spec);
-    let mut bed = NetnsBed { script: script.clone(), up: false };
+    let mut bed = NetnsBed { script, up: false };
+    // One unmigrated run per (workload, memory), shared by every profile.
+    let mut digests: Vec<((WorkloadKind, u64), u64)> = Vec::new();
     for profile in &spec.profiles {
         let netns = profile != LOOPBACK;
         if netns {
@@ -338,7 +340,14 @@ pub fn run_bench(
                     kind.name(),
                     mem_bytes >> 20
                 ));
-                let digest = reference_digest(&cfg)?;
+                let digest = match digests.iter().find(|d| d.0 == (kind, mem_bytes)) {
+                    Some(d) => d.1,
+                    None => {
+                        let d = reference_digest(&cfg)?;
+                        digests.push(((kind, mem_bytes), d));
+                        d
+                    }
+                };
                 for rep in 0..spec.reps {
                     for &mode in &matrix.modes {
                         bar.message(&format!(
