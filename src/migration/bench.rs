@@ -69,7 +69,7 @@ pub enum BenchError {
         source: std::io::Error,
     },
     /// `report.json` or the spec file could not be (de)serialised.
-    #[error("json: {0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// A plot failed.
     #[error(transparent)]
