@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hybridmig::migration::bench::{run_bench, BenchSpec};
 use hybridmig::migration::{
     migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
     MigrationReport, SourceHostOptions,
@@ -29,6 +30,45 @@ enum Cmd {
     Source(SourceArgs),
     /// Destination host: receive a guest and run it to the end of its ops.
     Dest(DestArgs),
+    /// Run a matrix of migrations and write report.json, report.md and SVG plots.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Modes, comma-separated (precopy, postcopy, hybrid, hybrid-paper).
+    #[arg(long, value_delimiter = ',')]
+    modes: Option<Vec<String>>,
+    /// Workloads, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
+    /// Workload memory sizes, comma-separated (256M, 1G).
+    #[arg(long, value_delimiter = ',')]
+    mems: Option<Vec<String>>,
+    /// Link profiles, comma-separated: loopback or a bench-env/netns profile (veth, lan1g, ...).
+    #[arg(long, value_delimiter = ',')]
+    profiles: Option<Vec<String>>,
+    /// Runs per cell.
+    #[arg(long)]
+    reps: Option<u32>,
+    /// Guest ops per run.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Pace cap, ops/s per vCPU (0: unpaced).
+    #[arg(long)]
+    pace: Option<u64>,
+    /// Guest run time before each migration.
+    #[arg(long)]
+    migrate_after_ms: Option<u64>,
+    /// Start from the quick matrix (about a minute) instead of the default one.
+    #[arg(long)]
+    quick: bool,
+    /// JSON object whose fields replace the matrix's (same names as report.json's `spec`).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: std::path::PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -202,7 +242,48 @@ fn main() -> Result<()> {
         Cmd::Migrate(a) => migrate(a),
         Cmd::Source(a) => source(a),
         Cmd::Dest(a) => dest(a),
+        Cmd::Bench(a) => bench(a),
     }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let mut spec = if a.quick { BenchSpec::quick() } else { BenchSpec::default() };
+    if let Some(path) = &a.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        spec = spec.overlay_json(&text).with_context(|| format!("in {}", path.display()))?;
+    }
+    let lists = [
+        (a.modes, &mut spec.modes),
+        (a.workloads, &mut spec.workloads),
+        (a.mems, &mut spec.mems),
+        (a.profiles, &mut spec.profiles),
+    ];
+    for (given, field) in lists {
+        if let Some(v) = given {
+            *field = v;
+        }
+    }
+    spec.reps = a.reps.unwrap_or(spec.reps);
+    spec.ops = a.ops.unwrap_or(spec.ops);
+    if let Some(p) = a.pace {
+        spec.pace = (p > 0).then_some(p);
+    }
+    spec.migrate_after_ms = a.migrate_after_ms.unwrap_or(spec.migrate_after_ms);
+    let command: Vec<String> = std::env::args().collect();
+    let results = run_bench(&spec, &command.join(" "), &a.out, std::io::stderr().is_terminal())
+        .context("bench failed")?;
+    let bad = results.runs.iter().filter(|r| !r.verified).count();
+    println!(
+        "{} runs, {} verified; wrote {}/report.json, report.md, throughput.svg, fault_cdf.svg, bars.svg",
+        results.runs.len(),
+        results.runs.len() - bad,
+        a.out.display()
+    );
+    if bad > 0 {
+        anyhow::bail!("{bad} run(s) not verified (see report.md)");
+    }
+    Ok(())
 }
 
 fn migrate(a: MigrateArgs) -> Result<()> {

@@ -5,6 +5,7 @@
 //! pause instant, read from the two processes' reports.
 
 mod histogram;
+pub mod plot;
 mod timeline;
 
 pub use histogram::LatencyHistogram;

@@ -1,6 +1,7 @@
 //! A migration of the built-in VMM's guest, end to end: the source host, the destination
 //! host, the local two-process run behind `hybridmig migrate`, and the merged report.
 
+pub mod bench;
 pub mod host;
 pub mod local;
 pub mod netns;
