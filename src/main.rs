@@ -148,6 +148,10 @@ struct MigrationArgs {
     /// Pages in a fault answer (hybrid modes).
     #[arg(long, default_value_t = 16)]
     window: u32,
+    /// Grow the fault window while faults are sequential, shrink it when they are random
+    /// (from 4 to 256 pages, starting at --window).
+    #[arg(long)]
+    adaptive_window: bool,
     /// lz4 compression: auto (from measured rates), on or off.
     #[arg(long, default_value = "auto", value_parser = parse_compression)]
     compress: CompressionPolicy,
@@ -292,6 +296,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         mode: a.migration.mode,
         migrate_after_ms: a.migration.migrate_after_ms,
         window_pages: a.migration.window,
+        adaptive_window: a.migration.adaptive_window,
         compression: a.migration.compress,
         src_netns: a.src_netns,
         dst_netns: a.dst_netns,
@@ -333,6 +338,7 @@ fn source(a: SourceArgs) -> Result<()> {
         mode: a.migration.mode,
         migrate_after_ms: a.migration.migrate_after_ms,
         window_pages: a.migration.window,
+        adaptive_window: a.migration.adaptive_window,
         compression: a.migration.compress,
         session_id: a
             .session

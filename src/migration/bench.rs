@@ -360,6 +360,7 @@ pub fn run_bench(
                             mode,
                             migrate_after_ms: spec.migrate_after_ms,
                             window_pages: spec.window_pages,
+                            adaptive_window: false,
                             compression: matrix.compression,
                             src_netns: netns.then(|| SRC_NS.to_string()),
                             dst_netns: netns.then(|| DST_NS.to_string()),

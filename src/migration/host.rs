@@ -97,6 +97,8 @@ pub struct SourceHostOptions {
     pub migrate_after_ms: u64,
     /// Fault window in pages.
     pub window_pages: u32,
+    /// Adapt the fault window to the access pattern.
+    pub adaptive_window: bool,
     /// lz4 policy.
     pub compression: CompressionPolicy,
     /// Session id of the two connections.
@@ -151,6 +153,7 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let pair = tcp::connect(opts.connect, opts.session_id)?;
     let mut cfg = SourceConfig::new(opts.mode, opts.session_id);
     cfg.window_pages = opts.window_pages;
+    cfg.adaptive_window = opts.adaptive_window;
     cfg.compression = opts.compression;
     cfg.true_hot_set = vm.hot_pages();
     if tracks {

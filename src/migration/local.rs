@@ -27,6 +27,8 @@ pub struct LocalMigration {
     pub migrate_after_ms: u64,
     /// Fault window in pages.
     pub window_pages: u32,
+    /// Adapt the fault window to the access pattern.
+    pub adaptive_window: bool,
     /// lz4 policy name (`auto`, `on`, `off`).
     pub compression: CompressionPolicy,
     /// Network namespace of the source process.
@@ -140,6 +142,9 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     ];
     if m.progress {
         src_args.push("--progress-lines".into());
+    }
+    if m.adaptive_window {
+        src_args.push("--adaptive-window".into());
     }
     src_args.extend(config_args(&m.cfg));
     let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);

@@ -30,6 +30,9 @@ pub struct SourceConfig {
     pub session_id: u64,
     /// Pages in a fault answer (the hybrid window); post-copy answers with one page.
     pub window_pages: u32,
+    /// Grow the fault window while faults walk memory in order, shrink it when they jump
+    /// (`window_pages` is then the starting size).
+    pub adaptive_window: bool,
     /// Pages in one background-push or round frame.
     pub push_pages: u32,
     /// Pre-copy: rounds before the switch-over is forced.
@@ -51,6 +54,7 @@ impl SourceConfig {
             mode,
             session_id,
             window_pages: 16,
+            adaptive_window: false,
             push_pages: 64,
             max_rounds: 30,
             downtime_target_ms: 5.0,
@@ -133,6 +137,8 @@ pub struct SourceStats {
     pub pause_latency_ms: f64,
     /// Digest of guest memory as sent.
     pub memory_digest: u64,
+    /// Fault window of the last answer (pages).
+    pub window_pages_last: u32,
     /// Most pages sent and not yet acknowledged at any time.
     pub unacked_pages_max: u64,
     /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
@@ -167,6 +173,7 @@ pub struct SourceEngine {
     round_bytes: u64,
     switch_queue: VecDeque<SwitchItem>,
     dirty_scratch: PageBitmap,
+    window: AdaptiveWindow,
     /// Windows sent and not yet acknowledged, per stream: (sequence number, first page,
     /// count). A connection lost in post-copy is resumed by re-sending exactly these.
     unacked: [VecDeque<(u64, u64, u32)>; 2],
@@ -226,6 +233,7 @@ impl SourceEngine {
             _ => Compression::None,
         };
         Ok(Self {
+            window: AdaptiveWindow::new(cfg.window_pages),
             cfg,
             regions,
             wire_regions,
@@ -761,8 +769,10 @@ impl SourceEngine {
         self.stats.faults_served += 1;
         let window = match self.cfg.mode {
             MigrationMode::Postcopy => 1,
+            _ if self.cfg.adaptive_window => self.window.on_fault(page),
             _ => self.cfg.window_pages.max(1),
         };
+        self.stats.window_pages_last = window;
         let (start, count) = window_around(&self.layout, page, window);
         // The faulting page always goes, even if the push already sent it: that copy may sit
         // behind bulk data, and the destination drops duplicates.
@@ -832,6 +842,45 @@ impl SourceEngine {
     }
 }
 
+/// Smallest adaptive fault window (pages).
+const WINDOW_MIN_PAGES: u32 = 4;
+/// Largest adaptive fault window (pages): the protocol's window limit.
+const WINDOW_MAX_PAGES: u32 = 256;
+
+/// The fault window size, adapted to the guest's access pattern (after CRIU's lazy-pages
+/// daemon, which grows its transfer while faults are quiet and shrinks it on each fault): a
+/// fault just past the previous window means the guest walks memory in order, so the next
+/// answer doubles; a fault elsewhere means random access, so it halves.
+#[derive(Debug, Clone)]
+pub struct AdaptiveWindow {
+    pages: u32,
+    next_expected: Option<u64>,
+}
+
+impl AdaptiveWindow {
+    /// A window starting at `pages`.
+    pub fn new(pages: u32) -> Self {
+        Self { pages: pages.clamp(WINDOW_MIN_PAGES, WINDOW_MAX_PAGES), next_expected: None }
+    }
+
+    /// The window for a fault on `page`, updated by where it fell.
+    pub fn on_fault(&mut self, page: u64) -> u32 {
+        if let Some(expected) = self.next_expected {
+            // In order: at or just past the end of what the last answer covered.
+            let sequential = page >= expected.saturating_sub(u64::from(self.pages))
+                && page < expected + u64::from(self.pages);
+            self.pages = if sequential {
+                (self.pages * 2).min(WINDOW_MAX_PAGES)
+            } else {
+                (self.pages / 2).max(WINDOW_MIN_PAGES)
+            };
+        }
+        // window_around puts a quarter of the window before the page.
+        self.next_expected = Some(page + u64::from(self.pages - self.pages / 4));
+        self.pages
+    }
+}
+
 /// Links slower than this (bytes per ms, about 3.2 Gbit/s) get lz4 under the auto policy.
 const LZ4_WORTH_BELOW_BYTES_PER_MS: f64 = 400_000.0;
 
@@ -892,6 +941,24 @@ impl RateMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adaptive_window_grows_on_sequential_and_shrinks_on_random_faults() {
+        let mut w = AdaptiveWindow::new(16);
+        let mut page = 1000;
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            let n = w.on_fault(page);
+            sizes.push(n);
+            page += u64::from(n - n / 4); // the next fault is just past the answer
+        }
+        assert_eq!(sizes, vec![16, 32, 64, 128, 256, 256]);
+        let jumps: Vec<u32> =
+            [5u64, 900_000, 12, 400_000, 77].iter().map(|&p| w.on_fault(p)).collect();
+        assert_eq!(jumps, vec![128, 64, 32, 16, 8]);
+        assert_eq!(w.on_fault(3_000_000), WINDOW_MIN_PAGES);
+        assert_eq!(w.on_fault(9), WINDOW_MIN_PAGES);
+    }
 
     #[test]
     fn window_is_clipped_to_its_region() {
