@@ -7,7 +7,7 @@ use hybridmig::migration::{
     migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
     MigrationReport, SourceHostOptions,
 };
-use hybridmig::source::CompressionPolicy;
+use hybridmig::source::{CompressionPolicy, LivePass};
 use hybridmig::vm::{parse_size, run_local, RunReport, VmConfig, WorkloadKind, WorkloadSpec};
 use hybridmig::wire::MigrationMode;
 use std::io::{IsTerminal, Write};
@@ -155,6 +155,10 @@ struct MigrationArgs {
     /// lz4 compression: auto (from measured rates), on or off.
     #[arg(long, default_value = "auto", value_parser = parse_compression)]
     compress: CompressionPolicy,
+    /// Hybrid: what crosses while the guest still runs: `all` (one pass over every non-zero
+    /// page, working set last) or `ws` (the working set only).
+    #[arg(long, default_value = "all")]
+    live_pass: LivePass,
 }
 
 #[derive(clap::Args)]
@@ -298,6 +302,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         window_pages: a.migration.window,
         adaptive_window: a.migration.adaptive_window,
         compression: a.migration.compress,
+        live_pass: a.migration.live_pass,
         src_netns: a.src_netns,
         dst_netns: a.dst_netns,
         listen: a.listen,
@@ -340,6 +345,7 @@ fn source(a: SourceArgs) -> Result<()> {
         window_pages: a.migration.window,
         adaptive_window: a.migration.adaptive_window,
         compression: a.migration.compress,
+        live_pass: a.migration.live_pass,
         session_id: a
             .session
             .unwrap_or_else(|| hybridmig::metrics::mono_ns() ^ u64::from(std::process::id())),

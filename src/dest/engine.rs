@@ -232,7 +232,10 @@ impl DestEngine {
                 self.done = Some(done);
                 Ok(self.check_complete())
             }
-            wire::FrameBody::Control(_) => Ok(None),
+            wire::FrameBody::Control(c) => {
+                self.on_control(&c)?;
+                Ok(None)
+            }
             other => Err(unexpected(&other, self.phase)),
         }
     }
@@ -481,6 +484,19 @@ impl DestEngine {
             &self.limits,
         )?;
         self.urgent_out.push_back(out);
+        Ok(())
+    }
+
+    /// Answers a Ping with a Pong of the same sequence number: every frame before the Ping on
+    /// this stream has been placed by now, which is what the source waits for before it pauses.
+    fn on_control(&mut self, c: &wire::Control) -> Result<(), DestError> {
+        if c.kind != wire::ControlKind::Ping {
+            return Ok(());
+        }
+        let pong = wire::Control { kind: wire::ControlKind::Pong, seq: c.seq, value: c.value };
+        let mut out = Vec::new();
+        wire::encode_frame(&mut out, self.version, &wire::FrameBody::Control(pong), &self.limits)?;
+        self.bulk_out.push_back(out);
         Ok(())
     }
 

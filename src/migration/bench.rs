@@ -12,7 +12,7 @@ pub mod summary;
 
 use super::report::MigrationReport;
 use super::{migrate_local, LocalMigration, MigrationError};
-use crate::source::CompressionPolicy;
+use crate::source::{CompressionPolicy, LivePass};
 use crate::vm::{parse_size, run_local, VmConfig, WorkloadKind, WorkloadSpec};
 use crate::wire::MigrationMode;
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,10 @@ pub struct BenchSpec {
     pub window_pages: u32,
     /// lz4 policy: `auto`, `on` or `off`.
     pub compression: String,
+    /// Adapt the fault window to the access pattern (`--adaptive-window`).
+    pub adaptive_window: bool,
+    /// Hybrid's live pass: `all` or `ws`.
+    pub live_pass: String,
     /// Workload seed.
     pub seed: u64,
     /// vCPUs.
@@ -124,6 +128,8 @@ impl Default for BenchSpec {
             migrate_after_ms: 2000,
             window_pages: 16,
             compression: "auto".into(),
+            adaptive_window: false,
+            live_pass: "all".into(),
             seed: 1,
             vcpus: 1,
             timeout_s: 300,
@@ -175,7 +181,8 @@ impl BenchSpec {
             "off" => CompressionPolicy::Off,
             other => return Err(spec_err("compression", format!("`{other}` (auto, on, off)"))),
         };
-        Ok(Matrix { modes, workloads, mems, compression })
+        let live_pass = self.live_pass.parse().map_err(|e| spec_err("live_pass", e))?;
+        Ok(Matrix { modes, workloads, mems, compression, live_pass })
     }
 
     /// Number of migrations the spec asks for.
@@ -220,6 +227,8 @@ pub struct Matrix {
     pub mems: Vec<u64>,
     /// lz4 policy.
     pub compression: CompressionPolicy,
+    /// Hybrid's live pass.
+    pub live_pass: LivePass,
 }
 
 /// One migration of the matrix: its cell keys and its report (or why there is none).
@@ -360,8 +369,9 @@ pub fn run_bench(
                             mode,
                             migrate_after_ms: spec.migrate_after_ms,
                             window_pages: spec.window_pages,
-                            adaptive_window: false,
+                            adaptive_window: spec.adaptive_window,
                             compression: matrix.compression,
+                            live_pass: matrix.live_pass,
                             src_netns: netns.then(|| SRC_NS.to_string()),
                             dst_netns: netns.then(|| DST_NS.to_string()),
                             listen: None,

@@ -10,7 +10,7 @@ use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::source::driver::{run_source, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
-use crate::source::{CompressionPolicy, SourceConfig, SourceEngine};
+use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
 use crate::transport::tcp;
 use crate::vm::{DirtyBitmap, Vm, VmConfig, VmState};
 use crate::wire::MigrationMode;
@@ -101,6 +101,8 @@ pub struct SourceHostOptions {
     pub adaptive_window: bool,
     /// lz4 policy.
     pub compression: CompressionPolicy,
+    /// Hybrid: what crosses before the pause.
+    pub live_pass: LivePass,
     /// Session id of the two connections.
     pub session_id: u64,
     /// Print `PROGRESS` lines on stderr for a parent's progress bar.
@@ -155,6 +157,7 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     cfg.window_pages = opts.window_pages;
     cfg.adaptive_window = opts.adaptive_window;
     cfg.compression = opts.compression;
+    cfg.live_pass = opts.live_pass;
     cfg.true_hot_set = vm.hot_pages();
     if tracks {
         cfg.working_set = tracker.estimate(pages / 4);

@@ -9,7 +9,7 @@
 
 use super::report::{hex, DestReport, MigrationReport, SourceReport};
 use super::MigrationError;
-use crate::source::CompressionPolicy;
+use crate::source::{CompressionPolicy, LivePass};
 use crate::vm::{run_local, VmConfig};
 use crate::wire::MigrationMode;
 use std::io::{BufRead, BufReader, Read};
@@ -31,6 +31,8 @@ pub struct LocalMigration {
     pub adaptive_window: bool,
     /// lz4 policy name (`auto`, `on`, `off`).
     pub compression: CompressionPolicy,
+    /// Hybrid: what crosses before the pause.
+    pub live_pass: LivePass,
     /// Network namespace of the source process.
     pub src_netns: Option<String>,
     /// Network namespace of the destination process.
@@ -136,6 +138,8 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         m.window_pages.to_string(),
         "--compress".into(),
         compression_name(m.compression).into(),
+        "--live-pass".into(),
+        m.live_pass.to_string(),
         "--session".into(),
         session_id.to_string(),
         "--json".into(),

@@ -92,8 +92,19 @@ pub struct MigrationReport {
     pub rounds: u32,
     /// Pages sent and dirtied afterwards (stale on the destination until replaced).
     pub stale_pages: u64,
-    /// Stale pages dropped on the destination at the switch-over.
+    /// Stale pages dropped on the destination (before the resume).
     pub pages_discarded: u64,
+    /// Of those, the ones the source named while the guest still ran (hybrid's live pass).
+    #[serde(default)]
+    pub pages_invalidated_live: u64,
+    /// Working-set pages held back from hybrid's live pass as write-hot (pushed first after
+    /// the resume).
+    #[serde(default)]
+    pub ws_write_hot_pages: u64,
+    /// Wait, with the guest still running, for the destination to confirm the live data before
+    /// the pause (ms).
+    #[serde(default)]
+    pub drain_ms: f64,
     /// Slowdown of the guest during the migration against its rate before.
     pub degradation_pct: f64,
     /// The guest's digest after its ops, on the destination (hex).
@@ -164,6 +175,9 @@ impl MigrationReport {
             rounds: s.rounds,
             stale_pages: s.stale_pages,
             pages_discarded: d.stats.pages_discarded,
+            pages_invalidated_live: s.pages_invalidated_live,
+            ws_write_hot_pages: s.ws_write_hot_pages,
+            drain_ms: s.drain_ms,
             degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),
             digest: hex(digest),
             digest_expected: hex(expected),

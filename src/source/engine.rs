@@ -43,6 +43,12 @@ pub struct SourceConfig {
     pub compression: CompressionPolicy,
     /// Working set, most important first (hybrid modes), and the true hot set for scoring.
     pub working_set: Vec<u64>,
+    /// Hybrid: what crosses while the guest still runs, before the switch-over.
+    pub live_pass: LivePass,
+    /// Longest wait, with the guest still running, for the destination to confirm it has taken
+    /// in everything sent live before the guest is paused (ms). The confirmation keeps the
+    /// downtime free of the data still queued in socket buffers.
+    pub drain_timeout_ms: u64,
     /// The workload's true hot set, to compute `ws_recall` (empty when unknown).
     pub true_hot_set: Vec<u64>,
 }
@@ -60,8 +66,43 @@ impl SourceConfig {
             downtime_target_ms: 5.0,
             compression: CompressionPolicy::Auto,
             working_set: Vec::new(),
+            live_pass: LivePass::All,
+            drain_timeout_ms: 1000,
             true_hot_set: Vec::new(),
         }
+    }
+}
+
+/// What hybrid sends while the guest still runs, before it pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LivePass {
+    /// Only the working set.
+    WorkingSet,
+    /// One pass over every non-zero page: the cold part first, then the working set (hottest
+    /// last, so that it is the freshest). Pages the guest first touches after the resume are
+    /// then already there unless it wrote them during the pass, so faults drop to the pages
+    /// dirtied late; the pass is never repeated, so the downtime does not grow with it.
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for LivePass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ws" | "working-set" => Ok(LivePass::WorkingSet),
+            "all" => Ok(LivePass::All),
+            other => Err(format!("unknown live pass {other:?} (expected ws or all)")),
+        }
+    }
+}
+
+impl std::fmt::Display for LivePass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LivePass::WorkingSet => "ws",
+            LivePass::All => "all",
+        })
     }
 }
 
@@ -143,6 +184,17 @@ pub struct SourceStats {
     pub unacked_pages_max: u64,
     /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
     pub unacked_pages_at_end: u64,
+    /// Stale pages the destination was told to discard while the guest still ran.
+    #[serde(default)]
+    pub pages_invalidated_live: u64,
+    /// Working-set pages held back from the live pass because the guest wrote them during it
+    /// (hybrid, [`LivePass::All`]); they are pushed first after the resume.
+    #[serde(default)]
+    pub ws_write_hot_pages: u64,
+    /// Time from the drain Ping to its Pong, with the guest still running (ms; 0 when the
+    /// mode has no live phase or no Pong came back in time).
+    #[serde(default)]
+    pub drain_ms: f64,
 }
 
 /// The source state machine. See the module docs.
@@ -173,13 +225,31 @@ pub struct SourceEngine {
     round_bytes: u64,
     switch_queue: VecDeque<SwitchItem>,
     dirty_scratch: PageBitmap,
+    /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
+    /// live pass tells it before the pause, so the discards stay out of the downtime).
+    invalidate: PageBitmap,
     window: AdaptiveWindow,
     /// Windows sent and not yet acknowledged, per stream: (sequence number, first page,
     /// count). A connection lost in post-copy is resumed by re-sending exactly these.
     unacked: [VecDeque<(u64, u64, u32)>; 2],
     /// Windows sent per stream (the next sequence number is this + 1).
     windows_sent: [u64; 2],
+    /// Hybrid with [`LivePass::All`]: the cold part of the live pass is still being sent (the
+    /// working set follows it).
+    cold_pass_open: bool,
+    /// The drain before the pause: when the Ping went out, and whether its Pong came back.
+    drain: Option<Drain>,
 }
+
+/// The wait, before the pause, for the destination to take in the live data in flight.
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    since_ns: u64,
+    confirmed: bool,
+}
+
+/// Sequence number of the drain Ping (one per migration).
+const DRAIN_PING_SEQ: u64 = 1;
 
 /// What remains to be emitted during the switch-over, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,8 +326,11 @@ impl SourceEngine {
             round_bytes: 0,
             switch_queue: VecDeque::new(),
             dirty_scratch: PageBitmap::new(pages),
+            invalidate: PageBitmap::new(pages),
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],
+            cold_pass_open: false,
+            drain: None,
         })
     }
 
@@ -379,10 +452,16 @@ impl SourceEngine {
                 self.scan_zero_pages();
                 self.phase = Phase::WorkingSet;
                 self.record_ws();
-                for &page in &self.cfg.working_set {
-                    self.pending.set(page);
+                match self.cfg.live_pass {
+                    LivePass::WorkingSet => self.queue_working_set(),
+                    LivePass::All => {
+                        self.pending = self.needed();
+                        for &page in &self.cfg.working_set {
+                            self.pending.clear(page);
+                        }
+                        self.cold_pass_open = true;
+                    }
                 }
-                self.push.set_priority(self.cfg.working_set.clone());
             }
             MigrationMode::Postcopy | MigrationMode::HybridPaper => {
                 self.scan_zero_pages();
@@ -391,6 +470,15 @@ impl SourceEngine {
             }
         }
         Ok(())
+    }
+
+    /// Hybrid's live send of the working set, hottest page last so that it is the freshest
+    /// copy when the guest pauses.
+    fn queue_working_set(&mut self) {
+        for &page in &self.cfg.working_set {
+            self.pending.set(page);
+        }
+        self.push.set_priority(self.cfg.working_set.iter().rev().copied());
     }
 
     fn record_ws(&mut self) {
@@ -476,17 +564,45 @@ impl SourceEngine {
         if self.send_next_pending(out, false)? {
             return Ok(true);
         }
+        if self.drain_pending() {
+            return Ok(false);
+        }
         // The phase's set is sent: look at what the guest dirtied meanwhile.
         self.harvest(vm)?;
         self.forget_dirty();
         match self.phase {
-            Phase::Rounds if !self.precopy_should_stop() => {
+            Phase::Rounds if self.drain.is_none() && !self.precopy_should_stop() => {
                 self.pending.union_with(&self.dirty_scratch);
                 self.stats.rounds += 1;
                 self.round_started_ns = mono_ns();
                 self.round_bytes = 0;
                 self.pick_compression();
                 Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
+            }
+            Phase::WorkingSet if self.cold_pass_open => {
+                // Cold part done (pages dirtied during it are stale now and wait for the push);
+                // the working set goes last, less the pages the guest wrote during the cold
+                // part: those are write-hot, a live copy would be stale by the pause (and cost a
+                // discard on the destination inside the downtime), so they cross first after
+                // the resume instead.
+                self.cold_pass_open = false;
+                self.send_invalidations(out)?;
+                self.queue_working_set();
+                for page in self.dirty_scratch.iter_ones() {
+                    if self.pending.clear(page) {
+                        self.stats.ws_write_hot_pages += 1;
+                    }
+                }
+                if self.send_next_pending(out, false)? {
+                    return Ok(true);
+                }
+                self.start_drain(out)
+            }
+            _ if self.drain.is_none() => {
+                if self.phase == Phase::WorkingSet {
+                    self.send_invalidations(out)?;
+                }
+                self.start_drain(out)
             }
             _ => {
                 // Hybrid re-sends the dirtied working-set pages after the pause: not here, or
@@ -497,12 +613,57 @@ impl SourceEngine {
         }
     }
 
+    /// Asks the destination to confirm it has taken in everything sent so far (Ping on the
+    /// bulk stream, answered by Pong once the frames before it are placed). The guest runs on
+    /// meanwhile; what it dirties is handled at the switch-over like any stale page.
+    fn start_drain(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
+        let ping = wire::Control { kind: wire::ControlKind::Ping, seq: DRAIN_PING_SEQ, value: 0 };
+        wire::encode_frame(out, self.version, &wire::FrameBody::Control(ping), &self.limits)?;
+        self.drain = Some(Drain { since_ns: mono_ns(), confirmed: false });
+        Ok(true)
+    }
+
+    /// Tells the destination which pages it holds stale copies of (DirtySet frames, which it
+    /// adds to its need set, discarding the copies). Sent while the guest runs, this moves the
+    /// discards out of the downtime; the final need set at the pause repeats them harmlessly.
+    fn send_invalidations(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
+        if self.invalidate.is_empty() {
+            return Ok(());
+        }
+        for (index, span) in self.layout.regions().iter().enumerate() {
+            let words = region_words(&self.invalidate, span.first_page, span.pages());
+            if words.iter().all(|&w| w == 0) {
+                continue;
+            }
+            wire::encode_dirty_set(
+                out,
+                self.version,
+                index as u32,
+                &words,
+                span.pages(),
+                &self.limits,
+            )?;
+        }
+        self.stats.pages_invalidated_live += self.invalidate.count();
+        self.invalidate.clear_all();
+        Ok(())
+    }
+
+    /// True while the drain Ping is unanswered and its time limit has not passed.
+    fn drain_pending(&self) -> bool {
+        self.drain.is_some_and(|d| {
+            !d.confirmed
+                && mono_ns().saturating_sub(d.since_ns) < self.cfg.drain_timeout_ms * 1_000_000
+        })
+    }
+
     /// Removes pages in the dirty scratch set from `valid` (their copy on the destination is
     /// stale) and from `zero`.
     fn forget_dirty(&mut self) {
         for page in self.dirty_scratch.iter_ones() {
             if self.valid.clear(page) {
                 self.stats.stale_pages += 1;
+                self.invalidate.set(page);
             }
             self.zero.clear(page);
         }
@@ -554,8 +715,8 @@ impl SourceEngine {
                 self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::State]);
             }
             MigrationMode::Hybrid => {
-                // The hottest stale working-set pages go again in the downtime, as many as half
-                // the downtime target carries at the measured rate: the guest touches them first
+                // The hottest stale working-set pages go again in the downtime, as many as a
+                // quarter of the downtime target carries at the measured rate: the guest touches them first
                 // after the resume, so each one sent now is a network fault saved. The rest are
                 // dropped on the destination and pushed first after the resume.
                 let budget = self.downtime_page_budget();
@@ -578,10 +739,12 @@ impl SourceEngine {
         self.cfg.working_set.iter().copied().filter(|&p| !valid.get(p) && !zero.get(p)).collect()
     }
 
-    /// Pages that half the downtime target carries at the measured bulk rate (0 before any
-    /// rate is known).
+    /// Pages that a quarter of the downtime target carries at the measured bulk rate (0 before
+    /// any rate is known). A quarter, because the rate is measured where the ring hands data to
+    /// the kernel, which runs ahead of the wire, and the need set, the state and the resume
+    /// take their share of the downtime too.
     fn downtime_page_budget(&self) -> usize {
-        let bytes = self.rate.bytes_per_ms() * self.cfg.downtime_target_ms / 2.0;
+        let bytes = self.rate.bytes_per_ms() * self.cfg.downtime_target_ms / 4.0;
         (bytes / PAGE_SIZE as f64) as usize
     }
 
@@ -739,6 +902,13 @@ impl SourceEngine {
 
     /// An acknowledgement: every window of stream `value` up to sequence `seq` arrived.
     fn on_control(&mut self, c: &wire::Control) {
+        if c.kind == wire::ControlKind::Pong && c.seq == DRAIN_PING_SEQ {
+            if let Some(d) = self.drain.as_mut() {
+                d.confirmed = true;
+                self.stats.drain_ms = mono_ns().saturating_sub(d.since_ns) as f64 / 1e6;
+            }
+            return;
+        }
         if c.kind != wire::ControlKind::Ack {
             return;
         }

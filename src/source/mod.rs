@@ -13,7 +13,7 @@ pub mod workingset;
 use crate::embed::EmbedError;
 use crate::memory::MemoryError;
 use crate::wire::{FrameType, RejectReason, StreamKind, WireError};
-pub use engine::{CompressionPolicy, Phase, SourceConfig, SourceEngine, SourceStats};
+pub use engine::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceEngine, SourceStats};
 
 /// Errors of the source engine and its driver.
 #[derive(Debug, thiserror::Error)]
