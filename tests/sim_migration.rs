@@ -3,6 +3,7 @@
 //! prints `SIM SEED=...`; replay it with `HYBRIDMIG_SIM_SEED=<seed>`.
 
 use hybridmig::sim::{self, SimGuestSpec, SimRun, SimRunError};
+use hybridmig::source::LivePass;
 use hybridmig::transport::sim::{run_seeded, SimFaults};
 use hybridmig::wire::MigrationMode;
 
@@ -14,6 +15,7 @@ fn spec(mode: MigrationMode, seed: u64, faults: SimFaults) -> SimRun {
         steps_total: 20_000,
         faults,
         seed,
+        live_pass: LivePass::All,
     }
 }
 
@@ -76,6 +78,28 @@ fn hybrid_faults_less_than_postcopy() {
         }
         eprintln!("network faults over 8 seeds: hybrid {hybrid}, postcopy {post}");
         assert!(hybrid < post, "hybrid {hybrid} vs postcopy {post} network faults over 8 seeds");
+    });
+}
+
+#[test]
+fn hybrid_live_pass_variants_are_exact_and_the_full_pass_faults_least() {
+    // The full live pass sends the cold part too, so first touches of cold pages after the
+    // resume find them present; the working-set-only pass leaves them to faults.
+    run_seeded("hybrid_live_pass_variants", |seed| {
+        let (mut all, mut ws) = (0, 0);
+        for k in 0..6 {
+            let mut s = spec(MigrationMode::Hybrid, seed.wrapping_add(k), lossy());
+            s.guest.write_frac = 0.02;
+            let a = sim::run(&s).expect("hybrid, full live pass");
+            s.live_pass = LivePass::WorkingSet;
+            let w = sim::run(&s).expect("hybrid, working-set live pass");
+            assert!(a.exact && w.exact, "a live-pass variant is not exact");
+            assert_eq!(a.unacked_pages + w.unacked_pages, 0);
+            all += a.network_faults;
+            ws += w.network_faults;
+        }
+        eprintln!("network faults over 6 seeds: full pass {all}, working set only {ws}");
+        assert!(all < ws, "full live pass {all} vs working-set pass {ws} network faults");
     });
 }
 

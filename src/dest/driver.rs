@@ -7,7 +7,7 @@
 //! the guest runs, so plain writes suffice.
 
 use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
-use super::sink::{DirectSink, PageSink, SinkError, UffdSink};
+use super::sink::UffdSink;
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::embed::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
@@ -15,7 +15,7 @@ use crate::metrics::mono_ns;
 use crate::ring::{Buf, Ring};
 use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent, FIRST_CALLER_TAG};
 use crate::transport::tcp::StreamPair;
-use crate::wire::{Limits, MigrationMode, StreamKind};
+use crate::wire::{Limits, StreamKind};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -95,14 +95,8 @@ pub fn run_dest(
     let mut streams =
         RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
     arm_uffd_read(&mut ring, &uffd, Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ))?;
-    let mut ctx = Ctx {
-        vm,
-        uffd: &uffd,
-        regions: &regions,
-        layout: &layout,
-        direct: false,
-        run: DestRun::default(),
-    };
+    let mut ctx =
+        Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run: DestRun::default() };
     let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
     let mut next_tick = 0;
     loop {
@@ -159,7 +153,7 @@ pub fn run_dest(
             }
         }
     }
-    let (direct, mut run) = (ctx.direct, ctx.run);
+    let mut run = ctx.run;
     let hist = engine.fault_histogram();
     run.stats = engine.stats().clone();
     run.stats.bytes_bulk = streams.bytes_received[0];
@@ -180,11 +174,9 @@ pub fn run_dest(
     // The guest keeps running here without this loop: every page still missing is a zero page
     // (the need set is complete), so hand the memory back to the kernel's own fault path.
     // Unregistering also wakes any vCPU whose fault message was not read yet.
-    if !direct {
-        for r in &regions {
-            uffd.unregister(r.host_addr as u64, r.size_bytes)
-                .map_err(|e| ring_err("userfaultfd unregister", e))?;
-        }
+    for r in &regions {
+        uffd.unregister(r.host_addr as u64, r.size_bytes)
+            .map_err(|e| ring_err("userfaultfd unregister", e))?;
     }
     Ok(run)
 }
@@ -200,66 +192,19 @@ struct Ctx<'a> {
     uffd: &'a Uffd,
     regions: &'a [HostRegion],
     layout: &'a crate::memory::Layout,
-    /// Pre-copy: userfaultfd unregistered, pages are plain writes.
-    direct: bool,
     run: DestRun,
 }
 
-/// The sink for the current mode, without a heap allocation per frame or fault.
-enum ModeSink<'a> {
-    Uffd(UffdSink<'a>),
-    Direct(DirectSink<'a>),
-}
-
-impl ModeSink<'_> {
-    fn inner(&mut self) -> &mut dyn PageSink {
-        match self {
-            ModeSink::Uffd(s) => s,
-            ModeSink::Direct(s) => s,
-        }
-    }
-}
-
-impl PageSink for ModeSink<'_> {
-    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
-        self.inner().place(first, data)
-    }
-    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
-        self.inner().place_zero(first, count)
-    }
-    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
-        self.inner().overwrite(first, data)
-    }
-    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
-        self.inner().discard(first, count)
-    }
-    fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
-        self.inner().wake(first, count)
-    }
-}
-
 impl Ctx<'_> {
-    fn sink(&self) -> ModeSink<'_> {
-        if self.direct {
-            ModeSink::Direct(DirectSink::new(self.regions, self.layout))
-        } else {
-            ModeSink::Uffd(UffdSink::new(self.uffd, self.regions, self.layout))
-        }
+    fn sink(&self) -> UffdSink<'_> {
+        UffdSink::new(self.uffd, self.regions, self.layout)
     }
 
     fn on_event(&mut self, event: DestEvent) -> Result<(), DestError> {
-        let uffd = self.uffd;
         match event {
-            DestEvent::Mode(mode) => {
-                self.run.mode = Some(mode.to_string());
-                if mode == MigrationMode::Precopy {
-                    for r in self.regions {
-                        uffd.unregister(r.host_addr as u64, r.size_bytes)
-                            .map_err(|e| ring_err("userfaultfd unregister", e))?;
-                    }
-                    self.direct = true;
-                }
-            }
+            // Every mode keeps userfaultfd registered: a pre-copy that does not converge
+            // finishes post-copy, and its missing pages then fault like any other.
+            DestEvent::Mode(mode) => self.run.mode = Some(mode.to_string()),
             DestEvent::Resume(blob) => {
                 self.vm.restore_state(&blob)?;
                 self.vm.resume()?;

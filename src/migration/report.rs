@@ -90,6 +90,9 @@ pub struct MigrationReport {
     pub ws_recall: f64,
     /// Pre-copy rounds.
     pub rounds: u32,
+    /// Pre-copy did not converge and finished post-copy.
+    #[serde(default)]
+    pub precopy_fallback: bool,
     /// Pages sent and dirtied afterwards (stale on the destination until replaced).
     pub stale_pages: u64,
     /// Stale pages dropped on the destination (before the resume).
@@ -173,6 +176,7 @@ impl MigrationReport {
             ws_pages: s.ws_pages,
             ws_recall: s.ws_recall,
             rounds: s.rounds,
+            precopy_fallback: s.precopy_fallback,
             stale_pages: s.stale_pages,
             pages_discarded: d.stats.pages_discarded,
             pages_invalidated_live: s.pages_invalidated_live,

@@ -15,7 +15,7 @@ use crate::dest::sink::{PageSink, SinkError};
 use crate::dest::{DestEngine, DestError, DestEvent, DestPhase};
 use crate::embed::{layout_of, MigratableVm};
 use crate::memory::PAGE_SIZE;
-use crate::source::{SourceConfig, SourceEngine, SourceError};
+use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
 use crate::wire::{FrameReader, Limits, MigrationMode, StreamKind};
 
@@ -71,6 +71,8 @@ pub struct SimRun {
     pub faults: SimFaults,
     /// Seed of the link.
     pub seed: u64,
+    /// Hybrid's live pass.
+    pub live_pass: LivePass,
 }
 
 /// What a finished simulated migration reports.
@@ -156,6 +158,7 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     cfg.working_set = src_vm.hot_pages();
     cfg.true_hot_set = src_vm.hot_pages();
     cfg.max_rounds = 8;
+    cfg.live_pass = spec.live_pass;
     // Small frames on a link much slower than the guest, as on a real network: the push takes
     // a good part of the run, so faults during it matter.
     cfg.push_pages = 4;

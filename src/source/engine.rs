@@ -184,6 +184,9 @@ pub struct SourceStats {
     pub unacked_pages_max: u64,
     /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
     pub unacked_pages_at_end: u64,
+    /// Pre-copy stopped without converging and finished post-copy.
+    #[serde(default)]
+    pub precopy_fallback: bool,
     /// Stale pages the destination was told to discard while the guest still ran.
     #[serde(default)]
     pub pages_invalidated_live: u64,
@@ -225,6 +228,8 @@ pub struct SourceEngine {
     round_bytes: u64,
     switch_queue: VecDeque<SwitchItem>,
     dirty_scratch: PageBitmap,
+    /// Pre-copy: dirty pages found at the end of the previous round.
+    prev_round_dirty: u64,
     /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
     /// live pass tells it before the pause, so the discards stay out of the downtime).
     invalidate: PageBitmap,
@@ -327,6 +332,7 @@ impl SourceEngine {
             switch_queue: VecDeque::new(),
             dirty_scratch: PageBitmap::new(pages),
             invalidate: PageBitmap::new(pages),
+            prev_round_dirty: 0,
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],
             cold_pass_open: false,
@@ -570,7 +576,8 @@ impl SourceEngine {
         // The phase's set is sent: look at what the guest dirtied meanwhile.
         self.harvest(vm)?;
         self.forget_dirty();
-        match self.phase {
+        let phase = self.phase;
+        match phase {
             Phase::Rounds if self.drain.is_none() && !self.precopy_should_stop() => {
                 self.pending.union_with(&self.dirty_scratch);
                 self.stats.rounds += 1;
@@ -669,11 +676,36 @@ impl SourceEngine {
         }
     }
 
-    fn precopy_should_stop(&self) -> bool {
-        let dirty_bytes = self.dirty_scratch.count() as f64 * PAGE_SIZE as f64;
+    /// Pre-copy's stop rule, called once at the end of each round. It stops when the dirty
+    /// pages fit the downtime target (converged), when a round left at least 90% as many dirty
+    /// pages as the one before it (the guest dirties as fast as the link carries: more rounds
+    /// only resend), or at `max_rounds`. Without convergence the switch-over goes post-copy.
+    fn precopy_should_stop(&mut self) -> bool {
+        let dirty = self.dirty_scratch.count();
+        let dirty_bytes = dirty as f64 * PAGE_SIZE as f64;
         let rate = self.rate.bytes_per_ms().max(1.0);
         let fits = dirty_bytes / rate <= self.cfg.downtime_target_ms;
-        fits || self.stats.rounds >= self.cfg.max_rounds
+        let stalled = self.stats.rounds >= 2 && dirty * 10 >= self.prev_round_dirty * 9;
+        tracing::debug!(
+            round = self.stats.rounds,
+            dirty_pages = dirty,
+            prev_dirty_pages = self.prev_round_dirty,
+            rate_bytes_per_ms = rate,
+            fits,
+            stalled,
+            "source: pre-copy round ended"
+        );
+        self.prev_round_dirty = dirty;
+        self.stats.precopy_fallback = !fits;
+        if !fits && (stalled || self.stats.rounds >= self.cfg.max_rounds) {
+            tracing::info!(
+                rounds = self.stats.rounds,
+                dirty_pages = dirty,
+                stalled,
+                "source: pre-copy does not converge; the rest goes post-copy"
+            );
+        }
+        fits || stalled || self.stats.rounds >= self.cfg.max_rounds
     }
 
     /// Pauses the guest and queues what must precede the destination's resume.
@@ -692,6 +724,11 @@ impl SourceEngine {
         self.pending.clear_all();
         self.switch_queue.clear();
         match self.cfg.mode {
+            MigrationMode::Precopy if self.stats.precopy_fallback => {
+                // No convergence: what is still dirty would not fit the downtime, so it goes
+                // post-copy (need set, state, then faults and the push), not stop-and-copy.
+                self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::State]);
+            }
             MigrationMode::Precopy => {
                 // Every page not valid on the destination goes now, in the downtime.
                 self.pending = self.needed();
