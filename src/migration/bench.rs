@@ -11,9 +11,10 @@
 pub mod summary;
 
 use super::report::MigrationReport;
+use super::local::unmigrated_digest;
 use super::{migrate_local, LocalMigration, MigrationError};
 use crate::source::{CompressionPolicy, LivePass};
-use crate::vm::{parse_size, run_local, VmConfig, WorkloadKind, WorkloadSpec};
+use crate::vm::{parse_size, VmConfig, WorkloadKind, WorkloadSpec};
 use crate::wire::MigrationMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -414,18 +415,13 @@ fn one_run(m: &LocalMigration, profile: &str, rep: u32) -> BenchRun {
     }
 }
 
-/// The digest of an unmigrated run, as `migrate_local` computes it when it is not given one.
+/// The digest of an unmigrated run (see [`unmigrated_digest`]).
 fn reference_digest(cfg: &VmConfig) -> Result<u64, BenchError> {
-    let err = |source| BenchError::Reference {
+    unmigrated_digest(cfg).map_err(|source| BenchError::Reference {
         workload: cfg.workload.kind.name().to_string(),
         mem_mib: cfg.mem_bytes >> 20,
         source,
-    };
-    run_local(cfg, None, 0, |_| {})
-        .map_err(|e| err(MigrationError::Vm(e)))?
-        .digest
-        .and_then(|d| u64::from_str_radix(&d, 16).ok())
-        .ok_or_else(|| err(MigrationError::ReferenceUnfinished))
+    })
 }
 
 fn write_json(out_dir: &Path, results: &BenchResults) -> Result<(), BenchError> {

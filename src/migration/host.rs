@@ -151,6 +151,7 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
         * 1e9
         / (track_from.min(migrate_at) - started).max(1) as f64;
     report.ws_windows = tracker.windows();
+    report.write_hot_pages = vm.write_hot_pages().len() as u64;
 
     let pair = tcp::connect(opts.connect, opts.session_id)?;
     let mut cfg = SourceConfig::new(opts.mode, opts.session_id);

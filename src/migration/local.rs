@@ -99,6 +99,17 @@ fn spawn(netns: Option<&str>, args: &[String]) -> Result<Child, MigrationError> 
     cmd.spawn().map_err(|source| MigrationError::Io { what: "spawning a host process", source })
 }
 
+/// The digest an unmigrated run of `cfg` ends at. The run is unpaced: the pace changes when
+/// ops happen, never what they do, so the digest is the same and comes sooner.
+pub fn unmigrated_digest(cfg: &VmConfig) -> Result<u64, MigrationError> {
+    let mut unpaced = cfg.clone();
+    unpaced.workload.pace_ops_per_sec = None;
+    run_local(&unpaced, None, 0, |_| {})?
+        .digest
+        .and_then(|d| u64::from_str_radix(&d, 16).ok())
+        .ok_or(MigrationError::ReferenceUnfinished)
+}
+
 /// Runs the whole local migration and returns the merged report.
 pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationError> {
     if m.cfg.workload.ops.is_none() {
@@ -112,10 +123,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     )?;
     let expected = match m.expected_digest {
         Some(d) => d,
-        None => run_local(&m.cfg, None, 0, |_| {})?
-            .digest
-            .and_then(|d| u64::from_str_radix(&d, 16).ok())
-            .ok_or(MigrationError::ReferenceUnfinished)?,
+        None => unmigrated_digest(&m.cfg)?,
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
     let mut dest_args: Vec<String> =

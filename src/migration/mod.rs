@@ -8,7 +8,7 @@ pub mod netns;
 pub mod report;
 
 pub use host::{run_dest_host, run_source_host, DestHostOptions, KvmGuest, SourceHostOptions};
-pub use local::{migrate_local, LocalMigration};
+pub use local::{migrate_local, unmigrated_digest, LocalMigration};
 pub use report::{DestReport, MigrationReport, SourceReport};
 
 /// Errors of a whole migration.

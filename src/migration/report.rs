@@ -24,6 +24,9 @@ pub struct SourceReport {
     pub ws_windows: u32,
     /// Time the guest was stopped for working-set samples before the migration (ms).
     pub ws_sample_pause_ms: f64,
+    /// Pages of the workload's true write-hot set (hotcold; 0 for the others).
+    #[serde(default)]
+    pub write_hot_pages: u64,
 }
 
 /// The destination host's report.
@@ -100,6 +103,10 @@ pub struct MigrationReport {
     /// Of those, the ones the source named while the guest still ran (hybrid's live pass).
     #[serde(default)]
     pub pages_invalidated_live: u64,
+    /// Pages of the workload's true write-hot set (hotcold's rewritten subset of the hot set):
+    /// the part that must cross after the pause whatever the mode, when unpaced.
+    #[serde(default)]
+    pub write_hot_pages: u64,
     /// Working-set pages held back from hybrid's live pass as write-hot (pushed first after
     /// the resume).
     #[serde(default)]
@@ -181,6 +188,7 @@ impl MigrationReport {
             pages_discarded: d.stats.pages_discarded,
             pages_invalidated_live: s.pages_invalidated_live,
             ws_write_hot_pages: s.ws_write_hot_pages,
+            write_hot_pages: src.write_hot_pages,
             drain_ms: s.drain_ms,
             degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),
             digest: hex(digest),

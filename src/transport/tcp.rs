@@ -253,6 +253,27 @@ fn apply_connected(stream: &TcpStream, options: &TcpOptions) -> Result<(), TcpEr
     Ok(())
 }
 
+/// IP type of service of the urgent stream: "low delay" (RFC 1349), which Linux also maps to
+/// the interactive priority band, so a priority qdisc on a shared link (`pfifo_fast` under `tbf` in `bench-env/netns`)
+/// sends fault traffic ahead of queued bulk packets.
+const URGENT_TOS: u32 = 0x10;
+/// `TC_PRIO_INTERACTIVE`: band 0 of the default `prio` priomap.
+const URGENT_SO_PRIORITY: u32 = 6;
+
+/// Marks the urgent stream's packets for priority queueing on the path.
+fn apply_kind(stream: &TcpStream, kind: StreamKind, addr: SocketAddr) -> Result<(), TcpError> {
+    if kind != StreamKind::Urgent {
+        return Ok(());
+    }
+    let sock = SockRef::from(stream);
+    match addr {
+        SocketAddr::V4(_) => sockopt("IP_TOS", sock.set_tos_v4(URGENT_TOS))?,
+        SocketAddr::V6(_) => sockopt("IPV6_TCLASS", sock.set_tclass_v6(URGENT_TOS))?,
+    }
+    // After IP_TOS, which resets the priority from the TOS; set it explicitly anyway.
+    sockopt("SO_PRIORITY", sock.set_priority(URGENT_SO_PRIORITY))
+}
+
 /// Connects both streams of `session_id` to `addr` with default options.
 pub fn connect(addr: SocketAddr, session_id: u64) -> Result<StreamPair, TcpError> {
     connect_with(addr, session_id, &TcpOptions::default())
@@ -282,6 +303,7 @@ fn connect_one(
     sock.connect_timeout(&addr.into(), options.connect_timeout).map_err(connect_err)?;
     let mut stream: TcpStream = sock.into();
     apply_connected(&stream, options)?;
+    apply_kind(&stream, kind, addr)?;
     let preamble = Preamble { session_id, kind }.encode();
     stream.write_all(&preamble).map_err(|source| TcpError::WritePreamble { addr, kind, source })?;
     Ok(stream)
@@ -368,6 +390,7 @@ impl PairListener {
                 });
             }
             apply_connected(&stream, &self.options)?;
+            apply_kind(&stream, preamble.kind, peer)?;
             let half = self.pending.entry(preamble.session_id).or_default();
             let slot = match preamble.kind {
                 StreamKind::Bulk => &mut half.bulk,
