@@ -9,6 +9,11 @@
 //!   page (the engine's default fault window); the toucher then moves past the window, so
 //!   every measured touch is a fresh fault.
 //!
+//! Each runs three ways: `unpinned` (the scheduler places both threads, as in a migration),
+//! `same_cpu` (both threads pinned to one CPU: the wake-up is a local context switch) and
+//! `cross_cpu` (pinned to two CPUs: the wake-up is a cross-CPU IPI, which this nested-KVM host
+//! makes expensive). `unpinned` lands on either and is bimodal from one run to the next.
+//!
 //! The figure is the toucher's time per fault (clock around the touch only). No network, no
 //! codec: this is the floor the destination's fault path adds to a page's round trip.
 
@@ -138,6 +143,58 @@ fn serve(
     Ok(faults)
 }
 
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain bits; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a writable cpu_set_t of the size passed.
+    let ret = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(ret, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+    // SAFETY: CPU_ISSET reads one bit of a valid set; `cpu` is below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
+/// Restricts the calling thread to `cpus`.
+fn pin_current(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: sets one bit of a valid set; `cpu` came from `allowed_cpus`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is the calling thread.
+    let ret = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(ret, 0, "sched_setaffinity {cpus:?}: {}", std::io::Error::last_os_error());
+}
+
+/// Where the toucher (the bench thread) and the handler thread run.
+#[derive(Clone, Copy)]
+enum Placement {
+    Unpinned,
+    SameCpu,
+    CrossCpu,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Unpinned => "unpinned",
+            Placement::SameCpu => "same_cpu",
+            Placement::CrossCpu => "cross_cpu",
+        }
+    }
+
+    /// (toucher CPUs, handler CPUs) out of `allowed`; None when `allowed` is too small.
+    fn cpus(self, allowed: &[usize]) -> Option<(Vec<usize>, Vec<usize>)> {
+        match (self, allowed) {
+            (Placement::Unpinned, _) => Some((allowed.to_vec(), allowed.to_vec())),
+            (Placement::SameCpu, [first, ..]) => Some((vec![*first], vec![*first])),
+            (Placement::CrossCpu, [first, second, ..]) => Some((vec![*first], vec![*second])),
+            _ => None,
+        }
+    }
+}
+
 /// A registered region and its handler thread; stops and joins the thread on drop.
 struct Harness {
     region: Region,
@@ -148,7 +205,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(window_pages: usize) -> Harness {
+    fn new(window_pages: usize, handler_cpus: Vec<usize>) -> Harness {
         let region = Region::map(REGION_BYTES);
         let (uffd, _) = Uffd::open_with_features(0).expect("userfaultfd");
         let (base, len) = (region.base(), REGION_BYTES as u64);
@@ -159,6 +216,7 @@ impl Harness {
             std::thread::Builder::new()
                 .name("uffd-handler".into())
                 .spawn(move || {
+                    pin_current(&handler_cpus);
                     let served = serve(&uffd, base, len, window_pages, &stop);
                     // Whatever happened, release a toucher still blocked on the range.
                     let _ = uffd.unregister(base, len);
@@ -202,11 +260,23 @@ impl Drop for Harness {
 }
 
 fn bench_faults(c: &mut Criterion) {
+    let allowed = allowed_cpus();
     let mut g = c.benchmark_group("uffd_fault");
     g.throughput(Throughput::Elements(1));
     for (name, window_pages) in [("copy_1_page", 1), ("copy_16_pages", 16)] {
-        let mut harness = Harness::new(window_pages);
-        g.bench_function(name, |b| b.iter_custom(|iters| harness.run(iters)));
+        for placement in [Placement::Unpinned, Placement::SameCpu, Placement::CrossCpu] {
+            let Some((toucher_cpus, handler_cpus)) = placement.cpus(&allowed) else {
+                eprintln!("{name}/{}: skipped, only {} CPU", placement.name(), allowed.len());
+                continue;
+            };
+            pin_current(&toucher_cpus);
+            let mut harness = Harness::new(window_pages, handler_cpus);
+            g.bench_function(format!("{name}/{}", placement.name()), |b| {
+                b.iter_custom(|iters| harness.run(iters))
+            });
+            drop(harness);
+            pin_current(&allowed);
+        }
     }
     g.finish();
 }
