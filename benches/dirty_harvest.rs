@@ -1,6 +1,6 @@
 //! Dirty-log and Accessed-bit harvests of a 1 GiB guest (1 vCPU, `scan` workload).
 //!
-//! Run: `cargo bench --bench dirty_harvest` (needs /dev/kvm, about 40 s).
+//! Run: `cargo bench --bench dirty_harvest` (needs /dev/kvm, about 35 s).
 //!
 //! Criterion groups, all on the same VM:
 //! - `harvest_dirty_1g/paused`: the engine's harvest step (`clear_all` of its scratch bitmap,
