@@ -276,3 +276,32 @@ fn vm_pause_after_io_exits_is_exact() {
     assert_eq!(vm.control(0).map(|c| c.ticket), Some(N), "tickets lost or repeated");
     assert_eq!(d, hybridmig::vm::combine_digests(&[u64::from(N)]));
 }
+
+/// Back-to-back Accessed-bit harvests of a running guest, and one right after a resume, all
+/// succeed (a vCPU marked Paused whose resume is under way is not "quiet": the harvest must
+/// pause it rather than zap slots under it), and the guest keeps running between them.
+#[test]
+fn vm_harvest_accessed_back_to_back() {
+    if !require_kvm("vm_harvest_accessed_back_to_back") {
+        return;
+    }
+    let mut c = cfg(WorkloadKind::Scan, 1, 5, 1);
+    c.workload.ops = None;
+    let mut vm = Vm::new(&c).unwrap();
+    vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut window = DirtyBitmap::new(vm.total_pages());
+    let started = Instant::now();
+    for round in 0..200 {
+        if round % 20 == 0 {
+            vm.pause().unwrap();
+            vm.resume().unwrap();
+        }
+        vm.harvest_accessed(&mut window).unwrap_or_else(|e| panic!("harvest {round} failed: {e}"));
+        assert!(started.elapsed() < Duration::from_secs(20), "200 harvests took too long");
+    }
+    assert!(window.count() > 0, "a scanning guest touched no data page");
+    let before = vm.ops_done();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(vm.ops_done() > before, "the guest stopped running after the harvests");
+}

@@ -170,7 +170,7 @@ impl Vm {
     /// returns how long the guest was stopped.
     pub fn harvest_accessed(&mut self, out: &mut DirtyBitmap) -> Result<Duration, VmError> {
         let started = std::time::Instant::now();
-        let running = self.started && !self.is_quiet();
+        let running = self.started && !self.is_held();
         if running {
             self.pause()?;
         }
@@ -269,20 +269,23 @@ impl Vm {
         self.ctl.lock().vcpus.iter().all(VcpuRun::is_quiet)
     }
 
+    /// Whether every vCPU is quiet and will stay so until the next `resume`: a vCPU still
+    /// marked Paused after a resume is about to run again, so it does not count.
+    fn is_held(&self) -> bool {
+        let st = self.ctl.lock();
+        st.vcpus.iter().all(VcpuRun::is_quiet)
+            && (st.want == Want::Pause || !st.vcpus.contains(&VcpuRun::Paused))
+    }
+
     /// Captures vCPU and device state; only while paused, finished or not started.
     pub fn save_state(&self) -> Result<VmState, VmError> {
-        let st = self.ctl.lock();
-        // A vCPU still marked Paused after a resume is about to run again.
-        let quiet = st.vcpus.iter().all(VcpuRun::is_quiet)
-            && (st.want == Want::Pause || !st.vcpus.contains(&VcpuRun::Paused));
-        if !quiet {
+        if !self.is_held() {
             return Err(VmError::WrongRunState {
                 op: "save_state",
                 needs: "paused, finished or not-started vCPUs",
                 actual: "running",
             });
         }
-        drop(st);
         let mut vcpus = Vec::with_capacity(self.vcpu_fds.len());
         for (i, fd) in self.vcpu_fds.iter().enumerate() {
             vcpus.push(state::capture_vcpu(&lock(fd), i as u32, &self.msr_list)?);
@@ -335,7 +338,7 @@ impl Vm {
     /// the next guest access to every data page walks the guest page tables again and sets
     /// their Accessed bits. The VM must be paused: between the two ioctls the range has no slot.
     pub fn zap_data_mappings(&mut self) -> Result<(), VmError> {
-        if self.started && !self.is_quiet() {
+        if self.started && !self.is_held() {
             return Err(self.wrong_state("zap_data_mappings", "paused"));
         }
         let flags = if self.dirty_logging { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
