@@ -12,7 +12,7 @@ use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::embed::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
 use crate::metrics::mono_ns;
-use crate::ring::{Buf, Ring};
+use crate::ring::{Buf, Completion, Ring};
 use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent, FIRST_CALLER_TAG};
 use crate::transport::tcp::StreamPair;
 use crate::wire::{Limits, StreamKind};
@@ -113,44 +113,10 @@ pub fn run_dest(
             break;
         }
         ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| ring_err("io_uring wait", e))?;
-        while let Some(completion) = ring.next_completion() {
-            let completion =
-                match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
-                    Ok(StreamEvent::Received(stream)) => {
-                        while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
-                            let event = engine.on_frame(stream, frame, &mut ctx.sink())?;
-                            if let Some(event) = event {
-                                ctx.on_event(event)?;
-                            }
-                        }
-                        continue;
-                    }
-                    Ok(StreamEvent::Closed(stream)) if engine.phase() != DestPhase::Complete => {
-                        return Err(DestError::PeerClosed {
-                            stream,
-                            phase: engine.phase(),
-                            outstanding: 0,
-                        });
-                    }
-                    Ok(_) => continue,
-                    Err(completion) => completion,
-                };
-            if completion.tag == TAG_UFFD {
-                let buf = completion
-                    .buf
-                    .unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
-                match completion.result {
-                    Ok(_) => on_uffd_messages(&mut engine, &mut ctx, buf.as_slice())?,
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EAGAIN)
-                            || e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(source) => return Err(DestError::Io { what: "userfaultfd read", source }),
-                }
-                let mut buf = buf;
-                buf.clear();
-                arm_uffd_read(&mut ring, &uffd, buf)?;
-                flush(&mut engine, &mut ring, &mut streams)?;
-            }
+        let mut lp =
+            Loop { engine: &mut engine, ctx: &mut ctx, ring: &mut ring, streams: &mut streams };
+        while let Some(completion) = lp.ring.next_completion() {
+            lp.on_completion(completion)?;
         }
     }
     let mut run = ctx.run;
@@ -179,6 +145,82 @@ pub fn run_dest(
             .map_err(|e| ring_err("userfaultfd unregister", e))?;
     }
     Ok(run)
+}
+
+/// One pass of the event loop over ready completions.
+struct Loop<'l, 'c> {
+    engine: &'l mut DestEngine,
+    ctx: &'l mut Ctx<'c>,
+    ring: &'l mut Ring,
+    streams: &'l mut RingStreams,
+}
+
+impl Loop<'_, '_> {
+    fn on_completion(&mut self, completion: Completion) -> Result<(), DestError> {
+        let completion =
+            match self.streams.on_completion(self.ring, completion).map_err(stream_err)? {
+                Ok(StreamEvent::Received(stream)) => return self.on_received(stream),
+                Ok(StreamEvent::Closed(stream)) if self.engine.phase() != DestPhase::Complete => {
+                    return Err(DestError::PeerClosed {
+                        stream,
+                        phase: self.engine.phase(),
+                        outstanding: 0,
+                    });
+                }
+                Ok(_) => return Ok(()),
+                Err(completion) => completion,
+            };
+        if completion.tag == TAG_UFFD {
+            self.on_uffd_read(completion)?;
+        }
+        Ok(())
+    }
+
+    /// Handles every complete frame received on `stream`. Between two bulk frames (each can
+    /// take a few hundred microseconds to place) it serves any fault that arrived meanwhile,
+    /// so the push never holds a vCPU's fault behind a whole receive buffer.
+    fn on_received(&mut self, stream: StreamKind) -> Result<(), DestError> {
+        while let Some(frame) = self.streams.next_frame(stream).map_err(stream_err)? {
+            let event = self.engine.on_frame(stream, frame, &mut self.ctx.sink())?;
+            if let Some(event) = event {
+                self.ctx.on_event(event)?;
+            }
+            if stream == StreamKind::Bulk && self.engine.phase() == DestPhase::Running {
+                self.serve_urgent_now()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks fault messages and urgent-stream receives out of the ring ahead of the rest.
+    fn serve_urgent_now(&mut self) -> Result<(), DestError> {
+        self.ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
+        let urgent_tag = self.streams.recv_tag(StreamKind::Urgent);
+        while let Some(c) = self.ring.take_completion(|tag| tag == TAG_UFFD || tag == urgent_tag) {
+            self.on_completion(c)?;
+        }
+        Ok(())
+    }
+
+    fn on_uffd_read(&mut self, completion: Completion) -> Result<(), DestError> {
+        let buf = completion
+            .buf
+            .unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
+        match completion.result {
+            Ok(_) => on_uffd_messages(self.engine, self.ctx, buf.as_slice())?,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EAGAIN)
+                    || e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(source) => return Err(DestError::Io { what: "userfaultfd read", source }),
+        }
+        let mut buf = buf;
+        buf.clear();
+        arm_uffd_read(self.ring, self.ctx.uffd, buf)?;
+        flush(self.engine, self.ring, self.streams)?;
+        // Submit now: the fault request must leave before the loop goes back to placing.
+        self.ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
+        Ok(())
+    }
 }
 
 fn arm_uffd_read(ring: &mut Ring, uffd: &Uffd, buf: Buf) -> Result<(), DestError> {

@@ -10,8 +10,8 @@
 
 pub mod summary;
 
-use super::report::MigrationReport;
 use super::local::unmigrated_digest;
+use super::report::MigrationReport;
 use super::{migrate_local, LocalMigration, MigrationError};
 use crate::source::{CompressionPolicy, LivePass};
 use crate::vm::{parse_size, VmConfig, WorkloadKind, WorkloadSpec};

@@ -107,10 +107,14 @@ pub struct MigrationReport {
     /// the part that must cross after the pause whatever the mode, when unpaced.
     #[serde(default)]
     pub write_hot_pages: u64,
-    /// Working-set pages held back from hybrid's live pass as write-hot (pushed first after
-    /// the resume).
+    /// Working-set pages the guest wrote during the cold part of hybrid's live pass (sent
+    /// last in the working-set pass).
     #[serde(default)]
     pub ws_write_hot_pages: u64,
+    /// Hybrid's live passes over the working set (re-sends of its written pages while they
+    /// shrink by half or more).
+    #[serde(default)]
+    pub ws_passes: u32,
     /// Wait, with the guest still running, for the destination to confirm the live data before
     /// the pause (ms).
     #[serde(default)]
@@ -188,6 +192,7 @@ impl MigrationReport {
             pages_discarded: d.stats.pages_discarded,
             pages_invalidated_live: s.pages_invalidated_live,
             ws_write_hot_pages: s.ws_write_hot_pages,
+            ws_passes: s.ws_passes,
             write_hot_pages: src.write_hot_pages,
             drain_ms: s.drain_ms,
             degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),

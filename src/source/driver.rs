@@ -4,7 +4,7 @@
 //! frames the moment the engine has them, and waits on the ring for receives, send
 //! completions and a periodic tick (the caller's hook samples the guest's progress there).
 
-use super::engine::{SourceEngine, SourceStats};
+use super::engine::{Phase, SourceEngine, SourceStats};
 use super::SourceError;
 use crate::embed::MigratableVm;
 use crate::metrics::mono_ns;
@@ -141,12 +141,54 @@ fn fill_bulk(
     opts: &SourceDriverOptions,
 ) -> Result<(), SourceError> {
     while let Some(mut frames) = streams.take_send_buf(StreamKind::Bulk) {
-        while frames.len() < opts.bulk_buf_bytes && engine.poll_bulk(&mut frames, vm)? {}
+        while frames.len() < opts.bulk_buf_bytes && engine.poll_bulk(&mut frames, vm)? {
+            if engine.phase() == Phase::Push {
+                serve_urgent_now(engine, vm, ring, streams)?;
+            }
+        }
         if frames.is_empty() {
             streams.put_back(StreamKind::Bulk, frames);
             return Ok(());
         }
         streams.send(ring, StreamKind::Bulk, frames).map_err(stream_err)?;
+    }
+    Ok(())
+}
+
+/// Serves fault requests that arrived while a bulk buffer was being filled (encoding one takes
+/// up to a few hundred microseconds with lz4), so a fault never waits for the push.
+fn serve_urgent_now(
+    engine: &mut SourceEngine,
+    vm: &mut dyn MigratableVm,
+    ring: &mut Ring,
+    streams: &mut RingStreams,
+) -> Result<(), SourceError> {
+    let io = |what| {
+        move |e: crate::ring::RingError| SourceError::Io {
+            what,
+            source: std::io::Error::other(e.to_string()),
+        }
+    };
+    ring.submit().map_err(io("io_uring submit"))?;
+    let urgent_tag = streams.recv_tag(StreamKind::Urgent);
+    let mut served = false;
+    while let Some(completion) = ring.take_completion(|tag| tag == urgent_tag) {
+        match streams.on_completion(ring, completion).map_err(stream_err)? {
+            Ok(StreamEvent::Received(stream)) => {
+                while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
+                    engine.on_frame(stream, frame, vm)?;
+                }
+                served = true;
+            }
+            Ok(StreamEvent::Closed(stream)) if !engine.is_finished() => {
+                return Err(SourceError::PeerClosed { stream, phase: engine.phase() });
+            }
+            _ => {}
+        }
+    }
+    if served {
+        fill_urgent(engine, ring, streams)?;
+        ring.submit().map_err(io("io_uring submit"))?;
     }
     Ok(())
 }

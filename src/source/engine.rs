@@ -190,10 +190,14 @@ pub struct SourceStats {
     /// Stale pages the destination was told to discard while the guest still ran.
     #[serde(default)]
     pub pages_invalidated_live: u64,
-    /// Working-set pages held back from the live pass because the guest wrote them during it
-    /// (hybrid, [`LivePass::All`]); they are pushed first after the resume.
+    /// Working-set pages the guest wrote during the cold part of hybrid's live pass (sent at
+    /// the end of the working-set pass).
     #[serde(default)]
     pub ws_write_hot_pages: u64,
+    /// Hybrid: live passes over the working set (the first one, plus the re-sends of its pages
+    /// written meanwhile while those shrink).
+    #[serde(default)]
+    pub ws_passes: u32,
     /// Time from the drain Ping to its Pong, with the guest still running (ms; 0 when the
     /// mode has no live phase or no Pong came back in time).
     #[serde(default)]
@@ -228,6 +232,10 @@ pub struct SourceEngine {
     round_bytes: u64,
     switch_queue: VecDeque<SwitchItem>,
     dirty_scratch: PageBitmap,
+    /// The auto compression policy's measurements.
+    lz4_probe: Lz4Probe,
+    /// Hybrid: working-set pages found written at the end of the previous live pass.
+    prev_ws_dirty: u64,
     /// Pre-copy: dirty pages found at the end of the previous round.
     prev_round_dirty: u64,
     /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
@@ -333,6 +341,8 @@ impl SourceEngine {
             dirty_scratch: PageBitmap::new(pages),
             invalidate: PageBitmap::new(pages),
             prev_round_dirty: 0,
+            prev_ws_dirty: u64::MAX,
+            lz4_probe: Lz4Probe::default(),
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],
             cold_pass_open: false,
@@ -459,7 +469,11 @@ impl SourceEngine {
                 self.phase = Phase::WorkingSet;
                 self.record_ws();
                 match self.cfg.live_pass {
-                    LivePass::WorkingSet => self.queue_working_set(),
+                    LivePass::WorkingSet => {
+                        self.queue_working_set();
+                        self.prev_ws_dirty = u64::MAX;
+                        self.stats.ws_passes = 1;
+                    }
                     LivePass::All => {
                         self.pending = self.needed();
                         for &page in &self.cfg.working_set {
@@ -480,11 +494,49 @@ impl SourceEngine {
 
     /// Hybrid's live send of the working set, hottest page last so that it is the freshest
     /// copy when the guest pauses.
+    /// Pages written since the last harvest go after the others: the shorter the time from
+    /// sending a written page to the pause, the less likely it is stale by then.
     fn queue_working_set(&mut self) {
+        let dirty = &self.dirty_scratch;
+        let (written, quiet): (Vec<u64>, Vec<u64>) =
+            self.cfg.working_set.iter().rev().partition(|&&p| dirty.get(p));
         for &page in &self.cfg.working_set {
             self.pending.set(page);
         }
-        self.push.set_priority(self.cfg.working_set.iter().rev().copied());
+        self.stats.ws_write_hot_pages = written.len() as u64;
+        self.prev_ws_dirty = written.len() as u64;
+        self.push.set_priority(quiet.into_iter().chain(written));
+    }
+
+    /// After a live pass over the working set: whether to send its pages written meanwhile
+    /// once more (queued in `pending`), as pre-copy would, but over the working set only. Yes
+    /// while they do not fit the downtime budget, shrink to at most half each pass (the guest
+    /// writes them slower than the link carries them: a paced guest), and at most
+    /// `MAX_WS_PASSES` passes were made. An unpaced guest rewrites them as fast as they go, so
+    /// this stops at once and they cross first after the resume.
+    fn working_set_again(&mut self) -> bool {
+        let dirty = &self.dirty_scratch;
+        let written: Vec<u64> =
+            self.cfg.working_set.iter().rev().copied().filter(|&p| dirty.get(p)).collect();
+        let count = written.len() as u64;
+        let again = count as usize > self.downtime_page_budget()
+            && count * 2 <= self.prev_ws_dirty
+            && self.stats.ws_passes < MAX_WS_PASSES;
+        tracing::debug!(
+            pass = self.stats.ws_passes,
+            written = count,
+            again,
+            "source: working-set pass ended"
+        );
+        self.prev_ws_dirty = count;
+        if again {
+            for &page in &written {
+                self.pending.set(page);
+            }
+            self.push.set_priority(written);
+            self.stats.ws_passes += 1;
+        }
+        again
     }
 
     fn record_ws(&mut self) {
@@ -587,23 +639,20 @@ impl SourceEngine {
                 Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
             }
             Phase::WorkingSet if self.cold_pass_open => {
-                // Cold part done (pages dirtied during it are stale now and wait for the push);
-                // the working set goes last, less the pages the guest wrote during the cold
-                // part: those are write-hot, a live copy would be stale by the pause (and cost a
-                // discard on the destination inside the downtime), so they cross first after
-                // the resume instead.
+                // Cold part done (pages dirtied during it are stale now and wait for the push,
+                // the destination is told so now); the working set goes last, its written pages
+                // at the very end.
                 self.cold_pass_open = false;
                 self.send_invalidations(out)?;
                 self.queue_working_set();
-                for page in self.dirty_scratch.iter_ones() {
-                    if self.pending.clear(page) {
-                        self.stats.ws_write_hot_pages += 1;
-                    }
-                }
+                self.stats.ws_passes = 1;
                 if self.send_next_pending(out, false)? {
                     return Ok(true);
                 }
                 self.start_drain(out)
+            }
+            Phase::WorkingSet if self.drain.is_none() && self.working_set_again() => {
+                Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
             }
             _ if self.drain.is_none() => {
                 if self.phase == Phase::WorkingSet {
@@ -907,20 +956,26 @@ impl SourceEngine {
         let meta =
             WindowMeta { region, first_page: page_in_region, request_id, urgent_answer: urgent };
         let bytes = self.page_bytes(first, count);
-        let stats = wire::encode_page_window(
-            out,
-            self.version,
-            &meta,
-            bytes,
-            self.compression,
-            &self.limits,
-        )?;
+        // Under the auto policy every LZ4_PROBE_EVERY-th window goes lz4 and is timed, which
+        // gives the compressor's rate and ratio on this guest's data.
+        let probe = self.cfg.compression == CompressionPolicy::Auto && self.lz4_probe.due();
+        let compression = if probe { Compression::Lz4 } else { self.compression };
+        let (started_ns, before) = (if probe { mono_ns() } else { 0 }, out.len());
+        let stats =
+            wire::encode_page_window(out, self.version, &meta, bytes, compression, &self.limits)?;
+        if probe {
+            let input = u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
+            self.lz4_probe.record(input, (out.len() - before) as u64, mono_ns() - started_ns);
+            self.pick_compression();
+        }
         for (i, page) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
             self.page_crc[first as usize + i] = crc32fast::hash(page);
         }
         for page in first..first + u64::from(count) {
             self.pending.clear(page);
             self.valid.set(page);
+            // Fresh again on the destination: a later invalidation must not drop this copy.
+            self.invalidate.clear(page);
         }
         self.stats.pages_zero += u64::from(stats.zero_pages);
         self.stats.pages_raw += u64::from(stats.raw_pages);
@@ -1035,17 +1090,37 @@ impl SourceEngine {
     /// Auto policy: lz4 pays only when the link is slower than the compressor would make it
     /// (measured compressor rate about 0.5 GB/s on text-like pages here, so only links below
     /// about 4 Gbit/s qualify).
+    /// The auto policy: lz4 when it moves guest bytes faster than the raw link does. The
+    /// source compresses while the link sends, so lz4's rate in guest bytes is the slower of
+    /// the compressor and the link divided by the ratio; it must beat the link by 10%. The
+    /// compressor counts at half its probed rate: the probe times lz4 alone, while the loop
+    /// also encodes, sends and serves faults, and the destination has to decompress. On a link
+    /// as fast as the CPU (loopback) that keeps lz4 off; on a 1 Gbit/s link it turns on when
+    /// the pages compress.
     fn pick_compression(&mut self) {
         if self.cfg.compression != CompressionPolicy::Auto {
             return;
         }
         let link_bytes_per_ms = self.rate.bytes_per_ms();
-        self.compression =
-            if link_bytes_per_ms > 0.0 && link_bytes_per_ms < LZ4_WORTH_BELOW_BYTES_PER_MS {
-                Compression::Lz4
-            } else {
-                Compression::None
-            };
+        let Some((lz4_bytes_per_ms, ratio)) = self.lz4_probe.estimate() else {
+            return;
+        };
+        if link_bytes_per_ms <= 0.0 {
+            return;
+        }
+        let with_lz4 = (lz4_bytes_per_ms / 2.0).min(link_bytes_per_ms / ratio.max(0.01));
+        let choice =
+            if with_lz4 > 1.1 * link_bytes_per_ms { Compression::Lz4 } else { Compression::None };
+        if choice != self.compression {
+            tracing::info!(
+                link_bytes_per_ms,
+                lz4_bytes_per_ms,
+                ratio,
+                lz4 = choice == Compression::Lz4,
+                "source: compression policy changed"
+            );
+        }
+        self.compression = choice;
     }
 }
 
@@ -1088,8 +1163,45 @@ impl AdaptiveWindow {
     }
 }
 
-/// Links slower than this (bytes per ms, about 3.2 Gbit/s) get lz4 under the auto policy.
-const LZ4_WORTH_BELOW_BYTES_PER_MS: f64 = 400_000.0;
+/// Most live passes over hybrid's working set (see `working_set_again`).
+const MAX_WS_PASSES: u32 = 4;
+
+/// Windows between two lz4 probes of the auto compression policy.
+const LZ4_PROBE_EVERY: u64 = 32;
+
+/// Measurements of lz4 on the guest's own pages, from probe windows.
+#[derive(Debug, Clone, Default)]
+struct Lz4Probe {
+    windows: u64,
+    /// Non-zero input bytes compressed per ms of compressor time (EWMA).
+    bytes_per_ms: f64,
+    /// Output bytes per input byte (EWMA).
+    ratio: f64,
+}
+
+impl Lz4Probe {
+    /// Counts a window; true when this one is to be a probe.
+    fn due(&mut self) -> bool {
+        self.windows += 1;
+        self.windows % LZ4_PROBE_EVERY == 1
+    }
+
+    fn record(&mut self, input_bytes: u64, output_bytes: u64, elapsed_ns: u64) {
+        if input_bytes == 0 {
+            return; // all-zero window: says nothing about the compressor
+        }
+        let rate = input_bytes as f64 / (elapsed_ns.max(1) as f64 / 1e6);
+        let ratio = output_bytes as f64 / input_bytes as f64;
+        let first = self.bytes_per_ms == 0.0;
+        self.bytes_per_ms = if first { rate } else { 0.8 * self.bytes_per_ms + 0.2 * rate };
+        self.ratio = if first { ratio } else { 0.8 * self.ratio + 0.2 * ratio };
+    }
+
+    /// (compressor rate in input bytes per ms, ratio), once a probe measured them.
+    fn estimate(&self) -> Option<(f64, f64)> {
+        (self.bytes_per_ms > 0.0).then_some((self.bytes_per_ms, self.ratio))
+    }
+}
 
 /// The window of `window` pages around `page`: a quarter before it, the rest after (guests
 /// mostly walk memory upwards), clipped to the page's region.

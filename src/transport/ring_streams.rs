@@ -158,6 +158,11 @@ impl RingStreams {
         self.in_flight[index(stream)]
     }
 
+    /// The ring tag of `stream`'s receives (to pick its completions out of the ring first).
+    pub fn recv_tag(&self, stream: StreamKind) -> u64 {
+        TAG_RECV[index(stream)]
+    }
+
     /// True when the peer closed `stream`.
     pub fn is_closed(&self, stream: StreamKind) -> bool {
         self.closed[index(stream)]
