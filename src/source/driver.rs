@@ -4,7 +4,8 @@
 //! frames the moment the engine has them, and waits on the ring for receives, send
 //! completions and a periodic tick (the caller's hook samples the guest's progress there).
 
-use super::engine::{Phase, SourceEngine, SourceStats};
+use super::config::{Phase, SourceStats};
+use super::engine::SourceEngine;
 use super::SourceError;
 use crate::embed::MigratableVm;
 use crate::metrics::mono_ns;

@@ -12,6 +12,8 @@
 //!                                                            state             rest on bulk
 //! ```
 
+use super::config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
+use super::policy::{lz4_worth, AdaptiveWindow, Lz4Probe, RateMeter};
 use super::push::PushScheduler;
 use super::workingset::recall;
 use super::SourceError;
@@ -20,189 +22,6 @@ use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
 use crate::metrics::mono_ns;
 use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
 use std::collections::VecDeque;
-
-/// Tunables of the source.
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    /// Migration method.
-    pub mode: MigrationMode,
-    /// Session id carried by both connections.
-    pub session_id: u64,
-    /// Pages in a fault answer (the hybrid window); post-copy answers with one page.
-    pub window_pages: u32,
-    /// Grow the fault window while faults walk memory in order, shrink it when they jump
-    /// (`window_pages` is then the starting size).
-    pub adaptive_window: bool,
-    /// Pages in one background-push or round frame.
-    pub push_pages: u32,
-    /// Pre-copy: rounds before the switch-over is forced.
-    pub max_rounds: u32,
-    /// Pre-copy: switch over once the dirty pages fit this downtime at the measured rate.
-    pub downtime_target_ms: f64,
-    /// lz4 policy.
-    pub compression: CompressionPolicy,
-    /// Working set, most important first (hybrid modes), and the true hot set for scoring.
-    pub working_set: Vec<u64>,
-    /// Hybrid: what crosses while the guest still runs, before the switch-over.
-    pub live_pass: LivePass,
-    /// Longest wait, with the guest still running, for the destination to confirm it has taken
-    /// in everything sent live before the guest is paused (ms). The confirmation keeps the
-    /// downtime free of the data still queued in socket buffers.
-    pub drain_timeout_ms: u64,
-    /// The workload's true hot set, to compute `ws_recall` (empty when unknown).
-    pub true_hot_set: Vec<u64>,
-}
-
-impl SourceConfig {
-    /// Defaults for `mode`.
-    pub fn new(mode: MigrationMode, session_id: u64) -> Self {
-        Self {
-            mode,
-            session_id,
-            window_pages: 16,
-            adaptive_window: false,
-            push_pages: 64,
-            max_rounds: 30,
-            downtime_target_ms: 5.0,
-            compression: CompressionPolicy::Auto,
-            working_set: Vec::new(),
-            live_pass: LivePass::All,
-            drain_timeout_ms: 1000,
-            true_hot_set: Vec::new(),
-        }
-    }
-}
-
-/// What hybrid sends while the guest still runs, before it pauses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LivePass {
-    /// Only the working set.
-    WorkingSet,
-    /// One pass over every non-zero page: the cold part first, then the working set (hottest
-    /// last, so that it is the freshest). Pages the guest first touches after the resume are
-    /// then already there unless it wrote them during the pass, so faults drop to the pages
-    /// dirtied late; the pass is never repeated, so the downtime does not grow with it.
-    #[default]
-    All,
-}
-
-impl std::str::FromStr for LivePass {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ws" | "working-set" => Ok(LivePass::WorkingSet),
-            "all" => Ok(LivePass::All),
-            other => Err(format!("unknown live pass {other:?} (expected ws or all)")),
-        }
-    }
-}
-
-impl std::fmt::Display for LivePass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LivePass::WorkingSet => "ws",
-            LivePass::All => "all",
-        })
-    }
-}
-
-/// Whether pages are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompressionPolicy {
-    /// Never.
-    Off,
-    /// Always try lz4.
-    On,
-    /// Decide from the measured link rate against the measured compressor rate.
-    Auto,
-}
-
-/// Where the source is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Hello sent, waiting for both HelloAcks.
-    Handshake,
-    /// Pre-copy rounds over the dirty log while the guest runs.
-    Rounds,
-    /// Hybrid: sending the working set while the guest runs.
-    WorkingSet,
-    /// Guest paused: sending what the destination needs before it resumes.
-    SwitchOver,
-    /// Destination running: fault answers and background push.
-    Push,
-    /// Done sent, waiting for DoneAck.
-    AwaitDoneAck,
-    /// DoneAck matched: the source is no longer needed.
-    Finished,
-}
-
-/// Counters and instants the source reports.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct SourceStats {
-    /// When the migration started (mono ns).
-    pub start_ns: u64,
-    /// When the guest was paused (mono ns).
-    pub pause_ns: u64,
-    /// When the VmState frame was handed to the driver (mono ns).
-    pub state_sent_ns: u64,
-    /// When DoneAck arrived (mono ns).
-    pub finished_ns: u64,
-    /// Frame bytes produced for the bulk stream.
-    pub bytes_bulk: u64,
-    /// Frame bytes produced for the urgent stream.
-    pub bytes_urgent: u64,
-    /// Pages sent as zero.
-    pub pages_zero: u64,
-    /// Pages sent raw.
-    pub pages_raw: u64,
-    /// Pages sent lz4-compressed.
-    pub pages_lz4: u64,
-    /// Pre-copy rounds (1 for one full pass).
-    pub rounds: u32,
-    /// Pages sent in the downtime.
-    pub pages_in_downtime: u64,
-    /// Fault requests served.
-    pub faults_served: u64,
-    /// Pages of the working set.
-    pub ws_pages: u64,
-    /// Fraction of the true hot set that the working set holds.
-    pub ws_recall: f64,
-    /// Pages sent and dirtied afterwards (re-sent by a later round, or dropped on the
-    /// destination at the switch-over).
-    pub stale_pages: u64,
-    /// Pages the destination had to fetch after the resume.
-    pub need_pages: u64,
-    /// Whether lz4 was in use at the end.
-    pub lz4_used: bool,
-    /// Pause latency of the VMM (ms).
-    pub pause_latency_ms: f64,
-    /// Digest of guest memory as sent.
-    pub memory_digest: u64,
-    /// Fault window of the last answer (pages).
-    pub window_pages_last: u32,
-    /// Most pages sent and not yet acknowledged at any time.
-    pub unacked_pages_max: u64,
-    /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
-    pub unacked_pages_at_end: u64,
-    /// Pre-copy stopped without converging and finished post-copy.
-    #[serde(default)]
-    pub precopy_fallback: bool,
-    /// Stale pages the destination was told to discard while the guest still ran.
-    #[serde(default)]
-    pub pages_invalidated_live: u64,
-    /// Working-set pages the guest wrote during the cold part of hybrid's live pass (sent at
-    /// the end of the working-set pass).
-    #[serde(default)]
-    pub ws_write_hot_pages: u64,
-    /// Hybrid: live passes over the working set (the first one, plus the re-sends of its pages
-    /// written meanwhile while those shrink).
-    #[serde(default)]
-    pub ws_passes: u32,
-    /// Time from the drain Ping to its Pong, with the guest still running (ms; 0 when the
-    /// mode has no live phase or no Pong came back in time).
-    #[serde(default)]
-    pub drain_ms: f64,
-}
 
 /// The source state machine. See the module docs.
 pub struct SourceEngine {
@@ -247,6 +66,8 @@ pub struct SourceEngine {
     unacked: [VecDeque<(u64, u64, u32)>; 2],
     /// Windows sent per stream (the next sequence number is this + 1).
     windows_sent: [u64; 2],
+    /// Pages in `unacked`, both streams.
+    unacked_pages_now: u64,
     /// Hybrid with [`LivePass::All`]: the cold part of the live pass is still being sent (the
     /// working set follows it).
     cold_pass_open: bool,
@@ -345,6 +166,7 @@ impl SourceEngine {
             lz4_probe: Lz4Probe::default(),
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],
+            unacked_pages_now: 0,
             cold_pass_open: false,
             drain: None,
         })
@@ -988,8 +810,8 @@ impl SourceEngine {
         let i = stream.index();
         self.windows_sent[i] += 1;
         self.unacked[i].push_back((self.windows_sent[i], first, count));
-        let pages: u64 = self.unacked.iter().flatten().map(|&(_, _, n)| u64::from(n)).sum::<u64>();
-        self.stats.unacked_pages_max = self.stats.unacked_pages_max.max(pages);
+        self.unacked_pages_now += u64::from(count);
+        self.stats.unacked_pages_max = self.stats.unacked_pages_max.max(self.unacked_pages_now);
     }
 
     /// An acknowledgement: every window of stream `value` up to sequence `seq` arrived.
@@ -1005,8 +827,12 @@ impl SourceEngine {
             return;
         }
         if let Some(log) = self.unacked.get_mut(c.value as usize) {
-            while log.front().is_some_and(|&(seq, _, _)| seq <= c.seq) {
+            while let Some(&(seq, _, count)) = log.front() {
+                if seq > c.seq {
+                    break;
+                }
                 log.pop_front();
+                self.unacked_pages_now -= u64::from(count);
             }
         }
     }
@@ -1108,9 +934,11 @@ impl SourceEngine {
         if link_bytes_per_ms <= 0.0 {
             return;
         }
-        let with_lz4 = (lz4_bytes_per_ms / 2.0).min(link_bytes_per_ms / ratio.max(0.01));
-        let choice =
-            if with_lz4 > 1.1 * link_bytes_per_ms { Compression::Lz4 } else { Compression::None };
+        let choice = if lz4_worth(link_bytes_per_ms, lz4_bytes_per_ms, ratio) {
+            Compression::Lz4
+        } else {
+            Compression::None
+        };
         if choice != self.compression {
             tracing::info!(
                 link_bytes_per_ms,
@@ -1124,84 +952,8 @@ impl SourceEngine {
     }
 }
 
-/// Smallest adaptive fault window (pages).
-const WINDOW_MIN_PAGES: u32 = 4;
-/// Largest adaptive fault window (pages): the protocol's window limit.
-const WINDOW_MAX_PAGES: u32 = 256;
-
-/// The fault window size, adapted to the guest's access pattern (after CRIU's lazy-pages
-/// daemon, which grows its transfer while faults are quiet and shrinks it on each fault): a
-/// fault just past the previous window means the guest walks memory in order, so the next
-/// answer doubles; a fault elsewhere means random access, so it halves.
-#[derive(Debug, Clone)]
-pub struct AdaptiveWindow {
-    pages: u32,
-    next_expected: Option<u64>,
-}
-
-impl AdaptiveWindow {
-    /// A window starting at `pages`.
-    pub fn new(pages: u32) -> Self {
-        Self { pages: pages.clamp(WINDOW_MIN_PAGES, WINDOW_MAX_PAGES), next_expected: None }
-    }
-
-    /// The window for a fault on `page`, updated by where it fell.
-    pub fn on_fault(&mut self, page: u64) -> u32 {
-        if let Some(expected) = self.next_expected {
-            // In order: at or just past the end of what the last answer covered.
-            let sequential = page >= expected.saturating_sub(u64::from(self.pages))
-                && page < expected + u64::from(self.pages);
-            self.pages = if sequential {
-                (self.pages * 2).min(WINDOW_MAX_PAGES)
-            } else {
-                (self.pages / 2).max(WINDOW_MIN_PAGES)
-            };
-        }
-        // window_around puts a quarter of the window before the page.
-        self.next_expected = Some(page + u64::from(self.pages - self.pages / 4));
-        self.pages
-    }
-}
-
 /// Most live passes over hybrid's working set (see `working_set_again`).
 const MAX_WS_PASSES: u32 = 4;
-
-/// Windows between two lz4 probes of the auto compression policy.
-const LZ4_PROBE_EVERY: u64 = 32;
-
-/// Measurements of lz4 on the guest's own pages, from probe windows.
-#[derive(Debug, Clone, Default)]
-struct Lz4Probe {
-    windows: u64,
-    /// Non-zero input bytes compressed per ms of compressor time (EWMA).
-    bytes_per_ms: f64,
-    /// Output bytes per input byte (EWMA).
-    ratio: f64,
-}
-
-impl Lz4Probe {
-    /// Counts a window; true when this one is to be a probe.
-    fn due(&mut self) -> bool {
-        self.windows += 1;
-        self.windows % LZ4_PROBE_EVERY == 1
-    }
-
-    fn record(&mut self, input_bytes: u64, output_bytes: u64, elapsed_ns: u64) {
-        if input_bytes == 0 {
-            return; // all-zero window: says nothing about the compressor
-        }
-        let rate = input_bytes as f64 / (elapsed_ns.max(1) as f64 / 1e6);
-        let ratio = output_bytes as f64 / input_bytes as f64;
-        let first = self.bytes_per_ms == 0.0;
-        self.bytes_per_ms = if first { rate } else { 0.8 * self.bytes_per_ms + 0.2 * rate };
-        self.ratio = if first { ratio } else { 0.8 * self.ratio + 0.2 * ratio };
-    }
-
-    /// (compressor rate in input bytes per ms, ratio), once a probe measured them.
-    fn estimate(&self) -> Option<(f64, f64)> {
-        (self.bytes_per_ms > 0.0).then_some((self.bytes_per_ms, self.ratio))
-    }
-}
 
 /// The window of `window` pages around `page`: a quarter before it, the rest after (guests
 /// mostly walk memory upwards), clipped to the page's region.
@@ -1225,59 +977,9 @@ fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> Vec<u64> {
     words
 }
 
-/// Bytes per millisecond over the recent past (exponentially weighted).
-#[derive(Debug, Clone, Default)]
-struct RateMeter {
-    last_ns: u64,
-    ewma_bytes_per_ms: f64,
-    acc_bytes: u64,
-}
-
-impl RateMeter {
-    fn record(&mut self, bytes: u64, now_ns: u64) {
-        if self.last_ns == 0 {
-            self.last_ns = now_ns;
-        }
-        self.acc_bytes += bytes;
-        let elapsed_ms = (now_ns.saturating_sub(self.last_ns)) as f64 / 1e6;
-        if elapsed_ms >= 5.0 {
-            let sample = self.acc_bytes as f64 / elapsed_ms;
-            self.ewma_bytes_per_ms = if self.ewma_bytes_per_ms == 0.0 {
-                sample
-            } else {
-                0.7 * self.ewma_bytes_per_ms + 0.3 * sample
-            };
-            self.acc_bytes = 0;
-            self.last_ns = now_ns;
-        }
-    }
-
-    fn bytes_per_ms(&self) -> f64 {
-        self.ewma_bytes_per_ms
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn adaptive_window_grows_on_sequential_and_shrinks_on_random_faults() {
-        let mut w = AdaptiveWindow::new(16);
-        let mut page = 1000;
-        let mut sizes = Vec::new();
-        for _ in 0..6 {
-            let n = w.on_fault(page);
-            sizes.push(n);
-            page += u64::from(n - n / 4); // the next fault is just past the answer
-        }
-        assert_eq!(sizes, vec![16, 32, 64, 128, 256, 256]);
-        let jumps: Vec<u32> =
-            [5u64, 900_000, 12, 400_000, 77].iter().map(|&p| w.on_fault(p)).collect();
-        assert_eq!(jumps, vec![128, 64, 32, 16, 8]);
-        assert_eq!(w.on_fault(3_000_000), WINDOW_MIN_PAGES);
-        assert_eq!(w.on_fault(9), WINDOW_MIN_PAGES);
-    }
 
     #[test]
     fn window_is_clipped_to_its_region() {

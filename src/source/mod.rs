@@ -1,19 +1,24 @@
 //! The source side of a migration: pre-copy rounds, working-set tracking, the switch-over,
 //! the background push and the fault service.
 //!
-//! [`engine::SourceEngine`] is the sans-IO state machine; [`driver`] runs it on io_uring over
-//! the two TCP streams. [`workingset`] estimates the hot pages from dirty-log samples and
+//! [`engine::SourceEngine`] is the sans-IO state machine, told what to do by [`config`] and
+//! steered by the adaptive rules in [`policy`]; [`driver`] runs it on io_uring over the two
+//! TCP streams. [`workingset`] estimates the hot pages from dirty-log samples and
 //! [`push`] orders the background push.
 
+pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod policy;
 pub mod push;
 pub mod workingset;
 
 use crate::embed::EmbedError;
 use crate::memory::MemoryError;
 use crate::wire::{FrameType, RejectReason, StreamKind, WireError};
-pub use engine::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceEngine, SourceStats};
+pub use config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
+pub use engine::SourceEngine;
+pub use policy::AdaptiveWindow;
 
 /// Errors of the source engine and its driver.
 #[derive(Debug, thiserror::Error)]

@@ -260,12 +260,19 @@ const URGENT_TOS: u32 = 0x10;
 /// `TC_PRIO_INTERACTIVE`: band 0 of the default `prio` priomap.
 const URGENT_SO_PRIORITY: u32 = 6;
 
-/// Marks the urgent stream's packets for priority queueing on the path.
+/// Unsent bytes the bulk stream may keep in its socket buffer. Autotuning would let several
+/// MB sit there; every byte of it is data the destination must take in before a switch-over
+/// can start (the source drains the stream first), and time a stale page lives. Two of the
+/// ring's 256 KiB send buffers keep a 1 Gbit/s link busy well past its round trip.
+const BULK_NOTSENT_LOWAT_BYTES: u32 = 512 << 10;
+
+/// Marks the urgent stream's packets for priority queueing on the path; bounds the unsent
+/// data of the bulk stream.
 fn apply_kind(stream: &TcpStream, kind: StreamKind, addr: SocketAddr) -> Result<(), TcpError> {
-    if kind != StreamKind::Urgent {
-        return Ok(());
-    }
     let sock = SockRef::from(stream);
+    if kind == StreamKind::Bulk {
+        return sockopt("TCP_NOTSENT_LOWAT", sock.set_tcp_notsent_lowat(BULK_NOTSENT_LOWAT_BYTES));
+    }
     match addr {
         SocketAddr::V4(_) => sockopt("IP_TOS", sock.set_tos_v4(URGENT_TOS))?,
         SocketAddr::V6(_) => sockopt("IPV6_TCLASS", sock.set_tclass_v6(URGENT_TOS))?,

@@ -1,0 +1,187 @@
+//! What the source is told (its tunables), what it reports (its counters), and the names of
+//! its phases. The engine in [`super::engine`] reads the first and fills the second.
+
+use crate::wire::MigrationMode;
+
+/// Tunables of the source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Migration method.
+    pub mode: MigrationMode,
+    /// Session id carried by both connections.
+    pub session_id: u64,
+    /// Pages in a fault answer (the hybrid window); post-copy answers with one page.
+    pub window_pages: u32,
+    /// Grow the fault window while faults walk memory in order, shrink it when they jump
+    /// (`window_pages` is then the starting size).
+    pub adaptive_window: bool,
+    /// Pages in one background-push or round frame.
+    pub push_pages: u32,
+    /// Pre-copy: rounds before the switch-over is forced.
+    pub max_rounds: u32,
+    /// Pre-copy: switch over once the dirty pages fit this downtime at the measured rate.
+    pub downtime_target_ms: f64,
+    /// lz4 policy.
+    pub compression: CompressionPolicy,
+    /// Working set, most important first (hybrid modes), and the true hot set for scoring.
+    pub working_set: Vec<u64>,
+    /// Hybrid: what crosses while the guest still runs, before the switch-over.
+    pub live_pass: LivePass,
+    /// Longest wait, with the guest still running, for the destination to confirm it has taken
+    /// in everything sent live before the guest is paused (ms). The confirmation keeps the
+    /// downtime free of the data still queued in socket buffers.
+    pub drain_timeout_ms: u64,
+    /// The workload's true hot set, to compute `ws_recall` (empty when unknown).
+    pub true_hot_set: Vec<u64>,
+}
+
+impl SourceConfig {
+    /// Defaults for `mode`.
+    pub fn new(mode: MigrationMode, session_id: u64) -> Self {
+        Self {
+            mode,
+            session_id,
+            window_pages: 16,
+            adaptive_window: false,
+            push_pages: 64,
+            max_rounds: 30,
+            downtime_target_ms: 5.0,
+            compression: CompressionPolicy::Auto,
+            working_set: Vec::new(),
+            live_pass: LivePass::All,
+            drain_timeout_ms: 1000,
+            true_hot_set: Vec::new(),
+        }
+    }
+}
+
+/// What hybrid sends while the guest still runs, before it pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LivePass {
+    /// Only the working set.
+    WorkingSet,
+    /// One pass over every non-zero page: the cold part first, then the working set (hottest
+    /// last, so that it is the freshest). Pages the guest first touches after the resume are
+    /// then already there unless it wrote them during the pass, so faults drop to the pages
+    /// dirtied late; the pass is never repeated, so the downtime does not grow with it.
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for LivePass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ws" | "working-set" => Ok(LivePass::WorkingSet),
+            "all" => Ok(LivePass::All),
+            other => Err(format!("unknown live pass {other:?} (expected ws or all)")),
+        }
+    }
+}
+
+impl std::fmt::Display for LivePass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LivePass::WorkingSet => "ws",
+            LivePass::All => "all",
+        })
+    }
+}
+
+/// Whether pages are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressionPolicy {
+    /// Never.
+    Off,
+    /// Always try lz4.
+    On,
+    /// Decide from the measured link rate against the measured compressor rate.
+    Auto,
+}
+
+/// Where the source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hello sent, waiting for both HelloAcks.
+    Handshake,
+    /// Pre-copy rounds over the dirty log while the guest runs.
+    Rounds,
+    /// Hybrid: sending the working set while the guest runs.
+    WorkingSet,
+    /// Guest paused: sending what the destination needs before it resumes.
+    SwitchOver,
+    /// Destination running: fault answers and background push.
+    Push,
+    /// Done sent, waiting for DoneAck.
+    AwaitDoneAck,
+    /// DoneAck matched: the source is no longer needed.
+    Finished,
+}
+
+/// Counters and instants the source reports.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SourceStats {
+    /// When the migration started (mono ns).
+    pub start_ns: u64,
+    /// When the guest was paused (mono ns).
+    pub pause_ns: u64,
+    /// When the VmState frame was handed to the driver (mono ns).
+    pub state_sent_ns: u64,
+    /// When DoneAck arrived (mono ns).
+    pub finished_ns: u64,
+    /// Frame bytes produced for the bulk stream.
+    pub bytes_bulk: u64,
+    /// Frame bytes produced for the urgent stream.
+    pub bytes_urgent: u64,
+    /// Pages sent as zero.
+    pub pages_zero: u64,
+    /// Pages sent raw.
+    pub pages_raw: u64,
+    /// Pages sent lz4-compressed.
+    pub pages_lz4: u64,
+    /// Pre-copy rounds (1 for one full pass).
+    pub rounds: u32,
+    /// Pages sent in the downtime.
+    pub pages_in_downtime: u64,
+    /// Fault requests served.
+    pub faults_served: u64,
+    /// Pages of the working set.
+    pub ws_pages: u64,
+    /// Fraction of the true hot set that the working set holds.
+    pub ws_recall: f64,
+    /// Pages sent and dirtied afterwards (re-sent by a later round, or dropped on the
+    /// destination at the switch-over).
+    pub stale_pages: u64,
+    /// Pages the destination had to fetch after the resume.
+    pub need_pages: u64,
+    /// Whether lz4 was in use at the end.
+    pub lz4_used: bool,
+    /// Pause latency of the VMM (ms).
+    pub pause_latency_ms: f64,
+    /// Digest of guest memory as sent.
+    pub memory_digest: u64,
+    /// Fault window of the last answer (pages).
+    pub window_pages_last: u32,
+    /// Most pages sent and not yet acknowledged at any time.
+    pub unacked_pages_max: u64,
+    /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
+    pub unacked_pages_at_end: u64,
+    /// Pre-copy stopped without converging and finished post-copy.
+    #[serde(default)]
+    pub precopy_fallback: bool,
+    /// Stale pages the destination was told to discard while the guest still ran.
+    #[serde(default)]
+    pub pages_invalidated_live: u64,
+    /// Working-set pages the guest wrote during the cold part of hybrid's live pass (sent at
+    /// the end of the working-set pass).
+    #[serde(default)]
+    pub ws_write_hot_pages: u64,
+    /// Hybrid: live passes over the working set (the first one, plus the re-sends of its pages
+    /// written meanwhile while those shrink).
+    #[serde(default)]
+    pub ws_passes: u32,
+    /// Time from the drain Ping to its Pong, with the guest still running (ms; 0 when the
+    /// mode has no live phase or no Pong came back in time).
+    #[serde(default)]
+    pub drain_ms: f64,
+}
