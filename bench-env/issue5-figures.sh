@@ -2,14 +2,15 @@
 # Measures the issue-5 performance figures with `hybridmig bench`, one bench directory per
 # question, then prints each target with the figures it is judged on.
 # Usage: bench-env/issue5-figures.sh OUT_DIR [CELL...]   (root, /dev/kvm, iproute2/nftables)
-#   CELLs (default: all): link ws-paced ws-unpaced fifo loopback big converge window scale
+#   CELLs (default: all): link ws-paced ws-unpaced ws-hotonly fifo loopback big converge window
+#   scale
 # Every run is verified against an unmigrated run; a cell whose runs fail stops the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bench-env/issue5-figures.sh OUT_DIR [CELL...]}
 shift
 cells=("$@")
-[ ${#cells[@]} -gt 0 ] || cells=(link ws-paced ws-unpaced fifo loopback big converge window scale)
+[ ${#cells[@]} -gt 0 ] || cells=(link ws-paced ws-unpaced ws-hotonly fifo loopback big converge window scale)
 bin=target/release/hybridmig
 cargo build --release --quiet
 mkdir -p "$out"
@@ -38,6 +39,10 @@ for cell in "${cells[@]}"; do
       bench ws-paced '{"modes": ["postcopy", "hybrid"], '"$paced"', "mems": ["1G"], "profiles": ["lan1g"], "reps": 3}' ;;
     ws-unpaced)
       bench ws-unpaced '{"modes": ["postcopy", "hybrid"], '"$unpaced"', "mems": ["1G"], "profiles": ["lan1g"], "reps": 3}' ;;
+    # Unpaced with every op in the hot set (no cold writes): what must cross after the pause
+    # is the write-hot subset alone.
+    ws-hotonly)
+      bench ws-hotonly '{"modes": ["postcopy", "hybrid"], '"$unpaced"', "hot_frac": 1.0, "mems": ["1G"], "profiles": ["lan1g"], "reps": 2}' ;;
     # The same paced guest on a link without the priority band, for the fault-latency target.
     fifo)
       bench fifo '{"modes": ["postcopy", "hybrid"], '"$paced"', "mems": ["1G"], "profiles": ["lan1g-fifo"], "reps": 1}' ;;

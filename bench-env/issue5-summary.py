@@ -86,19 +86,28 @@ def ws(out):
               f"postcopy {med(post, 'degradation_pct'):.1f}")
         print(f"- ws_recall {med(hyb, 'ws_recall'):.2f}, runs {len(hyb)} + {len(post)}")
         print()
-    rs = runs(out, "ws-unpaced")
+    for name, title in [("ws-unpaced", "unpaced (same guest, tight loop, lan1g)"),
+                        ("ws-hotonly", "unpaced, every op in the hot set (--hot-frac 1.0, lan1g)")]:
+        unpaced(out, name, title)
+
+
+def unpaced(out, name, title):
+    rs = runs(out, name)
     if rs:
         hyb, post = cell(rs, mode="hybrid"), cell(rs, mode="postcopy")
         wh = med(hyb, "write_hot_pages") * PAGE
         bound = 1.2 * wh / LAN1G_BYTES_PER_MS
         stall = med(hyb, "downtime_ms") + med(hyb, "vcpu_blocked_ms")
-        print("## Working set, unpaced (same guest, tight loop, lan1g)")
+        print(f"## Working set, {title}")
         print(f"- write-hot set {wh / 2**20:.1f} MiB -> 1.2 x bytes / link rate = {bound:.1f} ms")
         print(f"- hybrid downtime_ms + vcpu_blocked_ms: {med(hyb, 'downtime_ms'):.2f} + "
               f"{med(hyb, 'vcpu_blocked_ms'):.2f} = {stall:.1f} ms (target <= {bound:.1f}: "
               f"{verdict(stall <= bound)})")
         print(f"- postcopy: {med(post, 'downtime_ms'):.2f} + {med(post, 'vcpu_blocked_ms'):.2f} ms, "
               f"{med(post, 'network_faults'):.0f} faults; hybrid {med(hyb, 'network_faults'):.0f} faults")
+        print(f"- hybrid: stale pages at the pause {med(hyb, 'stale_pages'):.0f}, cold part given up in "
+              f"{sum(bool(r.get('cold_pass_abandoned')) for r in hyb)}/{len(hyb)} runs, total_ms "
+              f"{med(hyb, 'total_ms'):.0f} (postcopy {med(post, 'total_ms'):.0f})")
         print()
 
 

@@ -408,13 +408,13 @@ impl DestEngine {
         for run in set.runs(&self.wire_regions)? {
             let first = base + run.first_page;
             need.set_range(first, run.count);
+            let stop = first + run.count;
             let mut page = first;
-            while page < first + run.count {
-                if !self.present.get(page) {
-                    page += 1;
-                    continue;
-                }
-                let end = self.present.next_unset(page).unwrap_or(u64::MAX).min(first + run.count);
+            // Jump from present run to present run: a post-copy need set of a large guest holds
+            // about every page, and nearly none is present yet.
+            while let Some(start) = self.present.next_set(page).filter(|&p| p < stop) {
+                page = start;
+                let end = self.present.next_unset(page).unwrap_or(u64::MAX).min(stop);
                 sink.discard(page, end - page)?;
                 for p in page..end {
                     self.present.clear(p);

@@ -103,6 +103,10 @@ pub struct BenchSpec {
     pub compression: String,
     /// Adapt the fault window to the access pattern (`--adaptive-window`).
     pub adaptive_window: bool,
+    /// hotcold: fraction of ops that go to the hot set.
+    pub hot_frac: f64,
+    /// hotcold: fraction of ops that are writes.
+    pub write_frac: f64,
     /// Hybrid's live pass: `all` or `ws`.
     pub live_pass: String,
     /// Workload seed.
@@ -130,6 +134,8 @@ impl Default for BenchSpec {
             window_pages: 16,
             compression: "auto".into(),
             adaptive_window: false,
+            hot_frac: 0.95,
+            write_frac: 0.2,
             live_pass: "all".into(),
             seed: 1,
             vcpus: 1,
@@ -199,6 +205,8 @@ impl BenchSpec {
         let mut workload = WorkloadSpec::new(kind, self.seed);
         workload.ops = Some(self.ops);
         workload.pace_ops_per_sec = self.pace;
+        workload.hot_frac = self.hot_frac;
+        workload.write_frac = self.write_frac;
         VmConfig { mem_bytes, vcpus: self.vcpus, workload }
     }
 }

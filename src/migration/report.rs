@@ -111,6 +111,10 @@ pub struct MigrationReport {
     /// last in the working-set pass).
     #[serde(default)]
     pub ws_write_hot_pages: u64,
+    /// Hybrid gave up the cold part of its live pass (the guest dirtied it faster than it
+    /// crossed).
+    #[serde(default)]
+    pub cold_pass_abandoned: bool,
     /// Hybrid's live passes over the working set (re-sends of its written pages while they
     /// shrink by half or more).
     #[serde(default)]
@@ -193,6 +197,7 @@ impl MigrationReport {
             pages_invalidated_live: s.pages_invalidated_live,
             ws_write_hot_pages: s.ws_write_hot_pages,
             ws_passes: s.ws_passes,
+            cold_pass_abandoned: s.cold_pass_abandoned,
             write_hot_pages: src.write_hot_pages,
             drain_ms: s.drain_ms,
             degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),

@@ -176,6 +176,10 @@ pub struct SourceStats {
     /// the end of the working-set pass).
     #[serde(default)]
     pub ws_write_hot_pages: u64,
+    /// Hybrid: the cold part of the live pass was given up because the guest dirtied it faster
+    /// than it crossed.
+    #[serde(default)]
+    pub cold_pass_abandoned: bool,
     /// Hybrid: live passes over the working set (the first one, plus the re-sends of its pages
     /// written meanwhile while those shrink).
     #[serde(default)]

@@ -55,6 +55,8 @@ pub struct SourceEngine {
     lz4_probe: Lz4Probe,
     /// Hybrid: working-set pages found written at the end of the previous live pass.
     prev_ws_dirty: u64,
+    /// Hybrid's cold part: pages sent at its last dirty-log check.
+    cold_check: ColdCheck,
     /// Pre-copy: dirty pages found at the end of the previous round.
     prev_round_dirty: u64,
     /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
@@ -81,6 +83,15 @@ struct Drain {
     since_ns: u64,
     confirmed: bool,
 }
+
+/// Where the last dirty-log check of hybrid's cold part was.
+#[derive(Debug, Clone, Copy, Default)]
+struct ColdCheck {
+    sent_at: u64,
+}
+
+/// Pages of the cold part between two checks of how fast it goes stale (64 MiB).
+const COLD_CHECK_PAGES: u64 = 16_384;
 
 /// Sequence number of the drain Ping (one per migration).
 const DRAIN_PING_SEQ: u64 = 1;
@@ -162,6 +173,7 @@ impl SourceEngine {
             dirty_scratch: PageBitmap::new(pages),
             invalidate: PageBitmap::new(pages),
             prev_round_dirty: 0,
+            cold_check: ColdCheck::default(),
             prev_ws_dirty: u64::MAX,
             lz4_probe: Lz4Probe::default(),
             unacked: [VecDeque::new(), VecDeque::new()],
@@ -441,6 +453,9 @@ impl SourceEngine {
         out: &mut Vec<u8>,
         vm: &mut dyn MigratableVm,
     ) -> Result<bool, SourceError> {
+        if self.cold_pass_open {
+            self.check_cold_pass(vm)?;
+        }
         if self.send_next_pending(out, false)? {
             return Ok(true);
         }
@@ -489,6 +504,34 @@ impl SourceEngine {
                 self.poll_switch(out, vm)
             }
         }
+    }
+
+    /// Every `COLD_CHECK_PAGES` pages of the cold part: harvests the dirty log and gives the
+    /// cold part up when, since the last check, sent pages went stale at more than half the
+    /// rate pages were sent. The guest then writes its cold memory about as fast as the link
+    /// carries it, so finishing the pass would mostly send pages that are stale by the pause;
+    /// what is left is pushed after the resume, as in post-copy.
+    fn check_cold_pass(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        let sent = self.pages_sent();
+        if sent < self.cold_check.sent_at + COLD_CHECK_PAGES {
+            return Ok(());
+        }
+        let stale_before = self.stats.stale_pages;
+        self.harvest(vm)?;
+        self.forget_dirty();
+        let went_stale = self.stats.stale_pages - stale_before;
+        let sent_since = sent - self.cold_check.sent_at;
+        self.cold_check.sent_at = sent;
+        if went_stale * 2 > sent_since {
+            tracing::info!(
+                went_stale,
+                sent_since,
+                "source: the guest dirties its cold memory faster than it crosses; the rest of the cold part waits for the push"
+            );
+            self.pending.clear_all();
+            self.stats.cold_pass_abandoned = true;
+        }
+        Ok(())
     }
 
     /// Asks the destination to confirm it has taken in everything sent so far (Ping on the
@@ -967,12 +1010,25 @@ pub fn window_around(layout: &Layout, page: u64, window: u32) -> (u64, u64) {
 
 /// The words of `bitmap` for pages `first..first+pages`, re-based to 0 (KVM layout).
 fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> Vec<u64> {
-    let mut words = vec![0u64; pages.div_ceil(64) as usize];
-    let mut page = bitmap.next_set(first);
-    while let Some(p) = page.filter(|&p| p < first + pages) {
-        let local = p - first;
-        words[(local / 64) as usize] |= 1 << (local % 64);
-        page = bitmap.next_set(p + 1);
+    // Word by word (shifted when the region does not start on a word): the need set of a
+    // 4 GiB post-copy holds a million pages, and it is built inside the downtime.
+    let src = bitmap.words();
+    let (at, shift) = ((first / 64) as usize, (first % 64) as u32);
+    let word = |j: usize| src.get(j).copied().unwrap_or(0);
+    let mut words: Vec<u64> = (0..pages.div_ceil(64) as usize)
+        .map(|i| {
+            let low = word(at + i) >> shift;
+            if shift == 0 {
+                low
+            } else {
+                low | word(at + i + 1) << (64 - shift)
+            }
+        })
+        .collect();
+    if pages % 64 != 0 {
+        if let Some(last) = words.last_mut() {
+            *last &= (1u64 << (pages % 64)) - 1; // bits past the region belong to the next one
+        }
     }
     words
 }
@@ -1006,5 +1062,23 @@ mod tests {
         b.set(199);
         assert_eq!(region_words(&b, 100, 64), vec![1 | 1 << 30]);
         assert_eq!(region_words(&b, 64, 136), vec![1 << 36, 1 << 2, 1 << 7]);
+        // A region that ends mid-word does not take the next region's bits.
+        assert_eq!(region_words(&b, 90, 20), vec![1 << 10]);
+        assert_eq!(region_words(&b, 0, 100), vec![0, 0]);
+    }
+
+    #[test]
+    fn region_words_match_a_bit_by_bit_copy() {
+        let mut b = PageBitmap::new(1000);
+        for p in (0..1000).filter(|p| (p * 7919) % 13 < 5) {
+            b.set(p);
+        }
+        for (first, pages) in [(0, 1000), (3, 997), (64, 500), (129, 300), (999, 1)] {
+            let words = region_words(&b, first, pages);
+            for local in 0..pages {
+                let bit = words[(local / 64) as usize] >> (local % 64) & 1 == 1;
+                assert_eq!(bit, b.get(first + local), "first {first} page {local}");
+            }
+        }
     }
 }
