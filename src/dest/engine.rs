@@ -412,7 +412,7 @@ impl DestEngine {
             let mut page = first;
             // Jump from present run to present run: a post-copy need set of a large guest holds
             // about every page, and nearly none is present yet.
-            while let Some(start) = self.present.next_set(page).filter(|&p| p < stop) {
+            while let Some(start) = self.present.next_set_before(page, stop) {
                 page = start;
                 let end = self.present.next_unset(page).unwrap_or(u64::MAX).min(stop);
                 sink.discard(page, end - page)?;

@@ -157,16 +157,23 @@ impl PageBitmap {
 
     /// The first page `>= from` that is in the set.
     pub fn next_set(&self, from: u64) -> Option<u64> {
-        self.scan(from, false)
+        self.scan(from, self.len, false)
+    }
+
+    /// The first page in `from..end` that is in the set. Scans no further than `end`, so a
+    /// caller walking many short ranges of a large, mostly empty set stays linear.
+    pub fn next_set_before(&self, from: u64, end: u64) -> Option<u64> {
+        self.scan(from, end.min(self.len), false)
     }
 
     /// The first page `>= from` that is not in the set.
     pub fn next_unset(&self, from: u64) -> Option<u64> {
-        self.scan(from, true)
+        self.scan(from, self.len, true)
     }
 
-    fn scan(&self, from: u64, want_unset: bool) -> Option<u64> {
-        if from >= self.len {
+    /// The first page in `from..end` (`end <= len`) whose bit is set (or unset).
+    fn scan(&self, from: u64, end: u64, want_unset: bool) -> Option<u64> {
+        if from >= end {
             return None;
         }
         let mut index = (from / 64) as usize;
@@ -175,10 +182,10 @@ impl PageBitmap {
         loop {
             if word != 0 {
                 let page = index as u64 * 64 + u64::from(word.trailing_zeros());
-                return (page < self.len).then_some(page);
+                return (page < end).then_some(page);
             }
             index += 1;
-            if index >= self.words.len() {
+            if index >= self.words.len() || index as u64 * 64 >= end {
                 return None;
             }
             word = self.words[index] ^ flip;
@@ -253,6 +260,9 @@ mod tests {
             prop_assert_eq!(bitmap.iter_ones().collect::<Vec<_>>(), oracle.iter().copied().collect::<Vec<_>>());
             for from in 0..len + 2 {
                 prop_assert_eq!(bitmap.next_set(from), oracle.range(from..).next().copied());
+                let end = from + len / 3;
+                let bounded = oracle.range(from..end.max(from)).next().copied();
+                prop_assert_eq!(bitmap.next_set_before(from, end), bounded);
                 let unset = (from..len).find(|p| !oracle.contains(p));
                 prop_assert_eq!(bitmap.next_unset(from), unset);
             }
