@@ -57,6 +57,9 @@ pub struct SourceEngine {
     prev_ws_dirty: u64,
     /// Hybrid's cold part: pages sent at its last dirty-log check.
     cold_check: ColdCheck,
+    /// Hybrid's cold part: pages its dirty-log checks found written (the working-set pass
+    /// sends those of the working set last).
+    cold_written: PageBitmap,
     /// Pre-copy: dirty pages found at the end of the previous round.
     prev_round_dirty: u64,
     /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
@@ -174,6 +177,7 @@ impl SourceEngine {
             invalidate: PageBitmap::new(pages),
             prev_round_dirty: 0,
             cold_check: ColdCheck::default(),
+            cold_written: PageBitmap::new(pages),
             prev_ws_dirty: u64::MAX,
             lz4_probe: Lz4Probe::default(),
             unacked: [VecDeque::new(), VecDeque::new()],
@@ -481,6 +485,8 @@ impl SourceEngine {
                 // at the very end.
                 self.cold_pass_open = false;
                 self.send_invalidations(out)?;
+                // Everything written during the cold part, not only since its last check.
+                self.dirty_scratch.union_with(&self.cold_written);
                 self.queue_working_set();
                 self.stats.ws_passes = 1;
                 if self.send_next_pending(out, false)? {
@@ -519,6 +525,7 @@ impl SourceEngine {
         let stale_before = self.stats.stale_pages;
         self.harvest(vm)?;
         self.forget_dirty();
+        self.cold_written.union_with(&self.dirty_scratch);
         let went_stale = self.stats.stale_pages - stale_before;
         let sent_since = sent - self.cold_check.sent_at;
         self.cold_check.sent_at = sent;
