@@ -115,6 +115,10 @@ pub struct MigrationReport {
     /// crossed).
     #[serde(default)]
     pub cold_pass_abandoned: bool,
+    /// Hybrid gave up a working-set pass (the guest dirtied it faster than half its send
+    /// rate).
+    #[serde(default)]
+    pub ws_pass_abandoned: bool,
     /// Hybrid's live passes over the working set (re-sends of its written pages while they
     /// shrink by half or more).
     #[serde(default)]
@@ -198,6 +202,7 @@ impl MigrationReport {
             ws_write_hot_pages: s.ws_write_hot_pages,
             ws_passes: s.ws_passes,
             cold_pass_abandoned: s.cold_pass_abandoned,
+            ws_pass_abandoned: s.ws_pass_abandoned,
             write_hot_pages: src.write_hot_pages,
             drain_ms: s.drain_ms,
             degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),

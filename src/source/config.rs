@@ -180,6 +180,10 @@ pub struct SourceStats {
     /// than it crossed.
     #[serde(default)]
     pub cold_pass_abandoned: bool,
+    /// Hybrid: a working-set pass was given up for the same reason (the rest crosses after
+    /// the resume).
+    #[serde(default)]
+    pub ws_pass_abandoned: bool,
     /// Hybrid: live passes over the working set (the first one, plus the re-sends of its pages
     /// written meanwhile while those shrink).
     #[serde(default)]

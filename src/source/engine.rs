@@ -55,11 +55,11 @@ pub struct SourceEngine {
     lz4_probe: Lz4Probe,
     /// Hybrid: working-set pages found written at the end of the previous live pass.
     prev_ws_dirty: u64,
-    /// Hybrid's cold part: pages sent at its last dirty-log check.
-    cold_check: ColdCheck,
-    /// Hybrid's cold part: pages its dirty-log checks found written (the working-set pass
-    /// sends those of the working set last).
-    cold_written: PageBitmap,
+    /// Hybrid's live pass: pages sent at its last dirty-log check.
+    live_check: LiveCheck,
+    /// Hybrid's live pass: pages the dirty-log checks found written since the pass began (the
+    /// end of the pass adds them to what it harvests).
+    pass_written: PageBitmap,
     /// Pre-copy: dirty pages found at the end of the previous round.
     prev_round_dirty: u64,
     /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
@@ -87,14 +87,14 @@ struct Drain {
     confirmed: bool,
 }
 
-/// Where the last dirty-log check of hybrid's cold part was.
+/// Where the last dirty-log check of hybrid's live pass was.
 #[derive(Debug, Clone, Copy, Default)]
-struct ColdCheck {
+struct LiveCheck {
     sent_at: u64,
 }
 
-/// Pages of the cold part between two checks of how fast it goes stale (64 MiB).
-const COLD_CHECK_PAGES: u64 = 16_384;
+/// Pages of a live pass between two checks of how fast it goes stale (64 MiB).
+const LIVE_CHECK_PAGES: u64 = 16_384;
 
 /// Sequence number of the drain Ping (one per migration).
 const DRAIN_PING_SEQ: u64 = 1;
@@ -176,8 +176,8 @@ impl SourceEngine {
             dirty_scratch: PageBitmap::new(pages),
             invalidate: PageBitmap::new(pages),
             prev_round_dirty: 0,
-            cold_check: ColdCheck::default(),
-            cold_written: PageBitmap::new(pages),
+            live_check: LiveCheck::default(),
+            pass_written: PageBitmap::new(pages),
             prev_ws_dirty: u64::MAX,
             lz4_probe: Lz4Probe::default(),
             unacked: [VecDeque::new(), VecDeque::new()],
@@ -353,6 +353,8 @@ impl SourceEngine {
     /// `MAX_WS_PASSES` passes were made. An unpaced guest rewrites them as fast as they go, so
     /// this stops at once and they cross first after the resume.
     fn working_set_again(&mut self) -> bool {
+        self.dirty_scratch.union_with(&self.pass_written);
+        self.pass_written.clear_all();
         let dirty = &self.dirty_scratch;
         let written: Vec<u64> =
             self.cfg.working_set.iter().rev().copied().filter(|&p| dirty.get(p)).collect();
@@ -457,8 +459,8 @@ impl SourceEngine {
         out: &mut Vec<u8>,
         vm: &mut dyn MigratableVm,
     ) -> Result<bool, SourceError> {
-        if self.cold_pass_open {
-            self.check_cold_pass(vm)?;
+        if self.phase == Phase::WorkingSet && self.drain.is_none() {
+            self.check_live_pass(vm)?;
         }
         if self.send_next_pending(out, false)? {
             return Ok(true);
@@ -486,7 +488,8 @@ impl SourceEngine {
                 self.cold_pass_open = false;
                 self.send_invalidations(out)?;
                 // Everything written during the cold part, not only since its last check.
-                self.dirty_scratch.union_with(&self.cold_written);
+                self.dirty_scratch.union_with(&self.pass_written);
+                self.pass_written.clear_all();
                 self.queue_working_set();
                 self.stats.ws_passes = 1;
                 if self.send_next_pending(out, false)? {
@@ -512,31 +515,36 @@ impl SourceEngine {
         }
     }
 
-    /// Every `COLD_CHECK_PAGES` pages of the cold part: harvests the dirty log and gives the
-    /// cold part up when, since the last check, sent pages went stale at more than half the
-    /// rate pages were sent. The guest then writes its cold memory about as fast as the link
-    /// carries it, so finishing the pass would mostly send pages that are stale by the pause;
-    /// what is left is pushed after the resume, as in post-copy.
-    fn check_cold_pass(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+    /// Every `LIVE_CHECK_PAGES` pages of a live pass (the cold part or a working-set pass):
+    /// harvests the dirty log and gives the pass up when, since the last check, sent pages
+    /// went stale at more than half the rate pages were sent. The guest then writes that memory
+    /// about as fast as the link carries it, so finishing the pass would mostly send pages that
+    /// are stale by the pause; what is left is pushed after the resume, as in post-copy.
+    fn check_live_pass(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         let sent = self.pages_sent();
-        if sent < self.cold_check.sent_at + COLD_CHECK_PAGES {
+        if sent < self.live_check.sent_at + LIVE_CHECK_PAGES {
             return Ok(());
         }
         let stale_before = self.stats.stale_pages;
         self.harvest(vm)?;
         self.forget_dirty();
-        self.cold_written.union_with(&self.dirty_scratch);
+        self.pass_written.union_with(&self.dirty_scratch);
         let went_stale = self.stats.stale_pages - stale_before;
-        let sent_since = sent - self.cold_check.sent_at;
-        self.cold_check.sent_at = sent;
+        let sent_since = sent - self.live_check.sent_at;
+        self.live_check.sent_at = sent;
         if went_stale * 2 > sent_since {
             tracing::info!(
                 went_stale,
                 sent_since,
-                "source: the guest dirties its cold memory faster than it crosses; the rest of the cold part waits for the push"
+                cold = self.cold_pass_open,
+                "source: the guest dirties memory faster than it crosses; the rest of this live pass waits for the push"
             );
             self.pending.clear_all();
-            self.stats.cold_pass_abandoned = true;
+            if self.cold_pass_open {
+                self.stats.cold_pass_abandoned = true;
+            } else {
+                self.stats.ws_pass_abandoned = true;
+            }
         }
         Ok(())
     }
