@@ -189,6 +189,10 @@ impl Loop<'_, '_> {
                 self.serve_urgent_now()?;
             }
         }
+        if stream == StreamKind::Urgent {
+            // Best effort: a failure only leaves the kernel's delayed ACKs in place.
+            let _ = self.streams.quickack(StreamKind::Urgent);
+        }
         Ok(())
     }
 
