@@ -501,7 +501,10 @@ impl SourceEngine {
                 Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
             }
             _ if self.drain.is_none() => {
-                if self.phase == Phase::WorkingSet {
+                // Stale copies the destination will drop anyway (hybrid, and a pre-copy that
+                // goes post-copy) are named now, so the discards happen while the guest runs.
+                // A converged pre-copy overwrites its stale pages in the downtime instead.
+                if self.phase == Phase::WorkingSet || self.stats.precopy_fallback {
                     self.send_invalidations(out)?;
                 }
                 self.start_drain(out)
