@@ -385,7 +385,14 @@ impl DestEngine {
         }
         if self.requested.clear(page) {
             if let Some(start) = self.fault_started_ns.remove(&page) {
-                self.fault_hist.record(now_ns.saturating_sub(start) / 1000);
+                let latency_us = now_ns.saturating_sub(start) / 1000;
+                tracing::trace!(
+                    page,
+                    latency_us,
+                    since_resume_us = start.saturating_sub(self.stats.state_received_ns) / 1000,
+                    "destination: fault served"
+                );
+                self.fault_hist.record(latency_us);
             }
         }
     }
