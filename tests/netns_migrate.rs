@@ -127,15 +127,45 @@ fn migrate(bed: &Bed, expected: &str, profile: &str) -> Value {
     report
 }
 
+/// KVM, userfaultfd, root and the bed's tools (each check prints or fails as it should).
+fn bed_can_run(test: &str) -> bool {
+    let tools =
+        [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"), ("ethtool", "ethtool")];
+    require_kvm(test) && require_uffd(test) && require_root(test) && require_commands(&tools, test)
+}
+
+/// Migrates an unpaced `guest` across `bed` with `mode_args`, and checks what every run must
+/// show: the digest, a source that stayed paused, and every bulk page acknowledged.
+fn migrate_unpaced(bed: &Bed, guest: &[&str], ops: &str, mode_args: &[&str], what: &str) -> Value {
+    let expected = cli_common::reference_digest(&[guest, &["--ops", ops]].concat());
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .args(guest)
+        .args(["--ops", ops])
+        .args(mode_args)
+        .args(["--src-netns", &bed.src, "--dst-netns", &bed.dst])
+        .args(["--listen", &format!("{DST_ADDR}:0")])
+        .args(["--expected-digest", &expected, "--timeout-s", "90", "--json"])
+        .output()
+        .expect("migrate");
+    let report = json_of(out, what);
+    assert_eq!(
+        report["verified"], true,
+        "{what}: digest {} vs {}",
+        report["digest"], report["digest_expected"]
+    );
+    assert_eq!(
+        report["source_stayed_paused"], true,
+        "{what}: the source guest ran after the pause"
+    );
+    assert_eq!(report["unacked_pages_at_end"], 0, "{what}: bulk pages never acknowledged");
+    report
+}
+
 #[test]
 fn hybrid_across_namespaces() {
     let test = "hybrid_across_namespaces";
-    let tools =
-        [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"), ("ethtool", "ethtool")];
-    if !require_kvm(test) || !require_uffd(test) || !require_root(test) {
-        return;
-    }
-    if !require_commands(&tools, test) {
+    if !bed_can_run(test) {
         return;
     }
     let expected = reference_digest();
@@ -174,38 +204,16 @@ fn hybrid_across_namespaces() {
 #[test]
 fn precopy_that_cannot_converge_ends_post_copy() {
     let test = "precopy_that_cannot_converge_ends_post_copy";
-    let tools =
-        [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"), ("ethtool", "ethtool")];
-    if !require_kvm(test) || !require_uffd(test) || !require_root(test) {
-        return;
-    }
-    if !require_commands(&tools, test) {
+    if !bed_can_run(test) {
         return;
     }
     let guest = ["--workload", "scan", "--mem", "256M", "--vcpus", "1", "--seed", "5"];
-    let ops = "400000000";
-    let expected = cli_common::reference_digest(&[&guest[..], &["--ops", ops]].concat());
     let bed = Bed::new();
     bed.up("lan1g");
-    let out = Command::new(BIN)
-        .arg("migrate")
-        .args(guest)
-        // lz4 off: scan's rewritten pages compress so well that with lz4 the rounds do
-        // converge on lan1g (the engine's auto policy would turn it on).
-        .args(["--ops", ops, "--mode", "precopy", "--migrate-after-ms", "500", "--compress", "off"])
-        .args(["--src-netns", &bed.src, "--dst-netns", &bed.dst])
-        .args(["--listen", &format!("{DST_ADDR}:0")])
-        .args(["--expected-digest", &expected, "--timeout-s", "60", "--json"])
-        .output()
-        .expect("migrate");
-    let report = json_of(out, "migrate precopy scan over lan1g");
-    assert_eq!(
-        report["verified"], true,
-        "digest {} vs {}",
-        report["digest"], report["digest_expected"]
-    );
-    assert_eq!(report["source_stayed_paused"], true, "the source guest ran after the pause");
-    assert_eq!(report["unacked_pages_at_end"], 0, "bulk pages never acknowledged");
+    // lz4 off: scan's rewritten pages compress so well that with lz4 the rounds do converge on
+    // lan1g (the engine's auto policy would turn it on).
+    let mode = ["--mode", "precopy", "--migrate-after-ms", "500", "--compress", "off"];
+    let report = migrate_unpaced(&bed, &guest, "400000000", &mode, "precopy scan over lan1g");
     eprintln!(
         "non-converging precopy: rounds={} total_ms={} downtime_ms={} network_faults={}",
         report["rounds"], report["total_ms"], report["downtime_ms"], report["network_faults"]
@@ -226,34 +234,13 @@ fn precopy_that_cannot_converge_ends_post_copy() {
 #[test]
 fn hybrid_gives_up_a_cold_part_that_goes_stale() {
     let test = "hybrid_gives_up_a_cold_part_that_goes_stale";
-    let tools =
-        [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"), ("ethtool", "ethtool")];
-    if !require_kvm(test) || !require_uffd(test) || !require_root(test) {
+    if !bed_can_run(test) {
         return;
     }
-    if !require_commands(&tools, test) {
-        return;
-    }
-    let ops = "300000000";
-    let expected = cli_common::reference_digest(&[&GUEST[..], &["--ops", ops]].concat());
     let bed = Bed::new();
     bed.up("lan1g");
-    let out = Command::new(BIN)
-        .arg("migrate")
-        .args(GUEST)
-        .args(["--ops", ops, "--mode", "hybrid", "--migrate-after-ms", "1000"])
-        .args(["--src-netns", &bed.src, "--dst-netns", &bed.dst])
-        .args(["--listen", &format!("{DST_ADDR}:0")])
-        .args(["--expected-digest", &expected, "--timeout-s", "90", "--json"])
-        .output()
-        .expect("migrate");
-    let report = json_of(out, "migrate hybrid hotcold unpaced over lan1g");
-    assert_eq!(
-        report["verified"], true,
-        "digest {} vs {}",
-        report["digest"], report["digest_expected"]
-    );
-    assert_eq!(report["unacked_pages_at_end"], 0, "bulk pages never acknowledged");
+    let mode = ["--mode", "hybrid", "--migrate-after-ms", "1000"];
+    let report = migrate_unpaced(&bed, &GUEST, "300000000", &mode, "hybrid hotcold over lan1g");
     eprintln!(
         "hybrid, unpaced over lan1g: total_ms={} downtime_ms={} network_faults={} stale_pages={}",
         report["total_ms"], report["downtime_ms"], report["network_faults"], report["stale_pages"]

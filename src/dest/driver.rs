@@ -198,6 +198,10 @@ impl Loop<'_, '_> {
 
     /// Picks fault messages and urgent-stream receives out of the ring ahead of the rest.
     fn serve_urgent_now(&mut self) -> Result<(), DestError> {
+        // A system call per bulk frame, on purpose: entering the kernel runs the ring's task
+        // work, which is what posts a waiting uffd or urgent completion. Peeking at the shared
+        // completion queue without it was measured slower (loopback post-copy fault p50 about
+        // 230 us instead of 170, p99 1.5 to 3.3 ms instead of under 0.9).
         self.ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
         let urgent_tag = self.streams.recv_tag(StreamKind::Urgent);
         while let Some(c) = self.ring.take_completion(|tag| tag == TAG_UFFD || tag == urgent_tag) {

@@ -1,10 +1,9 @@
 //! Where the destination engine puts pages.
 //!
 //! The engine decides *what* to place; a [`PageSink`] does it. [`UffdSink`] places pages into
-//! userfaultfd-registered guest memory (the post-copy and hybrid paths, where the guest may
-//! already be running and blocked on a missing page); [`DirectSink`] writes plain memory (the
-//! pre-copy path, where the guest runs only after every page is there). The simulator has its
-//! own sink over an in-process array.
+//! userfaultfd-registered guest memory (every mode: a pre-copy that does not converge finishes
+//! post-copy, so the guest may be running and blocked on a missing page). The simulator has
+//! its own sink over an in-process array.
 
 use super::uffd::{Placed, Uffd, UffdError};
 use crate::embed::{host_addr_of, HostRegion};
@@ -203,42 +202,5 @@ impl PageSink for UffdSink<'_> {
             count,
             source,
         })
-    }
-}
-
-/// Writes pages into plain (not userfaultfd-registered) memory: the pre-copy destination.
-#[derive(Debug)]
-pub struct DirectSink<'a> {
-    regions: &'a [HostRegion],
-    layout: &'a Layout,
-}
-
-impl<'a> DirectSink<'a> {
-    /// A sink over `regions`.
-    pub fn new(regions: &'a [HostRegion], layout: &'a Layout) -> Self {
-        Self { regions, layout }
-    }
-}
-
-impl PageSink for DirectSink<'_> {
-    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
-        write_pages(self.regions, self.layout, first, data)
-    }
-
-    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
-        // Dropping the pages is cheaper than writing zeros and reads back as zero.
-        drop_pages(self.regions, self.layout, first, count)
-    }
-
-    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
-        write_pages(self.regions, self.layout, first, data)
-    }
-
-    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
-        drop_pages(self.regions, self.layout, first, count)
-    }
-
-    fn wake(&mut self, _first: u64, _count: u64) -> Result<(), SinkError> {
-        Ok(())
     }
 }

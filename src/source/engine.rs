@@ -478,7 +478,6 @@ impl SourceEngine {
                 self.stats.rounds += 1;
                 self.round_started_ns = mono_ns();
                 self.round_bytes = 0;
-                self.pick_compression();
                 Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
             }
             Phase::WorkingSet if self.cold_pass_open => {
@@ -569,20 +568,7 @@ impl SourceEngine {
         if self.invalidate.is_empty() {
             return Ok(());
         }
-        for (index, span) in self.layout.regions().iter().enumerate() {
-            let words = region_words(&self.invalidate, span.first_page, span.pages());
-            if words.iter().all(|&w| w == 0) {
-                continue;
-            }
-            wire::encode_dirty_set(
-                out,
-                self.version,
-                index as u32,
-                &words,
-                span.pages(),
-                &self.limits,
-            )?;
-        }
+        self.encode_dirty_sets(out, &self.invalidate, true)?;
         self.stats.pages_invalidated_live += self.invalidate.count();
         self.invalidate.clear_all();
         Ok(())
@@ -771,8 +757,22 @@ impl SourceEngine {
     fn encode_need_set(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
         let need = self.needed();
         self.stats.need_pages = need.count();
+        self.encode_dirty_sets(out, &need, false)
+    }
+
+    /// One DirtySet frame per region of `pages` (regions with no page in it are left out when
+    /// `skip_empty`; the need set names every region, so the destination knows it is whole).
+    fn encode_dirty_sets(
+        &self,
+        out: &mut Vec<u8>,
+        pages: &PageBitmap,
+        skip_empty: bool,
+    ) -> Result<(), SourceError> {
         for (index, span) in self.layout.regions().iter().enumerate() {
-            let words = region_words(&need, span.first_page, span.pages());
+            let words = region_words(pages, span.first_page, span.pages());
+            if skip_empty && words.iter().all(|&w| w == 0) {
+                continue;
+            }
             wire::encode_dirty_set(
                 out,
                 self.version,
