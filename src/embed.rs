@@ -57,6 +57,14 @@ pub trait MigratableVm {
     fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError>;
     /// Starts (or restarts) the vCPUs.
     fn resume(&mut self) -> Result<(), EmbedError>;
+    /// Sets in `out` pages known to read as zero without reading them (never touched private
+    /// anonymous memory, for example), and returns whether it could tell. Optional: the
+    /// default knows nothing and the source then reads every page to find the zero ones.
+    /// Called with dirty logging already on, so a page written afterwards is still caught.
+    fn untouched_pages(&self, out: &mut PageBitmap) -> Result<bool, EmbedError> {
+        let _ = out;
+        Ok(false)
+    }
 }
 
 /// The dense page layout of a VM's regions.

@@ -65,6 +65,17 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm.harvest_dirty(out).map_err(vm_err("harvest_dirty"))
     }
 
+    fn untouched_pages(&self, out: &mut PageBitmap) -> Result<bool, EmbedError> {
+        for r in self.vm.regions() {
+            let first = r.first_page();
+            r.untouched_pages(|page| {
+                out.set(first + page);
+            })
+            .map_err(|e| EmbedError::Vm { op: "untouched_pages", source: Box::new(e) })?;
+        }
+        Ok(true)
+    }
+
     fn pause(&mut self) -> Result<Duration, EmbedError> {
         self.vm.pause().map_err(vm_err("pause"))
     }

@@ -69,6 +69,12 @@ pub struct MigrationReport {
     pub bytes_urgent: u64,
     /// Pages sent as zero.
     pub pages_zero: u64,
+    /// Zero pages known from the VMM (never touched) without being read.
+    #[serde(default)]
+    pub pages_untouched: u64,
+    /// Time to find the zero pages before the first page is sent (post-copy, hybrid).
+    #[serde(default)]
+    pub zero_scan_ms: f64,
     /// Pages sent raw.
     pub pages_raw: u64,
     /// Pages sent lz4-compressed.
@@ -183,6 +189,8 @@ impl MigrationReport {
             bytes_urgent: s.bytes_urgent + dest_sent[1],
             bytes_wire_total: s.bytes_bulk + s.bytes_urgent + dest_sent[0] + dest_sent[1],
             pages_zero: s.pages_zero,
+            pages_untouched: s.pages_untouched,
+            zero_scan_ms: s.zero_scan_ms,
             pages_raw: s.pages_raw,
             pages_lz4: s.pages_lz4,
             pages_in_downtime: s.pages_in_downtime,

@@ -135,6 +135,10 @@ pub struct SourceStats {
     pub bytes_urgent: u64,
     /// Pages sent as zero.
     pub pages_zero: u64,
+    /// Pages the VMM reported as never touched, so zero without being read.
+    pub pages_untouched: u64,
+    /// Time spent finding the zero pages before the first page is sent (post-copy, hybrid).
+    pub zero_scan_ms: f64,
     /// Pages sent raw.
     pub pages_raw: u64,
     /// Pages sent lz4-compressed.

@@ -303,7 +303,7 @@ impl SourceEngine {
                 self.pending = PageBitmap::full(self.layout.total_pages());
             }
             MigrationMode::Hybrid => {
-                self.scan_zero_pages();
+                self.scan_zero_pages(vm)?;
                 self.phase = Phase::WorkingSet;
                 self.record_ws();
                 match self.cfg.live_pass {
@@ -322,7 +322,7 @@ impl SourceEngine {
                 }
             }
             MigrationMode::Postcopy | MigrationMode::HybridPaper => {
-                self.scan_zero_pages();
+                self.scan_zero_pages(vm)?;
                 self.record_ws();
                 self.switch_over(vm)?;
             }
@@ -386,12 +386,20 @@ impl SourceEngine {
 
     /// Finds the zero pages while the guest runs; pages written after this show up in the dirty
     /// log and lose their zero mark at the switch-over.
-    fn scan_zero_pages(&mut self) {
+    /// Memory the VMM knows was never touched is zero without being read (reading it would
+    /// fault in the zero page, about 90 ms per GiB, all of it before post-copy's pause).
+    fn scan_zero_pages(&mut self, vm: &dyn MigratableVm) -> Result<(), SourceError> {
+        let started_ns = mono_ns();
+        let mut untouched = PageBitmap::new(self.layout.total_pages());
+        vm.untouched_pages(&mut untouched)?;
         for page in 0..self.layout.total_pages() {
-            if wire::is_zero(self.page_bytes(page, 1)) {
+            if untouched.get(page) || wire::is_zero(self.page_bytes(page, 1)) {
                 self.zero.set(page);
             }
         }
+        self.stats.pages_untouched = untouched.count();
+        self.stats.zero_scan_ms = (mono_ns() - started_ns) as f64 / 1e6;
+        Ok(())
     }
 
     /// The bytes of `count` pages from `first` (within one region).
@@ -816,7 +824,7 @@ impl SourceEngine {
     /// Encodes the next run of `pending` pages; false when `pending` is empty.
     fn send_next_pending(&mut self, out: &mut Vec<u8>, urgent: bool) -> Result<bool, SourceError> {
         let Some((first, count)) =
-            self.push.next_run(&self.pending, &self.layout, self.cfg.push_pages)
+            self.push.next_run(&self.pending, &self.zero, &self.layout, self.cfg.push_pages)
         else {
             return Ok(false);
         };
