@@ -73,6 +73,9 @@ pub struct SimRun {
     pub seed: u64,
     /// Hybrid's live pass.
     pub live_pass: LivePass,
+    /// Pages of a background window the destination places per loop turn once the guest
+    /// runs, as the io_uring driver does between looks for faults (0: whole windows).
+    pub place_chunk_pages: u32,
 }
 
 /// What a finished simulated migration reports.
@@ -164,6 +167,7 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     cfg.push_pages = 4;
     let mut source = SourceEngine::new(cfg, &src_vm)?;
     let mut dest = DestEngine::new(layout.clone());
+    dest.set_place_chunk(spec.place_chunk_pages);
     let mut net = SimNet::new(spec.seed, spec.faults.clone());
     let mut readers = [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default()));
     source.start()?;
@@ -180,6 +184,10 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
             src_vm.run_steps(1);
         }
         pump_source(&mut source, &mut src_vm, &mut net, iteration % BULK_EVERY_STEPS == 0)?;
+        if dest.placing() {
+            // One chunk per turn: guest steps, faults and fault answers come in between.
+            dest.place_more(&mut SimSink { vm: &mut dst_vm })?;
+        }
         pump_dest(&mut dest, &mut net)?;
         net.advance_to(now);
         while net.peek_time_us().is_some_and(|t| t <= now) {

@@ -122,13 +122,24 @@ fn fill_urgent(
     ring: &mut Ring,
     streams: &mut RingStreams,
 ) -> Result<(), SourceError> {
+    let mut queued = false;
     while let Some(mut frames) = streams.take_send_buf(StreamKind::Urgent) {
         while engine.poll_urgent(&mut frames) {}
         if frames.is_empty() {
             streams.put_back(StreamKind::Urgent, frames);
-            return Ok(());
+            break;
         }
         streams.send(ring, StreamKind::Urgent, frames).map_err(stream_err)?;
+        queued = true;
+    }
+    if queued {
+        // Into the kernel now: the loop may go on to encode a bulk buffer first (a few hundred
+        // microseconds with lz4), and the answer must not wait in the submission queue.
+        ring.submit().map_err(|e| SourceError::Io {
+            what: "io_uring submit",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tracing::trace!(at_ns = mono_ns(), "source: urgent send submitted");
     }
     Ok(())
 }
@@ -171,9 +182,10 @@ fn serve_urgent_now(
         }
     };
     ring.submit().map_err(io("io_uring submit"))?;
-    let urgent_tag = streams.recv_tag(StreamKind::Urgent);
+    let recv_tag = streams.recv_tag(StreamKind::Urgent);
+    let send_tag = streams.send_tag(StreamKind::Urgent);
     let mut served = false;
-    while let Some(completion) = ring.take_completion(|tag| tag == urgent_tag) {
+    while let Some(completion) = ring.take_completion(|tag| tag == recv_tag || tag == send_tag) {
         match streams.on_completion(ring, completion).map_err(stream_err)? {
             Ok(StreamEvent::Received(stream)) => {
                 while let Some(frame) = streams.next_frame(stream).map_err(stream_err)? {
@@ -181,6 +193,7 @@ fn serve_urgent_now(
                 }
                 served = true;
             }
+            Ok(StreamEvent::Sent(..)) => served = true, // a buffer for a waiting answer
             Ok(StreamEvent::Closed(stream)) if !engine.is_finished() => {
                 return Err(SourceError::PeerClosed { stream, phase: engine.phase() });
             }
@@ -189,7 +202,6 @@ fn serve_urgent_now(
     }
     if served {
         fill_urgent(engine, ring, streams)?;
-        ring.submit().map_err(io("io_uring submit"))?;
     }
     Ok(())
 }

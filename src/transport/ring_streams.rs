@@ -188,6 +188,12 @@ impl RingStreams {
         TAG_RECV[index(stream)]
     }
 
+    /// The ring tag of `stream`'s sends (a finished urgent send frees a buffer for the next
+    /// urgent frame, so it is picked out of the ring first too).
+    pub fn send_tag(&self, stream: StreamKind) -> u64 {
+        TAG_SEND[index(stream)]
+    }
+
     /// True when the peer closed `stream`.
     pub fn is_closed(&self, stream: StreamKind) -> bool {
         self.closed[index(stream)]
