@@ -38,7 +38,9 @@ for cell in "${cells[@]}"; do
     ws-paced)
       bench ws-paced '{"modes": ["postcopy", "hybrid"], '"$paced"', "mems": ["1G"], "profiles": ["lan1g"], "reps": 3}' ;;
     ws-unpaced)
-      bench ws-unpaced '{"modes": ["postcopy", "hybrid"], '"$unpaced"', "mems": ["1G"], "profiles": ["lan1g"], "reps": 3}' ;;
+      # Pre-copy runs beside them to measure the write-hot set at link speed: the pages its
+      # rounds could not get clean (its stale_pages) are what must cross after the pause.
+      bench ws-unpaced '{"modes": ["precopy", "postcopy", "hybrid"], '"$unpaced"', "mems": ["1G"], "profiles": ["lan1g"], "reps": '"${UNPACED_REPS:-3}"'}' ;;
     # Unpaced with every op in the hot set (no cold writes): what must cross after the pause
     # is the write-hot subset alone.
     ws-hotonly)

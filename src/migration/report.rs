@@ -130,7 +130,7 @@ pub struct MigrationReport {
     #[serde(default)]
     pub ws_passes: u32,
     /// Wait, with the guest still running, for the destination to confirm the live data before
-    /// the pause (ms).
+    /// the pause (ms, summed over the drains: one more is made while many pages went stale).
     #[serde(default)]
     pub drain_ms: f64,
     /// Slowdown of the guest during the migration against its rate before.

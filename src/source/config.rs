@@ -192,8 +192,9 @@ pub struct SourceStats {
     /// written meanwhile while those shrink).
     #[serde(default)]
     pub ws_passes: u32,
-    /// Time from the drain Ping to its Pong, with the guest still running (ms; 0 when the
-    /// mode has no live phase or no Pong came back in time).
+    /// Time from the drain Ping to its Pong, with the guest still running, summed over the
+    /// drains (ms; 0 when the mode has no live phase or no Pong came back in time). A drain
+    /// is repeated, at most 3 in all, while more than 64 sent pages went stale during it.
     #[serde(default)]
     pub drain_ms: f64,
 }

@@ -83,6 +83,8 @@ pub struct SourceEngine {
 /// The wait, before the pause, for the destination to take in the live data in flight.
 #[derive(Debug, Clone, Copy)]
 struct Drain {
+    /// Sequence number of this drain's Ping (1 for the first, then 2, 3).
+    seq: u64,
     since_ns: u64,
     confirmed: bool,
 }
@@ -96,8 +98,12 @@ struct LiveCheck {
 /// Pages of a live pass between two checks of how fast it goes stale (64 MiB).
 const LIVE_CHECK_PAGES: u64 = 16_384;
 
-/// Sequence number of the drain Ping (one per migration).
-const DRAIN_PING_SEQ: u64 = 1;
+/// Drains before the pause at most: one, then one more while the guest dirtied more than
+/// [`DRAIN_AGAIN_PAGES`] stale pages during the previous one.
+const MAX_DRAINS: u64 = 3;
+/// Stale pages left after a drain above which they are named and drained again rather than
+/// discarded in the downtime (a discard costs several microseconds on this host).
+const DRAIN_AGAIN_PAGES: u64 = 64;
 
 /// What remains to be emitted during the switch-over, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -516,6 +522,16 @@ impl SourceEngine {
                 }
                 self.start_drain(out)
             }
+            _ if self.invalidate.count() > DRAIN_AGAIN_PAGES
+                && (self.phase == Phase::WorkingSet || self.stats.precopy_fallback)
+                && self.drain.is_some_and(|d| d.seq < MAX_DRAINS) =>
+            {
+                // The guest dirtied many sent pages during the drain: discarding them on the
+                // destination would sit in the downtime. Name them now and drain again; the
+                // next drain is short (no page data queued), so fewer pages go stale in it.
+                self.send_invalidations(out)?;
+                self.start_drain(out)
+            }
             _ => {
                 // Hybrid re-sends the dirtied working-set pages after the pause: not here, or
                 // the working set would be chased like a pre-copy round.
@@ -563,9 +579,10 @@ impl SourceEngine {
     /// bulk stream, answered by Pong once the frames before it are placed). The guest runs on
     /// meanwhile; what it dirties is handled at the switch-over like any stale page.
     fn start_drain(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
-        let ping = wire::Control { kind: wire::ControlKind::Ping, seq: DRAIN_PING_SEQ, value: 0 };
+        let seq = self.drain.map_or(1, |d| d.seq + 1);
+        let ping = wire::Control { kind: wire::ControlKind::Ping, seq, value: 0 };
         wire::encode_frame(out, self.version, &wire::FrameBody::Control(ping), &self.limits)?;
-        self.drain = Some(Drain { since_ns: mono_ns(), confirmed: false });
+        self.drain = Some(Drain { seq, since_ns: mono_ns(), confirmed: false });
         Ok(true)
     }
 
@@ -885,10 +902,11 @@ impl SourceEngine {
 
     /// An acknowledgement: every window of stream `value` up to sequence `seq` arrived.
     fn on_control(&mut self, c: &wire::Control) {
-        if c.kind == wire::ControlKind::Pong && c.seq == DRAIN_PING_SEQ {
-            if let Some(d) = self.drain.as_mut() {
+        if c.kind == wire::ControlKind::Pong {
+            // A late Pong of an earlier drain that timed out confirms nothing.
+            if let Some(d) = self.drain.as_mut().filter(|d| d.seq == c.seq && !d.confirmed) {
                 d.confirmed = true;
-                self.stats.drain_ms = mono_ns().saturating_sub(d.since_ns) as f64 / 1e6;
+                self.stats.drain_ms += mono_ns().saturating_sub(d.since_ns) as f64 / 1e6;
             }
             return;
         }
@@ -914,6 +932,13 @@ impl SourceEngine {
     /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
     /// stream, and the push pivots to just past the window.
     fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
+        if self.phase == Phase::Finished {
+            // Sent on the urgent stream before the destination's DoneAck (on bulk) and read
+            // after it: the page arrived by the push meanwhile, so nothing waits for an answer.
+            req.validate(&self.wire_regions)?;
+            tracing::debug!(page = req.page, "source: fault request after the DoneAck, ignored");
+            return Ok(());
+        }
         if !matches!(self.phase, Phase::Push | Phase::AwaitDoneAck | Phase::SwitchOver) {
             return Err(SourceError::UnexpectedFrame {
                 stream: StreamKind::Urgent,
