@@ -37,9 +37,9 @@ def verdict(ok):
 
 
 def link(out):
-    print("## Link use (idle 1 GiB, lan1g): total_ms / (non-zero bytes / link rate)")
-    print("| lz4 setting | mode | total_ms | must-cross MB | ideal_ms | ratio | bytes_wire_total | lz4_used |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("## Link use (idle 1 GiB): total_ms / (non-zero bytes / link rate)")
+    print("| lz4 setting | profile | mode | total_ms | must-cross MB | ideal_ms | ratio | bytes_wire_total | lz4_used |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in ["auto", "on", "off"]:
         rs = runs(out, f"link-{c}")
         if rs is None:
@@ -48,7 +48,7 @@ def link(out):
             for r in cell(rs, mode=mode):
                 must = (r["pages_raw"] + r["pages_lz4"]) * PAGE
                 ideal = must / LAN1G_BYTES_PER_MS
-                print(f"| {c} | {mode} | {r['total_ms']:.0f} | {must / 1e6:.0f} | {ideal:.0f} | "
+                print(f"| {c} | {r['profile']} | {mode} | {r['total_ms']:.0f} | {must / 1e6:.0f} | {ideal:.0f} | "
                       f"{r['total_ms'] / ideal:.3f} | {r['bytes_wire_total']} | {r['lz4_used']} |")
     print()
 
