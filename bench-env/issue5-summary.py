@@ -45,10 +45,11 @@ def link(out):
         if rs is None:
             continue
         for mode in ["precopy", "postcopy", "hybrid"]:
-            for r in cell(rs, mode=mode):
+            for run in [x for x in rs if x["report"]["mode"] == mode]:
+                r = run["report"]
                 must = (r["pages_raw"] + r["pages_lz4"]) * PAGE
                 ideal = must / LAN1G_BYTES_PER_MS
-                print(f"| {c} | {r['profile']} | {mode} | {r['total_ms']:.0f} | {must / 1e6:.0f} | {ideal:.0f} | "
+                print(f"| {c} | {run['profile']} | {mode} | {r['total_ms']:.0f} | {must / 1e6:.0f} | {ideal:.0f} | "
                       f"{r['total_ms'] / ideal:.3f} | {r['bytes_wire_total']} | {r['lz4_used']} |")
     print()
 
@@ -107,13 +108,14 @@ def unpaced(out, name, title):
               f"{med(post, 'network_faults'):.0f} faults; hybrid {med(hyb, 'network_faults'):.0f} faults")
         pre = cell(rs, mode="precopy")
         if pre:
-            # What pre-copy's rounds could not get clean: pages rewritten faster than a whole
-            # round crosses the link, which must cross after the pause in any mode.
-            measured = med(pre, "stale_pages") * PAGE
+            # What pre-copy's rounds could not get clean (the dirty set it names before the
+            # pause when it stops and falls back): pages rewritten faster than a whole round
+            # crosses the link, which must cross after the pause in any mode.
+            measured = med(pre, "pages_invalidated_live") * PAGE
             wire_per_byte = med(pre, "bytes_wire_total") / max(
                 1, (med(pre, "pages_raw") + med(pre, "pages_lz4")) * PAGE)
             bound_m = 1.2 * measured * min(1.0, wire_per_byte) / LAN1G_BYTES_PER_MS
-            print(f"- measured write-hot set (pre-copy's stale pages after {med(pre, 'rounds'):.0f} "
+            print(f"- measured write-hot set (pre-copy's dirty set after {med(pre, 'rounds'):.0f} "
                   f"rounds): {measured / 2**20:.0f} MiB, {min(1.0, wire_per_byte):.2f} wire bytes "
                   f"per byte -> bound {bound_m:.0f} ms; hybrid {stall:.0f} ms "
                   f"({verdict(stall <= bound_m)})")

@@ -1,0 +1,128 @@
+//! Hybrid's live pass, the part of the source engine that runs while the guest still runs on
+//! the source: the working-set passes, the check that gives a pass up when the guest dirties
+//! it faster than it crosses, the invalidations that name stale pages to the destination, and
+//! the drain before the pause.
+
+use super::*;
+
+/// Pages of a live pass between two checks of how fast it goes stale (64 MiB).
+const LIVE_CHECK_PAGES: u64 = 16_384;
+/// Most live passes over hybrid's working set (see `working_set_again`).
+const MAX_WS_PASSES: u32 = 4;
+
+impl SourceEngine {
+    /// Hybrid's live send of the working set, hottest page last so that it is the freshest
+    /// copy when the guest pauses.
+    /// Pages written since the last harvest go after the others: the shorter the time from
+    /// sending a written page to the pause, the less likely it is stale by then.
+    pub(super) fn queue_working_set(&mut self) {
+        let dirty = &self.dirty_scratch;
+        let (written, quiet): (Vec<u64>, Vec<u64>) =
+            self.cfg.working_set.iter().rev().partition(|&&p| dirty.get(p));
+        for &page in &self.cfg.working_set {
+            self.pending.set(page);
+        }
+        self.stats.ws_write_hot_pages = written.len() as u64;
+        self.prev_ws_dirty = written.len() as u64;
+        self.push.set_priority(quiet.into_iter().chain(written));
+    }
+
+    /// After a live pass over the working set: whether to send its pages written meanwhile
+    /// once more (queued in `pending`), as pre-copy would, but over the working set only. Yes
+    /// while they do not fit the downtime budget, shrink to at most half each pass (the guest
+    /// writes them slower than the link carries them: a paced guest), and at most
+    /// `MAX_WS_PASSES` passes were made. An unpaced guest rewrites them as fast as they go, so
+    /// this stops at once and they cross first after the resume.
+    pub(super) fn working_set_again(&mut self) -> bool {
+        self.dirty_scratch.union_with(&self.pass_written);
+        self.pass_written.clear_all();
+        let dirty = &self.dirty_scratch;
+        let written: Vec<u64> =
+            self.cfg.working_set.iter().rev().copied().filter(|&p| dirty.get(p)).collect();
+        let count = written.len() as u64;
+        let again = count as usize > self.downtime_page_budget()
+            && count * 2 <= self.prev_ws_dirty
+            && self.stats.ws_passes < MAX_WS_PASSES;
+        tracing::debug!(
+            pass = self.stats.ws_passes,
+            written = count,
+            again,
+            "source: working-set pass ended"
+        );
+        self.prev_ws_dirty = count;
+        if again {
+            for &page in &written {
+                self.pending.set(page);
+            }
+            self.push.set_priority(written);
+            self.stats.ws_passes += 1;
+        }
+        again
+    }
+
+    /// Every `LIVE_CHECK_PAGES` pages of a live pass (the cold part or a working-set pass):
+    /// harvests the dirty log and gives the pass up when, since the last check, sent pages
+    /// went stale at more than half the rate pages were sent. The guest then writes that memory
+    /// about as fast as the link carries it, so finishing the pass would mostly send pages that
+    /// are stale by the pause; what is left is pushed after the resume, as in post-copy.
+    pub(super) fn check_live_pass(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        let sent = self.pages_sent();
+        if sent < self.live_check.sent_at + LIVE_CHECK_PAGES {
+            return Ok(());
+        }
+        let stale_before = self.stats.stale_pages;
+        self.harvest(vm)?;
+        self.forget_dirty();
+        self.pass_written.union_with(&self.dirty_scratch);
+        let went_stale = self.stats.stale_pages - stale_before;
+        let sent_since = sent - self.live_check.sent_at;
+        self.live_check.sent_at = sent;
+        if went_stale * 2 > sent_since {
+            tracing::info!(
+                went_stale,
+                sent_since,
+                cold = self.cold_pass_open,
+                "source: the guest dirties memory faster than it crosses; the rest of this live pass waits for the push"
+            );
+            self.pending.clear_all();
+            if self.cold_pass_open {
+                self.stats.cold_pass_abandoned = true;
+            } else {
+                self.stats.ws_pass_abandoned = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the destination to confirm it has taken in everything sent so far (Ping on the
+    /// bulk stream, answered by Pong once the frames before it are placed). The guest runs on
+    /// meanwhile; what it dirties is handled at the switch-over like any stale page.
+    pub(super) fn start_drain(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
+        let seq = self.drain.map_or(1, |d| d.seq + 1);
+        let ping = wire::Control { kind: wire::ControlKind::Ping, seq, value: 0 };
+        wire::encode_frame(out, self.version, &wire::FrameBody::Control(ping), &self.limits)?;
+        self.drain = Some(Drain { seq, since_ns: mono_ns(), confirmed: false });
+        Ok(true)
+    }
+
+    /// Tells the destination which pages it holds stale copies of (DirtySet frames, which it
+    /// adds to its need set, discarding the copies). Sent while the guest runs, this moves the
+    /// discards out of the downtime; the final need set at the pause repeats them harmlessly.
+    pub(super) fn send_invalidations(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
+        if self.invalidate.is_empty() {
+            return Ok(());
+        }
+        self.encode_dirty_sets(out, &self.invalidate, true)?;
+        self.stats.pages_invalidated_live += self.invalidate.count();
+        self.invalidate.clear_all();
+        Ok(())
+    }
+
+    /// True while the drain Ping is unanswered and its time limit has not passed.
+    pub(super) fn drain_pending(&self) -> bool {
+        self.drain.is_some_and(|d| {
+            !d.confirmed
+                && mono_ns().saturating_sub(d.since_ns) < self.cfg.drain_timeout_ms * 1_000_000
+        })
+    }
+}
