@@ -43,7 +43,7 @@ impl SourceConfig {
             session_id,
             window_pages: 16,
             adaptive_window: false,
-            push_pages: 32,
+            push_pages: 16,
             max_rounds: 30,
             downtime_target_ms: 5.0,
             compression: CompressionPolicy::Auto,

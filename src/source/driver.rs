@@ -32,7 +32,7 @@ impl Default for SourceDriverOptions {
     fn default() -> Self {
         Self {
             bulk_in_flight: 2,
-            bulk_buf_bytes: 256 << 10,
+            bulk_buf_bytes: 64 << 10,
             tick: Duration::from_millis(10),
             timeout: Duration::from_secs(600),
         }
