@@ -343,14 +343,20 @@ impl SourceEngine {
     /// Finds the zero pages while the guest runs; pages written after this show up in the dirty
     /// log and lose their zero mark at the switch-over.
     /// Memory the VMM knows was never touched is zero without being read (reading it would
-    /// fault in the zero page, about 90 ms per GiB, all of it before post-copy's pause).
+    /// fault in the zero page, about 90 ms per GiB, all of it before post-copy's pause). When
+    /// the VMM can tell, touched pages are not read either: the few among them that hold
+    /// zeros cross as 2-bit entries of a mixed window, which costs less than reading every
+    /// touched page before the first page goes out (about 10 ms per GiB of data).
     fn scan_zero_pages(&mut self, vm: &dyn MigratableVm) -> Result<(), SourceError> {
         let started_ns = mono_ns();
         let mut untouched = PageBitmap::new(self.layout.total_pages());
-        vm.untouched_pages(&mut untouched)?;
-        for page in 0..self.layout.total_pages() {
-            if untouched.get(page) || wire::is_zero(self.page_bytes(page, 1)) {
-                self.zero.set(page);
+        if vm.untouched_pages(&mut untouched)? {
+            self.zero.union_with(&untouched);
+        } else {
+            for page in 0..self.layout.total_pages() {
+                if wire::is_zero(self.page_bytes(page, 1)) {
+                    self.zero.set(page);
+                }
             }
         }
         self.stats.pages_untouched = untouched.count();
