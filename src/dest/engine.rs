@@ -400,13 +400,13 @@ impl DestEngine {
         };
         let end = job.next.saturating_add(pages).min(job.count);
         let result = self.place_range(job.first, job.next..end, &job.zeros, &job.decoded, sink);
+        result?;
         job.next = end;
-        if result.is_ok() && end < job.count {
+        if end < job.count {
             self.placing = Some(job);
             return Ok(false);
         }
         self.spare_decoded = job.decoded;
-        result?;
         self.count_window(StreamKind::Bulk)?;
         Ok(true)
     }
@@ -421,13 +421,8 @@ impl DestEngine {
         let first = self.layout.global(window.region, window.first_page, u64::from(count))?;
         let mut decoded = std::mem::take(&mut self.spare_decoded);
         decoded.resize(count as usize * PAGE_SIZE, 0);
-        let zeros = match window.decode_into(&mut decoded) {
-            Ok(zeros) => zeros,
-            Err(e) => {
-                self.spare_decoded = decoded;
-                return Err(e.into());
-            }
-        };
+        // A window that does not decode ends the migration, so its buffer need not be kept.
+        let zeros = window.decode_into(&mut decoded)?;
         self.placing = Some(Placing { first, count, next: 0, zeros, decoded });
         self.place_more(sink)
     }

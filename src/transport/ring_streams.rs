@@ -8,7 +8,7 @@
 use crate::ring::{Buf, Completion, Ring, RingError};
 use crate::wire::{Frame, FrameReader, Limits, StreamKind, WireError};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::tcp::StreamPair;
 
@@ -163,24 +163,10 @@ impl RingStreams {
     /// short bursts after idle spells: a delayed ACK there holds the sender at its restarted
     /// congestion window, and the next fault answer waits behind it.
     pub fn quickack(&self, stream: StreamKind) -> io::Result<()> {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local. The fd is the
-        // stream's socket, owned by the StreamPair these streams were built from; were it
-        // closed, the call would fail with EBADF and touch no memory.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fds[index(stream)],
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // SAFETY: the fd is the stream's socket, owned by the StreamPair these streams were
+        // built from, which outlives them; the borrow ends with this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fds[index(stream)]) };
+        socket2::SockRef::from(&fd).set_tcp_quickack(true)
     }
 
     /// The ring tag of `stream`'s receives (to pick its completions out of the ring first).
