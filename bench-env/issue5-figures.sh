@@ -5,6 +5,7 @@
 #   CELLs (default: all): link ws-paced ws-unpaced ws-hotonly fifo loopback big converge window
 #   scale
 # Every run is verified against an unmigrated run; a cell whose runs fail stops the script.
+# Env: UNPACED_REPS (default 3) repetitions of the ws-unpaced cell (each run is long).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bench-env/issue5-figures.sh OUT_DIR [CELL...]}

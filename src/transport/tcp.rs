@@ -263,7 +263,8 @@ const URGENT_SO_PRIORITY: u32 = 6;
 /// Unsent bytes the bulk stream may keep in its socket buffer. Autotuning would let several
 /// MB sit there; every byte of it is data the destination must take in before a switch-over
 /// can start (the source drains the stream first), and time a stale page lives. Two of the
-/// ring's 256 KiB send buffers keep a 1 Gbit/s link busy well past its round trip.
+/// ring's 64 KiB send buffers plus this much unsent data keep a 1 Gbit/s link busy well past
+/// its round trip.
 const BULK_NOTSENT_LOWAT_BYTES: u32 = 512 << 10;
 
 /// Marks the urgent stream's packets for priority queueing on the path; bounds the unsent
