@@ -44,11 +44,23 @@ pub struct HostRegion {
 pub trait MigratableVm {
     /// The guest memory regions, in guest-physical order; stable for the VM's life.
     fn regions(&self) -> Vec<HostRegion>;
-    /// Turns dirty logging on for every region (and clears what was logged before).
+    /// Turns dirty logging on for every region (and clears what was logged before). From
+    /// now on a write to an *armed* page shows in the next harvest. A VMM that write-protects
+    /// all memory here has every page armed at once; one that defers protection (KVM's manual
+    /// protect with initially-set bitmaps) arms pages in [`MigratableVm::arm_dirty_log`].
     fn start_dirty_log(&mut self) -> Result<(), EmbedError>;
-    /// ORs the pages written since the last harvest into `out` (global page indices of
+    /// ORs the armed pages written since the last harvest into `out` (global page indices of
     /// [`layout_of`]), including the VMM's own writes into guest memory, and clears the log.
     fn harvest_dirty(&mut self, out: &mut PageBitmap) -> Result<(), EmbedError>;
+    /// Arms pages `first..first + count`: a write to them from now on shows in the next
+    /// harvest. The source arms every page before it first reads it (or asks whether it was
+    /// ever touched) while the guest runs, so a page that was never armed has no copy on the
+    /// destination for a write to make stale. Optional: the default suits a VMM whose
+    /// `start_dirty_log` arms everything.
+    fn arm_dirty_log(&mut self, first: u64, count: u64) -> Result<(), EmbedError> {
+        let _ = (first, count);
+        Ok(())
+    }
     /// Stops every vCPU; returns how long the pause took.
     fn pause(&mut self) -> Result<Duration, EmbedError>;
     /// The vCPU and device state as an opaque, self-checking blob (VM paused).
@@ -57,12 +69,18 @@ pub trait MigratableVm {
     fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError>;
     /// Starts (or restarts) the vCPUs.
     fn resume(&mut self) -> Result<(), EmbedError>;
-    /// Sets in `out` pages known to read as zero without reading them (never touched private
-    /// anonymous memory, for example), and returns whether it could tell. Optional: the
-    /// default knows nothing and the source then reads every page to find the zero ones.
-    /// Called with dirty logging already on, so a page written afterwards is still caught.
-    fn untouched_pages(&self, out: &mut PageBitmap) -> Result<bool, EmbedError> {
-        let _ = out;
+    /// Sets in `out` the pages of `first..first + count` known to read as zero without
+    /// reading them (never touched private anonymous memory, for example), and returns
+    /// whether it could tell. Optional: the default knows nothing and the source then reads
+    /// the pages to find the zero ones. While the guest runs the source arms the pages first,
+    /// so a page written after this answer is still caught.
+    fn untouched_pages(
+        &self,
+        first: u64,
+        count: u64,
+        out: &mut PageBitmap,
+    ) -> Result<bool, EmbedError> {
+        let _ = (first, count, out);
         Ok(false)
     }
 }

@@ -122,6 +122,15 @@ impl PageBitmap {
         }
     }
 
+    /// The 64 bits of pages `first..first + 64` (bit `i` is page `first + i`; pages past the
+    /// end read as 0).
+    pub fn bits_at(&self, first: u64) -> u64 {
+        if first % 64 == 0 {
+            return self.words.get((first / 64) as usize).copied().unwrap_or(0);
+        }
+        (0..64).filter(|&i| self.get(first + i)).fold(0, |w, i| w | 1 << i)
+    }
+
     /// Adds every page of `other` (which must range over the same pages).
     pub fn union_with(&mut self, other: &PageBitmap) {
         debug_assert_eq!(self.len, other.len);
@@ -267,6 +276,19 @@ mod tests {
                 prop_assert_eq!(bitmap.next_unset(from), unset);
             }
         }
+    }
+
+    #[test]
+    fn bits_at_reads_aligned_and_unaligned_spans() {
+        let mut b = PageBitmap::new(150);
+        for p in [0, 63, 64, 70, 149] {
+            b.set(p);
+        }
+        assert_eq!(b.bits_at(0), 1 | 1 << 63);
+        assert_eq!(b.bits_at(64), 1 | 1 << 6);
+        assert_eq!(b.bits_at(63), 0b11 | 1 << 7);
+        assert_eq!(b.bits_at(128), 1 << 21);
+        assert_eq!(b.bits_at(192), 0, "past the end");
     }
 
     #[test]

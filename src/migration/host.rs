@@ -65,15 +65,21 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm.harvest_dirty(out).map_err(vm_err("harvest_dirty"))
     }
 
-    fn untouched_pages(&self, out: &mut PageBitmap) -> Result<bool, EmbedError> {
-        for r in self.vm.regions() {
-            let first = r.first_page();
-            r.untouched_pages(|page| {
-                out.set(first + page);
+    fn arm_dirty_log(&mut self, first: u64, count: u64) -> Result<(), EmbedError> {
+        self.vm.arm_dirty_log(first, count).map_err(vm_err("arm_dirty_log"))
+    }
+
+    fn untouched_pages(
+        &self,
+        first: u64,
+        count: u64,
+        out: &mut PageBitmap,
+    ) -> Result<bool, EmbedError> {
+        self.vm
+            .untouched_pages(first, count, |page| {
+                out.set(page);
             })
-            .map_err(|e| EmbedError::Vm { op: "untouched_pages", source: Box::new(e) })?;
-        }
-        Ok(true)
+            .map_err(vm_err("untouched_pages"))
     }
 
     fn pause(&mut self) -> Result<Duration, EmbedError> {

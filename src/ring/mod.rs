@@ -34,7 +34,7 @@ pub use buf::{Buf, BufPool};
 pub use ops::Rejected;
 pub use setup::RingError;
 pub use waker::Waker;
-pub use zc::{SendMode, SendPolicy, PROBE_NOTIFS};
+pub use zc::{SendMode, SendPolicy, PROBE_COPIED_NOTIFS, PROBE_NOTIFS};
 
 use io_uring::{cqueue, squeue, types, IoUring};
 use order::{Dir, Order};

@@ -21,11 +21,23 @@ pub struct SimGuestSpec {
     pub write_frac: f64,
     /// Seed of the guest program and its initial memory.
     pub seed: u64,
+    /// Dirty logging as KVM's manual protect with initially-set bitmaps: a page's writes are
+    /// reported only once the source has armed it (`arm_dirty_log`). An engine that reads a
+    /// page before arming it would miss the writes after that read, and the digest would
+    /// tell. Off: every page is armed when logging starts.
+    pub deferred_protect: bool,
 }
 
 impl Default for SimGuestSpec {
     fn default() -> Self {
-        Self { region_pages: vec![64, 448], hot_pages: 48, hot_frac: 0.9, write_frac: 0.3, seed: 7 }
+        Self {
+            region_pages: vec![64, 448],
+            hot_pages: 48,
+            hot_frac: 0.9,
+            write_frac: 0.3,
+            seed: 7,
+            deferred_protect: true,
+        }
     }
 }
 
@@ -40,6 +52,10 @@ pub struct SimVm {
     pub steps: u64,
     acc: u64,
     dirty: PageBitmap,
+    /// With `deferred_protect`: pages armed since logging started.
+    armed: PageBitmap,
+    /// Pages that were zero at the start and never written (they read as zero).
+    untouched: PageBitmap,
     logging: bool,
     /// Paused (source after the switch-over).
     pub paused: bool,
@@ -77,6 +93,12 @@ impl SimVm {
             }
         }
         vm.present = PageBitmap::full(vm.total_pages());
+        for page in 0..vm.total_pages() {
+            let start = page as usize * PAGE_SIZE;
+            if vm.memory[start..start + PAGE_SIZE].iter().all(|&b| b == 0) {
+                vm.untouched.set(page);
+            }
+        }
         vm
     }
 
@@ -101,6 +123,8 @@ impl SimVm {
             steps: 0,
             acc: 0,
             dirty: PageBitmap::new(total),
+            armed: PageBitmap::new(total),
+            untouched: PageBitmap::new(total),
             logging: false,
             paused: false,
             present: PageBitmap::new(total),
@@ -148,6 +172,7 @@ impl SimVm {
             if write {
                 let value = word.wrapping_mul(31).wrapping_add(splitmix(&mut rng));
                 self.memory[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                self.untouched.clear(page);
                 if self.logging {
                     self.dirty.set(page);
                 }
@@ -187,14 +212,56 @@ impl MigratableVm for SimVm {
 
     fn start_dirty_log(&mut self) -> Result<(), EmbedError> {
         self.logging = true;
-        self.dirty.clear_all();
+        self.armed.clear_all();
+        if self.spec.deferred_protect {
+            // Initially set: every page counts as dirty until it is armed.
+            self.dirty = PageBitmap::full(self.total_pages());
+        } else {
+            self.dirty.clear_all();
+        }
         Ok(())
     }
 
     fn harvest_dirty(&mut self, out: &mut PageBitmap) -> Result<(), EmbedError> {
-        out.union_with(&self.dirty);
-        self.dirty.clear_all();
+        if !self.spec.deferred_protect {
+            out.union_with(&self.dirty);
+            self.dirty.clear_all();
+            return Ok(());
+        }
+        for page in self.armed.iter_ones() {
+            if self.dirty.clear(page) {
+                out.set(page);
+            }
+        }
         Ok(())
+    }
+
+    fn arm_dirty_log(&mut self, first: u64, count: u64) -> Result<(), EmbedError> {
+        if !self.spec.deferred_protect || !self.logging {
+            return Ok(());
+        }
+        let end = first.saturating_add(count).min(self.total_pages());
+        for page in first..end {
+            if self.armed.set(page) {
+                self.dirty.clear(page);
+            }
+        }
+        Ok(())
+    }
+
+    fn untouched_pages(
+        &self,
+        first: u64,
+        count: u64,
+        out: &mut PageBitmap,
+    ) -> Result<bool, EmbedError> {
+        let end = first.saturating_add(count).min(self.total_pages());
+        let mut page = first;
+        while let Some(p) = self.untouched.next_set_before(page, end) {
+            out.set(p);
+            page = p + 1;
+        }
+        Ok(true)
     }
 
     fn pause(&mut self) -> Result<Duration, EmbedError> {

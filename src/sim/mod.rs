@@ -165,6 +165,8 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     // Small frames on a link much slower than the guest, as on a real network: the push takes
     // a good part of the run, so faults during it matter.
     cfg.push_pages = 4;
+    // Blocks of a few pages, so that arming and zero scans happen all through the live phase.
+    cfg.prepare_block_pages = 16;
     let mut source = SourceEngine::new(cfg, &src_vm)?;
     let mut dest = DestEngine::new(layout.clone());
     dest.set_place_chunk(spec.place_chunk_pages);

@@ -33,6 +33,9 @@ pub struct SourceConfig {
     pub drain_timeout_ms: u64,
     /// The workload's true hot set, to compute `ws_recall` (empty when unknown).
     pub true_hot_set: Vec<u64>,
+    /// Pages per block that the source arms for the dirty log and scans for untouched pages
+    /// at once, just before it first reads the block while the guest runs (at least 1).
+    pub prepare_block_pages: u64,
 }
 
 impl SourceConfig {
@@ -51,6 +54,7 @@ impl SourceConfig {
             live_pass: LivePass::All,
             drain_timeout_ms: 1000,
             true_hot_set: Vec::new(),
+            prepare_block_pages: 2048,
         }
     }
 }

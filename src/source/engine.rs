@@ -5,12 +5,15 @@
 //! the VMM (through [`MigratableVm`]) for the dirty log, the pause and the state blob.
 //!
 //! ```text
-//!  Handshake ──▶ ZeroScan ──▶ Rounds (precopy) ──────────────┐
-//!                    │    └─▶ WorkingSet (hybrid) ───────────┤
-//!                    └──────────────────────────────────────▶ SwitchOver ──▶ Push ──▶ Done ──▶ Finished
-//!                         (postcopy, hybrid-paper)           pause, stale set,   faults on urgent,
-//!                                                            state             rest on bulk
+//!  Handshake ──▶ Rounds (precopy) ────────────┐
+//!      │    └──▶ WorkingSet (hybrid) ─────────┤
+//!      └─────────────────────────────────────▶ SwitchOver ──▶ Push ──▶ Done ──▶ Finished
+//!      (postcopy, hybrid-paper: pause at once) pause, stale set,   faults on urgent,
+//!                                              state             rest on bulk
 //! ```
+//!
+//! While the guest runs (rounds, working set), each block of memory is armed for the dirty
+//! log and scanned for never-touched pages just before its first page is sent (`blocks`).
 
 use super::config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
 use super::policy::{lz4_worth, AdaptiveWindow, Lz4Probe, RateMeter};
@@ -23,6 +26,7 @@ use crate::metrics::mono_ns;
 use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
 use std::collections::VecDeque;
 
+mod blocks;
 mod live;
 
 /// The source state machine. See the module docs.
@@ -41,6 +45,11 @@ pub struct SourceEngine {
     pending: PageBitmap,
     /// Pages that were zero when scanned and not written since.
     zero: PageBitmap,
+    /// Blocks of `cfg.prepare_block_pages` armed for the dirty log and scanned for untouched
+    /// pages (one bit per block).
+    prepared: PageBitmap,
+    /// Scratch for the VMM's answer of which pages were never touched.
+    untouched: PageBitmap,
     /// CRC32 of each page's content as last sent (zero pages: the zero CRC).
     page_crc: Vec<u32>,
     push: PushScheduler,
@@ -155,6 +164,7 @@ impl SourceEngine {
             CompressionPolicy::On => Compression::Lz4,
             _ => Compression::None,
         };
+        let block_pages = cfg.prepare_block_pages.max(1);
         Ok(Self {
             window: AdaptiveWindow::new(cfg.window_pages),
             cfg,
@@ -168,6 +178,8 @@ impl SourceEngine {
             valid: PageBitmap::new(pages),
             pending: PageBitmap::new(pages),
             zero: PageBitmap::new(pages),
+            prepared: PageBitmap::new(pages.div_ceil(block_pages)),
+            untouched: PageBitmap::new(pages),
             page_crc: vec![zero_page_crc(); pages as usize],
             push: PushScheduler::new(),
             urgent_out: VecDeque::new(),
@@ -295,25 +307,31 @@ impl SourceEngine {
         Ok(())
     }
 
-    /// Both streams are up: start dirty logging and enter the mode's first phase.
+    /// Both streams are up: enter the mode's first phase.
+    ///
+    /// Pre-copy and hybrid read memory while the guest runs, so they turn the dirty log on;
+    /// each block of memory is armed and scanned for zero pages just before its first page
+    /// goes (`blocks`). Post-copy and hybrid-paper read nothing before the pause, so they
+    /// need neither: the guest pauses at once, every page is in the need set, and the push
+    /// finds the zero pages as it reads them (they cross as 2-bit entries).
     fn begin(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         tracing::info!(mode = %self.cfg.mode, version = self.version, "source: both streams up, migration starts");
-        vm.start_dirty_log()?;
-        self.harvest(vm)?; // clear anything logged before this instant
         self.round_started_ns = mono_ns();
         match self.cfg.mode {
             MigrationMode::Precopy => {
+                self.start_dirty_log(vm)?;
                 self.phase = Phase::Rounds;
                 self.stats.rounds = 1;
                 self.pending = PageBitmap::full(self.layout.total_pages());
             }
             MigrationMode::Hybrid => {
-                self.scan_zero_pages(vm)?;
+                self.start_dirty_log(vm)?;
+                self.arm_all(vm)?;
                 self.phase = Phase::WorkingSet;
                 self.record_ws();
                 match self.cfg.live_pass {
                     LivePass::WorkingSet => {
-                        self.queue_working_set();
+                        self.queue_working_set(vm)?;
                         self.prev_ws_dirty = u64::MAX;
                         self.stats.ws_passes = 1;
                     }
@@ -327,7 +345,6 @@ impl SourceEngine {
                 }
             }
             MigrationMode::Postcopy | MigrationMode::HybridPaper => {
-                self.scan_zero_pages(vm)?;
                 self.record_ws();
                 self.switch_over(vm)?;
             }
@@ -335,33 +352,14 @@ impl SourceEngine {
         Ok(())
     }
 
+    fn start_dirty_log(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        vm.start_dirty_log()?;
+        self.harvest(vm) // clear anything logged before this instant
+    }
+
     fn record_ws(&mut self) {
         self.stats.ws_pages = self.cfg.working_set.len() as u64;
         self.stats.ws_recall = recall(&self.cfg.working_set, &self.cfg.true_hot_set);
-    }
-
-    /// Finds the zero pages while the guest runs; pages written after this show up in the dirty
-    /// log and lose their zero mark at the switch-over.
-    /// Memory the VMM knows was never touched is zero without being read (reading it would
-    /// fault in the zero page, about 90 ms per GiB, all of it before post-copy's pause). When
-    /// the VMM can tell, touched pages are not read either: the few among them that hold
-    /// zeros cross as 2-bit entries of a mixed window, which costs less than reading every
-    /// touched page before the first page goes out (about 10 ms per GiB of data).
-    fn scan_zero_pages(&mut self, vm: &dyn MigratableVm) -> Result<(), SourceError> {
-        let started_ns = mono_ns();
-        let mut untouched = PageBitmap::new(self.layout.total_pages());
-        if vm.untouched_pages(&mut untouched)? {
-            self.zero.union_with(&untouched);
-        } else {
-            for page in 0..self.layout.total_pages() {
-                if wire::is_zero(self.page_bytes(page, 1)) {
-                    self.zero.set(page);
-                }
-            }
-        }
-        self.stats.pages_untouched = untouched.count();
-        self.stats.zero_scan_ms = (mono_ns() - started_ns) as f64 / 1e6;
-        Ok(())
     }
 
     /// The bytes of `count` pages from `first` (within one region).
@@ -432,7 +430,7 @@ impl SourceEngine {
         if self.phase == Phase::WorkingSet && self.drain.is_none() {
             self.check_live_pass(vm)?;
         }
-        if self.send_next_pending(out, false)? {
+        if self.send_next_live(out, vm)? {
             return Ok(true);
         }
         if self.drain_pending() {
@@ -448,7 +446,7 @@ impl SourceEngine {
                 self.stats.rounds += 1;
                 self.round_started_ns = mono_ns();
                 self.round_bytes = 0;
-                Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
+                Ok(self.send_next_live(out, vm)? || !self.pending.is_empty())
             }
             Phase::WorkingSet if self.cold_pass_open => {
                 // Cold part done (pages dirtied during it are stale now and wait for the push,
@@ -459,15 +457,15 @@ impl SourceEngine {
                 // Everything written during the cold part, not only since its last check.
                 self.dirty_scratch.union_with(&self.pass_written);
                 self.pass_written.clear_all();
-                self.queue_working_set();
+                self.queue_working_set(vm)?;
                 self.stats.ws_passes = 1;
-                if self.send_next_pending(out, false)? {
+                if self.send_next_live(out, vm)? {
                     return Ok(true);
                 }
                 self.start_drain(out)
             }
             Phase::WorkingSet if self.drain.is_none() && self.working_set_again() => {
-                Ok(self.send_next_pending(out, false)? || !self.pending.is_empty())
+                Ok(self.send_next_live(out, vm)? || !self.pending.is_empty())
             }
             _ if self.drain.is_none() => {
                 // Stale copies the destination will drop anyway (hybrid, and a pre-copy that

@@ -196,6 +196,28 @@ pub enum VmError {
         /// errno.
         source: KvmError,
     },
+    /// KVM_CLEAR_DIRTY_LOG (re-protecting pages for the dirty log) failed.
+    #[error("KVM_CLEAR_DIRTY_LOG for slot {slot}, pages {first_page}+{pages}, failed: {source}")]
+    ClearDirtyLog {
+        /// Slot.
+        slot: u32,
+        /// First page of the range, slot-relative.
+        first_page: u64,
+        /// Pages in the range.
+        pages: u32,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Reading /proc/self/pagemap for untouched pages failed.
+    #[error("/proc/self/pagemap for guest pages {first_page}+{pages}: {source}")]
+    Pagemap {
+        /// First global page asked about.
+        first_page: u64,
+        /// Pages asked about.
+        pages: u64,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// A dirty bitmap does not cover guest RAM.
     #[error("dirty bitmap has {have_pages} pages, guest RAM has {need_pages}")]
     BitmapSize {

@@ -143,42 +143,7 @@ impl GuestRegion {
         // SAFETY: as above, and the caller guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.host.as_ptr(), self.len()) }
     }
-
-    /// Calls `mark(i)` for every page `i` of this region that this process has never touched: neither present nor swapped in `/proc/self/pagemap`.
-    ///
-    /// The mapping is private and anonymous, so such a page reads as zero. Knowing this lets
-    /// the source skip reading untouched memory, whose first read would fault in the zero page
-    /// (about 90 ms per GiB). A page may be written right after it was reported, so the caller
-    /// must have dirty logging on before calling, as the source does.
-    pub fn untouched_pages(&self, mut mark: impl FnMut(u64)) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let pagemap = std::fs::File::open("/proc/self/pagemap")?;
-        let vpn_first = self.host.as_ptr() as u64 / PAGE_BYTES;
-        let mut entries = vec![0u8; PAGEMAP_CHUNK_PAGES * PAGEMAP_ENTRY_BYTES];
-        let mut done = 0u64;
-        while done < self.pages() {
-            let n = (self.pages() - done).min(PAGEMAP_CHUNK_PAGES as u64) as usize;
-            let buf = &mut entries[..n * PAGEMAP_ENTRY_BYTES];
-            pagemap.read_exact_at(buf, (vpn_first + done) * PAGEMAP_ENTRY_BYTES as u64)?;
-            for (i, entry) in buf.chunks_exact(PAGEMAP_ENTRY_BYTES).enumerate() {
-                let bits = u64::from_ne_bytes(entry.try_into().unwrap_or([0xff; 8]));
-                if bits & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED | PAGEMAP_FILE_OR_SHARED) == 0 {
-                    mark(done + i as u64);
-                }
-            }
-            done += n as u64;
-        }
-        Ok(())
-    }
 }
-
-/// Pagemap entries read per `pread` (2 MiB of entries covers 1 GiB of guest).
-const PAGEMAP_CHUNK_PAGES: usize = 32 * 1024;
-const PAGEMAP_ENTRY_BYTES: usize = 8;
-/// Bits of a pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
-const PAGEMAP_PRESENT: u64 = 1 << 63;
-const PAGEMAP_SWAPPED: u64 = 1 << 62;
-const PAGEMAP_FILE_OR_SHARED: u64 = 1 << 61;
 
 impl Drop for GuestRegion {
     fn drop(&mut self) {
@@ -200,31 +165,4 @@ pub(crate) fn locate(
         .find(|r| r.contains(gpa) && gpa - r.guest_phys + len_bytes <= r.size_bytes)
         .map(|r| (r, (gpa - r.guest_phys) as usize))
         .ok_or(MemoryError::OutOfRange { gpa, len_bytes })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn untouched(region: &GuestRegion) -> Vec<u64> {
-        let mut pages = Vec::new();
-        region.untouched_pages(|p| pages.push(p)).expect("pagemap");
-        pages
-    }
-
-    #[test]
-    fn untouched_pages_are_exactly_those_never_read_or_written() {
-        let layout = SlotLayout { slot: 0, guest_phys: 0, size_bytes: 64 * PAGE_BYTES };
-        let region = GuestRegion::map(&layout).expect("mmap");
-        assert_eq!(untouched(&region), (0..64).collect::<Vec<_>>());
-        // SAFETY: the region is 64 pages long and nothing else uses it.
-        unsafe {
-            region.as_ptr().add(3 * PAGE_BYTES as usize).write_volatile(1);
-            region.as_ptr().add(40 * PAGE_BYTES as usize + 17).write_volatile(2);
-            // A read maps the shared zero page: the page is then present, so it is scanned.
-            let _ = region.as_ptr().add(9 * PAGE_BYTES as usize).read_volatile();
-        }
-        let expected: Vec<u64> = (0..64).filter(|p| ![3, 9, 40].contains(p)).collect();
-        assert_eq!(untouched(&region), expected);
-    }
 }

@@ -12,10 +12,12 @@
 pub mod blob;
 pub mod config;
 pub mod devices;
+mod dirtylog;
 pub mod error;
 pub mod guest;
 pub mod layout;
 pub mod memory;
+pub mod pagemap;
 pub mod run;
 pub mod setup;
 pub mod state;

@@ -14,11 +14,13 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::config::VmConfig;
 use super::devices::{ControlVcpu, Devices};
+use super::dirtylog;
 use super::error::VmError;
 use super::guest::digest::combine_digests;
 use super::guest::{asm, fill, params};
 use super::layout::{params_gpa, Layout, CODE_GPA, CODE_MAX_BYTES, DATA_GPA, PAGE_BYTES};
 use super::memory::{locate, GuestRegion};
+use super::pagemap::Pagemap;
 use super::setup;
 use super::state::{self, VmState};
 use super::vcpu::{self, Control, Kick, VcpuRun, VcpuThread, Want};
@@ -41,6 +43,12 @@ pub struct Vm {
     vmm_dirty: Mutex<DirtyBitmap>,
     msr_list: Vec<u32>,
     dirty_logging: bool,
+    /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with initially-set bitmaps is on (see `dirtylog`).
+    manual_protect: bool,
+    /// With manual protection: pages write-protected for the log since it was turned on.
+    armed: DirtyBitmap,
+    /// `/proc/self/pagemap`, for pages never touched; None where it cannot be opened.
+    pagemap: Option<Pagemap>,
     started: bool,
     vm: VmFd,
     _kvm: Kvm,
@@ -80,6 +88,8 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
         state::check_xsave_size(&vm)?;
+        // Before any slot logs: the capability changes how logging starts.
+        let manual_protect = dirtylog::enable_manual_protect(&vm);
         let layout = Layout::new(cfg);
         let regions = layout.slots.iter().map(GuestRegion::map).collect::<Result<Vec<_>, _>>()?;
         for r in &regions {
@@ -106,9 +116,12 @@ impl Vm {
             vcpu_fds,
             devices: Arc::new(Mutex::new(Devices::new(cfg.vcpus))),
             vmm_dirty: Mutex::new(DirtyBitmap::new(layout.total_pages())),
+            armed: DirtyBitmap::new(layout.total_pages()),
             layout,
             msr_list,
             dirty_logging: false,
+            manual_protect,
+            pagemap: Pagemap::open().ok(),
             started: false,
             vm,
             _kvm: kvm,
@@ -325,13 +338,87 @@ impl Vm {
     }
 
     /// Turns KVM dirty logging on or off on every slot.
+    ///
+    /// With manual protection ([`Vm::manual_dirty_protect`]) turning it on protects nothing:
+    /// a page's writes are reported only once [`Vm::arm_dirty_log`] has named it. Without it,
+    /// KVM write-protects every mapped page now and every page counts as armed.
     pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), VmError> {
         let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
         for r in &self.regions {
             register_slot(&self.vm, r, flags)?;
         }
         self.dirty_logging = on;
+        self.armed.clear_all();
         Ok(())
+    }
+
+    /// Whether dirty logging defers write protection to [`Vm::arm_dirty_log`]
+    /// (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with initially-set bitmaps).
+    pub fn manual_dirty_protect(&self) -> bool {
+        self.manual_protect
+    }
+
+    /// Write-protects pages `first..first + count` (global) for the dirty log, those not armed
+    /// yet, so that their next write shows in [`Vm::harvest_dirty`]. A page armed before keeps
+    /// its dirty bit: clearing it again would lose a write not yet harvested. Does nothing
+    /// without manual protection (every page is armed when logging starts) or with logging off.
+    pub fn arm_dirty_log(&mut self, first: u64, count: u64) -> Result<(), VmError> {
+        if !self.manual_protect || !self.dirty_logging {
+            return Ok(());
+        }
+        for r in &self.regions {
+            let base = r.first_page();
+            let (lo, hi) = (first.max(base), first.saturating_add(count).min(base + r.pages()));
+            if lo >= hi {
+                continue;
+            }
+            // KVM takes ranges that start on a multiple of 64 pages of the slot. The mask is
+            // built a word at a time: arming all of a 1 GiB guest is 4,096 words.
+            let start = (lo - base) & !63;
+            let end = ((hi - base).div_ceil(64) * 64).min(r.pages());
+            let mask: Vec<u64> = (start..end)
+                .step_by(64)
+                .map(|k| {
+                    let wanted = span_bits(lo - base, hi - base, k);
+                    wanted & !self.armed.bits_at(base + k)
+                })
+                .collect();
+            if mask.iter().all(|&w| w == 0) {
+                continue;
+            }
+            let pages = (end - start) as u32;
+            dirtylog::clear_dirty_log(&self.vm, r.slot, start, pages, &mask).map_err(|source| {
+                VmError::ClearDirtyLog { slot: r.slot, first_page: start, pages, source }
+            })?;
+            self.armed.set_range(lo, hi - lo);
+        }
+        Ok(())
+    }
+
+    /// Calls `mark(page)` for every global page in `first..first + count` that this process
+    /// never touched (it reads as zero; see [`Pagemap`]); false when pagemap is unavailable.
+    /// A page may be written right after it was reported: arm it for the dirty log first.
+    pub fn untouched_pages(
+        &self,
+        first: u64,
+        count: u64,
+        mut mark: impl FnMut(u64),
+    ) -> Result<bool, VmError> {
+        let Some(pagemap) = &self.pagemap else {
+            return Ok(false);
+        };
+        for r in &self.regions {
+            let base = r.first_page();
+            let (lo, hi) = (first.max(base), first.saturating_add(count).min(base + r.pages()));
+            if lo >= hi {
+                continue;
+            }
+            let addr = r.as_ptr() as usize + ((lo - base) * PAGE_BYTES) as usize;
+            pagemap
+                .untouched(addr, hi - lo, |i| mark(lo + i))
+                .map_err(|source| VmError::Pagemap { first_page: lo, pages: hi - lo, source })?;
+        }
+        Ok(true)
     }
 
     /// Drops KVM's cached mappings of the data slots (delete and re-add each slot), so that
@@ -350,7 +437,8 @@ impl Vm {
     }
 
     /// ORs into `out` the pages KVM logged as dirty since the last harvest (clearing KVM's
-    /// log) and the pages the VMM itself wrote (clearing that set too).
+    /// log) and the pages the VMM itself wrote (clearing that set too). With manual
+    /// protection only armed pages are reported (see [`Vm::arm_dirty_log`]).
     pub fn harvest_dirty(&mut self, out: &mut DirtyBitmap) -> Result<(), VmError> {
         if out.len() < self.total_pages() {
             return Err(VmError::BitmapSize {
@@ -360,10 +448,28 @@ impl Vm {
         }
         if self.dirty_logging {
             for r in &self.regions {
-                let words = self
+                let mut words = self
                     .vm
                     .get_dirty_log(r.slot, r.len())
                     .map_err(|source| VmError::DirtyLog { slot: r.slot, source })?;
+                if self.manual_protect {
+                    // The bits of pages never armed are still the initial ones; the pages
+                    // reported are cleared and so re-protected for their next write.
+                    for (i, word) in words.iter_mut().enumerate() {
+                        *word &= self.armed.bits_at(r.first_page() + 64 * i as u64);
+                    }
+                    if words.iter().any(|&w| w != 0) {
+                        let pages = r.pages() as u32;
+                        dirtylog::clear_dirty_log(&self.vm, r.slot, 0, pages, &words).map_err(
+                            |source| VmError::ClearDirtyLog {
+                                slot: r.slot,
+                                first_page: 0,
+                                pages,
+                                source,
+                            },
+                        )?;
+                    }
+                }
                 out.or_words(r.first_page(), &words);
             }
         }
@@ -570,6 +676,33 @@ fn register_slot_sized(
     })
 }
 
+/// The bits of `lo..hi` within the 64 pages from `word_first` (bit `i` is page
+/// `word_first + i`).
+fn span_bits(lo: u64, hi: u64, word_first: u64) -> u64 {
+    let from = lo.saturating_sub(word_first).min(64);
+    let to = hi.saturating_sub(word_first).min(64);
+    if from >= to {
+        return 0;
+    }
+    let high = if to == 64 { u64::MAX } else { (1u64 << to) - 1 };
+    high & !((1u64 << from) - 1)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span_bits;
+
+    #[test]
+    fn span_bits_covers_exactly_the_range() {
+        assert_eq!(span_bits(0, 64, 0), u64::MAX);
+        assert_eq!(span_bits(3, 5, 0), 0b11000);
+        assert_eq!(span_bits(60, 70, 64), 0b11_1111);
+        assert_eq!(span_bits(60, 70, 0), 0xf << 60);
+        assert_eq!(span_bits(10, 20, 128), 0, "range before the word");
+        assert_eq!(span_bits(200, 300, 64), 0, "range after the word");
+    }
 }

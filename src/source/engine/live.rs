@@ -11,20 +11,35 @@ const LIVE_CHECK_PAGES: u64 = 16_384;
 const MAX_WS_PASSES: u32 = 4;
 
 impl SourceEngine {
-    /// Hybrid's live send of the working set, hottest page last so that it is the freshest
-    /// copy when the guest pauses.
-    /// Pages written since the last harvest go after the others: the shorter the time from
-    /// sending a written page to the pause, the less likely it is stale by then.
-    pub(super) fn queue_working_set(&mut self) {
-        let dirty = &self.dirty_scratch;
-        let (written, quiet): (Vec<u64>, Vec<u64>) =
-            self.cfg.working_set.iter().rev().partition(|&&p| dirty.get(p));
-        for &page in &self.cfg.working_set {
+    /// Hybrid's live send of the working set. Pages written since the last harvest go last,
+    /// hottest last: the shorter the time from sending a written page to the pause, the less
+    /// likely it is stale by then. The others (read-hot, not written) go first and in page
+    /// order: their order barely changes what is stale at the pause, and in page order they
+    /// form runs, one window per 16 pages instead of one per page (in rank order the idle
+    /// guest's working set cost 1.4 MB of window headers, 0.3% of its transfer).
+    /// Known-zero pages stay out: the need set already tells the destination to fill them
+    /// locally.
+    pub(super) fn queue_working_set(
+        &mut self,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<(), SourceError> {
+        self.prepare_working_set(vm)?;
+        let (dirty, zero) = (&self.dirty_scratch, &self.zero);
+        let (written, mut quiet): (Vec<u64>, Vec<u64>) = self
+            .cfg
+            .working_set
+            .iter()
+            .rev()
+            .filter(|&&p| !zero.get(p))
+            .partition(|&&p| dirty.get(p));
+        quiet.sort_unstable();
+        for &page in written.iter().chain(&quiet) {
             self.pending.set(page);
         }
         self.stats.ws_write_hot_pages = written.len() as u64;
         self.prev_ws_dirty = written.len() as u64;
         self.push.set_priority(quiet.into_iter().chain(written));
+        Ok(())
     }
 
     /// After a live pass over the working set: whether to send its pages written meanwhile
