@@ -313,3 +313,35 @@ fn vm_harvest_accessed_back_to_back() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(vm.ops_done() > before, "the guest stopped running after the harvests");
 }
+
+/// Dirty logging armed one block at a time, as the source does while it sends: writes to an
+/// armed block are reported, writes to memory not armed yet are not (with KVM's manual
+/// protect), and a page reported once is re-armed for its next write.
+#[test]
+fn vm_dirty_log_reports_writes_to_armed_blocks() {
+    if !require_kvm("vm_dirty_log_reports_writes_to_armed_blocks") {
+        return;
+    }
+    let mut c = cfg(WorkloadKind::Random, 1, 3, u64::MAX / 2);
+    c.workload.ops = None;
+    let mut vm = Vm::new(&c).unwrap();
+    let data = vm.workload_pages();
+    vm.set_dirty_logging(true).unwrap();
+    vm.start().unwrap();
+    let block = data.start + 2048..data.start + 4096;
+    vm.arm_dirty_log(block.start, block.end - block.start).unwrap();
+    let mut bm = DirtyBitmap::new(vm.total_pages());
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        bm.clear_all();
+        vm.harvest_dirty(&mut bm).unwrap();
+        let inside = block.clone().filter(|&p| bm.get(p)).count();
+        let outside = data.clone().filter(|p| !block.contains(p) && bm.get(*p)).count();
+        eprintln!("round {round}: {inside} of 2048 armed pages dirty, {outside} outside");
+        assert!(inside * 2 >= 2048, "round {round}: only {inside} of 2048 armed pages reported");
+        if vm.manual_dirty_protect() {
+            assert_eq!(outside, 0, "round {round}: pages never armed were reported");
+        }
+    }
+    vm.pause().unwrap();
+}

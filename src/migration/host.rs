@@ -69,6 +69,10 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm.arm_dirty_log(first, count).map_err(vm_err("arm_dirty_log"))
     }
 
+    fn arm_dirty_log_pages(&mut self, pages: &PageBitmap) -> Result<(), EmbedError> {
+        self.vm.arm_dirty_log_pages(pages).map_err(vm_err("arm_dirty_log_pages"))
+    }
+
     fn untouched_pages(
         &self,
         first: u64,

@@ -72,7 +72,9 @@ pub struct MigrationReport {
     /// Zero pages known from the VMM (never touched) without being read.
     #[serde(default)]
     pub pages_untouched: u64,
-    /// Time to find the zero pages before the first page is sent (post-copy, hybrid).
+    /// Pre-copy and hybrid: time spent arming blocks for the dirty log and asking which pages
+    /// were never touched, spread over the live phase, block by block (post-copy reads nothing
+    /// before the pause and scans nothing).
     #[serde(default)]
     pub zero_scan_ms: f64,
     /// Pages sent raw.

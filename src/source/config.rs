@@ -141,7 +141,8 @@ pub struct SourceStats {
     pub pages_zero: u64,
     /// Pages the VMM reported as never touched, so zero without being read.
     pub pages_untouched: u64,
-    /// Time spent finding the zero pages before the first page is sent (post-copy, hybrid).
+    /// Pre-copy and hybrid: time spent arming blocks for the dirty log and asking which pages
+    /// were never touched (spread over the live phase, block by block).
     pub zero_scan_ms: f64,
     /// Pages sent raw.
     pub pages_raw: u64,

@@ -326,7 +326,7 @@ impl SourceEngine {
             }
             MigrationMode::Hybrid => {
                 self.start_dirty_log(vm)?;
-                self.arm_all(vm)?;
+                self.arm_working_set(vm)?;
                 self.phase = Phase::WorkingSet;
                 self.record_ws();
                 match self.cfg.live_pass {

@@ -92,6 +92,12 @@ impl SourceEngine {
         let went_stale = self.stats.stale_pages - stale_before;
         let sent_since = sent - self.live_check.sent_at;
         self.live_check.sent_at = sent;
+        tracing::debug!(
+            went_stale,
+            sent_since,
+            cold = self.cold_pass_open,
+            "source: live-pass check"
+        );
         if went_stale * 2 > sent_since {
             tracing::info!(
                 went_stale,
