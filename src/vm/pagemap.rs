@@ -186,35 +186,17 @@ fn mark_span(from: u64, to: u64, base: u64, mark: &mut impl FnMut(u64)) {
 mod tests {
     use super::*;
 
-    /// A private anonymous mapping of `pages` pages, unmapped on drop.
-    struct Anon(*mut u8, usize);
-
-    impl Anon {
-        fn new(pages: usize) -> Anon {
-            let len = pages * PAGE_BYTES as usize;
-            // SAFETY: anonymous mapping without a hint, checked below, unmapped on drop.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            // SAFETY: the range was just mapped; huge pages would make touches page-wide.
-            unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-            Anon(p.cast(), len)
-        }
-    }
-
-    impl Drop for Anon {
-        fn drop(&mut self) {
-            // SAFETY: mapped by `new` with this length.
-            unsafe { libc::munmap(self.0.cast(), self.1) };
-        }
+    /// A guest region of `pages` pages, without huge pages (one touch would make 512 present).
+    fn region(pages: u64) -> crate::vm::GuestRegion {
+        let slot = crate::vm::layout::SlotLayout {
+            slot: 0,
+            guest_phys: 0,
+            size_bytes: pages * PAGE_BYTES,
+        };
+        let region = crate::vm::GuestRegion::map(&slot).expect("mmap");
+        // SAFETY: the range is the region's own mapping; advice changes no contents.
+        unsafe { libc::madvise(region.as_ptr().cast(), region.len(), libc::MADV_NOHUGEPAGE) };
+        region
     }
 
     fn collect(pm: &Pagemap, addr: usize, pages: u64, scan: bool) -> Vec<u64> {
@@ -226,7 +208,7 @@ mod tests {
     #[test]
     fn scan_and_entries_agree_with_what_was_touched() {
         const PAGES: usize = 3000; // more touched runs than one scan vector holds
-        let mem = Anon::new(PAGES);
+        let mem = region(PAGES as u64);
         let mut expected = Vec::new();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for p in 0..PAGES {
@@ -236,15 +218,15 @@ mod tests {
             // SAFETY: page p is inside the mapping; nothing else uses it.
             unsafe {
                 match x % 3 {
-                    0 => mem.0.add(p * PAGE_BYTES as usize + 5).write_volatile(1),
+                    0 => mem.as_ptr().add(p * PAGE_BYTES as usize + 5).write_volatile(1),
                     // A read maps the shared zero page: present, so not untouched.
-                    1 => drop(mem.0.add(p * PAGE_BYTES as usize).read_volatile()),
+                    1 => drop(mem.as_ptr().add(p * PAGE_BYTES as usize).read_volatile()),
                     _ => expected.push(p as u64),
                 }
             }
         }
         let pm = Pagemap::open().expect("open pagemap");
-        let addr = mem.0 as usize;
+        let addr = mem.as_ptr() as usize;
         assert_eq!(collect(&pm, addr, PAGES as u64, false), expected, "entries");
         if pm.scan_ioctl.load(Ordering::Relaxed) {
             assert_eq!(collect(&pm, addr, PAGES as u64, true), expected, "PAGEMAP_SCAN");
