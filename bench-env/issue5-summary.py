@@ -119,7 +119,7 @@ def unpaced(out, name, title):
                   f"rounds): {measured / 2**20:.0f} MiB, {min(1.0, wire_per_byte):.2f} wire bytes "
                   f"per byte -> bound {bound_m:.0f} ms; hybrid {stall:.0f} ms "
                   f"({verdict(stall <= bound_m)})")
-        print(f"- hybrid: stale pages at the pause {med(hyb, 'stale_pages'):.0f}, cold part given up in "
+        print(f"- hybrid: stale pages over the migration {med(hyb, 'stale_pages'):.0f}, cold part given up in "
               f"{sum(bool(r.get('cold_pass_abandoned')) for r in hyb)}/{len(hyb)} runs, total_ms "
               f"{med(hyb, 'total_ms'):.0f} (postcopy {med(post, 'total_ms'):.0f})")
         print()
