@@ -364,25 +364,38 @@ impl Vm {
     /// without manual protection (every page is armed when logging starts) or with logging off.
     pub fn arm_dirty_log(&mut self, first: u64, count: u64) -> Result<(), VmError> {
         let end = first.saturating_add(count);
-        self.arm_where(|word_first| span_bits(first, end, word_first))
+        self.arm_where(first, end, |word_first| span_bits(first, end, word_first))
     }
 
     /// As [`Vm::arm_dirty_log`], for the pages set in `pages`: one KVM_CLEAR_DIRTY_LOG per
     /// slot however scattered they are. KVM's work grows with the pages armed, so arming a
     /// working set this way costs a fraction of arming all of memory.
     pub fn arm_dirty_log_pages(&mut self, pages: &DirtyBitmap) -> Result<(), VmError> {
-        self.arm_where(|word_first| pages.bits_at(word_first))
+        self.arm_where(0, u64::MAX, |word_first| pages.bits_at(word_first))
     }
 
-    /// Arms, slot by slot, the pages whose bits `wanted(p)` gives for the 64 global pages from
-    /// `p` (the range KVM gets is trimmed to the words that hold any).
-    fn arm_where(&mut self, wanted: impl Fn(u64) -> u64) -> Result<(), VmError> {
+    /// Arms, slot by slot, the pages of global range `first..end` whose bits `wanted(p)` gives
+    /// for the 64 global pages from `p` (the range KVM gets is trimmed to the words that hold
+    /// any). Only the slot words that overlap the range are looked at: a block of 2,048 pages
+    /// is 32 words, not the 4,096 of a 1 GiB slot.
+    fn arm_where(
+        &mut self,
+        first: u64,
+        end: u64,
+        wanted: impl Fn(u64) -> u64,
+    ) -> Result<(), VmError> {
         if !self.manual_protect || !self.dirty_logging {
             return Ok(());
         }
         for r in &self.regions {
             let (base, pages) = (r.first_page(), r.pages());
-            let mask: Vec<u64> = (0..pages)
+            let (lo_page, hi_page) = (first.max(base), end.min(base + pages));
+            if lo_page >= hi_page {
+                continue;
+            }
+            // Slot-relative words; KVM takes ranges that start on a multiple of 64 pages.
+            let word0 = (lo_page - base) / 64;
+            let mask: Vec<u64> = (word0 * 64..hi_page - base)
                 .step_by(64)
                 .map(|k| wanted(base + k) & span_bits(0, pages, k) & !self.armed.bits_at(base + k))
                 .collect();
@@ -390,9 +403,8 @@ impl Vm {
                 continue;
             };
             let hi = mask.iter().rposition(|&w| w != 0).unwrap_or(lo) + 1;
-            // KVM takes ranges that start on a multiple of 64 pages of the slot.
-            let (start, count) =
-                (lo as u64 * 64, ((hi as u64 * 64).min(pages) - lo as u64 * 64) as u32);
+            let start = (word0 + lo as u64) * 64;
+            let count = (((word0 + hi as u64) * 64).min(pages) - start) as u32;
             dirtylog::clear_dirty_log(&self.vm, r.slot, start, count, &mask[lo..hi]).map_err(
                 |source| VmError::ClearDirtyLog {
                     slot: r.slot,
