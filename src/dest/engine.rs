@@ -776,36 +776,22 @@ mod tests {
         dest
     }
 
-    fn zero_window(first_page: u64, pages: usize, request_id: u32) -> Vec<u8> {
-        let meta = WindowMetaFor { first_page, request_id };
+    /// A bulk window of `pages` zero pages from `first_page`.
+    fn zero_window(first_page: u64, pages: usize) -> Vec<u8> {
+        let meta = wire::WindowMeta { region: 0, first_page, request_id: 0, urgent_answer: false };
         let mut out = Vec::new();
         let data = vec![0u8; pages * PAGE_SIZE];
+        let limits = wire::Limits::default();
         wire::encode_page_window(
             &mut out,
             wire::VERSION_CURRENT,
-            &meta.into(),
+            &meta,
             &data,
             wire::Compression::None,
-            &wire::Limits::default(),
+            &limits,
         )
         .expect("window");
         out
-    }
-
-    struct WindowMetaFor {
-        first_page: u64,
-        request_id: u32,
-    }
-
-    impl From<WindowMetaFor> for wire::WindowMeta {
-        fn from(m: WindowMetaFor) -> Self {
-            wire::WindowMeta {
-                region: 0,
-                first_page: m.first_page,
-                request_id: m.request_id,
-                urgent_answer: m.request_id != 0,
-            }
-        }
     }
 
     #[test]
@@ -816,11 +802,11 @@ mod tests {
         dest.on_fault(5, 0, &mut sink).expect("fault");
         assert_eq!(dest.stats().network_faults, 1);
         // Pages 4..8 arrive, all zero, with a waiter on page 5: the run is placed.
-        feed(&mut dest, StreamKind::Bulk, &zero_window(4, 4, 0), &mut sink);
+        feed(&mut dest, StreamKind::Bulk, &zero_window(4, 4), &mut sink);
         assert!(dest.is_present(5), "the page a vCPU waits for must be placed");
         assert_eq!(sink.zeroed, vec![(4, 4)]);
         // Pages 8..12 arrive, all zero, and nobody waits: they stay missing, known zero.
-        feed(&mut dest, StreamKind::Bulk, &zero_window(8, 4, 0), &mut sink);
+        feed(&mut dest, StreamKind::Bulk, &zero_window(8, 4), &mut sink);
         for page in 8..12 {
             assert!(!dest.is_present(page), "page {page} should stay missing, known zero");
         }
