@@ -228,7 +228,7 @@ fn precopy_that_cannot_converge_ends_post_copy() {
 }
 
 /// Hybrid against a guest that writes its cold memory faster than the link carries it
-/// (unpaced `hotcold` on `lan1g` with half of its ops writing cold pages):
+/// (unpaced `hotcold` on `lan1g` with half of its ops writing cold pages, lz4 off):
 /// the live pass must give up its cold part instead of sending pages that are stale by the
 /// pause, and the migration must still end exact.
 #[test]
@@ -239,12 +239,14 @@ fn hybrid_gives_up_a_cold_part_that_goes_stale() {
     }
     let bed = Bed::new();
     bed.up("lan1g");
-    let mode = ["--mode", "hybrid", "--migrate-after-ms", "1000"];
-    // Half of all ops write cold pages (the default guest writes 1% there). Staleness counts
-    // only writes after a page was read for sending (each block is armed for the dirty log
-    // just before), and under the migration's write-protect faults the default guest dirties
-    // its cold part at 4-22% of the send rate: finishing the cold part is right for it.
+    // The pass gives up when the guest would dirty it more than once while the link crosses it
+    // once. Half of all ops write cold pages (the default guest writes 1% there, and dirties its
+    // cold part at about a quarter of the link's rate: finishing is right for it). With lz4
+    // off this guest measured 3.8 to 4.0 times the link's rate on this machine; with lz4 on,
+    // 0.75 to 1.0 (lz4 both speeds the link up and takes CPU from the vCPU), too close to the
+    // rule's threshold to test it.
     let cold_writer = [&GUEST[..], &["--hot-frac", "0.5", "--write-frac", "1.0"]].concat();
+    let mode = ["--mode", "hybrid", "--migrate-after-ms", "1000", "--compress", "off"];
     let report =
         migrate_unpaced(&bed, &cold_writer, "300000000", &mode, "cold-writing hotcold, lan1g");
     eprintln!(

@@ -100,10 +100,15 @@ struct Drain {
     confirmed: bool,
 }
 
-/// Where the last dirty-log check of hybrid's live pass was.
+/// Where the last dirty-log check of hybrid's live pass was, and the size of the pass.
 #[derive(Debug, Clone, Copy, Default)]
 struct LiveCheck {
+    /// Pages sent (all phases) at the last check.
     sent_at: u64,
+    /// Pages the destination held fresh copies of right after the last check.
+    valid_at: u64,
+    /// Pages the current live pass set out to send.
+    pass_pages: u64,
 }
 
 /// Drains before the pause at most: one, then one more while the guest dirtied more than
@@ -341,6 +346,7 @@ impl SourceEngine {
                             self.pending.clear(page);
                         }
                         self.cold_pass_open = true;
+                        self.begin_live_pass();
                     }
                 }
             }

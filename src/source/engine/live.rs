@@ -39,7 +39,15 @@ impl SourceEngine {
         self.stats.ws_write_hot_pages = written.len() as u64;
         self.prev_ws_dirty = written.len() as u64;
         self.push.set_priority(quiet.into_iter().chain(written));
+        self.begin_live_pass();
         Ok(())
+    }
+
+    /// Records the size of the live pass that starts now (what `pending` holds) and the pages
+    /// the destination holds, for `check_live_pass`.
+    pub(super) fn begin_live_pass(&mut self) {
+        self.live_check.pass_pages = self.pending.count();
+        self.live_check.valid_at = self.valid.count();
     }
 
     /// After a live pass over the working set: whether to send its pages written meanwhile
@@ -71,15 +79,16 @@ impl SourceEngine {
             }
             self.push.set_priority(written);
             self.stats.ws_passes += 1;
+            self.begin_live_pass();
         }
         again
     }
 
     /// Every `LIVE_CHECK_PAGES` pages of a live pass (the cold part or a working-set pass):
-    /// harvests the dirty log and gives the pass up when, since the last check, sent pages
-    /// went stale at more than half the rate pages were sent. The guest then writes that memory
-    /// about as fast as the link carries it, so finishing the pass would mostly send pages that
-    /// are stale by the pause; what is left is pushed after the resume, as in post-copy.
+    /// harvests the dirty log and gives the pass up when the guest dirties the pages it already
+    /// sent faster than the link crosses the pass (`stale_to_send_ratio` above 1). Finishing
+    /// such a pass would mostly send pages that are stale by the pause (at a ratio of 1, 37% of
+    /// them are); what is left is pushed after the resume, as in post-copy.
     pub(super) fn check_live_pass(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         let sent = self.pages_sent();
         if sent < self.live_check.sent_at + LIVE_CHECK_PAGES {
@@ -91,17 +100,21 @@ impl SourceEngine {
         self.pass_written.union_with(&self.dirty_scratch);
         let went_stale = self.stats.stale_pages - stale_before;
         let sent_since = sent - self.live_check.sent_at;
+        let ratio = stale_to_send_ratio(went_stale, sent_since, self.live_check);
         self.live_check.sent_at = sent;
+        self.live_check.valid_at = self.valid.count();
         tracing::debug!(
             went_stale,
             sent_since,
+            ratio,
             cold = self.cold_pass_open,
             "source: live-pass check"
         );
-        if went_stale * 2 > sent_since {
+        if ratio > 1.0 {
             tracing::info!(
                 went_stale,
                 sent_since,
+                ratio,
                 cold = self.cold_pass_open,
                 "source: the guest dirties memory faster than it crosses; the rest of this live pass waits for the push"
             );
@@ -145,5 +158,49 @@ impl SourceEngine {
             !d.confirmed
                 && mono_ns().saturating_sub(d.since_ns) < self.cfg.drain_timeout_ms * 1_000_000
         })
+    }
+}
+
+/// How many times over the guest would dirty a live pass while the link crosses it once, from
+/// one check interval: the share of the fresh copies on the destination that went stale in it
+/// (against the copies exposed on average: those at the last check plus half of those sent
+/// since), over the share of the pass sent in it. A raw stale-to-sent count would rise through
+/// the pass as more sent pages become exposed, whatever the guest does; this does not.
+fn stale_to_send_ratio(went_stale: u64, sent_since: u64, at: LiveCheck) -> f64 {
+    let exposed = (at.valid_at + sent_since / 2).max(1) as f64;
+    let sent_share = sent_since.max(1) as f64 / at.pass_pages.max(1) as f64;
+    went_stale as f64 / exposed / sent_share
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest that writes `written` random pages of a `part`-page pass per interval while the
+    /// link sends `sent` of them: of `exposed` fresh copies, `written * exposed / part` go stale.
+    fn interval(part: u64, written: u64, sent: u64, valid_at: u64) -> f64 {
+        let exposed = valid_at + sent / 2;
+        let went_stale = written * exposed / part;
+        stale_to_send_ratio(went_stale, sent, LiveCheck { sent_at: 0, valid_at, pass_pages: part })
+    }
+
+    #[test]
+    fn ratio_is_the_same_early_and_late_in_a_pass() {
+        // Writes at twice the send rate: 2 early in the pass and 2 near its end (a raw
+        // stale-to-sent count would read 0.27 at the first check and 1.7 at the last).
+        let (part, sent) = (60_000, 16_384);
+        for valid_at in [0, 16_384, 40_000] {
+            let ratio = interval(part, 2 * sent, sent, valid_at);
+            assert!((ratio - 2.0).abs() < 0.01, "valid_at {valid_at}: {ratio}");
+        }
+        let slow = interval(part, sent / 4, sent, 30_000);
+        assert!((slow - 0.25).abs() < 0.01, "{slow}");
+    }
+
+    #[test]
+    fn ratio_survives_empty_counts() {
+        let empty = LiveCheck::default();
+        assert_eq!(stale_to_send_ratio(0, 0, empty), 0.0);
+        assert!(stale_to_send_ratio(5, 0, empty).is_finite());
     }
 }
