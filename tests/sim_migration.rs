@@ -105,6 +105,27 @@ fn hybrid_live_pass_variants_are_exact_and_the_full_pass_faults_least() {
 }
 
 #[test]
+fn hybrid_resends_cold_pages_that_went_stale_and_stays_exact() {
+    // A guest that writes a third of its steps to cold pages: the cold part leaves stale pages
+    // behind it, which the live re-passes send again before the pause.
+    run_seeded("hybrid_resends_cold_pages_that_went_stale", |seed| {
+        let mut resent = 0;
+        for k in 0..6 {
+            let faults = if k % 2 == 0 { SimFaults::default() } else { lossy() };
+            let mut s = spec(MigrationMode::Hybrid, seed.wrapping_add(k), faults);
+            s.guest.hot_frac = 0.67;
+            s.guest.write_frac = 0.5;
+            let out = sim::run(&s).expect("hybrid, cold writer");
+            assert!(out.exact, "seed {k}: destination differs from the unmigrated run");
+            assert_eq!(out.unacked_pages, 0);
+            resent += out.stale_repass_pages;
+        }
+        eprintln!("stale pages re-sent over 6 seeds: {resent}");
+        assert!(resent > 0, "no stale page outside the working set was re-sent");
+    });
+}
+
+#[test]
 fn corruption_is_a_typed_error_never_silent() {
     run_seeded("corruption_is_a_typed_error_never_silent", |seed| {
         let faults = SimFaults { corrupt_byte_probability: 1e-4, ..SimFaults::default() };

@@ -123,14 +123,17 @@ pub struct MigrationReport {
     /// crossed).
     #[serde(default)]
     pub cold_pass_abandoned: bool,
-    /// Hybrid gave up a working-set pass (the guest dirtied it faster than half its send
-    /// rate).
+    /// Hybrid gave up a working-set pass (the guest dirtied it faster than it crossed).
     #[serde(default)]
     pub ws_pass_abandoned: bool,
     /// Hybrid's live passes over the working set (re-sends of its written pages while they
     /// shrink by half or more).
     #[serde(default)]
     pub ws_passes: u32,
+    /// Hybrid: pages outside the working set sent again before the pause, because the guest
+    /// wrote them after the cold part had sent them.
+    #[serde(default)]
+    pub stale_repass_pages: u64,
     /// Wait, with the guest still running, for the destination to confirm the live data before
     /// the pause (ms, summed over the drains: one more is made while many pages went stale).
     #[serde(default)]
@@ -211,6 +214,7 @@ impl MigrationReport {
             pages_invalidated_live: s.pages_invalidated_live,
             ws_write_hot_pages: s.ws_write_hot_pages,
             ws_passes: s.ws_passes,
+            stale_repass_pages: s.stale_repass_pages,
             cold_pass_abandoned: s.cold_pass_abandoned,
             ws_pass_abandoned: s.ws_pass_abandoned,
             write_hot_pages: src.write_hot_pages,

@@ -91,6 +91,9 @@ pub struct SimOutcome {
     pub pages_discarded: u64,
     /// Bulk pages the source sent that the destination never acknowledged (must be 0).
     pub unacked_pages: u64,
+    /// Hybrid: pages outside the working set sent again before the pause (stale after the
+    /// cold part).
+    pub stale_repass_pages: u64,
 }
 
 /// A [`PageSink`] over a [`SimVm`]'s memory that models userfaultfd: placing a present page
@@ -221,8 +224,12 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
         }
         if source.is_finished() && dest.phase() == DestPhase::Complete {
             let unacked_pages = source.unacked_pages(StreamKind::Bulk);
-            return finish(spec, &reference, dst_vm, &dest, now)
-                .map(|o| SimOutcome { unacked_pages, ..o });
+            let stale_repass_pages = source.stats().stale_repass_pages;
+            return finish(spec, &reference, dst_vm, &dest, now).map(|o| SimOutcome {
+                unacked_pages,
+                stale_repass_pages,
+                ..o
+            });
         }
     }
     Err(SimRunError::Stuck {
@@ -323,5 +330,6 @@ fn finish(
         total_us: now_us,
         pages_discarded: dest.stats().pages_discarded,
         unacked_pages: 0,
+        stale_repass_pages: 0,
     })
 }

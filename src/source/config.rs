@@ -197,6 +197,10 @@ pub struct SourceStats {
     /// written meanwhile while those shrink).
     #[serde(default)]
     pub ws_passes: u32,
+    /// Hybrid: pages outside the working set sent once more before the pause because the guest
+    /// wrote them after the cold part had sent them (see `working_set_again`).
+    #[serde(default)]
+    pub stale_repass_pages: u64,
     /// Time from the drain Ping to its Pong, with the guest still running, summed over the
     /// drains (ms; 0 when the mode has no live phase or no Pong came back in time). A drain
     /// is repeated, at most 3 in all, while more than 64 sent pages went stale during it.

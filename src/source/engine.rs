@@ -66,6 +66,8 @@ pub struct SourceEngine {
     lz4_probe: Lz4Probe,
     /// Hybrid: working-set pages found written at the end of the previous live pass.
     prev_ws_dirty: u64,
+    /// Hybrid: pages outside the working set found stale at the end of the previous live pass.
+    prev_stale_outside: u64,
     /// Hybrid's live pass: pages sent at its last dirty-log check.
     live_check: LiveCheck,
     /// Hybrid's live pass: pages the dirty-log checks found written since the pass began (the
@@ -201,6 +203,7 @@ impl SourceEngine {
             live_check: LiveCheck::default(),
             pass_written: PageBitmap::new(pages),
             prev_ws_dirty: u64::MAX,
+            prev_stale_outside: u64::MAX,
             lz4_probe: Lz4Probe::default(),
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],

@@ -50,12 +50,20 @@ impl SourceEngine {
         self.live_check.valid_at = self.valid.count();
     }
 
-    /// After a live pass over the working set: whether to send its pages written meanwhile
-    /// once more (queued in `pending`), as pre-copy would, but over the working set only. Yes
-    /// while they do not fit the downtime budget, shrink to at most half each pass (the guest
-    /// writes them slower than the link carries them: a paced guest), and at most
-    /// `MAX_WS_PASSES` passes were made. An unpaced guest rewrites them as fast as they go, so
-    /// this stops at once and they cross first after the resume.
+    /// After a live pass over the working set: whether to make one more live pass (queued in
+    /// `pending`), as a pre-copy round would, over two kinds of stale page:
+    /// - the working-set pages written meanwhile, while they do not fit the downtime budget,
+    ///   shrink to at most half each pass (the guest writes them slower than the link carries
+    ///   them: a paced guest), and at most `MAX_WS_PASSES` passes were made. An unpaced guest
+    ///   rewrites them as fast as they go, so this stops at once and they cross first after the
+    ///   resume;
+    /// - the pages outside the working set that went stale after the cold part sent them,
+    ///   under the same three conditions. Their writes are rare and random (else the cold part
+    ///   would have been given up), so each pass leaves fewer, and each page re-sent here is a
+    ///   network fault fewer after the resume. The write-hot pages stay out of this: re-sending
+    ///   them only chases them.
+    ///
+    /// The other pages go first, in page order; the written working-set pages go last.
     pub(super) fn working_set_again(&mut self) -> bool {
         self.dirty_scratch.union_with(&self.pass_written);
         self.pass_written.clear_all();
@@ -63,25 +71,57 @@ impl SourceEngine {
         let written: Vec<u64> =
             self.cfg.working_set.iter().rev().copied().filter(|&p| dirty.get(p)).collect();
         let count = written.len() as u64;
-        let again = count as usize > self.downtime_page_budget()
-            && count * 2 <= self.prev_ws_dirty
-            && self.stats.ws_passes < MAX_WS_PASSES;
+        let budget = self.downtime_page_budget() as u64;
+        let more_passes = self.stats.ws_passes < MAX_WS_PASSES;
+        let ws_again = count > budget && count * 2 <= self.prev_ws_dirty && more_passes;
+        let stale = if self.cfg.live_pass == LivePass::All {
+            self.stale_outside_working_set()
+        } else {
+            Vec::new()
+        };
+        let stale_count = stale.len() as u64;
+        // Only after a cold part sent to its end: otherwise "stale" would be everything it
+        // did not send.
+        let cold_sent = self.cfg.live_pass == LivePass::All
+            && !self.stats.cold_pass_abandoned
+            && !self.stats.ws_pass_abandoned;
+        let stale_again = cold_sent
+            && stale_count > budget
+            && stale_count * 2 <= self.prev_stale_outside
+            && more_passes;
         tracing::debug!(
             pass = self.stats.ws_passes,
             written = count,
-            again,
+            stale_outside = stale_count,
+            ws_again,
+            stale_again,
             "source: working-set pass ended"
         );
         self.prev_ws_dirty = count;
-        if again {
-            for &page in &written {
-                self.pending.set(page);
-            }
-            self.push.set_priority(written);
-            self.stats.ws_passes += 1;
-            self.begin_live_pass();
+        self.prev_stale_outside = stale_count;
+        if !(ws_again || stale_again) {
+            return false;
         }
-        again
+        let resent_stale = if stale_again { stale } else { Vec::new() };
+        let resent_ws = if ws_again { written } else { Vec::new() };
+        self.stats.stale_repass_pages += resent_stale.len() as u64;
+        for &page in resent_stale.iter().chain(&resent_ws) {
+            self.pending.set(page);
+        }
+        self.push.set_priority(resent_stale.into_iter().chain(resent_ws));
+        self.stats.ws_passes += 1;
+        self.begin_live_pass();
+        true
+    }
+
+    /// Pages outside the working set that the destination lacks and that are not known zero
+    /// (in page order): after a cold part sent to its end, the ones the guest wrote since.
+    fn stale_outside_working_set(&self) -> Vec<u64> {
+        let mut needed = self.needed();
+        for &page in &self.cfg.working_set {
+            needed.clear(page);
+        }
+        needed.iter_ones().collect()
     }
 
     /// Every `LIVE_CHECK_PAGES` pages of a live pass (the cold part or a working-set pass):
