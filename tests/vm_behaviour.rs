@@ -168,7 +168,9 @@ fn vm_pause_resume_cycles() {
     if !require_kvm("vm_pause_resume_cycles") {
         return;
     }
-    let c = cfg(WorkloadKind::Scan, 2, 8, ops_for(WorkloadKind::Scan));
+    // Ten times the usual scan budget (a few seconds here): the 100 cycles must pause a guest
+    // that is still running, or they would time pauses of a finished one.
+    let c = cfg(WorkloadKind::Scan, 2, 8, 10 * ops_for(WorkloadKind::Scan));
     let reference = run_plain(&c);
     let mut vm = Vm::new(&c).unwrap();
     vm.start().unwrap();
@@ -176,6 +178,7 @@ fn vm_pause_resume_cycles() {
     assert_eq!(stats.count, 100);
     assert!(stats.p50_us < 5_000.0, "pause p50 {} us", stats.p50_us);
     vm.pause().unwrap();
+    assert!(!vm.is_finished(), "the guest finished before the pause cycles ended");
     let before = vm.ops_done();
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(vm.ops_done(), before, "ops advanced while paused");
