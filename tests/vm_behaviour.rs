@@ -99,8 +99,7 @@ fn vm_dirty_log_and_hot_set() {
     if !require_kvm("vm_dirty_log_and_hot_set") {
         return;
     }
-    let mut c = cfg(WorkloadKind::HotCold, 2, 9, u64::MAX / 2);
-    c.workload.ops = None;
+    let c = endless_cfg(WorkloadKind::HotCold, 2, 9);
     let mut vm = Vm::new(&c).unwrap();
     let hot: HashSet<u64> = vm.hot_pages().into_iter().collect();
     let write_hot: HashSet<u64> = vm.write_hot_pages().into_iter().collect();
@@ -302,8 +301,7 @@ fn vm_harvest_accessed_back_to_back() {
     if !require_kvm("vm_harvest_accessed_back_to_back") {
         return;
     }
-    let mut c = cfg(WorkloadKind::Scan, 1, 5, 1);
-    c.workload.ops = None;
+    let c = endless_cfg(WorkloadKind::Scan, 1, 5);
     let mut vm = Vm::new(&c).unwrap();
     vm.start().unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -331,8 +329,7 @@ fn vm_dirty_log_reports_writes_to_armed_blocks() {
     if !require_kvm("vm_dirty_log_reports_writes_to_armed_blocks") {
         return;
     }
-    let mut c = cfg(WorkloadKind::Random, 1, 3, u64::MAX / 2);
-    c.workload.ops = None;
+    let c = endless_cfg(WorkloadKind::Random, 1, 3);
     let mut vm = Vm::new(&c).unwrap();
     let data = vm.workload_pages();
     vm.set_dirty_logging(true).unwrap();

@@ -126,8 +126,8 @@ pub struct MigrationReport {
     /// Hybrid gave up a working-set pass (the guest dirtied it faster than it crossed).
     #[serde(default)]
     pub ws_pass_abandoned: bool,
-    /// Hybrid's live passes over the working set (re-sends of its written pages while they
-    /// shrink by half or more).
+    /// Hybrid's live passes after the cold part (the working-set pass, then re-sends of the
+    /// written working-set pages and the stale cold pages while they shrink by half or more).
     #[serde(default)]
     pub ws_passes: u32,
     /// Hybrid: pages outside the working set sent again before the pause, because the guest

@@ -193,8 +193,8 @@ pub struct SourceStats {
     /// the resume).
     #[serde(default)]
     pub ws_pass_abandoned: bool,
-    /// Hybrid: live passes over the working set (the first one, plus the re-sends of its pages
-    /// written meanwhile while those shrink).
+    /// Hybrid: live passes after the cold part (the working-set pass, plus the re-sends of the
+    /// working-set pages written meanwhile and of the stale cold pages while those shrink).
     #[serde(default)]
     pub ws_passes: u32,
     /// Hybrid: pages outside the working set sent once more before the pause because the guest

@@ -27,6 +27,13 @@ pub fn cfg(kind: WorkloadKind, vcpus: u32, seed: u64, ops: u64) -> VmConfig {
     VmConfig { mem_bytes: TEST_MEM_BYTES, vcpus, workload }
 }
 
+/// A guest with no op budget: it runs until stopped (for tests that watch it work).
+pub fn endless_cfg(kind: WorkloadKind, vcpus: u32, seed: u64) -> VmConfig {
+    let mut c = cfg(kind, vcpus, seed, 1);
+    c.workload.ops = None;
+    c
+}
+
 /// Runs to completion without interruption; returns the VM digest.
 pub fn run_plain(cfg: &VmConfig) -> u64 {
     let mut vm = Vm::new(cfg).expect("vm");

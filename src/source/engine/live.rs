@@ -74,17 +74,13 @@ impl SourceEngine {
         let budget = self.downtime_page_budget() as u64;
         let more_passes = self.stats.ws_passes < MAX_WS_PASSES;
         let ws_again = count > budget && count * 2 <= self.prev_ws_dirty && more_passes;
-        let stale = if self.cfg.live_pass == LivePass::All {
-            self.stale_outside_working_set()
-        } else {
-            Vec::new()
-        };
-        let stale_count = stale.len() as u64;
         // Only after a cold part sent to its end: otherwise "stale" would be everything it
-        // did not send.
+        // did not send (and listing it would walk all of memory for nothing).
         let cold_sent = self.cfg.live_pass == LivePass::All
             && !self.stats.cold_pass_abandoned
             && !self.stats.ws_pass_abandoned;
+        let stale = if cold_sent { self.stale_outside_working_set() } else { Vec::new() };
+        let stale_count = stale.len() as u64;
         let stale_again = cold_sent
             && stale_count > budget
             && stale_count * 2 <= self.prev_stale_outside
