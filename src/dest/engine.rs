@@ -84,6 +84,9 @@ pub struct DestEngine {
     present: PageBitmap,
     requested: PageBitmap,
     need: Option<PageBitmap>,
+    /// The memory `need` takes when the first need-set frame arrives, allocated (and faulted
+    /// in) up front so that the downtime does not pay for it.
+    need_spare: PageBitmap,
     /// Needed pages not yet present.
     outstanding: u64,
     page_crc: Vec<u32>,
@@ -152,6 +155,7 @@ impl DestEngine {
             present: PageBitmap::new(pages),
             requested: PageBitmap::new(pages),
             need: None,
+            need_spare: PageBitmap::new(pages),
             outstanding: 0,
             page_crc: vec![zero_page_crc(); pages as usize],
             fault_started_ns: HashMap::new(),
@@ -337,9 +341,33 @@ impl DestEngine {
         let result = window
             .decode_into(&mut scratch[..len])
             .map_err(DestError::from)
-            .and_then(|zeros| self.place_range(first, 0..count, &zeros, &scratch[..len], sink));
+            .and_then(|zeros| self.place_waited_first(first, count, &zeros, &scratch[..len], sink));
         self.scratch = scratch;
         result
+    }
+
+    /// Places a decoded window of `count` pages from `first`, the page a vCPU waits on (the
+    /// first one requested and still missing) ahead of the rest: each placement wakes its
+    /// waiters only once its whole run is in, so the faulting vCPU does not wait for the
+    /// window's other pages (16 by default, about 3 to 10 us each here).
+    fn place_waited_first(
+        &mut self,
+        first: u64,
+        count: u32,
+        zeros: &wire::PageMask,
+        decoded: &[u8],
+        sink: &mut dyn PageSink,
+    ) -> Result<(), DestError> {
+        let waited = (0..count).find(|&i| {
+            let page = first + u64::from(i);
+            self.requested.get(page) && !self.present.get(page)
+        });
+        let Some(w) = waited.filter(|_| count > 1) else {
+            return self.place_range(first, 0..count, zeros, decoded, sink);
+        };
+        self.place_range(first, w..w + 1, zeros, decoded, sink)?;
+        self.place_range(first, 0..w, zeros, decoded, sink)?;
+        self.place_range(first, w + 1..count, zeros, decoded, sink)
     }
 
     /// Places pages `range` (window-relative) of a decoded window starting at page `first`.
@@ -351,7 +379,6 @@ impl DestEngine {
         decoded: &[u8],
         sink: &mut dyn PageSink,
     ) -> Result<(), DestError> {
-        let now = mono_ns();
         let mut i = range.start;
         while i < range.end {
             let page = first + u64::from(i);
@@ -366,7 +393,7 @@ impl DestEngine {
                 j += 1;
             }
             let bytes = &decoded[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
-            self.place_run(first + u64::from(i), bytes, present, is_zero, sink, now)?;
+            self.place_run(first + u64::from(i), bytes, present, is_zero, sink)?;
             i = j;
         }
         Ok(())
@@ -444,7 +471,6 @@ impl DestEngine {
         present: bool,
         is_zero: bool,
         sink: &mut dyn PageSink,
-        now_ns: u64,
     ) -> Result<(), DestError> {
         let count = (bytes.len() / PAGE_SIZE) as u32;
         if present && self.phase != DestPhase::PreSwitch {
@@ -464,6 +490,8 @@ impl DestEngine {
                 }
             }
         }
+        // A fault's latency ends when its page is in (the placement above woke its waiter).
+        let now_ns = mono_ns();
         for k in 0..count {
             let page = first + u64::from(k);
             self.page_crc[page as usize] = if is_zero {
@@ -533,7 +561,7 @@ impl DestEngine {
                 phase: self.phase,
             });
         }
-        let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
+        let need = self.need.get_or_insert_with(|| std::mem::take(&mut self.need_spare));
         let base = self.layout.global(set.region, 0, 1)?;
         for run in set.runs(&self.wire_regions)? {
             let first = base + run.first_page;
@@ -560,7 +588,7 @@ impl DestEngine {
     fn on_state(&mut self, blob: &[u8]) -> Result<Option<DestEvent>, DestError> {
         self.stats.state_received_ns = mono_ns();
         tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
-        let need = self.need.get_or_insert_with(|| PageBitmap::new(self.layout.total_pages()));
+        let need = self.need.get_or_insert_with(|| std::mem::take(&mut self.need_spare));
         self.outstanding = need.count_and_not(&self.present);
         self.phase = DestPhase::Running;
         Ok(Some(DestEvent::Resume(blob.to_vec())))
@@ -712,12 +740,14 @@ mod tests {
     /// Records what the engine asks of guest memory.
     #[derive(Default)]
     struct Recorder {
+        placed: Vec<(u64, u64)>,
         zeroed: Vec<(u64, u64)>,
         woken: Vec<(u64, u64)>,
     }
 
     impl PageSink for Recorder {
-        fn place(&mut self, _first: u64, _data: &[u8]) -> Result<(), SinkError> {
+        fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+            self.placed.push((first, (data.len() / PAGE_SIZE) as u64));
             Ok(())
         }
         fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
@@ -778,15 +808,19 @@ mod tests {
 
     /// A bulk window of `pages` zero pages from `first_page`.
     fn zero_window(first_page: u64, pages: usize) -> Vec<u8> {
+        window_of(first_page, &vec![0u8; pages * PAGE_SIZE])
+    }
+
+    /// A bulk window of `data` (whole pages) from `first_page`.
+    fn window_of(first_page: u64, data: &[u8]) -> Vec<u8> {
         let meta = wire::WindowMeta { region: 0, first_page, request_id: 0, urgent_answer: false };
         let mut out = Vec::new();
-        let data = vec![0u8; pages * PAGE_SIZE];
         let limits = wire::Limits::default();
         wire::encode_page_window(
             &mut out,
             wire::VERSION_CURRENT,
             &meta,
-            &data,
+            data,
             wire::Compression::None,
             &limits,
         )
@@ -801,21 +835,39 @@ mod tests {
         // A vCPU faults on page 5: a request goes out, and it waits.
         dest.on_fault(5, 0, &mut sink).expect("fault");
         assert_eq!(dest.stats().network_faults, 1);
-        // Pages 4..8 arrive, all zero, with a waiter on page 5: the run is placed.
+        // Pages 4..8 arrive, all zero, with a waiter on page 5: that page is placed, and its
+        // neighbours, which nobody waits on, stay missing, known zero.
         feed(&mut dest, StreamKind::Bulk, &zero_window(4, 4), &mut sink);
         assert!(dest.is_present(5), "the page a vCPU waits for must be placed");
-        assert_eq!(sink.zeroed, vec![(4, 4)]);
+        assert_eq!(sink.zeroed, vec![(5, 1)]);
+        for page in [4, 6, 7] {
+            assert!(!dest.is_present(page), "page {page} should stay missing, known zero");
+        }
         // Pages 8..12 arrive, all zero, and nobody waits: they stay missing, known zero.
         feed(&mut dest, StreamKind::Bulk, &zero_window(8, 4), &mut sink);
         for page in 8..12 {
             assert!(!dest.is_present(page), "page {page} should stay missing, known zero");
         }
-        assert_eq!(sink.zeroed, vec![(4, 4)], "no placement for pages nobody waits on");
-        assert_eq!(dest.stats().pages_left_zero, 4);
+        assert_eq!(sink.zeroed, vec![(5, 1)], "no placement for pages nobody waits on");
+        assert_eq!(dest.stats().pages_left_zero, 7);
         // A later touch of a page left zero is a local fault, not a network one.
         dest.on_fault(9, 0, &mut sink).expect("fault");
         assert_eq!(dest.stats().network_faults, 1);
         assert_eq!(dest.stats().local_faults, 1);
         assert!(dest.is_present(9));
+    }
+
+    #[test]
+    fn the_page_a_vcpu_waits_on_is_placed_before_the_rest_of_its_window() {
+        let mut sink = Recorder::default();
+        let mut dest = running_postcopy(&mut sink);
+        dest.on_fault(10, 0, &mut sink).expect("fault");
+        let data: Vec<u8> = (0..8 * PAGE_SIZE).map(|i| (i % 251) as u8 | 1).collect();
+        feed(&mut dest, StreamKind::Urgent, &window_of(8, &data), &mut sink);
+        // The waited page alone first (its placement wakes the vCPU), then the runs around it.
+        assert_eq!(sink.placed, vec![(10, 1), (8, 2), (11, 5)]);
+        assert!((8..16).all(|page| dest.is_present(page)));
+        assert_eq!(dest.stats().pages_placed, 8);
+        assert_eq!(dest.stats().pages_duplicate, 0);
     }
 }

@@ -153,8 +153,16 @@ fn fill_bulk(
     opts: &SourceDriverOptions,
 ) -> Result<(), SourceError> {
     while let Some(mut frames) = streams.take_send_buf(StreamKind::Bulk) {
+        let phase_before = engine.phase();
+        let mut resume_now = false;
         while frames.len() < opts.bulk_buf_bytes && engine.poll_bulk(&mut frames, vm)? {
             if engine.phase() == Phase::Push {
+                if phase_before != Phase::Push {
+                    // The state was just encoded: the destination resumes when it arrives, so
+                    // it leaves now, not behind a buffer's worth of pushed pages.
+                    resume_now = true;
+                    break;
+                }
                 serve_urgent_now(engine, vm, ring, streams)?;
             }
         }
@@ -163,6 +171,12 @@ fn fill_bulk(
             return Ok(());
         }
         streams.send(ring, StreamKind::Bulk, frames).map_err(stream_err)?;
+        if resume_now {
+            ring.submit().map_err(|e| SourceError::Io {
+                what: "io_uring submit",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
     }
     Ok(())
 }

@@ -62,6 +62,8 @@ pub struct SourceEngine {
     round_bytes: u64,
     switch_queue: VecDeque<SwitchItem>,
     dirty_scratch: PageBitmap,
+    /// The need set, built in the switch-over into memory allocated (and faulted in) up front.
+    need_scratch: PageBitmap,
     /// The auto compression policy's measurements.
     lz4_probe: Lz4Probe,
     /// Hybrid: working-set pages found written at the end of the previous live pass.
@@ -198,6 +200,7 @@ impl SourceEngine {
             round_bytes: 0,
             switch_queue: VecDeque::new(),
             dirty_scratch: PageBitmap::new(pages),
+            need_scratch: PageBitmap::new(pages),
             invalidate: PageBitmap::new(pages),
             prev_round_dirty: 0,
             live_check: LiveCheck::default(),
@@ -571,7 +574,7 @@ impl SourceEngine {
             }
             MigrationMode::Precopy => {
                 // Every page not valid on the destination goes now, in the downtime.
-                self.pending = self.needed();
+                self.pending.assign_neither(&self.valid, &self.zero);
                 self.switch_queue.extend([
                     SwitchItem::Pages,
                     SwitchItem::NeedSet,
@@ -677,9 +680,9 @@ impl SourceEngine {
     /// hybrid-paper, not about to be sent in the downtime: those are still listed, since the
     /// destination marks them present as they arrive).
     fn encode_need_set(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
-        let need = self.needed();
-        self.stats.need_pages = need.count();
-        self.encode_dirty_sets(out, &need, false)
+        self.need_scratch.assign_neither(&self.valid, &self.zero);
+        self.stats.need_pages = self.need_scratch.count();
+        self.encode_dirty_sets(out, &self.need_scratch, false)
     }
 
     /// One DirtySet frame per region of `pages` (regions with no page in it are left out when
@@ -710,7 +713,7 @@ impl SourceEngine {
     fn enter_push(&mut self) {
         tracing::info!("source: state sent, destination resumes; push and fault service");
         self.phase = Phase::Push;
-        self.pending = self.needed();
+        self.pending.assign_neither(&self.valid, &self.zero);
         if self.cfg.mode == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
             let pending = &self.pending;
@@ -958,11 +961,16 @@ pub fn window_around(layout: &Layout, page: u64, window: u32) -> (u64, u64) {
 }
 
 /// The words of `bitmap` for pages `first..first+pages`, re-based to 0 (KVM layout).
-fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> Vec<u64> {
-    // Word by word (shifted when the region does not start on a word): the need set of a
-    // 4 GiB post-copy holds a million pages, and it is built inside the downtime.
+fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> std::borrow::Cow<'_, [u64]> {
     let src = bitmap.words();
     let (at, shift) = ((first / 64) as usize, (first % 64) as u32);
+    if shift == 0 && pages % 64 == 0 && at + (pages / 64) as usize <= src.len() {
+        // A region on whole words (every KVM slot of a guest built here): the words as they
+        // are, with no copy and no fresh allocation inside the downtime.
+        return std::borrow::Cow::Borrowed(&src[at..at + (pages / 64) as usize]);
+    }
+    // Word by word (shifted when the region does not start on a word): the need set of a
+    // 4 GiB post-copy holds a million pages, and it is built inside the downtime.
     let word = |j: usize| src.get(j).copied().unwrap_or(0);
     let mut words: Vec<u64> = (0..pages.div_ceil(64) as usize)
         .map(|i| {
@@ -979,7 +987,7 @@ fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> Vec<u64> {
             *last &= (1u64 << (pages % 64)) - 1; // bits past the region belong to the next one
         }
     }
-    words
+    std::borrow::Cow::Owned(words)
 }
 
 #[cfg(test)]
@@ -1022,8 +1030,13 @@ mod tests {
         for p in (0..1000).filter(|p| (p * 7919) % 13 < 5) {
             b.set(p);
         }
-        for (first, pages) in [(0, 1000), (3, 997), (64, 500), (129, 300), (999, 1)] {
+        // Aligned spans (borrowed as they are) and unaligned ones (copied, shifted).
+        for (first, pages) in
+            [(0, 1000), (3, 997), (64, 500), (129, 300), (999, 1), (0, 960), (128, 832)]
+        {
             let words = region_words(&b, first, pages);
+            let aligned = first % 64 == 0 && pages % 64 == 0;
+            assert_eq!(matches!(words, std::borrow::Cow::Borrowed(_)), aligned);
             for local in 0..pages {
                 let bit = words[(local / 64) as usize] >> (local % 64) & 1 == 1;
                 assert_eq!(bit, b.get(first + local), "first {first} page {local}");
