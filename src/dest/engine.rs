@@ -419,7 +419,9 @@ impl DestEngine {
     /// Places the next chunk of the window in progress. When the window is finished it is
     /// counted, and the migration may complete.
     pub fn place_more(&mut self, sink: &mut dyn PageSink) -> Result<Option<DestEvent>, DestError> {
-        let chunk = self.place_chunk_pages.max(1);
+        // While a vCPU waits on a fault answer, a page at a time: the driver looks for the
+        // answer between chunks, and a chunk of 8 takes 30 to 80 us to place here.
+        let chunk = if self.requested.count() > 0 { 1 } else { self.place_chunk_pages.max(1) };
         Ok(if self.advance_placing(chunk, sink)? { self.check_complete() } else { None })
     }
 
@@ -855,6 +857,27 @@ mod tests {
         assert_eq!(dest.stats().network_faults, 1);
         assert_eq!(dest.stats().local_faults, 1);
         assert!(dest.is_present(9));
+    }
+
+    #[test]
+    fn background_windows_are_placed_a_page_at_a_time_while_a_fault_waits() {
+        let mut sink = Recorder::default();
+        let mut dest = running_postcopy(&mut sink);
+        dest.set_place_chunk(8);
+        let data: Vec<u8> = (0..16 * PAGE_SIZE).map(|i| (i % 251) as u8 | 1).collect();
+        // Nobody waits: the first chunk is 8 pages.
+        feed(&mut dest, StreamKind::Bulk, &window_of(0, &data), &mut sink);
+        assert_eq!(sink.placed, vec![(0, 8)]);
+        dest.place_more(&mut sink).expect("place");
+        assert!(!dest.placing());
+        // A vCPU waits on page 40: the next window goes a page per call, so the driver looks
+        // for the answer between single pages.
+        dest.on_fault(40, 0, &mut sink).expect("fault");
+        sink.placed.clear();
+        feed(&mut dest, StreamKind::Bulk, &window_of(16, &data), &mut sink);
+        dest.place_more(&mut sink).expect("place");
+        assert_eq!(sink.placed, vec![(16, 1), (17, 1)]);
+        assert!(dest.placing());
     }
 
     #[test]
