@@ -39,8 +39,13 @@ impl Default for SourceDriverOptions {
     }
 }
 
+/// An I/O error of the loop's ring or streams, named by what was being done.
+fn ring_err(what: &'static str, e: impl std::fmt::Display) -> SourceError {
+    SourceError::Io { what, source: std::io::Error::other(e.to_string()) }
+}
+
 fn stream_err(e: StreamError) -> SourceError {
-    SourceError::Io { what: "migration stream", source: std::io::Error::other(e.to_string()) }
+    ring_err("migration stream", e)
 }
 
 /// Drives `engine` to the end of the migration; `on_tick` runs every `opts.tick`.
@@ -54,10 +59,7 @@ pub fn run_source(
     if !crate::ring::prioritize_this_thread() {
         tracing::info!("source event loop runs at normal priority (no CAP_SYS_NICE)");
     }
-    let mut ring = Ring::new(256).map_err(|e| SourceError::Io {
-        what: "io_uring setup",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let mut ring = Ring::new(256).map_err(|e| ring_err("io_uring setup", e))?;
     let mut streams = RingStreams::new(
         &mut ring,
         pair,
@@ -92,10 +94,7 @@ pub fn run_source(
             stats.bytes_urgent = streams.bytes_sent[1];
             return Ok(stats);
         }
-        ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| SourceError::Io {
-            what: "io_uring wait",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| ring_err("io_uring wait", e))?;
         while let Some(completion) = ring.next_completion() {
             match streams.on_completion(&mut ring, completion).map_err(stream_err)? {
                 Ok(StreamEvent::Received(stream)) => {
@@ -135,10 +134,7 @@ fn fill_urgent(
     if queued {
         // Into the kernel now: the loop may go on to encode a bulk buffer first (a few hundred
         // microseconds with lz4), and the answer must not wait in the submission queue.
-        ring.submit().map_err(|e| SourceError::Io {
-            what: "io_uring submit",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
         tracing::trace!(at_ns = mono_ns(), "source: urgent send submitted");
     }
     Ok(())
@@ -172,10 +168,7 @@ fn fill_bulk(
         }
         streams.send(ring, StreamKind::Bulk, frames).map_err(stream_err)?;
         if resume_now {
-            ring.submit().map_err(|e| SourceError::Io {
-                what: "io_uring submit",
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
         }
     }
     Ok(())
@@ -189,13 +182,7 @@ fn serve_urgent_now(
     ring: &mut Ring,
     streams: &mut RingStreams,
 ) -> Result<(), SourceError> {
-    let io = |what| {
-        move |e: crate::ring::RingError| SourceError::Io {
-            what,
-            source: std::io::Error::other(e.to_string()),
-        }
-    };
-    ring.submit().map_err(io("io_uring submit"))?;
+    ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
     let recv_tag = streams.recv_tag(StreamKind::Urgent);
     let send_tag = streams.send_tag(StreamKind::Urgent);
     let mut served = false;
