@@ -341,33 +341,9 @@ impl DestEngine {
         let result = window
             .decode_into(&mut scratch[..len])
             .map_err(DestError::from)
-            .and_then(|zeros| self.place_waited_first(first, count, &zeros, &scratch[..len], sink));
+            .and_then(|zeros| self.place_range(first, 0..count, &zeros, &scratch[..len], sink));
         self.scratch = scratch;
         result
-    }
-
-    /// Places a decoded window of `count` pages from `first`, the page a vCPU waits on (the
-    /// first one requested and still missing) ahead of the rest: each placement wakes its
-    /// waiters only once its whole run is in, so the faulting vCPU does not wait for the
-    /// window's other pages (16 by default, about 3 to 10 us each here).
-    fn place_waited_first(
-        &mut self,
-        first: u64,
-        count: u32,
-        zeros: &wire::PageMask,
-        decoded: &[u8],
-        sink: &mut dyn PageSink,
-    ) -> Result<(), DestError> {
-        let waited = (0..count).find(|&i| {
-            let page = first + u64::from(i);
-            self.requested.get(page) && !self.present.get(page)
-        });
-        let Some(w) = waited.filter(|_| count > 1) else {
-            return self.place_range(first, 0..count, zeros, decoded, sink);
-        };
-        self.place_range(first, w..w + 1, zeros, decoded, sink)?;
-        self.place_range(first, 0..w, zeros, decoded, sink)?;
-        self.place_range(first, w + 1..count, zeros, decoded, sink)
     }
 
     /// Places pages `range` (window-relative) of a decoded window starting at page `first`.
@@ -837,21 +813,17 @@ mod tests {
         // A vCPU faults on page 5: a request goes out, and it waits.
         dest.on_fault(5, 0, &mut sink).expect("fault");
         assert_eq!(dest.stats().network_faults, 1);
-        // Pages 4..8 arrive, all zero, with a waiter on page 5: that page is placed, and its
-        // neighbours, which nobody waits on, stay missing, known zero.
+        // Pages 4..8 arrive, all zero, with a waiter on page 5: the run is placed.
         feed(&mut dest, StreamKind::Bulk, &zero_window(4, 4), &mut sink);
         assert!(dest.is_present(5), "the page a vCPU waits for must be placed");
-        assert_eq!(sink.zeroed, vec![(5, 1)]);
-        for page in [4, 6, 7] {
-            assert!(!dest.is_present(page), "page {page} should stay missing, known zero");
-        }
+        assert_eq!(sink.zeroed, vec![(4, 4)]);
         // Pages 8..12 arrive, all zero, and nobody waits: they stay missing, known zero.
         feed(&mut dest, StreamKind::Bulk, &zero_window(8, 4), &mut sink);
         for page in 8..12 {
             assert!(!dest.is_present(page), "page {page} should stay missing, known zero");
         }
-        assert_eq!(sink.zeroed, vec![(5, 1)], "no placement for pages nobody waits on");
-        assert_eq!(dest.stats().pages_left_zero, 7);
+        assert_eq!(sink.zeroed, vec![(4, 4)], "no placement for pages nobody waits on");
+        assert_eq!(dest.stats().pages_left_zero, 4);
         // A later touch of a page left zero is a local fault, not a network one.
         dest.on_fault(9, 0, &mut sink).expect("fault");
         assert_eq!(dest.stats().network_faults, 1);
@@ -878,19 +850,5 @@ mod tests {
         dest.place_more(&mut sink).expect("place");
         assert_eq!(sink.placed, vec![(16, 1), (17, 1)]);
         assert!(dest.placing());
-    }
-
-    #[test]
-    fn the_page_a_vcpu_waits_on_is_placed_before_the_rest_of_its_window() {
-        let mut sink = Recorder::default();
-        let mut dest = running_postcopy(&mut sink);
-        dest.on_fault(10, 0, &mut sink).expect("fault");
-        let data: Vec<u8> = (0..8 * PAGE_SIZE).map(|i| (i % 251) as u8 | 1).collect();
-        feed(&mut dest, StreamKind::Urgent, &window_of(8, &data), &mut sink);
-        // The waited page alone first (its placement wakes the vCPU), then the runs around it.
-        assert_eq!(sink.placed, vec![(10, 1), (8, 2), (11, 5)]);
-        assert!((8..16).all(|page| dest.is_present(page)));
-        assert_eq!(dest.stats().pages_placed, 8);
-        assert_eq!(dest.stats().pages_duplicate, 0);
     }
 }
