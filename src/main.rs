@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hybridmig::migration::bench::{run_bench, BenchSpec};
+use hybridmig::migration::delayline::{run_delay_line, DelayLineConfig};
 use hybridmig::migration::{
     migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
     MigrationReport, SourceHostOptions,
@@ -32,6 +33,31 @@ enum Cmd {
     Dest(DestArgs),
     /// Run a matrix of migrations and write report.json, report.md and SVG plots.
     Bench(BenchArgs),
+    /// Forward packets between two TUN devices, each held for a fixed delay (bench-env/netns
+    /// starts it for the lan1g-rtt* profiles; the kernel has no netem).
+    DelayLine(DelayLineArgs),
+}
+
+#[derive(clap::Args)]
+struct DelayLineArgs {
+    /// Namespace of one end.
+    #[arg(long)]
+    a_netns: String,
+    /// TUN device (already created) in that namespace.
+    #[arg(long)]
+    a_if: String,
+    /// Namespace of the other end.
+    #[arg(long)]
+    b_netns: String,
+    /// TUN device in it.
+    #[arg(long)]
+    b_if: String,
+    /// Delay added to every packet, each way, in microseconds.
+    #[arg(long)]
+    delay_us: u64,
+    /// Bytes held per direction at most; packets beyond are dropped.
+    #[arg(long, default_value_t = 16 << 20)]
+    limit_bytes: usize,
 }
 
 #[derive(clap::Args)]
@@ -251,6 +277,7 @@ fn main() -> Result<()> {
         Cmd::Source(a) => source(a),
         Cmd::Dest(a) => dest(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::DelayLine(a) => delay_line(a),
     }
 }
 
@@ -383,6 +410,31 @@ fn dest(a: DestArgs) -> Result<()> {
             d.fault_us_p50,
             d.fault_us_p99,
             report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn delay_line(a: DelayLineArgs) -> Result<()> {
+    let cfg = DelayLineConfig {
+        a: (a.a_netns, a.a_if),
+        b: (a.b_netns, a.b_if),
+        delay: Duration::from_micros(a.delay_us),
+        limit_bytes: a.limit_bytes,
+    };
+    eprintln!(
+        "delay-line: {}/{} <-> {}/{}, {} us each way (runs until killed or a device goes)",
+        cfg.a.0, cfg.a.1, cfg.b.0, cfg.b.1, a.delay_us
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let [ab, ba] = run_delay_line(&cfg, stop).context("delay line failed")?;
+    for (dir, s) in [("a->b", ab), ("b->a", ba)] {
+        use std::sync::atomic::Ordering::Relaxed;
+        eprintln!(
+            "delay-line {dir}: {} packets, {} bytes, {} dropped (queue full)",
+            s.packets.load(Relaxed),
+            s.bytes.load(Relaxed),
+            s.dropped.load(Relaxed)
         );
     }
     Ok(())

@@ -48,6 +48,7 @@ impl Bed {
             .args(args)
             .env("HM_SRC_NS", &self.src)
             .env("HM_DST_NS", &self.dst)
+            .env("HM_BIN", BIN)
             .output()
             .expect("running bench-env/netns")
     }
@@ -257,4 +258,49 @@ fn hybrid_gives_up_a_cold_part_that_goes_stale() {
         report["total_ms"], report["downtime_ms"], report["network_faults"], report["stale_pages"]
     );
     assert_eq!(report["cold_pass_abandoned"], true, "the cold part was sent to the end");
+}
+
+/// The delay line (`lan1g-rtt5ms`: TUN devices and `hybridmig delay-line`, 2.5 ms each way):
+/// a post-copy migration across it stays exact, every network fault costs at least the
+/// round trip, and `down` stops the forwarder it started.
+#[test]
+fn post_copy_across_the_delay_line() {
+    let test = "post_copy_across_the_delay_line";
+    if !bed_can_run(test) {
+        return;
+    }
+    let expected = reference_digest();
+    let bed = Bed::new();
+    bed.up("lan1g-rtt5ms");
+    let pid_file = format!("/run/hm-delayline-{}.pid", bed.src);
+    let pid = std::fs::read_to_string(&pid_file).expect("the delay line's pid file");
+    let stat = format!("/proc/{}/stat", pid.trim());
+    // Running: present and not a zombie (the forwarder is an orphan once the script ends).
+    let running = || std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z "));
+    assert!(running(), "no delay line process {}", pid.trim());
+
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .args(GUEST)
+        .args(["--ops", &OPS.to_string(), "--pace", &PACE.to_string()])
+        .args(["--mode", "postcopy", "--migrate-after-ms", "800"])
+        .args(["--src-netns", &bed.src, "--dst-netns", &bed.dst])
+        .args(["--expected-digest", &expected, "--timeout-s", "60", "--json"])
+        .output()
+        .expect("migrate");
+    let report = json_of(out, "post-copy across the delay line");
+    assert_eq!(report["verified"], true, "digest {} vs {}", report["digest"], expected);
+    let faults = report["network_faults"].as_u64().expect("network_faults");
+    let p50 = report["fault_us_p50"].as_u64().expect("fault_us_p50");
+    eprintln!(
+        "lan1g-rtt5ms postcopy: total_ms={} network_faults={faults} fault_us_p50={p50} fault_us_p99={}",
+        report["total_ms"], report["fault_us_p99"]
+    );
+    assert!(faults > 0, "post-copy of a running hotcold guest took no network fault");
+    assert!(p50 >= 5_000, "fault p50 {p50} us is under the 5 ms round trip");
+
+    let down = bed.script(&["down"]);
+    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
+    assert!(!running(), "the delay line outlived `down`");
+    assert!(!std::path::Path::new(&pid_file).exists(), "`down` left {pid_file}");
 }

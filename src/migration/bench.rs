@@ -459,6 +459,10 @@ impl NetnsBed {
     fn call(&self, action: &'static str, profile: &str) -> Result<(), BenchError> {
         let mut cmd = Command::new(&self.script);
         cmd.arg(action).env("HM_SRC_NS", SRC_NS).env("HM_DST_NS", DST_NS);
+        // The delay-line profiles run this very binary as their forwarder.
+        if let (None, Ok(me)) = (std::env::var_os("HM_BIN"), std::env::current_exe()) {
+            cmd.env("HM_BIN", me);
+        }
         if action == "up" {
             cmd.arg(profile);
         }

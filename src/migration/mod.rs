@@ -2,6 +2,7 @@
 //! host, the local two-process run behind `hybridmig migrate`, and the merged report.
 
 pub mod bench;
+pub mod delayline;
 pub mod host;
 pub mod local;
 pub mod netns;
