@@ -261,7 +261,7 @@ pub fn run_delay_line(
     let tun_b = attach_tun(&cfg.b.0, &cfg.b.1)?;
     let delay_ns = cfg.delay.as_nanos() as u64;
     let ends = [(tun_a.try_clone(), tun_b.try_clone()), (tun_b.try_clone(), tun_a.try_clone())];
-    let mut threads = Vec::new();
+    let mut writers = Vec::new();
     let mut stats = Vec::new();
     for (from, to) in ends {
         let (from, to) =
@@ -273,11 +273,14 @@ pub fn run_delay_line(
         });
         stats.push(pipe.stats.clone());
         let (p, s) = (pipe.clone(), stop.clone());
-        threads.push(spawn("hm-dl-read", move || read_side(from, &p, &s))?);
+        // Readers are not joined: one blocked on a device that is still there would wait for
+        // its next packet. They end with the process.
+        spawn("hm-dl-read", move || read_side(from, &p, &s))?;
         let (p, s) = (pipe, stop.clone());
-        threads.push(spawn("hm-dl-write", move || write_side(to, &p, &s))?);
+        writers.push(spawn("hm-dl-write", move || write_side(to, &p, &s))?);
     }
-    for t in threads {
+    // A writer sees `stop` within 50 ms, whichever way it was set.
+    for t in writers {
         let _ = t.join();
     }
     let [ab, ba]: [Arc<DirectionStats>; 2] = stats.try_into().expect("two directions");
