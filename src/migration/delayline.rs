@@ -148,6 +148,9 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+// The kernel copies a whole `struct ifreq` (40 bytes on 64-bit Linux) in TUNSETIFF.
+const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
+
 /// Opens `/run/netns/NS` (what `ip netns add` creates).
 fn open_netns(ns: &str) -> Result<File, DelayLineError> {
     File::open(format!("/run/netns/{ns}"))
@@ -327,6 +330,13 @@ mod tests {
         assert!(q.push(0, vec![0; 4]));
         assert!(matches!(q.pop_due(0), Due::Packet(p) if p.len() == 6));
         assert!(q.push(0, vec![0; 6]));
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named_in_the_error() {
+        let err = attach_tun("hm-no-such-namespace", "hm-tun0").unwrap_err();
+        assert!(matches!(&err, DelayLineError::Netns { ns, .. } if ns == "hm-no-such-namespace"));
+        assert!(err.to_string().contains("hm-no-such-namespace"), "{err}");
     }
 
     #[test]
