@@ -262,19 +262,24 @@ pub fn run_delay_line(
 ) -> Result<DelayLineStats, DelayLineError> {
     let tun_a = attach_tun(&cfg.a.0, &cfg.a.1)?;
     let tun_b = attach_tun(&cfg.b.0, &cfg.b.1)?;
+    // Each device is read by one direction and written by the other: one more handle each.
+    let dup = |tun: &File, (ns, ifname): &(String, String)| {
+        tun.try_clone().map_err(|source| DelayLineError::Tun {
+            ifname: ifname.clone(),
+            ns: ns.clone(),
+            source,
+        })
+    };
+    let (a_out, b_out) = (dup(&tun_a, &cfg.a)?, dup(&tun_b, &cfg.b)?);
     let delay_ns = cfg.delay.as_nanos() as u64;
-    let ends = [(tun_a.try_clone(), tun_b.try_clone()), (tun_b.try_clone(), tun_a.try_clone())];
+    let stats = DelayLineStats::default();
     let mut writers = Vec::new();
-    let mut stats = Vec::new();
-    for (from, to) in ends {
-        let (from, to) =
-            (from.map_err(DelayLineError::Thread)?, to.map_err(DelayLineError::Thread)?);
+    for ((from, to), counters) in [(tun_a, b_out), (tun_b, a_out)].into_iter().zip(&stats) {
         let pipe = Arc::new(Pipe {
             queue: Mutex::new(DelayQueue::new(delay_ns, cfg.limit_bytes)),
             ready: Condvar::new(),
-            stats: Arc::default(),
+            stats: counters.clone(),
         });
-        stats.push(pipe.stats.clone());
         let (p, s) = (pipe.clone(), stop.clone());
         // Readers are not joined: one blocked on a device that is still there would wait for
         // its next packet. They end with the process.
@@ -286,8 +291,7 @@ pub fn run_delay_line(
     for t in writers {
         let _ = t.join();
     }
-    let [ab, ba]: [Arc<DirectionStats>; 2] = stats.try_into().expect("two directions");
-    Ok([ab, ba])
+    Ok(stats)
 }
 
 fn spawn(
