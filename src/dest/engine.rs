@@ -244,6 +244,13 @@ impl DestEngine {
             _ if self.phase == DestPhase::Handshake => Err(unexpected(&body, self.phase)),
             wire::FrameBody::PageWindow(window) => {
                 window.validate(&self.wire_regions)?;
+                if stream == StreamKind::Urgent {
+                    tracing::trace!(
+                        page = self.layout.global(window.region, window.first_page, 1).ok(),
+                        at_ns = mono_ns(),
+                        "destination: fault answer arrived"
+                    );
+                }
                 if stream == StreamKind::Bulk
                     && self.phase == DestPhase::Running
                     && self.place_chunk_pages > 0
