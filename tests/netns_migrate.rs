@@ -295,3 +295,53 @@ fn post_copy_across_the_delay_line() {
     assert!(!running(), "the delay line outlived `down`");
     assert!(!std::path::Path::new(&pid_file).exists(), "`down` left {pid_file}");
 }
+
+const RT_THROTTLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-env/rt-throttle");
+const RT_KNOB: &str = "/proc/sys/kernel/sched_rt_runtime_us";
+
+/// Puts the machine's RT throttling back as it was, even when an assertion fails.
+struct RtKnobGuard(String);
+
+impl Drop for RtKnobGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(RT_KNOB, &self.0);
+    }
+}
+
+fn rt_throttle(arg: &str, saved: &std::path::Path) -> String {
+    let out = Command::new(RT_THROTTLE)
+        .arg(arg)
+        .env("HM_RT_SAVED", saved)
+        .output()
+        .expect("running bench-env/rt-throttle");
+    assert!(out.status.success(), "rt-throttle {arg}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `bench-env/rt-throttle off` turns the throttling off and keeps the old value, a second
+/// `off` does not overwrite it with -1, and `on` restores it and forgets it.
+#[test]
+fn rt_throttle_script_turns_off_and_restores() {
+    if !require_root("rt_throttle_script_turns_off_and_restores") {
+        return;
+    }
+    let knob = || std::fs::read_to_string(RT_KNOB).expect("reading the RT knob").trim().to_string();
+    let original = knob();
+    let _guard = RtKnobGuard(original.clone());
+    let saved = std::env::temp_dir().join(format!("hm-rt-saved-{}", std::process::id()));
+    let _ = std::fs::remove_file(&saved);
+
+    rt_throttle("off", &saved);
+    assert_eq!(knob(), "-1");
+    rt_throttle("off", &saved);
+    assert_eq!(
+        std::fs::read_to_string(&saved).unwrap().trim(),
+        original,
+        "second `off` kept the value"
+    );
+    assert_eq!(rt_throttle("show", &saved).trim(), "off");
+    rt_throttle("on", &saved);
+    assert_eq!(knob(), original);
+    assert!(!saved.exists(), "`on` left {}", saved.display());
+    assert!(rt_throttle("show", &saved).starts_with(if original == "-1" { "off" } else { "on" }));
+}

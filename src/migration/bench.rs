@@ -272,6 +272,10 @@ pub struct MachineInfo {
     pub cpu_model: String,
     /// /proc/version.
     pub kernel: String,
+    /// `kernel.sched_rt_runtime_us` (-1: RT throttling off), which decides whether a busy
+    /// event loop stalls for tens of milliseconds (see `ring::rt_runtime_us`).
+    #[serde(default)]
+    pub rt_runtime_us: Option<i64>,
 }
 
 impl MachineInfo {
@@ -296,6 +300,7 @@ impl MachineInfo {
             mem_total_mib: mem_kib / 1024,
             cpu_model: field(&read("/proc/cpuinfo"), "model name"),
             kernel: read("/proc/version").trim().to_string(),
+            rt_runtime_us: crate::ring::rt_runtime_us(),
         }
     }
 }
@@ -597,5 +602,6 @@ mod tests {
         assert!(m.nproc >= 1);
         assert!(m.mem_total_mib > 0);
         assert!(m.kernel.starts_with("Linux"));
+        assert!(m.rt_runtime_us.is_some(), "kernel.sched_rt_runtime_us not read");
     }
 }

@@ -109,8 +109,16 @@ pub fn render_markdown(results: &BenchResults) -> String {
     let _ = writeln!(md, "# hybridmig bench\n\nCommand:\n\n```sh\n{}\n```\n", results.command);
     let _ = writeln!(
         md,
-        "Machine: {} CPUs ({}), {} MiB memory, {}\n",
-        m.nproc, m.cpu_model, m.mem_total_mib, m.kernel
+        "Machine: {} CPUs ({}), {} MiB memory, {}; RT throttling {}\n",
+        m.nproc,
+        m.cpu_model,
+        m.mem_total_mib,
+        m.kernel,
+        match m.rt_runtime_us {
+            Some(us) if us >= 0 => format!("on ({us} us a second)"),
+            Some(_) => "off".to_string(),
+            None => "unknown".to_string(),
+        }
     );
     let s = &results.spec;
     let pace = s.pace.map_or("unpaced".to_string(), |p| format!("pace {p} ops/s per vCPU"));
