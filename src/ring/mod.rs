@@ -115,8 +115,8 @@ pub fn rt_runtime_us() -> Option<i64> {
 
 /// A loop that keeps one CPU busy for 0.95 s of a second is stopped for the other 0.05: on
 /// `veth` the fault p999 of a 1 GiB post-copy run was 24 to 47 ms with the throttling on and
-/// at most 2 ms with it off (6 runs each, alternating). Benchmarks that want the tail turn it off for their
-/// duration (`bench-env/rt-throttle off`); a VMM decides for its own host.
+/// at most 2 ms with it off (6 runs each, alternating). Benchmarks that want the tail turn
+/// it off for their duration (`bench-env/rt-throttle off`); a VMM decides for its own host.
 fn note_rt_throttling() {
     if let Some(us) = rt_runtime_us().filter(|&us| us >= 0) {
         tracing::info!(

@@ -22,13 +22,14 @@ const TAG_SEND: [u64; 2] = [3, 4];
 ///
 /// Small on purpose. A receive armed on the ring copies its data in task work, which the
 /// kernel runs inside whatever system call the loop makes next, such as the destination's
-/// look for fault answers between two placed pages. On loopback a 512 KiB receive held a
-/// fault answer behind up to 512 KiB of copying: the post-copy fault p99 was 431 us against
-/// 359 us with 128 KiB (median of 9 runs each, side by side), and 607 against 407 in a busier
-/// hour; on veth 531 against 639 us (6 runs each). Total time on loopback, where the
-/// destination's CPU is the limit, did not grow. The guest lost less of its speed to the
-/// migration (degradation 15 against 30%) and so reached more missing pages: more faults
-/// (676 against 406) and more time blocked on them (97 against 72 ms).
+/// look for fault answers between two placed pages: a 512 KiB receive could put that much
+/// copying ahead of a fault answer. Post-copy fault p99 with 512 against 128 KiB, side by
+/// side: 431 against 359 us on loopback (median of 9 runs each), 591 against 399 over 18
+/// runs each in a busier hour, and 639 against 531 us on veth (6 runs each). Total time on
+/// loopback, where the destination's CPU is the limit, did not grow. In the busier hour the
+/// guest also lost less of its speed (degradation 15% with 128 KiB against 30%), so it
+/// reached more missing pages: more faults (676 against 406) and more time blocked on them
+/// (97 against 72 ms).
 const RECV_BUF_BYTES: usize = 128 * 1024;
 
 /// Errors of the ring-driven streams.
