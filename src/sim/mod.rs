@@ -279,7 +279,9 @@ fn pump_source(
     if !bulk_turn {
         return Ok(());
     }
-    // One bulk frame per bulk turn: the link, not the engine, sets the pace.
+    // One bulk frame per bulk turn: the link, not the engine, sets the pace, so the source
+    // waited on it since the last turn.
+    source.on_link_wait((BULK_EVERY_STEPS - 1) * STEP_US * 1000);
     source.poll_bulk(&mut out, vm)?;
     let len = out.len() as u64;
     send(net, Side::Source, StreamKind::Bulk, &mut out)?;

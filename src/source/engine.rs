@@ -16,7 +16,7 @@
 //! log and scanned for never-touched pages just before its first page is sent (`blocks`).
 
 use super::config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
-use super::policy::{lz4_worth, AdaptiveWindow, Lz4Probe, RateMeter};
+use super::policy::{lz4_worth, AdaptiveWindow, Lz4Check, Lz4Probe, RateMeter};
 use super::push::PushScheduler;
 use super::workingset::recall;
 use super::SourceError;
@@ -66,6 +66,10 @@ pub struct SourceEngine {
     need_scratch: PageBitmap,
     /// The auto compression policy's measurements.
     lz4_probe: Lz4Probe,
+    /// The auto compression policy's trial of lz4 against the raw rate.
+    lz4_check: Lz4Check,
+    /// Non-zero guest bytes encoded on bulk since the last `on_bulk_sent` (for the rate).
+    bulk_guest_bytes: u64,
     /// Hybrid: working-set pages found written at the end of the previous live pass.
     prev_ws_dirty: u64,
     /// Hybrid: pages outside the working set found stale at the end of the previous live pass.
@@ -121,6 +125,18 @@ const MAX_DRAINS: u64 = 3;
 /// Stale pages left after a drain above which they are named and drained again rather than
 /// discarded in the downtime (a discard costs several microseconds on this host).
 const DRAIN_AGAIN_PAGES: u64 = 64;
+
+/// What a run of pages is sent for: it sets the window's flags and whether it may be an lz4
+/// probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    /// Rounds, live pass, switch-over pages and the push.
+    Bulk,
+    /// The page a vCPU faulted on, answering the request `request_id`.
+    FaultPage { request_id: u32 },
+    /// The rest of a fault's window, on the urgent stream behind the faulting page.
+    FaultWindow,
+}
 
 /// What remains to be emitted during the switch-over, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +224,8 @@ impl SourceEngine {
             prev_ws_dirty: u64::MAX,
             prev_stale_outside: u64::MAX,
             lz4_probe: Lz4Probe::default(),
+            lz4_check: Lz4Check::default(),
+            bulk_guest_bytes: 0,
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],
             unacked_pages_now: 0,
@@ -431,7 +449,18 @@ impl SourceEngine {
 
     /// Tells the engine that `bytes` of bulk data left this host at `now_ns` (for the rate).
     pub fn on_bulk_sent(&mut self, bytes: u64, now_ns: u64) {
-        self.rate.record(bytes, now_ns);
+        // Encoded a moment before it was sent: the bulk buffers in flight are small.
+        let guest_bytes = std::mem::take(&mut self.bulk_guest_bytes);
+        if let Some(span) = self.rate.record(bytes, guest_bytes, now_ns) {
+            self.lz4_check.on_span(span, self.compression == Compression::Lz4);
+        }
+    }
+
+    /// Tells the engine that the driver waited `ns` with bulk frames to send and every bulk
+    /// send buffer in the kernel: the link, not the loop, was the limit for that long. The
+    /// compression policy learns the link's rate only from such waits.
+    pub fn on_link_wait(&mut self, ns: u64) {
+        self.rate.on_link_wait(ns);
     }
 
     fn poll_pre_switch(
@@ -642,7 +671,7 @@ impl SourceEngine {
             match item {
                 SwitchItem::Pages => {
                     let before = self.pages_sent();
-                    if self.send_next_pending(out, false)? {
+                    if self.send_next_pending(out)? {
                         self.stats.pages_in_downtime += self.pages_sent() - before;
                         return Ok(true);
                     }
@@ -724,7 +753,7 @@ impl SourceEngine {
     }
 
     fn poll_push(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
-        if self.send_next_pending(out, false)? {
+        if self.send_next_pending(out)? {
             return Ok(true);
         }
         let done = wire::Done {
@@ -739,13 +768,13 @@ impl SourceEngine {
     }
 
     /// Encodes the next run of `pending` pages; false when `pending` is empty.
-    fn send_next_pending(&mut self, out: &mut Vec<u8>, urgent: bool) -> Result<bool, SourceError> {
+    fn send_next_pending(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
         let Some((first, count)) =
             self.push.next_run(&self.pending, &self.zero, &self.layout, self.cfg.push_pages)
         else {
             return Ok(false);
         };
-        self.send_run(out, first, count, 0, urgent)?;
+        self.send_run(out, first, count, RunKind::Bulk)?;
         self.track(StreamKind::Bulk, first, count);
         Ok(true)
     }
@@ -756,17 +785,22 @@ impl SourceEngine {
         out: &mut Vec<u8>,
         first: u64,
         count: u32,
-        request_id: u32,
-        urgent: bool,
+        kind: RunKind,
     ) -> Result<(), SourceError> {
         let (region, page_in_region) =
             self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
-        let meta =
-            WindowMeta { region, first_page: page_in_region, request_id, urgent_answer: urgent };
+        let (request_id, urgent_answer) = match kind {
+            RunKind::FaultPage { request_id } => (request_id, true),
+            RunKind::Bulk | RunKind::FaultWindow => (0, false),
+        };
+        let meta = WindowMeta { region, first_page: page_in_region, request_id, urgent_answer };
         let bytes = self.page_bytes(first, count);
-        // Under the auto policy every LZ4_PROBE_EVERY-th window goes lz4 and is timed, which
-        // gives the compressor's rate and ratio on this guest's data.
-        let probe = self.cfg.compression == CompressionPolicy::Auto && self.lz4_probe.due();
+        // Under the auto policy every LZ4_PROBE_EVERY-th bulk window goes lz4 and is timed,
+        // which gives the compressor's rate and ratio on this guest's data. A fault answer is
+        // never a probe: a vCPU waits for it.
+        let probe = kind == RunKind::Bulk
+            && self.cfg.compression == CompressionPolicy::Auto
+            && self.lz4_probe.due();
         let compression = if probe { Compression::Lz4 } else { self.compression };
         let (started_ns, before) = (if probe { mono_ns() } else { 0 }, out.len());
         let stats =
@@ -784,6 +818,9 @@ impl SourceEngine {
             self.valid.set(page);
             // Fresh again on the destination: a later invalidation must not drop this copy.
             self.invalidate.clear(page);
+        }
+        if kind == RunKind::Bulk {
+            self.bulk_guest_bytes += u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
         }
         self.stats.pages_zero += u64::from(stats.zero_pages);
         self.stats.pages_raw += u64::from(stats.raw_pages);
@@ -863,14 +900,14 @@ impl SourceEngine {
         // connection that sat idle since the last fault (TCP restarts from its initial window
         // after an idle spell), where a whole 64 KiB window would take several round trips.
         let mut out = Vec::new();
-        self.send_run(&mut out, page, 1, req.request_id, true)?;
+        self.send_run(&mut out, page, 1, RunKind::FaultPage { request_id: req.request_id })?;
         self.track(StreamKind::Urgent, page, 1);
         let mut cursor = start;
         let end = start + count;
         while let Some(first) = self.pending.next_set_before(cursor, end) {
             let run_end = self.pending.next_unset(first).unwrap_or(end).min(end);
             let n = (run_end - first) as u32;
-            self.send_run(&mut out, first, n, 0, false)?;
+            self.send_run(&mut out, first, n, RunKind::FaultWindow)?;
             self.track(StreamKind::Urgent, first, n);
             cursor = run_end;
         }
@@ -911,35 +948,38 @@ impl SourceEngine {
         Ok(())
     }
 
-    /// Auto policy: lz4 pays only when the link is slower than the compressor would make it
-    /// (measured compressor rate about 0.5 GB/s on text-like pages here, so only links below
-    /// about 4 Gbit/s qualify).
     /// The auto policy: lz4 when it moves guest bytes faster than the raw link does. The
     /// source compresses while the link sends, so lz4's rate in guest bytes is the slower of
     /// the compressor and the link divided by the ratio; it must beat the link by 10%. The
     /// compressor counts at half its probed rate: the probe times lz4 alone, while the loop
-    /// also encodes, sends and serves faults, and the destination has to decompress. On a link
-    /// as fast as the CPU (loopback) that keeps lz4 off; on a 1 Gbit/s link it turns on when
-    /// the pages compress.
+    /// also encodes, sends and serves faults, and the destination has to decompress. The link's
+    /// rate is the one learned while the loop waited on it ([`RateMeter`]): on a path where the
+    /// loop is the limit (loopback, veth) there is none and lz4 stays off; on a 1 Gbit/s link
+    /// it turns on when the pages compress. A prediction to turn it on starts a trial
+    /// ([`Lz4Check`]) that alternates lz4 and raw: lz4 stays on only if its side moved 10%
+    /// more guest memory.
     fn pick_compression(&mut self) {
         if self.cfg.compression != CompressionPolicy::Auto {
             return;
         }
-        let link_bytes_per_ms = self.rate.bytes_per_ms();
         let Some((lz4_bytes_per_ms, ratio)) = self.lz4_probe.estimate() else {
             return;
         };
-        if link_bytes_per_ms <= 0.0 {
-            return;
-        }
-        let choice = if lz4_worth(link_bytes_per_ms, lz4_bytes_per_ms, ratio) {
+        // No link rate yet: the loop has not waited on the link, so it is the limit itself and
+        // compressing would only add to its work.
+        let link_bytes_per_ms = self.rate.link_bytes_per_ms();
+        let predicted =
+            link_bytes_per_ms.is_some_and(|link| lz4_worth(link, lz4_bytes_per_ms, ratio));
+        let choice = if self.lz4_check.decide(predicted, self.rate.spans()) {
             Compression::Lz4
         } else {
             Compression::None
         };
-        if choice != self.compression {
+        let trial = matches!(self.lz4_check, Lz4Check::Trial { .. });
+        if choice != self.compression && !trial {
             tracing::info!(
                 link_bytes_per_ms,
+                output_bytes_per_ms = self.rate.bytes_per_ms(),
                 lz4_bytes_per_ms,
                 ratio,
                 lz4 = choice == Compression::Lz4,

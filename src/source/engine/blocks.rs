@@ -108,7 +108,7 @@ impl SourceEngine {
             return Ok(false);
         };
         self.prepare_blocks(vm, first, u64::from(count))?;
-        self.send_run(out, first, count, 0, false)?;
+        self.send_run(out, first, count, RunKind::Bulk)?;
         self.track(StreamKind::Bulk, first, count);
         Ok(true)
     }
