@@ -185,6 +185,11 @@ struct MigrationArgs {
     /// page, working set last) or `ws` (the working set only).
     #[arg(long, default_value = "all")]
     live_pass: LivePass,
+    /// Post-copy and hybrid: hold the background push this long after the state is sent; a
+    /// delay longer than the guest's run leaves it on demand paging alone (the fault path's
+    /// floor).
+    #[arg(long, default_value_t = 0)]
+    push_delay_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -330,6 +335,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         adaptive_window: a.migration.adaptive_window,
         compression: a.migration.compress,
         live_pass: a.migration.live_pass,
+        push_delay_ms: a.migration.push_delay_ms,
         src_netns: a.src_netns,
         dst_netns: a.dst_netns,
         listen: a.listen,
@@ -373,6 +379,7 @@ fn source(a: SourceArgs) -> Result<()> {
         adaptive_window: a.migration.adaptive_window,
         compression: a.migration.compress,
         live_pass: a.migration.live_pass,
+        push_delay_ms: a.migration.push_delay_ms,
         session_id: a
             .session
             .unwrap_or_else(|| hybridmig::metrics::mono_ns() ^ u64::from(std::process::id())),

@@ -153,3 +153,24 @@ fn stale_pages_never_survive() {
         eprintln!("{mode} stale-page run: {}", summary(&report));
     }
 }
+
+/// Post-copy with the push held back for 3 s (`--push-delay-ms`): the guest runs on demand
+/// paging alone first, every page it touches a network fault, and the push brings the rest
+/// later. The memory must end exact, and the hold must show: faults, and a migration that
+/// lasted at least the hold.
+#[test]
+fn postcopy_on_demand_paging_alone_is_exact() {
+    let name = "postcopy_on_demand_paging_alone_is_exact";
+    if !require_kvm(name) || !require_uffd(name) {
+        return;
+    }
+    let ops = PACE;
+    let expected = reference_digest("hotcold", 1, ops);
+    let report = migrate("postcopy --push-delay-ms 3000", "hotcold", 1, ops, 300, &expected);
+    check(&report, "postcopy, push held");
+    let faults = report["network_faults"].as_u64().unwrap_or(0);
+    let total_ms = report["total_ms"].as_f64().unwrap_or(0.0);
+    assert!(faults > 100, "only {faults} network faults: the push was not held back");
+    assert!(total_ms >= 3000.0, "the migration ended after {total_ms} ms, inside the hold");
+    eprintln!("postcopy, push held 3 s: {}", summary(&report));
+}

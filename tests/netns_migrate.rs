@@ -233,7 +233,7 @@ fn precopy_that_cannot_converge_ends_post_copy() {
 }
 
 /// Hybrid against a guest that writes its cold memory faster than the link carries it
-/// (unpaced `hotcold` on `lan1g` with half of its ops writing cold pages, lz4 off):
+/// (unpaced `hotcold` on `lan100m` with half of its ops writing cold pages, lz4 off):
 /// the live pass must give up its cold part instead of sending pages that are stale by the
 /// pause, and the migration must still end exact.
 #[test]
@@ -243,19 +243,22 @@ fn hybrid_gives_up_a_cold_part_that_goes_stale() {
         return;
     }
     let bed = Bed::new();
-    bed.up("lan1g");
+    bed.up("lan100m");
     // The pass gives up when the guest would dirty it more than once while the link crosses it
     // once. Half of all ops write cold pages (the default guest writes 1% there, and dirties its
     // cold part at about a quarter of the link's rate: finishing is right for it). With lz4
     // off this guest measured 3.8 to 4.0 times the link's rate on this machine; with lz4 on,
     // 0.75 to 1.0 (lz4 both speeds the link up and takes CPU from the vCPU), too close to the
     // rule's threshold to test it.
+    // The link is `lan100m`: on a slow host day this guest dirtied the cold part at only 0.16
+    // to 0.31 times the rate of `lan1g` (3.8 to 4.0 on a faster day), and the pass rightly
+    // went on; a tenth of the link gives the rule a margin on either day.
     let cold_writer = [&GUEST[..], &["--hot-frac", "0.5", "--write-frac", "1.0"]].concat();
     let mode = ["--mode", "hybrid", "--migrate-after-ms", "1000", "--compress", "off"];
     let report =
-        migrate_unpaced(&bed, &cold_writer, "300000000", &mode, "cold-writing hotcold, lan1g");
+        migrate_unpaced(&bed, &cold_writer, "300000000", &mode, "cold-writing hotcold, lan100m");
     eprintln!(
-        "hybrid, unpaced over lan1g: total_ms={} downtime_ms={} network_faults={} stale_pages={}",
+        "hybrid, unpaced over lan100m: total_ms={} downtime_ms={} network_faults={} stale_pages={}",
         report["total_ms"], report["downtime_ms"], report["network_faults"], report["stale_pages"]
     );
     assert_eq!(report["cold_pass_abandoned"], true, "the cold part was sent to the end");

@@ -184,7 +184,9 @@ fn vm_pause_resume_cycles() {
     assert!(vm.save_state().is_ok());
     vm.resume().unwrap();
     assert!(matches!(vm.save_state(), Err(VmError::WrongRunState { .. })));
-    let d = vm.wait_finished(Duration::from_secs(30)).unwrap().expect("finished");
+    // Each trip is two emulated port I/O exits: the rest of the loop took over 30 s on a slow
+    // host day.
+    let d = vm.wait_finished(Duration::from_secs(180)).unwrap().expect("finished");
     assert_eq!(d, reference);
 }
 
@@ -285,7 +287,9 @@ fn vm_pause_after_io_exits_is_exact() {
         vm.start().unwrap();
     }
     assert!(mid >= 100, "only {mid} migrations landed inside the I/O loop");
-    let d = vm.wait_finished(Duration::from_secs(30)).unwrap().expect("finished");
+    // Each trip is two emulated port I/O exits: the rest of the loop took over 30 s on a slow
+    // host day.
+    let d = vm.wait_finished(Duration::from_secs(180)).unwrap().expect("finished");
     let keep = hybridmig::vm::devices::SERIAL_KEEP_BYTES as u32;
     let expected: Vec<u8> = (N - keep..N).map(|i| b'a' + (i % 26) as u8).collect();
     assert_eq!(vm.serial_output(), expected, "serial bytes lost or repeated");

@@ -109,6 +109,8 @@ pub struct BenchSpec {
     pub write_frac: f64,
     /// Hybrid's live pass: `all` or `ws`.
     pub live_pass: String,
+    /// Post-copy and hybrid: hold the push this long after the state is sent (0: at once).
+    pub push_delay_ms: u64,
     /// Workload seed.
     pub seed: u64,
     /// vCPUs.
@@ -137,6 +139,7 @@ impl Default for BenchSpec {
             hot_frac: 0.95,
             write_frac: 0.2,
             live_pass: "all".into(),
+            push_delay_ms: 0,
             seed: 1,
             vcpus: 1,
             timeout_s: 300,
@@ -386,6 +389,7 @@ pub fn run_bench(
                             adaptive_window: spec.adaptive_window,
                             compression: matrix.compression,
                             live_pass: matrix.live_pass,
+                            push_delay_ms: spec.push_delay_ms,
                             src_netns: netns.then(|| SRC_NS.to_string()),
                             dst_netns: netns.then(|| DST_NS.to_string()),
                             listen: None,

@@ -124,6 +124,8 @@ pub struct SourceHostOptions {
     pub compression: CompressionPolicy,
     /// Hybrid: what crosses before the pause.
     pub live_pass: LivePass,
+    /// Post-copy and hybrid: hold the background push this long after the state is sent.
+    pub push_delay_ms: u64,
     /// Session id of the two connections.
     pub session_id: u64,
     /// Print `PROGRESS` lines on stderr for a parent's progress bar.
@@ -198,6 +200,7 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     cfg.adaptive_window = opts.adaptive_window;
     cfg.compression = opts.compression;
     cfg.live_pass = opts.live_pass;
+    cfg.push_delay_ms = opts.push_delay_ms;
     cfg.true_hot_set = vm.hot_pages();
     if tracks {
         let structures = structure_pages(&vm);

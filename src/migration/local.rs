@@ -33,6 +33,8 @@ pub struct LocalMigration {
     pub compression: CompressionPolicy,
     /// Hybrid: what crosses before the pause.
     pub live_pass: LivePass,
+    /// Post-copy and hybrid: hold the background push this long after the state is sent.
+    pub push_delay_ms: u64,
     /// Network namespace of the source process.
     pub src_netns: Option<String>,
     /// Network namespace of the destination process.
@@ -148,6 +150,8 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         compression_name(m.compression).into(),
         "--live-pass".into(),
         m.live_pass.to_string(),
+        "--push-delay-ms".into(),
+        m.push_delay_ms.to_string(),
         "--session".into(),
         session_id.to_string(),
         "--json".into(),

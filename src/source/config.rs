@@ -36,6 +36,11 @@ pub struct SourceConfig {
     /// Pages per block that the source arms for the dirty log and scans for untouched pages
     /// at once, just before it first reads the block while the guest runs (at least 1).
     pub prepare_block_pages: u64,
+    /// Post-copy and hybrid: hold the background push this long after the state is sent
+    /// (0: push at once). Faults are served meanwhile, so a delay longer than the guest's run
+    /// leaves it on demand paging alone: the floor of the fault path, with nothing else on
+    /// either loop.
+    pub push_delay_ms: u64,
 }
 
 impl SourceConfig {
@@ -55,6 +60,7 @@ impl SourceConfig {
             drain_timeout_ms: 1000,
             true_hot_set: Vec::new(),
             prepare_block_pages: 2048,
+            push_delay_ms: 0,
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct SourceEngine {
     cold_pass_open: bool,
     /// The drain before the pause: when the Ping went out, and whether its Pong came back.
     drain: Option<Drain>,
+    /// When the push may start (mono ns; see [`SourceConfig::push_delay_ms`]).
+    push_from_ns: u64,
 }
 
 /// The wait, before the pause, for the destination to take in the live data in flight.
@@ -226,6 +228,7 @@ impl SourceEngine {
             lz4_probe: Lz4Probe::default(),
             lz4_check: Lz4Check::default(),
             bulk_guest_bytes: 0,
+            push_from_ns: 0,
             unacked: [VecDeque::new(), VecDeque::new()],
             windows_sent: [0; 2],
             unacked_pages_now: 0,
@@ -742,6 +745,7 @@ impl SourceEngine {
     fn enter_push(&mut self) {
         tracing::info!("source: state sent, destination resumes; push and fault service");
         self.phase = Phase::Push;
+        self.push_from_ns = mono_ns() + self.cfg.push_delay_ms * 1_000_000;
         self.pending.assign_neither(&self.valid, &self.zero);
         if self.cfg.mode == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
@@ -753,6 +757,9 @@ impl SourceEngine {
     }
 
     fn poll_push(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
+        if self.cfg.push_delay_ms > 0 && mono_ns() < self.push_from_ns {
+            return Ok(false); // held back: only fault answers go (the driver polls on its tick)
+        }
         if self.send_next_pending(out)? {
             return Ok(true);
         }
