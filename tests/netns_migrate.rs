@@ -215,9 +215,9 @@ fn precopy_that_cannot_converge_ends_post_copy() {
     bed.up("lan100m");
     // The guest writes a page per op, 10,000 a second, 3.4 times what 100 Mbit/s carries, so
     // every round leaves all of memory dirty. On `lan1g`, unpaced, this test depended on the
-    // host: each first write after the dirty log protects a page costs a fault in KVM's page
-    // tables, and on a slow host day (about 35 us each) the guest dirtied pages at about the
-    // link's rate and the rounds converged (5 and 14 rounds). The pace goes to `migrate` only:
+    // host: the first write after the dirty log protects a page costs a fault in KVM's page
+    // tables, and on a slow host day (the first sweep ran at 28,000 pages/s, about 35 us a
+    // page) the rounds converged (5 and 14 rounds). The pace goes to `migrate` only:
     // the reference run is unpaced. lz4 off: scan's rewritten pages compress so well that with
     // lz4 the rounds would cross faster than the guest writes.
     let mode = [
