@@ -220,16 +220,8 @@ fn precopy_that_cannot_converge_ends_post_copy() {
     // page) the rounds converged (5 and 14 rounds). The pace goes to `migrate` only:
     // the reference run is unpaced. lz4 off: scan's rewritten pages compress so well that with
     // lz4 the rounds would cross faster than the guest writes.
-    let mode = [
-        "--mode",
-        "precopy",
-        "--migrate-after-ms",
-        "2000",
-        "--compress",
-        "off",
-        "--pace",
-        "10000",
-    ];
+    let mode =
+        ["--mode", "precopy", "--migrate-after-ms", "2000", "--compress", "off", "--pace", "10000"];
     // The guest must still be writing when round 2 ends: 2 s, then two rounds of up to 256
     // MiB at 100 Mbit/s (about 22 s each); 600,000 ops last 60 s.
     let report = migrate_unpaced(&bed, &guest, "600000", &mode, "precopy scan over lan100m");
