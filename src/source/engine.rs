@@ -27,7 +27,11 @@ use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
 use std::collections::VecDeque;
 
 mod blocks;
+mod compress;
+mod faults;
 mod live;
+
+pub use faults::window_around;
 
 /// The source state machine. See the module docs.
 pub struct SourceEngine {
@@ -450,22 +454,6 @@ impl SourceEngine {
         }
     }
 
-    /// Tells the engine that `bytes` of bulk data left this host at `now_ns` (for the rate).
-    pub fn on_bulk_sent(&mut self, bytes: u64, now_ns: u64) {
-        // Encoded a moment before it was sent: the bulk buffers in flight are small.
-        let guest_bytes = std::mem::take(&mut self.bulk_guest_bytes);
-        if let Some(span) = self.rate.record(bytes, guest_bytes, now_ns) {
-            self.lz4_check.on_span(span, self.compression == Compression::Lz4);
-        }
-    }
-
-    /// Tells the engine that the driver waited `ns` with bulk frames to send and every bulk
-    /// send buffer in the kernel: the link, not the loop, was the limit for that long. The
-    /// compression policy learns the link's rate only from such waits.
-    pub fn on_link_wait(&mut self, ns: u64) {
-        self.rate.on_link_wait(ns);
-    }
-
     fn poll_pre_switch(
         &mut self,
         out: &mut Vec<u8>,
@@ -873,58 +861,6 @@ impl SourceEngine {
         self.unacked[stream.index()].iter().map(|&(_, _, n)| u64::from(n)).sum()
     }
 
-    /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
-    /// stream, and the push pivots to just past the window.
-    fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
-        if self.phase == Phase::Finished {
-            // Sent on the urgent stream before the destination's DoneAck (on bulk) and read
-            // after it: the page arrived by the push meanwhile, so nothing waits for an answer.
-            req.validate(&self.wire_regions)?;
-            tracing::debug!(page = req.page, "source: fault request after the DoneAck, ignored");
-            return Ok(());
-        }
-        if !matches!(self.phase, Phase::Push | Phase::AwaitDoneAck | Phase::SwitchOver) {
-            return Err(SourceError::UnexpectedFrame {
-                stream: StreamKind::Urgent,
-                frame: wire::FrameType::FaultRequest,
-                phase: self.phase,
-            });
-        }
-        req.validate(&self.wire_regions)?;
-        let page = self.layout.global(req.region, req.page, 1)?;
-        tracing::trace!(page, at_ns = mono_ns(), "source: fault request");
-        self.stats.faults_served += 1;
-        let window = match self.cfg.mode {
-            MigrationMode::Postcopy => 1,
-            _ if self.cfg.adaptive_window => self.window.on_fault(page),
-            _ => self.cfg.window_pages.max(1),
-        };
-        self.stats.window_pages_last = window;
-        let (start, count) = window_around(&self.layout, page, window);
-        // The faulting page always goes, even if the push already sent it: that copy may sit
-        // behind bulk data, and the destination drops duplicates. It goes first, in a frame of
-        // its own: the vCPU waits for it alone, and 4 KiB fits in the congestion window of a
-        // connection that sat idle since the last fault (TCP restarts from its initial window
-        // after an idle spell), where a whole 64 KiB window would take several round trips.
-        let mut out = Vec::new();
-        self.send_run(&mut out, page, 1, RunKind::FaultPage { request_id: req.request_id })?;
-        self.track(StreamKind::Urgent, page, 1);
-        let mut cursor = start;
-        let end = start + count;
-        while let Some(first) = self.pending.next_set_before(cursor, end) {
-            let run_end = self.pending.next_unset(first).unwrap_or(end).min(end);
-            let n = (run_end - first) as u32;
-            self.send_run(&mut out, first, n, RunKind::FaultWindow)?;
-            self.track(StreamKind::Urgent, first, n);
-            cursor = run_end;
-        }
-        self.push.pivot(end);
-        if !out.is_empty() {
-            self.urgent_out.push_back(out);
-        }
-        Ok(())
-    }
-
     fn on_done_ack(&mut self, ack: &wire::DoneAck) -> Result<(), SourceError> {
         if self.phase != Phase::AwaitDoneAck {
             return Err(SourceError::UnexpectedFrame {
@@ -954,57 +890,6 @@ impl SourceEngine {
         self.phase = Phase::Finished;
         Ok(())
     }
-
-    /// The auto policy: lz4 when it moves guest bytes faster than the raw link does. The
-    /// source compresses while the link sends, so lz4's rate in guest bytes is the slower of
-    /// the compressor and the link divided by the ratio; it must beat the link by 10%. The
-    /// compressor counts at half its probed rate: the probe times lz4 alone, while the loop
-    /// also encodes, sends and serves faults, and the destination has to decompress. The link's
-    /// rate is the one learned while the loop waited on it ([`RateMeter`]): on a path where the
-    /// loop is the limit (loopback, veth) there is none and lz4 stays off; on a 1 Gbit/s link
-    /// it turns on when the pages compress. A prediction to turn it on starts a trial
-    /// ([`Lz4Check`]) that alternates lz4 and raw: lz4 stays on only if its side moved 10%
-    /// more guest memory.
-    fn pick_compression(&mut self) {
-        if self.cfg.compression != CompressionPolicy::Auto {
-            return;
-        }
-        let Some((lz4_bytes_per_ms, ratio)) = self.lz4_probe.estimate() else {
-            return;
-        };
-        // No link rate yet: the loop has not waited on the link, so it is the limit itself and
-        // compressing would only add to its work.
-        let link_bytes_per_ms = self.rate.link_bytes_per_ms();
-        let predicted =
-            link_bytes_per_ms.is_some_and(|link| lz4_worth(link, lz4_bytes_per_ms, ratio));
-        let choice = if self.lz4_check.decide(predicted, self.rate.spans()) {
-            Compression::Lz4
-        } else {
-            Compression::None
-        };
-        let trial = matches!(self.lz4_check, Lz4Check::Trial { .. });
-        if choice != self.compression && !trial {
-            tracing::info!(
-                link_bytes_per_ms,
-                output_bytes_per_ms = self.rate.bytes_per_ms(),
-                lz4_bytes_per_ms,
-                ratio,
-                lz4 = choice == Compression::Lz4,
-                "source: compression policy changed"
-            );
-        }
-        self.compression = choice;
-    }
-}
-
-/// The window of `window` pages around `page`: a quarter before it, the rest after (guests
-/// mostly walk memory upwards), clipped to the page's region.
-pub fn window_around(layout: &Layout, page: u64, window: u32) -> (u64, u64) {
-    let (_, offset) = layout.locate(page).unwrap_or((0, 0));
-    let back = (u64::from(window) / 4).min(offset);
-    let start = page - back;
-    let count = u64::from(window).min(layout.pages_left_in_region(start)).max(1);
-    (start, count)
 }
 
 /// The words of `bitmap` for pages `first..first+pages`, re-based to 0 (KVM layout).
@@ -1040,15 +925,6 @@ fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> std::borrow::Cow
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn window_is_clipped_to_its_region() {
-        let layout = Layout::new(&[(0, 16 * 4096), (1 << 20, 64 * 4096)]).unwrap();
-        assert_eq!(window_around(&layout, 2, 16), (0, 16));
-        assert_eq!(window_around(&layout, 15, 16), (11, 5));
-        assert_eq!(window_around(&layout, 40, 16), (36, 16));
-        assert_eq!(window_around(&layout, 16, 1), (16, 1));
-    }
 
     #[test]
     fn digest_depends_on_index_and_content_not_order() {

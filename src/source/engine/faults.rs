@@ -1,0 +1,83 @@
+//! Fault service: a fault request is answered on the urgent stream with the faulting page in a
+//! frame of its own, then the pending pages of its window, and the push moves on to just past
+//! the window.
+
+use super::*;
+
+impl SourceEngine {
+    /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
+    /// stream, and the push pivots to just past the window.
+    pub(super) fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
+        if self.phase == Phase::Finished {
+            // Sent on the urgent stream before the destination's DoneAck (on bulk) and read
+            // after it: the page arrived by the push meanwhile, so nothing waits for an answer.
+            req.validate(&self.wire_regions)?;
+            tracing::debug!(page = req.page, "source: fault request after the DoneAck, ignored");
+            return Ok(());
+        }
+        if !matches!(self.phase, Phase::Push | Phase::AwaitDoneAck | Phase::SwitchOver) {
+            return Err(SourceError::UnexpectedFrame {
+                stream: StreamKind::Urgent,
+                frame: wire::FrameType::FaultRequest,
+                phase: self.phase,
+            });
+        }
+        req.validate(&self.wire_regions)?;
+        let page = self.layout.global(req.region, req.page, 1)?;
+        tracing::trace!(page, at_ns = mono_ns(), "source: fault request");
+        self.stats.faults_served += 1;
+        let window = match self.cfg.mode {
+            MigrationMode::Postcopy => 1,
+            _ if self.cfg.adaptive_window => self.window.on_fault(page),
+            _ => self.cfg.window_pages.max(1),
+        };
+        self.stats.window_pages_last = window;
+        let (start, count) = window_around(&self.layout, page, window);
+        // The faulting page always goes, even if the push already sent it: that copy may sit
+        // behind bulk data, and the destination drops duplicates. It goes first, in a frame of
+        // its own: the vCPU waits for it alone, and 4 KiB fits in the congestion window of a
+        // connection that sat idle since the last fault (TCP restarts from its initial window
+        // after an idle spell), where a whole 64 KiB window would take several round trips.
+        let mut out = Vec::new();
+        self.send_run(&mut out, page, 1, RunKind::FaultPage { request_id: req.request_id })?;
+        self.track(StreamKind::Urgent, page, 1);
+        let mut cursor = start;
+        let end = start + count;
+        while let Some(first) = self.pending.next_set_before(cursor, end) {
+            let run_end = self.pending.next_unset(first).unwrap_or(end).min(end);
+            let n = (run_end - first) as u32;
+            self.send_run(&mut out, first, n, RunKind::FaultWindow)?;
+            self.track(StreamKind::Urgent, first, n);
+            cursor = run_end;
+        }
+        self.push.pivot(end);
+        if !out.is_empty() {
+            self.urgent_out.push_back(out);
+        }
+        Ok(())
+    }
+}
+
+/// The window of `window` pages around `page`: a quarter before it, the rest after (guests
+/// mostly walk memory upwards), clipped to the page's region.
+pub fn window_around(layout: &Layout, page: u64, window: u32) -> (u64, u64) {
+    let (_, offset) = layout.locate(page).unwrap_or((0, 0));
+    let back = (u64::from(window) / 4).min(offset);
+    let start = page - back;
+    let count = u64::from(window).min(layout.pages_left_in_region(start)).max(1);
+    (start, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_clipped_to_its_region() {
+        let layout = Layout::new(&[(0, 16 * 4096), (1 << 20, 64 * 4096)]).unwrap();
+        assert_eq!(window_around(&layout, 2, 16), (0, 16));
+        assert_eq!(window_around(&layout, 15, 16), (11, 5));
+        assert_eq!(window_around(&layout, 40, 16), (36, 16));
+        assert_eq!(window_around(&layout, 16, 1), (16, 1));
+    }
+}
