@@ -126,8 +126,8 @@ impl TrialSide {
 /// pages rather than the link's bytes (a destination busy placing them, as over loopback on a
 /// slow day), compressing moves no more guest memory and costs the source's CPU. So lz4, once
 /// predicted, runs as a trial that alternates turns of lz4 and raw and sorts the measured
-/// spans by which was in force (leaving out the first of each turn): lz4 stays on only when
-/// its side moved at least 10% more non-zero guest bytes per ms. Alternating, not
+/// spans by which was in force (leaving out the first spans of each turn): lz4 stays on only
+/// when its side moved at least 10% more non-zero guest bytes per ms. Alternating, not
 /// before-and-after, because the rate drifts by itself (a post-copy's faults thin out as the
 /// guest's hot pages arrive).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -360,8 +360,9 @@ mod tests {
     #[test]
     fn link_rate_is_learned_only_while_the_loop_waits_on_the_link() {
         let mut m = RateMeter::default();
-        m.record(0, 0, 1_000_000); // the first send starts the clock
-                                   // A CPU-bound loop (loopback): 8 MB per 10 ms, never a wait for a buffer.
+        // The first send starts the clock; then a CPU-bound loop (loopback): 8 MB per 10 ms,
+        // never a wait for a buffer.
+        m.record(0, 0, 1_000_000);
         let t = spans(&mut m, 1, 5, 8_000_000, 0);
         assert!((m.bytes_per_ms() - 800_000.0).abs() < 1.0);
         assert_eq!(m.link_bytes_per_ms(), None, "the loop was the limit: no link rate");
