@@ -10,6 +10,7 @@ pub mod host_check;
 pub mod memory;
 pub mod metrics;
 pub mod migration;
+pub mod ports;
 pub mod ring;
 pub mod sim;
 pub mod source;

@@ -10,8 +10,8 @@ use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
 use super::sink::UffdSink;
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
-use crate::embed::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
 use crate::metrics::mono_ns;
+use crate::ports::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
 use crate::ring::{Buf, Completion, Ring};
 use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent, FIRST_CALLER_TAG};
 use crate::transport::tcp::StreamPair;
@@ -91,7 +91,7 @@ pub fn run_dest(
     let (uffd, _) = Uffd::open_with_features(super::uffd::UFFD_FEATURE_THREAD_ID)
         .map_err(|e| ring_err("userfaultfd open", e))?;
     for r in &regions {
-        uffd.register(r.host_addr as u64, r.size_bytes)
+        uffd.register(r.host_addr() as u64, r.size_bytes)
             .map_err(|e| ring_err("userfaultfd register", e))?;
     }
     if !crate::ring::prioritize_this_thread() {
@@ -149,7 +149,7 @@ pub fn run_dest(
     // (the need set is complete), so hand the memory back to the kernel's own fault path.
     // Unregistering also wakes any vCPU whose fault message was not read yet.
     for r in &regions {
-        uffd.unregister(r.host_addr as u64, r.size_bytes)
+        uffd.unregister(r.host_addr() as u64, r.size_bytes)
             .map_err(|e| ring_err("userfaultfd unregister", e))?;
     }
     Ok(run)

@@ -9,13 +9,13 @@
 //! flight), or missing. After the switch-over the *need set* says which missing pages must come
 //! from the source; a missing page outside it is zero and is placed locally.
 
-use super::sink::PageSink;
 use super::DestError;
 use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
-use crate::metrics::{mono_ns, LatencyHistogram};
-use crate::source::engine::{memory_digest, zero_page_crc};
+use crate::metrics::LatencyHistogram;
+use crate::ports::{memory_digest, zero_page_crc, Clock, MonoClock, PageSink};
 use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// What the driver must do after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,8 @@ pub struct DestStats {
 
 /// The destination state machine. See the module docs.
 pub struct DestEngine {
+    /// Time, read through the port (the simulator passes a virtual clock).
+    clock: Arc<dyn Clock>,
     layout: Layout,
     wire_regions: Vec<wire::Region>,
     limits: wire::Limits,
@@ -144,6 +146,7 @@ impl DestEngine {
         let limits = wire::Limits::default();
         let scratch = vec![0u8; limits.window_pages() as usize * PAGE_SIZE];
         Self {
+            clock: Arc::new(MonoClock),
             layout,
             wire_regions,
             limits,
@@ -171,6 +174,12 @@ impl DestEngine {
             windows_received: [0; 2],
             stats: DestStats::default(),
         }
+    }
+
+    /// Reads time from `clock` instead of CLOCK_MONOTONIC (the simulator's virtual clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Current phase.
@@ -247,7 +256,7 @@ impl DestEngine {
                 if stream == StreamKind::Urgent {
                     tracing::trace!(
                         page = self.layout.global(window.region, window.first_page, 1).ok(),
-                        at_ns = mono_ns(),
+                        at_ns = self.clock.now_ns(),
                         "destination: fault answer arrived"
                     );
                 }
@@ -476,7 +485,7 @@ impl DestEngine {
             }
         }
         // A fault's latency ends when its page is in (the placement above woke its waiter).
-        let now_ns = mono_ns();
+        let now_ns = self.clock.now_ns();
         for k in 0..count {
             let page = first + u64::from(k);
             self.page_crc[page as usize] = if is_zero {
@@ -571,7 +580,7 @@ impl DestEngine {
     }
 
     fn on_state(&mut self, blob: &[u8]) -> Result<Option<DestEvent>, DestError> {
-        self.stats.state_received_ns = mono_ns();
+        self.stats.state_received_ns = self.clock.now_ns();
         tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
         let need = self.need.get_or_insert_with(|| std::mem::take(&mut self.need_spare));
         self.outstanding = need.count_and_not(&self.present);
@@ -602,14 +611,14 @@ impl DestEngine {
         if !needed {
             self.stats.local_faults += 1;
             sink.place_zero(page, 1)?;
-            self.mark_present(page, mono_ns());
+            self.mark_present(page, self.clock.now_ns());
             return Ok(());
         }
         if !self.requested.set(page) {
             return Ok(()); // a request is in flight; the answer wakes every waiter
         }
         self.stats.network_faults += 1;
-        let now_ns = mono_ns();
+        let now_ns = self.clock.now_ns();
         tracing::trace!(page, at_ns = now_ns, "destination: fault request");
         self.fault_started_ns.insert(page, now_ns);
         let (region, page_in_region) =
@@ -676,7 +685,7 @@ impl DestEngine {
         let done = self.done?;
         let digest = memory_digest(&self.page_crc);
         self.stats.memory_digest = digest;
-        self.stats.complete_ns = mono_ns();
+        self.stats.complete_ns = self.clock.now_ns();
         let verdict = if digest == done.memory_digest {
             wire::DoneVerdict::Match
         } else {
@@ -720,7 +729,7 @@ impl DestEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dest::sink::SinkError;
+    use crate::ports::SinkError;
 
     /// Records what the engine asks of guest memory.
     #[derive(Default)]

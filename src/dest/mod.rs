@@ -2,7 +2,7 @@
 //!
 //! Guest memory is registered with a userfaultfd ([`uffd`]) in MISSING mode before anything
 //! arrives. [`engine::DestEngine`] decides what to place and what to ask for; a
-//! [`sink::PageSink`] places pages (`UFFDIO_COPY` / `UFFDIO_ZEROPAGE`, or plain writes for
+//! [`crate::ports::PageSink`] places pages (`UFFDIO_COPY` / `UFFDIO_ZEROPAGE`, or plain writes for
 //! pre-copy); [`driver`] runs it all on one io_uring that carries the uffd reads, both socket
 //! receives and the fault-request sends.
 
@@ -26,7 +26,7 @@ pub enum DestError {
     Memory(#[from] MemoryError),
     /// Placing pages failed.
     #[error("placing pages: {0}")]
-    Sink(#[from] sink::SinkError),
+    Sink(#[from] crate::ports::SinkError),
     /// The source sent a frame that makes no sense now.
     #[error("unexpected {frame:?} frame on the {stream:?} stream in phase {phase:?}")]
     UnexpectedFrame {
@@ -67,7 +67,7 @@ pub enum DestError {
     },
     /// The VMM failed.
     #[error(transparent)]
-    Vm(#[from] crate::embed::EmbedError),
+    Vm(#[from] crate::ports::EmbedError),
     /// A socket, ring or uffd operation failed.
     #[error("{what}: {source}")]
     Io {

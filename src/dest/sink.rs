@@ -1,4 +1,4 @@
-//! Where the destination engine puts pages.
+//! The destination's real [`PageSink`]: pages placed with userfaultfd.
 //!
 //! The engine decides *what* to place; a [`PageSink`] does it. [`UffdSink`] places pages into
 //! userfaultfd-registered guest memory (every mode: a pre-copy that does not converge finishes
@@ -6,62 +6,9 @@
 //! its own sink over an in-process array.
 
 use super::uffd::{Placed, Uffd, UffdError};
-use crate::embed::{host_addr_of, HostRegion};
 use crate::memory::{Layout, PAGE_SIZE};
-
-/// Errors from placing pages.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// A page index past the guest's memory.
-    #[error("page {page} is outside guest memory")]
-    NoSuchPage {
-        /// The page.
-        page: u64,
-    },
-    /// A userfaultfd operation failed.
-    #[error("placing pages {first}..{first}+{count}: {source}")]
-    Uffd {
-        /// First page.
-        first: u64,
-        /// Page count.
-        count: u64,
-        /// The wrapper's error.
-        source: UffdError,
-    },
-    /// madvise(MADV_DONTNEED) failed while discarding stale pages.
-    #[error("discarding pages {first}..{first}+{count}: {source}")]
-    Discard {
-        /// First page.
-        first: u64,
-        /// Page count.
-        count: u64,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// UFFDIO_COPY kept answering EAGAIN.
-    #[error("placing page {page}: the mapping kept changing (EAGAIN {tries} times)")]
-    Retries {
-        /// The page.
-        page: u64,
-        /// Attempts made.
-        tries: u32,
-    },
-}
-
-/// Places pages into guest memory. Page indices are global (see [`Layout`]); a run never
-/// crosses a region boundary.
-pub trait PageSink {
-    /// Places `data.len() / 4096` missing pages starting at `first`, waking any waiter.
-    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError>;
-    /// Places `count` missing zero pages starting at `first`, waking any waiter.
-    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError>;
-    /// Rewrites pages that are already present (only before the guest runs here).
-    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError>;
-    /// Drops present pages so that the next touch faults again (stale pre-copy pages).
-    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError>;
-    /// Wakes threads waiting on pages that are already present.
-    fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError>;
-}
+use crate::ports::{host_addr_of, HostRegion};
+pub use crate::ports::{PageSink, SinkError};
 
 /// Host address of `first`, checked.
 fn addr(regions: &[HostRegion], layout: &Layout, first: u64) -> Result<usize, SinkError> {
@@ -139,19 +86,25 @@ impl<'a> UffdSink<'a> {
         let mut done = 0u64;
         let mut tries = 0u32;
         while done < len_bytes {
-            let placed = op(done, len_bytes - done).map_err(|source| SinkError::Uffd {
+            let placed = op(done, len_bytes - done).map_err(|source| SinkError::Place {
+                op: "userfaultfd",
                 first,
                 count,
-                source,
+                source: Box::new(source),
             })?;
             match placed {
                 Placed::Done { len_bytes: n } => done += n,
                 Placed::AlreadyPresent => {
                     // Someone placed this page first: never place it twice, but never leave a
                     // waiter asleep either.
-                    self.uffd
-                        .wake(base + done, PAGE_SIZE as u64)
-                        .map_err(|source| SinkError::Uffd { first, count, source })?;
+                    self.uffd.wake(base + done, PAGE_SIZE as u64).map_err(|source| {
+                        SinkError::Place {
+                            op: "userfaultfd",
+                            first,
+                            count,
+                            source: Box::new(source),
+                        }
+                    })?;
                     done += PAGE_SIZE as u64;
                 }
                 Placed::Retry { done_bytes } => {
@@ -197,10 +150,11 @@ impl PageSink for UffdSink<'_> {
 
     fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
         let base = addr(self.regions, self.layout, first)? as u64;
-        self.uffd.wake(base, count * PAGE_SIZE as u64).map_err(|source| SinkError::Uffd {
+        self.uffd.wake(base, count * PAGE_SIZE as u64).map_err(|source| SinkError::Place {
+            op: "userfaultfd",
             first,
             count,
-            source,
+            source: Box::new(source),
         })
     }
 }

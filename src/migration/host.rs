@@ -5,9 +5,9 @@
 use super::report::{DestReport, SourceReport};
 use super::MigrationError;
 use crate::dest::driver::{run_dest, DestDriverOptions};
-use crate::embed::{EmbedError, HostRegion, MigratableVm};
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
+use crate::ports::{EmbedError, HostRegion, MigratableVm};
 use crate::source::driver::{run_source, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
@@ -44,11 +44,9 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm
             .regions()
             .iter()
-            .map(|r| HostRegion {
-                guest_phys: r.guest_phys,
-                size_bytes: r.len() as u64,
-                host_addr: r.as_ptr() as usize,
-            })
+            // SAFETY: the built-in VMM maps each region once, at creation, and unmaps it only
+            // when the VM is dropped, which outlives every engine this adapter feeds.
+            .map(|r| unsafe { HostRegion::new(r.guest_phys, r.len() as u64, r.as_ptr() as usize) })
             .collect()
     }
 
@@ -250,10 +248,10 @@ impl OpsReader {
     /// or the read would fault into its own userfaultfd).
     fn pages(&self, guest: &KvmGuest<'_>) -> Vec<u64> {
         let regions = guest.regions();
-        let Ok(layout) = crate::embed::layout_of(&regions) else { return Vec::new() };
+        let Ok(layout) = crate::ports::layout_of(&regions) else { return Vec::new() };
         self.addrs
             .iter()
-            .filter_map(|&a| crate::embed::page_of_host_addr(&regions, &layout, a))
+            .filter_map(|&a| crate::ports::page_of_host_addr(&regions, &layout, a))
             .collect()
     }
 

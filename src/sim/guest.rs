@@ -4,8 +4,8 @@
 //! bytes of it (probability `write_frac`) or folds eight bytes into an accumulator. The memory
 //! starts with a mix of zero, text-like and random pages so every page encoding is exercised.
 
-use crate::embed::{EmbedError, HostRegion, MigratableVm};
 use crate::memory::{PageBitmap, PAGE_SIZE};
+use crate::ports::{EmbedError, HostRegion, MigratableVm};
 use std::time::Duration;
 
 /// Shape of a simulated guest.
@@ -111,7 +111,9 @@ impl SimVm {
         let (mut offset, mut guest_phys) = (0usize, 0u64);
         for &pages in &spec.region_pages {
             let size_bytes = pages * PAGE_SIZE as u64;
-            regions.push(HostRegion { guest_phys, size_bytes, host_addr: base + offset });
+            // SAFETY: the region lies inside `memory`, a heap buffer this VM owns and never resizes,
+            // so it stays mapped for as long as the VM (and any engine built from it) lives.
+            regions.push(unsafe { HostRegion::new(guest_phys, size_bytes, base + offset) });
             offset += size_bytes as usize;
             guest_phys += size_bytes + (1 << 20); // a hole between regions
         }
@@ -185,11 +187,11 @@ impl SimVm {
     }
 
     /// A mutable view of one page.
-    pub fn page_mut(&mut self, page: u64) -> Result<&mut [u8], crate::dest::sink::SinkError> {
+    pub fn page_mut(&mut self, page: u64) -> Result<&mut [u8], crate::ports::SinkError> {
         let start = page as usize * PAGE_SIZE;
         self.memory
             .get_mut(start..start + PAGE_SIZE)
-            .ok_or(crate::dest::sink::SinkError::NoSuchPage { page })
+            .ok_or(crate::ports::SinkError::NoSuchPage { page })
     }
 
     /// True when memory and guest registers equal `other`'s.

@@ -13,11 +13,12 @@ pub use guest::{SimGuestSpec, SimVm};
 
 use crate::dest::sink::{PageSink, SinkError};
 use crate::dest::{DestEngine, DestError, DestEvent, DestPhase};
-use crate::embed::{layout_of, MigratableVm};
 use crate::memory::PAGE_SIZE;
+use crate::ports::{layout_of, MigratableVm, VirtualClock};
 use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
 use crate::wire::{FrameReader, Limits, MigrationMode, StreamKind};
+use std::sync::Arc;
 
 /// Errors of a simulated migration (typed, like the real ones).
 #[derive(Debug, thiserror::Error)]
@@ -170,8 +171,10 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     cfg.push_pages = 4;
     // Blocks of a few pages, so that arming and zero scans happen all through the live phase.
     cfg.prepare_block_pages = 16;
-    let mut source = SourceEngine::new(cfg, &src_vm)?;
-    let mut dest = DestEngine::new(layout.clone());
+    // One virtual clock for both engines: every timing decision follows from the seed.
+    let clock = VirtualClock::new();
+    let mut source = SourceEngine::new(cfg, &src_vm)?.with_clock(Arc::new(clock.clone()));
+    let mut dest = DestEngine::new(layout.clone()).with_clock(Arc::new(clock.clone()));
     dest.set_place_chunk(spec.place_chunk_pages);
     let mut net = SimNet::new(spec.seed, spec.faults.clone());
     let mut readers = [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default()));
@@ -182,6 +185,7 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     let budget = 4_000_000u64;
     for iteration in 0..budget {
         let now = iteration * STEP_US;
+        clock.set_ns(net.now_us().max(now) * 1000);
         // The guest runs where it lives: on the source until the pause, then on the destination.
         if dest_running {
             blocked_on = step_dest_guest(&mut dst_vm, &mut dest, blocked_on, spec.steps_total)?;

@@ -7,8 +7,8 @@
 use super::config::{Phase, SourceStats};
 use super::engine::SourceEngine;
 use super::SourceError;
-use crate::embed::MigratableVm;
 use crate::metrics::mono_ns;
+use crate::ports::MigratableVm;
 use crate::ring::Ring;
 use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent};
 use crate::transport::tcp::StreamPair;

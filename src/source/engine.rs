@@ -20,11 +20,11 @@ use super::policy::{lz4_worth, AdaptiveWindow, Lz4Check, Lz4Probe, RateMeter};
 use super::push::PushScheduler;
 use super::workingset::recall;
 use super::SourceError;
-use crate::embed::{host_addr_of, layout_of, HostRegion, MigratableVm};
 use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
-use crate::metrics::mono_ns;
+use crate::ports::{memory_digest, zero_page_crc, Clock, GuestPages, MigratableVm, MonoClock};
 use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 mod blocks;
 mod compress;
@@ -36,7 +36,10 @@ pub use faults::window_around;
 /// The source state machine. See the module docs.
 pub struct SourceEngine {
     cfg: SourceConfig,
-    regions: Vec<HostRegion>,
+    /// Time, read through the port (the simulator passes a virtual clock).
+    clock: Arc<dyn Clock>,
+    /// Guest memory, read through the port.
+    memory: GuestPages,
     wire_regions: Vec<wire::Region>,
     layout: Layout,
     limits: wire::Limits,
@@ -164,30 +167,14 @@ impl std::fmt::Debug for SourceEngine {
     }
 }
 
-/// CRC32 of a 4 KiB zero page.
-pub fn zero_page_crc() -> u32 {
-    crc32fast::hash(&[0u8; PAGE_SIZE])
-}
-
-/// Folds per-page CRCs into one 64-bit memory digest that does not depend on the order pages
-/// arrived in: the sum over pages of a mix of the page index and its CRC.
-pub fn memory_digest(page_crc: &[u32]) -> u64 {
-    page_crc.iter().enumerate().fold(0u64, |acc, (page, &crc)| {
-        let mut x = (page as u64) << 32 | u64::from(crc);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        acc.wrapping_add(x)
-    })
-}
-
 impl SourceEngine {
     /// A source for `vm`, whose memory it reads while the guest runs.
     pub fn new(cfg: SourceConfig, vm: &dyn MigratableVm) -> Result<Self, SourceError> {
-        let regions = vm.regions();
-        let layout = layout_of(&regions)?;
+        let memory = GuestPages::new(vm.regions())?;
+        let layout = memory.layout().clone();
         let pages = layout.total_pages();
-        let wire_regions = regions
+        let wire_regions = memory
+            .regions()
             .iter()
             .map(|r| wire::Region { guest_phys: r.guest_phys, size_bytes: r.size_bytes })
             .collect();
@@ -199,7 +186,8 @@ impl SourceEngine {
         Ok(Self {
             window: AdaptiveWindow::new(cfg.window_pages),
             cfg,
-            regions,
+            clock: Arc::new(MonoClock),
+            memory,
             wire_regions,
             layout,
             limits: wire::Limits::default(),
@@ -241,6 +229,17 @@ impl SourceEngine {
         })
     }
 
+    /// Reads time from `clock` instead of CLOCK_MONOTONIC (the simulator's virtual clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The engine's clock, now.
+    fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
     /// Current phase.
     pub fn phase(&self) -> Phase {
         self.phase
@@ -263,7 +262,7 @@ impl SourceEngine {
 
     /// Starts the migration: queues the Hello of each stream. Call once.
     pub fn start(&mut self) -> Result<(), SourceError> {
-        self.stats.start_ns = mono_ns();
+        self.stats.start_ns = self.now_ns();
         for stream in [StreamKind::Bulk, StreamKind::Urgent] {
             let hello = wire::Hello {
                 max_version: wire::VERSION_CURRENT,
@@ -352,7 +351,7 @@ impl SourceEngine {
     /// finds the zero pages as it reads them (they cross as 2-bit entries).
     fn begin(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         tracing::info!(mode = %self.cfg.mode, version = self.version, "source: both streams up, migration starts");
-        self.round_started_ns = mono_ns();
+        self.round_started_ns = self.now_ns();
         match self.cfg.mode {
             MigrationMode::Precopy => {
                 self.start_dirty_log(vm)?;
@@ -397,18 +396,6 @@ impl SourceEngine {
     fn record_ws(&mut self) {
         self.stats.ws_pages = self.cfg.working_set.len() as u64;
         self.stats.ws_recall = recall(&self.cfg.working_set, &self.cfg.true_hot_set);
-    }
-
-    /// The bytes of `count` pages from `first` (within one region).
-    fn page_bytes<'m>(&self, first: u64, count: u32) -> &'m [u8] {
-        let addr = host_addr_of(&self.regions, &self.layout, first).unwrap_or(0);
-        debug_assert!(addr != 0 && self.layout.pages_left_in_region(first) >= u64::from(count));
-        // SAFETY: the VMM keeps its regions mapped for as long as the engine exists (callers use
-        // the slice only within one engine call, so the free lifetime never outlives it), and the
-        // run lies inside one region (callers take runs from the layout). vCPUs may write these
-        // bytes while we read them; a torn read is harmless because the dirty log reports the
-        // page and it is sent again.
-        unsafe { std::slice::from_raw_parts(addr as *const u8, count as usize * PAGE_SIZE) }
     }
 
     fn harvest(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
@@ -476,7 +463,7 @@ impl SourceEngine {
             Phase::Rounds if self.drain.is_none() && !self.precopy_should_stop() => {
                 self.pending.union_with(&self.dirty_scratch);
                 self.stats.rounds += 1;
-                self.round_started_ns = mono_ns();
+                self.round_started_ns = self.now_ns();
                 self.round_bytes = 0;
                 Ok(self.send_next_live(out, vm)? || !self.pending.is_empty())
             }
@@ -574,7 +561,7 @@ impl SourceEngine {
     /// Pauses the guest and queues what must precede the destination's resume.
     fn switch_over(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         let latency = vm.pause()?;
-        self.stats.pause_ns = mono_ns();
+        self.stats.pause_ns = self.now_ns();
         tracing::info!(
             rounds = self.stats.rounds,
             pause_latency_us = latency.as_micros() as u64,
@@ -680,7 +667,7 @@ impl SourceEngine {
                         &wire::FrameBody::VmState(&blob),
                         &self.limits,
                     )?;
-                    self.stats.state_sent_ns = mono_ns();
+                    self.stats.state_sent_ns = self.now_ns();
                     self.switch_queue.pop_front();
                     self.enter_push();
                     return Ok(true);
@@ -733,7 +720,7 @@ impl SourceEngine {
     fn enter_push(&mut self) {
         tracing::info!("source: state sent, destination resumes; push and fault service");
         self.phase = Phase::Push;
-        self.push_from_ns = mono_ns() + self.cfg.push_delay_ms * 1_000_000;
+        self.push_from_ns = self.now_ns() + self.cfg.push_delay_ms * 1_000_000;
         self.pending.assign_neither(&self.valid, &self.zero);
         if self.cfg.mode == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
@@ -745,7 +732,7 @@ impl SourceEngine {
     }
 
     fn poll_push(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
-        if self.cfg.push_delay_ms > 0 && mono_ns() < self.push_from_ns {
+        if self.cfg.push_delay_ms > 0 && self.now_ns() < self.push_from_ns {
             return Ok(false); // held back: only fault answers go (the driver polls on its tick)
         }
         if self.send_next_pending(out)? {
@@ -789,7 +776,8 @@ impl SourceEngine {
             RunKind::Bulk | RunKind::FaultWindow => (0, false),
         };
         let meta = WindowMeta { region, first_page: page_in_region, request_id, urgent_answer };
-        let bytes = self.page_bytes(first, count);
+        let bytes =
+            self.memory.pages(first, count).ok_or(SourceError::PageOutOfRange { page: first })?;
         // Under the auto policy every LZ4_PROBE_EVERY-th bulk window goes lz4 and is timed,
         // which gives the compressor's rate and ratio on this guest's data. A fault answer is
         // never a probe: a vCPU waits for it.
@@ -797,16 +785,16 @@ impl SourceEngine {
             && self.cfg.compression == CompressionPolicy::Auto
             && self.lz4_probe.due();
         let compression = if probe { Compression::Lz4 } else { self.compression };
-        let (started_ns, before) = (if probe { mono_ns() } else { 0 }, out.len());
+        let (started_ns, before) = (if probe { self.now_ns() } else { 0 }, out.len());
         let stats =
             wire::encode_page_window(out, self.version, &meta, bytes, compression, &self.limits)?;
-        if probe {
-            let input = u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
-            self.lz4_probe.record(input, (out.len() - before) as u64, mono_ns() - started_ns);
-            self.pick_compression();
-        }
         for (i, page) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
             self.page_crc[first as usize + i] = crc32fast::hash(page);
+        }
+        if probe {
+            let input = u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
+            self.lz4_probe.record(input, (out.len() - before) as u64, self.now_ns() - started_ns);
+            self.pick_compression();
         }
         for page in first..first + u64::from(count) {
             self.pending.clear(page);
@@ -836,9 +824,10 @@ impl SourceEngine {
     fn on_control(&mut self, c: &wire::Control) {
         if c.kind == wire::ControlKind::Pong {
             // A late Pong of an earlier drain that timed out confirms nothing.
+            let now_ns = self.now_ns();
             if let Some(d) = self.drain.as_mut().filter(|d| d.seq == c.seq && !d.confirmed) {
                 d.confirmed = true;
-                self.stats.drain_ms += mono_ns().saturating_sub(d.since_ns) as f64 / 1e6;
+                self.stats.drain_ms += now_ns.saturating_sub(d.since_ns) as f64 / 1e6;
             }
             return;
         }
@@ -877,7 +866,7 @@ impl SourceEngine {
                 dest_digest: ack.counts.memory_digest,
             });
         }
-        self.stats.finished_ns = mono_ns();
+        self.stats.finished_ns = self.now_ns();
         // Bulk windows all precede Done on their stream and the destination acknowledges them
         // before DoneAck, so none may be left. A fault answer can still be in flight on the
         // urgent stream for a page the push already delivered; DoneAck's digest covers it.
@@ -925,14 +914,6 @@ fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> std::borrow::Cow
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digest_depends_on_index_and_content_not_order() {
-        let a = memory_digest(&[1, 2, 3]);
-        assert_ne!(a, memory_digest(&[2, 1, 3]));
-        assert_ne!(a, memory_digest(&[1, 2, 4]));
-        assert_eq!(a, memory_digest(&[1, 2, 3]));
-    }
 
     #[test]
     fn region_words_rebase() {

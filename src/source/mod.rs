@@ -13,8 +13,8 @@ pub mod policy;
 pub mod push;
 pub mod workingset;
 
-use crate::embed::EmbedError;
 use crate::memory::MemoryError;
+use crate::ports::EmbedError;
 use crate::wire::{FrameType, RejectReason, StreamKind, WireError};
 pub use config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
 pub use engine::SourceEngine;

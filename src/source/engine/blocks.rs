@@ -40,7 +40,7 @@ impl SourceEngine {
     }
 
     fn prepare_block(&mut self, vm: &mut dyn MigratableVm, block: u64) -> Result<(), SourceError> {
-        let started_ns = mono_ns();
+        let started_ns = self.now_ns();
         let start = block * self.block_pages();
         let end = (start + self.block_pages()).min(self.layout.total_pages());
         vm.arm_dirty_log(start, end - start)?;
@@ -54,7 +54,7 @@ impl SourceEngine {
                 page = p + 1;
             }
         }
-        self.stats.zero_scan_ms += (mono_ns() - started_ns) as f64 / 1e6;
+        self.stats.zero_scan_ms += (self.now_ns() - started_ns) as f64 / 1e6;
         Ok(())
     }
 
@@ -68,7 +68,7 @@ impl SourceEngine {
     /// it. KVM's work grows with the pages armed: arming all of a 1 GiB guest here took about
     /// 4 ms before the first page, a working set of 16,384 pages a quarter of that.
     pub(super) fn arm_working_set(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
-        let started_ns = mono_ns();
+        let started_ns = self.now_ns();
         let mut pages = PageBitmap::new(self.layout.total_pages());
         for &page in &self.cfg.working_set {
             if page < pages.len() {
@@ -76,7 +76,7 @@ impl SourceEngine {
             }
         }
         vm.arm_dirty_log_pages(&pages)?;
-        self.stats.zero_scan_ms += (mono_ns() - started_ns) as f64 / 1e6;
+        self.stats.zero_scan_ms += (self.now_ns() - started_ns) as f64 / 1e6;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ impl SourceEngine {
         }
         req.validate(&self.wire_regions)?;
         let page = self.layout.global(req.region, req.page, 1)?;
-        tracing::trace!(page, at_ns = mono_ns(), "source: fault request");
+        tracing::trace!(page, at_ns = self.now_ns(), "source: fault request");
         self.stats.faults_served += 1;
         let window = match self.cfg.mode {
             MigrationMode::Postcopy => 1,

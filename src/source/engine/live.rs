@@ -171,7 +171,7 @@ impl SourceEngine {
         let seq = self.drain.map_or(1, |d| d.seq + 1);
         let ping = wire::Control { kind: wire::ControlKind::Ping, seq, value: 0 };
         wire::encode_frame(out, self.version, &wire::FrameBody::Control(ping), &self.limits)?;
-        self.drain = Some(Drain { seq, since_ns: mono_ns(), confirmed: false });
+        self.drain = Some(Drain { seq, since_ns: self.now_ns(), confirmed: false });
         Ok(true)
     }
 
@@ -192,7 +192,7 @@ impl SourceEngine {
     pub(super) fn drain_pending(&self) -> bool {
         self.drain.is_some_and(|d| {
             !d.confirmed
-                && mono_ns().saturating_sub(d.since_ns) < self.cfg.drain_timeout_ms * 1_000_000
+                && self.now_ns().saturating_sub(d.since_ns) < self.cfg.drain_timeout_ms * 1_000_000
         })
     }
 }
