@@ -15,25 +15,45 @@
 //! While the guest runs (rounds, working set), each block of memory is armed for the dirty
 //! log and scanned for never-touched pages just before its first page is sent (`blocks`).
 
-use super::config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
-use super::policy::{lz4_worth, AdaptiveWindow, Lz4Check, Lz4Probe, RateMeter};
+use super::config::{LivePass, Phase, SourceConfig, SourceStats};
+use super::policy::AdaptiveWindow;
 use super::push::PushScheduler;
 use super::workingset::recall;
 use super::SourceError;
 use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
-use crate::ports::{memory_digest, zero_page_crc, Clock, GuestPages, MigratableVm, MonoClock};
-use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
-use std::collections::VecDeque;
+use crate::ports::{Clock, GuestPages, MigratableVm, MonoClock};
+use crate::wire::{self, MigrationMode, StreamKind, WindowMeta};
 use std::sync::Arc;
 
+mod acks;
 mod blocks;
 mod compress;
 mod faults;
+mod ledger;
 mod live;
+mod live_state;
+mod outbox;
+mod rounds;
+mod switchover;
+mod zeroscan;
+
+use acks::AckLog;
+use compress::CompressionChoice;
+use ledger::PageLedger;
+use live_state::LiveState;
+use outbox::Outbox;
+use rounds::{RoundLimits, Rounds};
+use switchover::SwitchPlan;
+use zeroscan::ZeroScan;
 
 pub use faults::window_around;
 
 /// The source state machine. See the module docs.
+///
+/// Its state is kept in parts that own their data, each behind a small API: the page ledger
+/// (what the destination holds), the acknowledgement log, the live pass, pre-copy's rounds,
+/// the compression choice, the zero scan and the outbox. The counters in `stats` are written
+/// for the report and never read to decide anything.
 pub struct SourceEngine {
     cfg: SourceConfig,
     /// Time, read through the port (the simulator passes a virtual clock).
@@ -46,123 +66,36 @@ pub struct SourceEngine {
     version: u16,
     phase: Phase,
     acks_pending: u8,
-    /// Pages whose current content the destination holds (or will, once in flight lands).
-    valid: PageBitmap,
-    /// What the current phase still has to send.
-    pending: PageBitmap,
-    /// Pages that were zero when scanned and not written since.
-    zero: PageBitmap,
-    /// Blocks of `cfg.prepare_block_pages` armed for the dirty log and scanned for untouched
-    /// pages (one bit per block).
-    prepared: PageBitmap,
-    /// Scratch for the VMM's answer of which pages were never touched.
-    untouched: PageBitmap,
-    /// CRC32 of each page's content as last sent (zero pages: the zero CRC).
-    page_crc: Vec<u32>,
+    ledger: PageLedger,
+    zero_scan: ZeroScan,
     push: PushScheduler,
-    urgent_out: VecDeque<Vec<u8>>,
-    control_out: VecDeque<Vec<u8>>,
-    rate: RateMeter,
-    compression: Compression,
+    outbox: Outbox,
+    compression: CompressionChoice,
     stats: SourceStats,
-    round_started_ns: u64,
-    round_bytes: u64,
-    switch_queue: VecDeque<SwitchItem>,
+    rounds: Rounds,
+    live: LiveState,
+    /// The switch-over's plan, present only while the switch-over runs.
+    switch: Option<SwitchPlan>,
     dirty_scratch: PageBitmap,
     /// The need set, built in the switch-over into memory allocated (and faulted in) up front.
     need_scratch: PageBitmap,
-    /// The auto compression policy's measurements.
-    lz4_probe: Lz4Probe,
-    /// The auto compression policy's trial of lz4 against the raw rate.
-    lz4_check: Lz4Check,
-    /// Non-zero guest bytes encoded on bulk since the last `on_bulk_sent` (for the rate).
-    bulk_guest_bytes: u64,
-    /// Hybrid: working-set pages found written at the end of the previous live pass.
-    prev_ws_dirty: u64,
-    /// Hybrid: pages outside the working set found stale at the end of the previous live pass.
-    prev_stale_outside: u64,
-    /// Hybrid's live pass: pages sent at its last dirty-log check.
-    live_check: LiveCheck,
-    /// Hybrid's live pass: pages the dirty-log checks found written since the pass began (the
-    /// end of the pass adds them to what it harvests).
-    pass_written: PageBitmap,
-    /// Pre-copy: dirty pages found at the end of the previous round.
-    prev_round_dirty: u64,
-    /// Pages the destination holds a stale copy of and has not been told about yet (hybrid's
-    /// live pass tells it before the pause, so the discards stay out of the downtime).
-    invalidate: PageBitmap,
     window: AdaptiveWindow,
-    /// Windows sent and not yet acknowledged, per stream: (sequence number, first page,
-    /// count). A connection lost in post-copy is resumed by re-sending exactly these.
-    unacked: [VecDeque<(u64, u64, u32)>; 2],
-    /// Windows sent per stream (the next sequence number is this + 1).
-    windows_sent: [u64; 2],
-    /// Pages in `unacked`, both streams.
-    unacked_pages_now: u64,
-    /// Hybrid with [`LivePass::All`]: the cold part of the live pass is still being sent (the
-    /// working set follows it).
-    cold_pass_open: bool,
-    /// The drain before the pause: when the Ping went out, and whether its Pong came back.
-    drain: Option<Drain>,
+    acks: AckLog,
     /// When the push may start (mono ns; see [`SourceConfig::push_delay_ms`]).
     push_from_ns: u64,
+    /// The digest sent in `Done`, which the DoneAck must match.
+    done_digest: u64,
 }
 
-/// The wait, before the pause, for the destination to take in the live data in flight.
-#[derive(Debug, Clone, Copy)]
-struct Drain {
-    /// Sequence number of this drain's Ping (1 for the first, then 2, 3).
-    seq: u64,
-    since_ns: u64,
-    confirmed: bool,
-}
-
-/// Where the last dirty-log check of hybrid's live pass was, and the size of the pass.
-#[derive(Debug, Clone, Copy, Default)]
-struct LiveCheck {
-    /// Pages sent (all phases) at the last check.
-    sent_at: u64,
-    /// Pages the destination held fresh copies of right after the last check.
-    valid_at: u64,
-    /// Pages the current live pass set out to send.
-    pass_pages: u64,
-}
-
-/// Drains before the pause at most: one, then one more while the guest dirtied more than
-/// [`DRAIN_AGAIN_PAGES`] stale pages during the previous one.
-const MAX_DRAINS: u64 = 3;
 /// Stale pages left after a drain above which they are named and drained again rather than
-/// discarded in the downtime (a discard costs several microseconds on this host).
+/// discarded in the downtime (a discard costs several microseconds).
 const DRAIN_AGAIN_PAGES: u64 = 64;
-
-/// What a run of pages is sent for: it sets the window's flags and whether it may be an lz4
-/// probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RunKind {
-    /// Rounds, live pass, switch-over pages and the push.
-    Bulk,
-    /// The page a vCPU faulted on, answering the request `request_id`.
-    FaultPage { request_id: u32 },
-    /// The rest of a fault's window, on the urgent stream behind the faulting page.
-    FaultWindow,
-}
-
-/// What remains to be emitted during the switch-over, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SwitchItem {
-    /// Pages in `pending` (pre-copy's last dirty set, hybrid-paper's working set).
-    Pages,
-    /// The need set, one DirtySet frame per region.
-    NeedSet,
-    /// The VmState blob.
-    State,
-}
 
 impl std::fmt::Debug for SourceEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceEngine")
             .field("phase", &self.phase)
-            .field("pending", &self.pending)
+            .field("pending", &self.ledger.pending())
             .finish()
     }
 }
@@ -178,13 +111,10 @@ impl SourceEngine {
             .iter()
             .map(|r| wire::Region { guest_phys: r.guest_phys, size_bytes: r.size_bytes })
             .collect();
-        let compression = match cfg.compression {
-            CompressionPolicy::On => Compression::Lz4,
-            _ => Compression::None,
-        };
-        let block_pages = cfg.prepare_block_pages.max(1);
+        let block_pages = cfg.prepare_block_pages;
         Ok(Self {
             window: AdaptiveWindow::new(cfg.window_pages),
+            compression: CompressionChoice::new(cfg.compression),
             cfg,
             clock: Arc::new(MonoClock),
             memory,
@@ -194,38 +124,19 @@ impl SourceEngine {
             version: wire::VERSION_CURRENT,
             phase: Phase::Handshake,
             acks_pending: 2,
-            valid: PageBitmap::new(pages),
-            pending: PageBitmap::new(pages),
-            zero: PageBitmap::new(pages),
-            prepared: PageBitmap::new(pages.div_ceil(block_pages)),
-            untouched: PageBitmap::new(pages),
-            page_crc: vec![zero_page_crc(); pages as usize],
+            ledger: PageLedger::new(pages),
+            zero_scan: ZeroScan::new(pages, block_pages),
             push: PushScheduler::new(),
-            urgent_out: VecDeque::new(),
-            control_out: VecDeque::new(),
-            rate: RateMeter::default(),
-            compression,
+            outbox: Outbox::default(),
             stats: SourceStats::default(),
-            round_started_ns: 0,
-            round_bytes: 0,
-            switch_queue: VecDeque::new(),
+            rounds: Rounds::default(),
+            live: LiveState::new(pages),
+            switch: None,
             dirty_scratch: PageBitmap::new(pages),
             need_scratch: PageBitmap::new(pages),
-            invalidate: PageBitmap::new(pages),
-            prev_round_dirty: 0,
-            live_check: LiveCheck::default(),
-            pass_written: PageBitmap::new(pages),
-            prev_ws_dirty: u64::MAX,
-            prev_stale_outside: u64::MAX,
-            lz4_probe: Lz4Probe::default(),
-            lz4_check: Lz4Check::default(),
-            bulk_guest_bytes: 0,
+            acks: AckLog::default(),
             push_from_ns: 0,
-            unacked: [VecDeque::new(), VecDeque::new()],
-            windows_sent: [0; 2],
-            unacked_pages_now: 0,
-            cold_pass_open: false,
-            drain: None,
+            done_digest: 0,
         })
     }
 
@@ -281,8 +192,8 @@ impl SourceEngine {
                 &self.limits,
             )?;
             match stream {
-                StreamKind::Bulk => self.control_out.push_back(out),
-                StreamKind::Urgent => self.urgent_out.push_back(out),
+                StreamKind::Bulk => self.outbox.push_control(out),
+                StreamKind::Urgent => self.outbox.push_urgent(out),
             }
         }
         Ok(())
@@ -351,13 +262,12 @@ impl SourceEngine {
     /// finds the zero pages as it reads them (they cross as 2-bit entries).
     fn begin(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         tracing::info!(mode = %self.cfg.mode, version = self.version, "source: both streams up, migration starts");
-        self.round_started_ns = self.now_ns();
         match self.cfg.mode {
             MigrationMode::Precopy => {
                 self.start_dirty_log(vm)?;
                 self.phase = Phase::Rounds;
-                self.stats.rounds = 1;
-                self.pending = PageBitmap::full(self.layout.total_pages());
+                self.stats.rounds = self.rounds.start();
+                self.ledger.queue_all();
             }
             MigrationMode::Hybrid => {
                 self.start_dirty_log(vm)?;
@@ -367,15 +277,12 @@ impl SourceEngine {
                 match self.cfg.live_pass {
                     LivePass::WorkingSet => {
                         self.queue_working_set(vm)?;
-                        self.prev_ws_dirty = u64::MAX;
-                        self.stats.ws_passes = 1;
+                        // The first pass is not judged against an earlier one.
+                        self.live.end_ws_pass(u64::MAX, u64::MAX);
                     }
                     LivePass::All => {
-                        self.pending = self.needed();
-                        for &page in &self.cfg.working_set {
-                            self.pending.clear(page);
-                        }
-                        self.cold_pass_open = true;
+                        self.ledger.queue_needed_except(&self.cfg.working_set);
+                        self.live.open_cold();
                         self.begin_live_pass();
                     }
                 }
@@ -411,7 +318,10 @@ impl SourceEngine {
         out: &mut Vec<u8>,
         vm: &mut dyn MigratableVm,
     ) -> Result<bool, SourceError> {
-        if let Some(frame) = self.control_out.pop_front() {
+        if let Some(error) = self.outbox.take_failure() {
+            return Err(error);
+        }
+        if let Some(frame) = self.outbox.pop_control() {
             self.stats.bytes_bulk += frame.len() as u64;
             out.extend_from_slice(&frame);
             return Ok(true);
@@ -423,22 +333,43 @@ impl SourceEngine {
             Phase::SwitchOver => self.poll_switch(out, vm)?,
             Phase::Push => self.poll_push(out)?,
         };
-        let added = (out.len() - before) as u64;
-        self.stats.bytes_bulk += added;
-        self.round_bytes += added;
+        self.stats.bytes_bulk += (out.len() - before) as u64;
         Ok(produced)
     }
 
-    /// Appends the next urgent frame (fault answers, Hello) to `out`; false when none.
+    /// Appends the next urgent frame (a whole fault answer, or a Hello) to `out`; false when
+    /// none. A fault answer is encoded here, straight into `out`, from the outbox's entries:
+    /// nothing is allocated per fault (`out` grows only while it is smaller than an answer).
+    /// An answer that cannot be encoded is reported by the next `poll_bulk`.
     pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
-        match self.urgent_out.pop_front() {
-            Some(frame) => {
-                self.stats.bytes_urgent += frame.len() as u64;
-                out.extend_from_slice(&frame);
-                true
-            }
-            None => false,
+        if let Some(frame) = self.outbox.pop_urgent() {
+            self.stats.bytes_urgent += frame.len() as u64;
+            out.extend_from_slice(&frame);
+            return true;
         }
+        let before = out.len();
+        let mut first_of_answer = true;
+        while let Some(run) = self.outbox.next_answer_run(first_of_answer) {
+            first_of_answer = false;
+            if let Err(error) = self.encode_answer_run(out, run) {
+                self.outbox.fail(error);
+                break;
+            }
+        }
+        self.stats.bytes_urgent += (out.len() - before) as u64;
+        out.len() > before
+    }
+
+    /// Tells the engine that `bytes` of bulk data left this host at `now_ns` (for the rate).
+    pub fn on_bulk_sent(&mut self, bytes: u64, now_ns: u64) {
+        self.compression.on_bulk_sent(bytes, now_ns);
+    }
+
+    /// Tells the engine that the driver waited `ns` with bulk frames to send and every bulk
+    /// send buffer in the kernel: the link, not the loop, was the limit for that long. The
+    /// compression policy learns the link's rate only from such waits.
+    pub fn on_link_wait(&mut self, ns: u64) {
+        self.compression.on_link_wait(ns);
     }
 
     fn poll_pre_switch(
@@ -446,7 +377,7 @@ impl SourceEngine {
         out: &mut Vec<u8>,
         vm: &mut dyn MigratableVm,
     ) -> Result<bool, SourceError> {
-        if self.phase == Phase::WorkingSet && self.drain.is_none() {
+        if self.phase == Phase::WorkingSet && !self.live.draining() {
             self.check_live_pass(vm)?;
         }
         if self.send_next_live(out, vm)? {
@@ -458,46 +389,43 @@ impl SourceEngine {
         // The phase's set is sent: look at what the guest dirtied meanwhile.
         self.harvest(vm)?;
         self.forget_dirty();
+        let draining = self.live.draining();
         let phase = self.phase;
         match phase {
-            Phase::Rounds if self.drain.is_none() && !self.precopy_should_stop() => {
-                self.pending.union_with(&self.dirty_scratch);
-                self.stats.rounds += 1;
-                self.round_started_ns = self.now_ns();
-                self.round_bytes = 0;
-                Ok(self.send_next_live(out, vm)? || !self.pending.is_empty())
+            Phase::Rounds if !draining && !self.precopy_should_stop() => {
+                self.ledger.queue_dirty(&self.dirty_scratch);
+                self.stats.rounds = self.rounds.next();
+                Ok(self.send_next_live(out, vm)? || !self.ledger.nothing_pending())
             }
-            Phase::WorkingSet if self.cold_pass_open => {
+            Phase::WorkingSet if self.live.cold_open() => {
                 // Cold part done (pages dirtied during it are stale now and wait for the push,
                 // the destination is told so now); the working set goes last, its written pages
                 // at the very end.
-                self.cold_pass_open = false;
+                self.live.close_cold();
                 self.send_invalidations(out)?;
                 // Everything written during the cold part, not only since its last check.
-                self.dirty_scratch.union_with(&self.pass_written);
-                self.pass_written.clear_all();
+                self.live.take_written(&mut self.dirty_scratch);
                 self.queue_working_set(vm)?;
-                self.stats.ws_passes = 1;
                 if self.send_next_live(out, vm)? {
                     return Ok(true);
                 }
                 self.start_drain(out)
             }
-            Phase::WorkingSet if self.drain.is_none() && self.working_set_again() => {
-                Ok(self.send_next_live(out, vm)? || !self.pending.is_empty())
+            Phase::WorkingSet if !draining && self.working_set_again() => {
+                Ok(self.send_next_live(out, vm)? || !self.ledger.nothing_pending())
             }
-            _ if self.drain.is_none() => {
+            _ if !draining => {
                 // Stale copies the destination will drop anyway (hybrid, and a pre-copy that
                 // goes post-copy) are named now, so the discards happen while the guest runs.
                 // A converged pre-copy overwrites its stale pages in the downtime instead.
-                if self.phase == Phase::WorkingSet || self.stats.precopy_fallback {
+                if self.names_stale() {
                     self.send_invalidations(out)?;
                 }
                 self.start_drain(out)
             }
-            _ if self.invalidate.count() > DRAIN_AGAIN_PAGES
-                && (self.phase == Phase::WorkingSet || self.stats.precopy_fallback)
-                && self.drain.is_some_and(|d| d.seq < MAX_DRAINS) =>
+            _ if self.ledger.invalidations().count() > DRAIN_AGAIN_PAGES
+                && self.names_stale()
+                && self.live.may_drain_again() =>
             {
                 // The guest dirtied many sent pages during the drain: discarding them on the
                 // destination would sit in the downtime. Name them now and drain again; the
@@ -514,219 +442,49 @@ impl SourceEngine {
         }
     }
 
-    /// Removes pages in the dirty scratch set from `valid` (their copy on the destination is
-    /// stale) and from `zero`.
-    fn forget_dirty(&mut self) {
-        for page in self.dirty_scratch.iter_ones() {
-            if self.valid.clear(page) {
-                self.stats.stale_pages += 1;
-                self.invalidate.set(page);
-            }
-            self.zero.clear(page);
-        }
+    /// Whether stale copies are named to the destination while the guest runs (it will drop
+    /// them anyway): in hybrid, and in a pre-copy that goes post-copy (decided at the end of
+    /// the last round).
+    fn names_stale(&self) -> bool {
+        self.phase == Phase::WorkingSet || self.rounds.fallback()
     }
 
-    /// Pre-copy's stop rule, called once at the end of each round. It stops when the dirty
-    /// pages fit the downtime target (converged), when a round left at least 90% as many dirty
-    /// pages as the one before it (the guest dirties as fast as the link carries: more rounds
-    /// only resend), or at `max_rounds`. Without convergence the switch-over goes post-copy.
+    /// The pages in the dirty scratch set lose their copy on the destination (now stale) and
+    /// their zero mark; returns how many copies went stale.
+    fn forget_dirty(&mut self) -> u64 {
+        let went_stale = self.ledger.forget_dirty(&self.dirty_scratch);
+        self.stats.stale_pages += went_stale;
+        went_stale
+    }
+
+    /// Pre-copy's stop rule at the end of a round (see [`Rounds::should_stop`]).
     fn precopy_should_stop(&mut self) -> bool {
-        let dirty = self.dirty_scratch.count();
-        let dirty_bytes = dirty as f64 * PAGE_SIZE as f64;
-        let rate = self.rate.bytes_per_ms().max(1.0);
-        let fits = dirty_bytes / rate <= self.cfg.downtime_target_ms;
-        let stalled = self.stats.rounds >= 2 && dirty * 10 >= self.prev_round_dirty * 9;
-        tracing::debug!(
-            round = self.stats.rounds,
-            dirty_pages = dirty,
-            prev_dirty_pages = self.prev_round_dirty,
-            rate_bytes_per_ms = rate,
-            fits,
-            stalled,
-            "source: pre-copy round ended"
-        );
-        self.prev_round_dirty = dirty;
-        self.stats.precopy_fallback = !fits;
-        if !fits && (stalled || self.stats.rounds >= self.cfg.max_rounds) {
-            tracing::info!(
-                rounds = self.stats.rounds,
-                dirty_pages = dirty,
-                stalled,
-                "source: pre-copy does not converge; the rest goes post-copy"
-            );
-        }
-        fits || stalled || self.stats.rounds >= self.cfg.max_rounds
-    }
-
-    /// Pauses the guest and queues what must precede the destination's resume.
-    fn switch_over(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
-        let latency = vm.pause()?;
-        self.stats.pause_ns = self.now_ns();
-        tracing::info!(
-            rounds = self.stats.rounds,
-            pause_latency_us = latency.as_micros() as u64,
-            "source: guest paused, switch-over"
-        );
-        self.stats.pause_latency_ms = latency.as_secs_f64() * 1e3;
-        self.harvest(vm)?;
-        self.forget_dirty();
-        self.phase = Phase::SwitchOver;
-        self.pending.clear_all();
-        self.switch_queue.clear();
-        match self.cfg.mode {
-            MigrationMode::Precopy if self.stats.precopy_fallback => {
-                // No convergence: what is still dirty would not fit the downtime, so it goes
-                // post-copy (need set, state, then faults and the push), not stop-and-copy.
-                self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::State]);
-            }
-            MigrationMode::Precopy => {
-                // Every page not valid on the destination goes now, in the downtime.
-                self.pending.assign_neither(&self.valid, &self.zero);
-                self.switch_queue.extend([
-                    SwitchItem::Pages,
-                    SwitchItem::NeedSet,
-                    SwitchItem::State,
-                ]);
-            }
-            MigrationMode::HybridPaper => {
-                for &page in &self.cfg.working_set {
-                    self.pending.set(page);
-                }
-                self.switch_queue.extend([
-                    SwitchItem::NeedSet,
-                    SwitchItem::Pages,
-                    SwitchItem::State,
-                ]);
-            }
-            MigrationMode::Postcopy => {
-                self.switch_queue.extend([SwitchItem::NeedSet, SwitchItem::State]);
-            }
-            MigrationMode::Hybrid => {
-                // The hottest stale working-set pages go again in the downtime, as many as a
-                // quarter of the downtime target carries at the measured rate: the guest touches them first
-                // after the resume, so each one sent now is a network fault saved. The rest are
-                // dropped on the destination and pushed first after the resume.
-                let budget = self.downtime_page_budget();
-                for page in self.stale_working_set().into_iter().take(budget) {
-                    self.pending.set(page);
-                }
-                self.switch_queue.extend([
-                    SwitchItem::Pages,
-                    SwitchItem::NeedSet,
-                    SwitchItem::State,
-                ]);
-            }
-        }
-        Ok(())
-    }
-
-    /// Working-set pages, in rank order, whose copy on the destination is stale or missing.
-    fn stale_working_set(&self) -> Vec<u64> {
-        let (valid, zero) = (&self.valid, &self.zero);
-        self.cfg.working_set.iter().copied().filter(|&p| !valid.get(p) && !zero.get(p)).collect()
-    }
-
-    /// Pages that a quarter of the downtime target carries at the measured bulk rate (0 before
-    /// any rate is known). A quarter, because the rate is measured where the ring hands data to
-    /// the kernel, which runs ahead of the wire, and the need set, the state and the resume
-    /// take their share of the downtime too.
-    fn downtime_page_budget(&self) -> usize {
-        let bytes = self.rate.bytes_per_ms() * self.cfg.downtime_target_ms / 4.0;
-        (bytes / PAGE_SIZE as f64) as usize
-    }
-
-    /// Pages the destination does not hold and that are not known zero.
-    fn needed(&self) -> PageBitmap {
-        PageBitmap::in_neither(&self.valid, &self.zero)
-    }
-
-    fn poll_switch(
-        &mut self,
-        out: &mut Vec<u8>,
-        vm: &mut dyn MigratableVm,
-    ) -> Result<bool, SourceError> {
-        while let Some(item) = self.switch_queue.front().copied() {
-            match item {
-                SwitchItem::Pages => {
-                    let before = self.pages_sent();
-                    if self.send_next_pending(out)? {
-                        self.stats.pages_in_downtime += self.pages_sent() - before;
-                        return Ok(true);
-                    }
-                }
-                SwitchItem::NeedSet => {
-                    self.encode_need_set(out)?;
-                    self.switch_queue.pop_front();
-                    return Ok(true);
-                }
-                SwitchItem::State => {
-                    let blob = vm.save_state()?;
-                    wire::encode_frame(
-                        out,
-                        self.version,
-                        &wire::FrameBody::VmState(&blob),
-                        &self.limits,
-                    )?;
-                    self.stats.state_sent_ns = self.now_ns();
-                    self.switch_queue.pop_front();
-                    self.enter_push();
-                    return Ok(true);
-                }
-            }
-            self.switch_queue.pop_front();
-        }
-        Ok(false)
+        let limits = RoundLimits {
+            rate_bytes_per_ms: self.compression.bytes_per_ms(),
+            downtime_target_ms: self.cfg.downtime_target_ms,
+            max_rounds: self.cfg.max_rounds,
+        };
+        let stop = self.rounds.should_stop(self.dirty_scratch.count(), limits);
+        self.stats.precopy_fallback = self.rounds.fallback();
+        stop
     }
 
     /// Pages sent so far (a page sent twice counts twice).
     pub fn pages_sent(&self) -> u64 {
-        self.stats.pages_zero + self.stats.pages_raw + self.stats.pages_lz4
-    }
-
-    /// The need set: pages that are neither valid on the destination nor zero (and, for
-    /// hybrid-paper, not about to be sent in the downtime: those are still listed, since the
-    /// destination marks them present as they arrive).
-    fn encode_need_set(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
-        self.need_scratch.assign_neither(&self.valid, &self.zero);
-        self.stats.need_pages = self.need_scratch.count();
-        self.encode_dirty_sets(out, &self.need_scratch, false)
-    }
-
-    /// One DirtySet frame per region of `pages` (regions with no page in it are left out when
-    /// `skip_empty`; the need set names every region, so the destination knows it is whole).
-    fn encode_dirty_sets(
-        &self,
-        out: &mut Vec<u8>,
-        pages: &PageBitmap,
-        skip_empty: bool,
-    ) -> Result<(), SourceError> {
-        for (index, span) in self.layout.regions().iter().enumerate() {
-            let words = region_words(pages, span.first_page, span.pages());
-            if skip_empty && words.iter().all(|&w| w == 0) {
-                continue;
-            }
-            wire::encode_dirty_set(
-                out,
-                self.version,
-                index as u32,
-                &words,
-                span.pages(),
-                &self.limits,
-            )?;
-        }
-        Ok(())
+        self.ledger.pages_sent()
     }
 
     fn enter_push(&mut self) {
         tracing::info!("source: state sent, destination resumes; push and fault service");
         self.phase = Phase::Push;
+        self.switch = None;
         self.push_from_ns = self.now_ns() + self.cfg.push_delay_ms * 1_000_000;
-        self.pending.assign_neither(&self.valid, &self.zero);
+        self.ledger.queue_needed();
         if self.cfg.mode == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
-            let pending = &self.pending;
+            let ledger = &self.ledger;
             let first: Vec<u64> =
-                self.cfg.working_set.iter().copied().filter(|&p| pending.get(p)).collect();
+                self.cfg.working_set.iter().copied().filter(|&p| ledger.is_pending(p)).collect();
             self.push.set_priority(first);
         }
     }
@@ -741,113 +499,90 @@ impl SourceEngine {
         let done = wire::Done {
             pages: self.pages_sent(),
             bytes: self.stats.bytes_bulk + self.stats.bytes_urgent,
-            memory_digest: memory_digest(&self.page_crc),
+            memory_digest: self.ledger.digest(),
         };
         self.stats.memory_digest = done.memory_digest;
         wire::encode_frame(out, self.version, &wire::FrameBody::Done(done), &self.limits)?;
+        self.done_digest = done.memory_digest;
         self.phase = Phase::AwaitDoneAck;
         Ok(true)
     }
 
+    /// The next run of pending pages the push scheduler picks.
+    fn next_pending_run(&mut self) -> Option<(u64, u32)> {
+        let ledger = &self.ledger;
+        self.push.next_run(ledger.pending(), ledger.zero(), &self.layout, self.cfg.push_pages)
+    }
+
     /// Encodes the next run of `pending` pages; false when `pending` is empty.
     fn send_next_pending(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
-        let Some((first, count)) =
-            self.push.next_run(&self.pending, &self.zero, &self.layout, self.cfg.push_pages)
-        else {
+        let Some((first, count)) = self.next_pending_run() else {
             return Ok(false);
         };
-        self.send_run(out, first, count, RunKind::Bulk)?;
-        self.track(StreamKind::Bulk, first, count);
+        self.send_bulk_run(out, first, count)?;
         Ok(true)
     }
 
-    /// Encodes pages `first..first+count` as one window and marks them sent.
-    fn send_run(
+    /// Encodes pages `first..first+count` as one bulk window, marks them sent and tracks the
+    /// window until it is acknowledged.
+    fn send_bulk_run(
         &mut self,
         out: &mut Vec<u8>,
         first: u64,
         count: u32,
-        kind: RunKind,
     ) -> Result<(), SourceError> {
-        let (region, page_in_region) =
+        let (region, first_page) =
             self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
-        let (request_id, urgent_answer) = match kind {
-            RunKind::FaultPage { request_id } => (request_id, true),
-            RunKind::Bulk | RunKind::FaultWindow => (0, false),
-        };
-        let meta = WindowMeta { region, first_page: page_in_region, request_id, urgent_answer };
+        let meta = WindowMeta { region, first_page, request_id: 0, urgent_answer: false };
         let bytes =
             self.memory.pages(first, count).ok_or(SourceError::PageOutOfRange { page: first })?;
-        // Under the auto policy every LZ4_PROBE_EVERY-th bulk window goes lz4 and is timed,
-        // which gives the compressor's rate and ratio on this guest's data. A fault answer is
-        // never a probe: a vCPU waits for it.
-        let probe = kind == RunKind::Bulk
-            && self.cfg.compression == CompressionPolicy::Auto
-            && self.lz4_probe.due();
-        let compression = if probe { Compression::Lz4 } else { self.compression };
+        // A fault answer is never a probe: a vCPU waits for it.
+        let (compression, probe) = self.compression.for_bulk_run();
         let (started_ns, before) = (if probe { self.now_ns() } else { 0 }, out.len());
         let stats =
             wire::encode_page_window(out, self.version, &meta, bytes, compression, &self.limits)?;
-        for (i, page) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
-            self.page_crc[first as usize + i] = crc32fast::hash(page);
-        }
+        self.ledger.mark_sent(first, bytes);
+        let guest_bytes = u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
         if probe {
-            let input = u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
-            self.lz4_probe.record(input, (out.len() - before) as u64, self.now_ns() - started_ns);
-            self.pick_compression();
+            let elapsed_ns = self.now_ns() - started_ns;
+            self.compression.on_probe(guest_bytes, (out.len() - before) as u64, elapsed_ns);
         }
-        for page in first..first + u64::from(count) {
-            self.pending.clear(page);
-            self.valid.set(page);
-            // Fresh again on the destination: a later invalidation must not drop this copy.
-            self.invalidate.clear(page);
-        }
-        if kind == RunKind::Bulk {
-            self.bulk_guest_bytes += u64::from(count - stats.zero_pages) * PAGE_SIZE as u64;
-        }
-        self.stats.pages_zero += u64::from(stats.zero_pages);
-        self.stats.pages_raw += u64::from(stats.raw_pages);
-        self.stats.pages_lz4 += u64::from(stats.lz4_pages);
+        self.compression.add_bulk_guest_bytes(guest_bytes);
+        self.count_encoded(&stats);
+        self.track(StreamKind::Bulk, first, count);
         Ok(())
+    }
+
+    /// Counts the pages of an encoded window by how they went.
+    fn count_encoded(&mut self, window: &wire::WindowStats) {
+        self.stats.pages_zero += u64::from(window.zero_pages);
+        self.stats.pages_raw += u64::from(window.raw_pages);
+        self.stats.pages_lz4 += u64::from(window.lz4_pages);
     }
 
     /// Records a window sent on `stream` until the destination acknowledges it.
     fn track(&mut self, stream: StreamKind, first: u64, count: u32) {
-        let i = stream.index();
-        self.windows_sent[i] += 1;
-        self.unacked[i].push_back((self.windows_sent[i], first, count));
-        self.unacked_pages_now += u64::from(count);
-        self.stats.unacked_pages_max = self.stats.unacked_pages_max.max(self.unacked_pages_now);
+        let unacked_now = self.acks.track(stream, first, count);
+        self.stats.unacked_pages_max = self.stats.unacked_pages_max.max(unacked_now);
     }
 
-    /// An acknowledgement: every window of stream `value` up to sequence `seq` arrived.
+    /// An acknowledgement (every window of stream `value` up to sequence `seq` arrived), or a
+    /// Pong that ends the drain.
     fn on_control(&mut self, c: &wire::Control) {
-        if c.kind == wire::ControlKind::Pong {
-            // A late Pong of an earlier drain that timed out confirms nothing.
-            let now_ns = self.now_ns();
-            if let Some(d) = self.drain.as_mut().filter(|d| d.seq == c.seq && !d.confirmed) {
-                d.confirmed = true;
-                self.stats.drain_ms += now_ns.saturating_sub(d.since_ns) as f64 / 1e6;
-            }
-            return;
-        }
-        if c.kind != wire::ControlKind::Ack {
-            return;
-        }
-        if let Some(log) = self.unacked.get_mut(c.value as usize) {
-            while let Some(&(seq, _, count)) = log.front() {
-                if seq > c.seq {
-                    break;
+        match c.kind {
+            wire::ControlKind::Pong => {
+                if let Some(drain_ms) = self.live.on_pong(c.seq, self.now_ns()) {
+                    self.stats.drain_ms += drain_ms;
                 }
-                log.pop_front();
-                self.unacked_pages_now -= u64::from(count);
             }
+            wire::ControlKind::Ack => self.acks.on_ack(c.value, c.seq),
+            _ => {}
         }
     }
 
     /// Pages sent on `stream` and not yet acknowledged by the destination.
     pub fn unacked_pages(&self, stream: StreamKind) -> u64 {
-        self.unacked[stream.index()].iter().map(|&(_, _, n)| u64::from(n)).sum()
+        self.acks.unacked_pages(stream)
     }
 
     fn on_done_ack(&mut self, ack: &wire::DoneAck) -> Result<(), SourceError> {
@@ -858,11 +593,9 @@ impl SourceEngine {
                 phase: self.phase,
             });
         }
-        if ack.verdict != wire::DoneVerdict::Match
-            || ack.counts.memory_digest != self.stats.memory_digest
-        {
+        if ack.verdict != wire::DoneVerdict::Match || ack.counts.memory_digest != self.done_digest {
             return Err(SourceError::DigestMismatch {
-                source_digest: self.stats.memory_digest,
+                source_digest: self.done_digest,
                 dest_digest: ack.counts.memory_digest,
             });
         }
@@ -871,80 +604,9 @@ impl SourceEngine {
         // before DoneAck, so none may be left. A fault answer can still be in flight on the
         // urgent stream for a page the push already delivered; DoneAck's digest covers it.
         self.stats.unacked_pages_at_end = self.unacked_pages(StreamKind::Bulk);
-        tracing::info!(
-            digest = self.stats.memory_digest,
-            "source: DoneAck matched, source released"
-        );
-        self.stats.lz4_used = self.compression == Compression::Lz4;
+        tracing::info!(digest = self.done_digest, "source: DoneAck matched, source released");
+        self.stats.lz4_used = self.compression.in_force() == wire::Compression::Lz4;
         self.phase = Phase::Finished;
         Ok(())
-    }
-}
-
-/// The words of `bitmap` for pages `first..first+pages`, re-based to 0 (KVM layout).
-fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> std::borrow::Cow<'_, [u64]> {
-    let src = bitmap.words();
-    let (at, shift) = ((first / 64) as usize, (first % 64) as u32);
-    if shift == 0 && pages % 64 == 0 && at + (pages / 64) as usize <= src.len() {
-        // A region on whole words (every KVM slot of a guest built here): the words as they
-        // are, with no copy and no fresh allocation inside the downtime.
-        return std::borrow::Cow::Borrowed(&src[at..at + (pages / 64) as usize]);
-    }
-    // Word by word (shifted when the region does not start on a word): the need set of a
-    // 4 GiB post-copy holds a million pages, and it is built inside the downtime.
-    let word = |j: usize| src.get(j).copied().unwrap_or(0);
-    let mut words: Vec<u64> = (0..pages.div_ceil(64) as usize)
-        .map(|i| {
-            let low = word(at + i) >> shift;
-            if shift == 0 {
-                low
-            } else {
-                low | word(at + i + 1) << (64 - shift)
-            }
-        })
-        .collect();
-    if pages % 64 != 0 {
-        if let Some(last) = words.last_mut() {
-            *last &= (1u64 << (pages % 64)) - 1; // bits past the region belong to the next one
-        }
-    }
-    std::borrow::Cow::Owned(words)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn region_words_rebase() {
-        let mut b = PageBitmap::new(200);
-        b.set(100);
-        b.set(130);
-        b.set(199);
-        assert_eq!(region_words(&b, 100, 64), vec![1 | 1 << 30]);
-        assert_eq!(region_words(&b, 64, 136), vec![1 << 36, 1 << 2, 1 << 7]);
-        // A region that ends mid-word does not take the next region's bits.
-        assert_eq!(region_words(&b, 90, 20), vec![1 << 10]);
-        assert_eq!(region_words(&b, 0, 100), vec![0, 0]);
-    }
-
-    #[test]
-    fn region_words_match_a_bit_by_bit_copy() {
-        let mut b = PageBitmap::new(1000);
-        for p in (0..1000).filter(|p| (p * 7919) % 13 < 5) {
-            b.set(p);
-        }
-        // Aligned spans (borrowed as they are) and unaligned ones (copied, shifted).
-        for (first, pages) in
-            [(0, 1000), (3, 997), (64, 500), (129, 300), (999, 1), (0, 960), (128, 832)]
-        {
-            let words = region_words(&b, first, pages);
-            let aligned = first % 64 == 0 && pages % 64 == 0;
-            assert_eq!(matches!(words, std::borrow::Cow::Borrowed(_)), aligned);
-            for local in 0..pages {
-                let bit = words[(local / 64) as usize] >> (local % 64) & 1 == 1;
-                assert_eq!(bit, b.get(first + local), "first {first} page {local}");
-            }
-        }
     }
 }

@@ -43,7 +43,7 @@ impl AdaptiveWindow {
 
 /// Whether lz4 moves guest bytes at least 10% faster than the raw link: the source
 /// compresses while the link sends, so its rate is the slower of the compressor (counted at
-/// half its probed rate, see `pick_compression`) and the link divided by the ratio.
+/// half its probed rate, see `CompressionChoice::pick`) and the link divided by the ratio.
 pub(super) fn lz4_worth(link_bytes_per_ms: f64, lz4_bytes_per_ms: f64, ratio: f64) -> bool {
     let with_lz4 = (lz4_bytes_per_ms / 2.0).min(link_bytes_per_ms / ratio.max(0.01));
     with_lz4 > 1.1 * link_bytes_per_ms

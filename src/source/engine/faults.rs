@@ -1,12 +1,18 @@
 //! Fault service: a fault request is answered on the urgent stream with the faulting page in a
 //! frame of its own, then the pending pages of its window, and the push moves on to just past
 //! the window.
+//!
+//! The answer is decided when the request arrives (which pages, marked sent, acknowledged
+//! later) and queued in the outbox as small entries; `poll_urgent` encodes it straight into
+//! the driver's buffer. Neither step allocates: the guest is paused on the source by now, so
+//! the pages read at the poll are the ones the request decided on.
 
+use super::outbox::AnswerRun;
 use super::*;
 
 impl SourceEngine {
-    /// Serves a fault: the faulting page and the pending pages of its window go on the urgent
-    /// stream, and the push pivots to just past the window.
+    /// Serves a fault: the faulting page and the pending pages of its window are queued for
+    /// the urgent stream, and the push pivots to just past the window.
     pub(super) fn on_fault_request(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
         if self.phase == Phase::Finished {
             // Sent on the urgent stream before the destination's DoneAck (on bulk) and read
@@ -38,22 +44,68 @@ impl SourceEngine {
         // its own: the vCPU waits for it alone, and 4 KiB fits in the congestion window of a
         // connection that sat idle since the last fault (TCP restarts from its initial window
         // after an idle spell), where a whole 64 KiB window would take several round trips.
-        let mut out = Vec::new();
-        self.send_run(&mut out, page, 1, RunKind::FaultPage { request_id: req.request_id })?;
-        self.track(StreamKind::Urgent, page, 1);
+        self.queue_answer_run(page, 1, Some(req.request_id))?;
         let mut cursor = start;
         let end = start + count;
-        while let Some(first) = self.pending.next_set_before(cursor, end) {
-            let run_end = self.pending.next_unset(first).unwrap_or(end).min(end);
-            let n = (run_end - first) as u32;
-            self.send_run(&mut out, first, n, RunKind::FaultWindow)?;
-            self.track(StreamKind::Urgent, first, n);
+        let pending = |engine: &Self, from: u64| engine.ledger.pending().next_set_before(from, end);
+        while let Some(first) = pending(self, cursor) {
+            let run_end = self.ledger.pending().next_unset(first).unwrap_or(end).min(end);
+            self.queue_answer_run(first, (run_end - first) as u32, None)?;
             cursor = run_end;
         }
         self.push.pivot(end);
-        if !out.is_empty() {
-            self.urgent_out.push_back(out);
+        Ok(())
+    }
+
+    /// Marks pages `first..first+count` sent on the urgent stream and queues them for
+    /// `poll_urgent`, after checking everything their encoding will check.
+    fn queue_answer_run(
+        &mut self,
+        first: u64,
+        count: u32,
+        request_id: Option<u32>,
+    ) -> Result<(), SourceError> {
+        self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
+        let max = self.limits.window_pages();
+        if count > max {
+            let error = wire::WireError::WindowTooLong { count: count.into(), max: max.into() };
+            return Err(error.into());
         }
+        if self.version < 2 && request_id.is_some_and(|id| id != 0) {
+            let version = self.version;
+            return Err(
+                wire::WireError::FeatureNotInVersion { feature: "request id", version }.into()
+            );
+        }
+        let bytes =
+            self.memory.pages(first, count).ok_or(SourceError::PageOutOfRange { page: first })?;
+        self.ledger.mark_sent(first, bytes);
+        let compression = self.compression.in_force();
+        self.outbox.queue_answer(AnswerRun { first, count, request_id, compression });
+        self.track(StreamKind::Urgent, first, count);
+        Ok(())
+    }
+
+    /// Encodes one queued answer run into `out` (no allocation once `out` has room).
+    pub(super) fn encode_answer_run(
+        &mut self,
+        out: &mut Vec<u8>,
+        run: AnswerRun,
+    ) -> Result<(), SourceError> {
+        let AnswerRun { first, count, request_id, compression } = run;
+        let (region, first_page) =
+            self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
+        let meta = WindowMeta {
+            region,
+            first_page,
+            request_id: request_id.unwrap_or(0),
+            urgent_answer: request_id.is_some(),
+        };
+        let bytes =
+            self.memory.pages(first, count).ok_or(SourceError::PageOutOfRange { page: first })?;
+        let stats =
+            wire::encode_page_window(out, self.version, &meta, bytes, compression, &self.limits)?;
+        self.count_encoded(&stats);
         Ok(())
     }
 }

@@ -1,0 +1,265 @@
+//! The switch-over: the guest pauses, and what must precede the destination's resume is
+//! queued as a plan (pages, need set, state) that lives only while the switch-over runs.
+//! `switch_over` makes the plan; `poll_switch` emits it, one frame per poll, and enters the
+//! push once the state is out.
+
+use super::*;
+
+/// What remains to be emitted during the switch-over, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SwitchItem {
+    /// Pages in `pending` (pre-copy's last dirty set, hybrid-paper's working set).
+    Pages,
+    /// The need set, one DirtySet frame per region.
+    NeedSet,
+    /// The VmState blob.
+    State,
+}
+
+/// The switch-over's plan: up to three items, emitted in order.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SwitchPlan {
+    items: [SwitchItem; 3],
+    len: usize,
+    next: usize,
+}
+
+impl SwitchPlan {
+    fn new(items: &[SwitchItem]) -> Self {
+        let mut plan = Self { items: [SwitchItem::State; 3], len: items.len().min(3), next: 0 };
+        plan.items[..plan.len].copy_from_slice(&items[..plan.len]);
+        plan
+    }
+
+    fn front(&self) -> Option<SwitchItem> {
+        self.items[..self.len].get(self.next).copied()
+    }
+
+    fn pop(&mut self) {
+        self.next = (self.next + 1).min(self.len);
+    }
+}
+
+impl SourceEngine {
+    /// Pauses the guest and plans what must precede the destination's resume.
+    pub(super) fn switch_over(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
+        let latency = vm.pause()?;
+        self.stats.pause_ns = self.now_ns();
+        tracing::info!(
+            rounds = self.rounds.round(),
+            pause_latency_us = latency.as_micros() as u64,
+            "source: guest paused, switch-over"
+        );
+        self.stats.pause_latency_ms = latency.as_secs_f64() * 1e3;
+        self.harvest(vm)?;
+        self.forget_dirty();
+        self.phase = Phase::SwitchOver;
+        self.ledger.drop_pending();
+        use SwitchItem::{NeedSet, Pages, State};
+        let items: &[SwitchItem] = match self.cfg.mode {
+            MigrationMode::Precopy if self.rounds.fallback() => {
+                // No convergence: what is still dirty would not fit the downtime, so it goes
+                // post-copy (need set, state, then faults and the push), not stop-and-copy.
+                &[NeedSet, State]
+            }
+            MigrationMode::Precopy => {
+                // Every page not valid on the destination goes now, in the downtime.
+                self.ledger.queue_needed();
+                &[Pages, NeedSet, State]
+            }
+            MigrationMode::HybridPaper => {
+                for &page in &self.cfg.working_set {
+                    self.ledger.queue(page);
+                }
+                &[NeedSet, Pages, State]
+            }
+            MigrationMode::Postcopy => &[NeedSet, State],
+            MigrationMode::Hybrid => {
+                // The hottest stale working-set pages go again in the downtime, as many as a
+                // quarter of the downtime target carries at the measured rate: the guest touches
+                // them first after the resume, so each one sent now is a network fault saved.
+                // The rest are dropped on the destination and pushed first after the resume.
+                let budget = self.downtime_page_budget();
+                for page in self.stale_working_set().into_iter().take(budget) {
+                    self.ledger.queue(page);
+                }
+                &[Pages, NeedSet, State]
+            }
+        };
+        self.switch = Some(SwitchPlan::new(items));
+        Ok(())
+    }
+
+    /// Working-set pages, in rank order, whose copy on the destination is stale or missing.
+    fn stale_working_set(&self) -> Vec<u64> {
+        let ledger = &self.ledger;
+        self.cfg.working_set.iter().copied().filter(|&p| ledger.is_stale(p)).collect()
+    }
+
+    /// Pages that a quarter of the downtime target carries at the measured bulk rate (0 before
+    /// any rate is known). A quarter, because the rate is measured where the ring hands data to
+    /// the kernel, which runs ahead of the wire, and the need set, the state and the resume
+    /// take their share of the downtime too.
+    pub(super) fn downtime_page_budget(&self) -> usize {
+        let bytes = self.compression.bytes_per_ms() * self.cfg.downtime_target_ms / 4.0;
+        (bytes / PAGE_SIZE as f64) as usize
+    }
+
+    /// Emits the next frame of the plan; false when the plan is done (or none is running).
+    pub(super) fn poll_switch(
+        &mut self,
+        out: &mut Vec<u8>,
+        vm: &mut dyn MigratableVm,
+    ) -> Result<bool, SourceError> {
+        while let Some(item) = self.switch.as_ref().and_then(SwitchPlan::front) {
+            match item {
+                SwitchItem::Pages => {
+                    let before = self.pages_sent();
+                    if self.send_next_pending(out)? {
+                        self.stats.pages_in_downtime += self.pages_sent() - before;
+                        return Ok(true);
+                    }
+                }
+                SwitchItem::NeedSet => {
+                    self.encode_need_set(out)?;
+                    self.pop_switch_item();
+                    return Ok(true);
+                }
+                SwitchItem::State => {
+                    let blob = vm.save_state()?;
+                    wire::encode_frame(
+                        out,
+                        self.version,
+                        &wire::FrameBody::VmState(&blob),
+                        &self.limits,
+                    )?;
+                    self.stats.state_sent_ns = self.now_ns();
+                    self.pop_switch_item();
+                    self.enter_push();
+                    return Ok(true);
+                }
+            }
+            self.pop_switch_item();
+        }
+        Ok(false)
+    }
+
+    fn pop_switch_item(&mut self) {
+        if let Some(plan) = self.switch.as_mut() {
+            plan.pop();
+        }
+    }
+
+    /// The need set: pages that are neither valid on the destination nor zero (and, for
+    /// hybrid-paper, not about to be sent in the downtime: those are still listed, since the
+    /// destination marks them present as they arrive).
+    fn encode_need_set(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
+        self.ledger.fill_need(&mut self.need_scratch);
+        self.stats.need_pages = self.need_scratch.count();
+        self.encode_dirty_sets(out, &self.need_scratch, false)
+    }
+
+    /// One DirtySet frame per region of `pages` (regions with no page in it are left out when
+    /// `skip_empty`; the need set names every region, so the destination knows it is whole).
+    pub(super) fn encode_dirty_sets(
+        &self,
+        out: &mut Vec<u8>,
+        pages: &PageBitmap,
+        skip_empty: bool,
+    ) -> Result<(), SourceError> {
+        for (index, span) in self.layout.regions().iter().enumerate() {
+            let words = region_words(pages, span.first_page, span.pages());
+            if skip_empty && words.iter().all(|&w| w == 0) {
+                continue;
+            }
+            wire::encode_dirty_set(
+                out,
+                self.version,
+                index as u32,
+                &words,
+                span.pages(),
+                &self.limits,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The words of `bitmap` for pages `first..first+pages`, re-based to 0 (KVM layout).
+fn region_words(bitmap: &PageBitmap, first: u64, pages: u64) -> std::borrow::Cow<'_, [u64]> {
+    let src = bitmap.words();
+    let (at, shift) = ((first / 64) as usize, (first % 64) as u32);
+    if shift == 0 && pages % 64 == 0 && at + (pages / 64) as usize <= src.len() {
+        // A region on whole words (every KVM slot of a guest built here): the words as they
+        // are, with no copy and no fresh allocation inside the downtime.
+        return std::borrow::Cow::Borrowed(&src[at..at + (pages / 64) as usize]);
+    }
+    // Word by word (shifted when the region does not start on a word): the need set of a
+    // 4 GiB post-copy holds a million pages, and it is built inside the downtime.
+    let word = |j: usize| src.get(j).copied().unwrap_or(0);
+    let mut words: Vec<u64> = (0..pages.div_ceil(64) as usize)
+        .map(|i| {
+            let low = word(at + i) >> shift;
+            if shift == 0 {
+                low
+            } else {
+                low | word(at + i + 1) << (64 - shift)
+            }
+        })
+        .collect();
+    if pages % 64 != 0 {
+        if let Some(last) = words.last_mut() {
+            *last &= (1u64 << (pages % 64)) - 1; // bits past the region belong to the next one
+        }
+    }
+    std::borrow::Cow::Owned(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_runs_in_order_once() {
+        let mut plan = SwitchPlan::new(&[SwitchItem::NeedSet, SwitchItem::State]);
+        assert_eq!(plan.front(), Some(SwitchItem::NeedSet));
+        plan.pop();
+        assert_eq!(plan.front(), Some(SwitchItem::State));
+        plan.pop();
+        plan.pop();
+        assert_eq!(plan.front(), None);
+    }
+
+    #[test]
+    fn region_words_rebase() {
+        let mut b = PageBitmap::new(200);
+        b.set(100);
+        b.set(130);
+        b.set(199);
+        assert_eq!(region_words(&b, 100, 64), vec![1 | 1 << 30]);
+        assert_eq!(region_words(&b, 64, 136), vec![1 << 36, 1 << 2, 1 << 7]);
+        // A region that ends mid-word does not take the next region's bits.
+        assert_eq!(region_words(&b, 90, 20), vec![1 << 10]);
+        assert_eq!(region_words(&b, 0, 100), vec![0, 0]);
+    }
+
+    #[test]
+    fn region_words_match_a_bit_by_bit_copy() {
+        let mut b = PageBitmap::new(1000);
+        for p in (0..1000).filter(|p| (p * 7919) % 13 < 5) {
+            b.set(p);
+        }
+        // Aligned spans (borrowed as they are) and unaligned ones (copied, shifted).
+        for (first, pages) in
+            [(0, 1000), (3, 997), (64, 500), (129, 300), (999, 1), (0, 960), (128, 832)]
+        {
+            let words = region_words(&b, first, pages);
+            let aligned = first % 64 == 0 && pages % 64 == 0;
+            assert_eq!(matches!(words, std::borrow::Cow::Borrowed(_)), aligned);
+            for local in 0..pages {
+                let bit = words[(local / 64) as usize] >> (local % 64) & 1 == 1;
+                assert_eq!(bit, b.get(first + local), "first {first} page {local}");
+            }
+        }
+    }
+}
