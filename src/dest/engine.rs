@@ -10,12 +10,18 @@
 //! from the source; a missing page outside it is zero and is placed locally.
 
 use super::DestError;
-use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
+use crate::memory::{Layout, PAGE_SIZE};
 use crate::metrics::LatencyHistogram;
 use crate::ports::{memory_digest, zero_page_crc, Clock, MonoClock, PageSink};
 use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+mod placement;
+mod residency;
+
+use placement::Placing;
+use residency::Residency;
 
 /// What the driver must do after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,19 +89,19 @@ pub struct DestEngine {
     mode: Option<MigrationMode>,
     phase: DestPhase,
     hellos: u8,
-    present: PageBitmap,
-    requested: PageBitmap,
-    need: Option<PageBitmap>,
-    /// The memory `need` takes when the first need-set frame arrives, allocated (and faulted
-    /// in) up front so that the downtime does not pay for it.
-    need_spare: PageBitmap,
-    /// Needed pages not yet present.
-    outstanding: u64,
+    /// Which pages are present, requested, needed, outstanding.
+    residency: Residency,
     page_crc: Vec<u32>,
     fault_started_ns: HashMap<u64, u64>,
     fault_hist: LatencyHistogram,
     next_request_id: u32,
+    /// Encoded frames for the urgent stream (HelloAck), sent before any fault request.
     urgent_out: VecDeque<Vec<u8>>,
+    /// Fault requests waiting for the urgent stream, encoded when polled (no allocation per
+    /// fault once the queue has reached its largest size).
+    fault_requests: VecDeque<wire::FaultRequest>,
+    /// A fault request that could not be encoded when polled: returned by the next call.
+    failed: Option<DestError>,
     bulk_out: VecDeque<Vec<u8>>,
     scratch: Vec<u8>,
     /// Pages per `place_more` call for background windows (0: whole windows).
@@ -114,20 +120,9 @@ impl std::fmt::Debug for DestEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DestEngine")
             .field("phase", &self.phase)
-            .field("outstanding", &self.outstanding)
+            .field("outstanding", &self.residency.outstanding())
             .finish()
     }
-}
-
-static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-
-/// A decoded background window of which pages `next..count` are still to be placed.
-struct Placing {
-    first: u64,
-    count: u32,
-    next: u32,
-    zeros: wire::PageMask,
-    decoded: Vec<u8>,
 }
 
 /// Windows between two acknowledgements on a stream (the source keeps every unacknowledged
@@ -155,16 +150,14 @@ impl DestEngine {
             mode: None,
             phase: DestPhase::Handshake,
             hellos: 0,
-            present: PageBitmap::new(pages),
-            requested: PageBitmap::new(pages),
-            need: None,
-            need_spare: PageBitmap::new(pages),
-            outstanding: 0,
+            residency: Residency::new(pages),
             page_crc: vec![zero_page_crc(); pages as usize],
             fault_started_ns: HashMap::new(),
             fault_hist: LatencyHistogram::new(),
             next_request_id: 1,
             urgent_out: VecDeque::new(),
+            fault_requests: VecDeque::new(),
+            failed: None,
             bulk_out: VecDeque::new(),
             scratch,
             place_chunk_pages: 0,
@@ -204,7 +197,7 @@ impl DestEngine {
 
     /// True when `page` has been placed here.
     pub fn is_present(&self, page: u64) -> bool {
-        self.present.get(page)
+        self.residency.is_present(page)
     }
 
     /// The session id from the Hello, once known.
@@ -212,9 +205,24 @@ impl DestEngine {
         self.session_id
     }
 
-    /// Appends the next urgent frame (fault requests) to `out`; false when none.
+    /// Appends the next urgent frame (a fault request, or the HelloAck) to `out`; false when
+    /// none. A fault request is encoded here, straight into `out`: nothing is allocated per
+    /// fault. One that cannot be encoded is returned by the next `on_frame` or `on_fault`.
     pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
-        Self::pop_into(&mut self.urgent_out, out)
+        if Self::pop_into(&mut self.urgent_out, out) {
+            return true;
+        }
+        let Some(request) = self.fault_requests.pop_front() else {
+            return false;
+        };
+        let body = wire::FrameBody::FaultRequest(request);
+        match wire::encode_frame(out, self.version, &body, &self.limits) {
+            Ok(_) => true,
+            Err(error) => {
+                self.failed.get_or_insert(error.into());
+                false
+            }
+        }
     }
 
     /// Appends the next bulk-stream frame (HelloAck, DoneAck) to `out`; false when none.
@@ -245,6 +253,9 @@ impl DestEngine {
             phase,
         };
         let body = frame.body;
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
         if stream == StreamKind::Bulk {
             self.finish_placing(sink)?;
         }
@@ -343,205 +354,6 @@ impl DestEngine {
         Ok(None)
     }
 
-    /// Places the pages of a window that are not here yet; rewrites present ones before the
-    /// switch-over (a pre-copy round re-sending a dirtied page), drops them after.
-    fn on_window(
-        &mut self,
-        window: &wire::PageWindowRef<'_>,
-        sink: &mut dyn PageSink,
-    ) -> Result<(), DestError> {
-        let count = window.page_count;
-        let first = self.layout.global(window.region, window.first_page, u64::from(count))?;
-        let len = count as usize * PAGE_SIZE;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let result = window
-            .decode_into(&mut scratch[..len])
-            .map_err(DestError::from)
-            .and_then(|zeros| self.place_range(first, 0..count, &zeros, &scratch[..len], sink));
-        self.scratch = scratch;
-        result
-    }
-
-    /// Places pages `range` (window-relative) of a decoded window starting at page `first`.
-    fn place_range(
-        &mut self,
-        first: u64,
-        range: std::ops::Range<u32>,
-        zeros: &wire::PageMask,
-        decoded: &[u8],
-        sink: &mut dyn PageSink,
-    ) -> Result<(), DestError> {
-        let mut i = range.start;
-        while i < range.end {
-            let page = first + u64::from(i);
-            let is_zero = zeros.contains(i);
-            // Extend a run of pages with the same (present, zero) shape.
-            let present = self.present.get(page);
-            let mut j = i + 1;
-            while j < range.end
-                && self.present.get(first + u64::from(j)) == present
-                && zeros.contains(j) == is_zero
-            {
-                j += 1;
-            }
-            let bytes = &decoded[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
-            self.place_run(first + u64::from(i), bytes, present, is_zero, sink)?;
-            i = j;
-        }
-        Ok(())
-    }
-
-    /// Sets how many pages of a background window are placed per [`DestEngine::place_more`]
-    /// call once the guest runs (0, the default: whole windows in `on_frame`).
-    ///
-    /// Placing 64 pages with UFFDIO_COPY takes about 0.7 ms on a nested host. A driver that
-    /// serves faults between the chunks keeps a fault answer from waiting behind the rest of
-    /// a background window. Pages of the window that a fault answer places meanwhile are
-    /// skipped when their chunk comes.
-    pub fn set_place_chunk(&mut self, pages: u32) {
-        self.place_chunk_pages = pages;
-    }
-
-    /// Whether a background window is decoded but not all placed; call
-    /// [`DestEngine::place_more`] until false.
-    pub fn placing(&self) -> bool {
-        self.placing.is_some()
-    }
-
-    /// Places the next chunk of the window in progress. When the window is finished it is
-    /// counted, and the migration may complete.
-    pub fn place_more(&mut self, sink: &mut dyn PageSink) -> Result<Option<DestEvent>, DestError> {
-        // While a vCPU waits on a fault answer, a page at a time: the driver looks for the
-        // answer between chunks, and a chunk of 8 takes 30 to 80 us to place here.
-        let chunk = if self.requested.count() > 0 { 1 } else { self.place_chunk_pages.max(1) };
-        Ok(if self.advance_placing(chunk, sink)? { self.check_complete() } else { None })
-    }
-
-    /// Places up to `pages` more pages of the window in progress; true when that finished it.
-    fn advance_placing(&mut self, pages: u32, sink: &mut dyn PageSink) -> Result<bool, DestError> {
-        let Some(mut job) = self.placing.take() else {
-            return Ok(false);
-        };
-        let end = job.next.saturating_add(pages).min(job.count);
-        let result = self.place_range(job.first, job.next..end, &job.zeros, &job.decoded, sink);
-        result?;
-        job.next = end;
-        if end < job.count {
-            self.placing = Some(job);
-            return Ok(false);
-        }
-        self.spare_decoded = job.decoded;
-        self.count_window(StreamKind::Bulk)?;
-        Ok(true)
-    }
-
-    /// Decodes a background window and places its first chunk (see `set_place_chunk`).
-    fn start_placing(
-        &mut self,
-        window: &wire::PageWindowRef<'_>,
-        sink: &mut dyn PageSink,
-    ) -> Result<Option<DestEvent>, DestError> {
-        let count = window.page_count;
-        let first = self.layout.global(window.region, window.first_page, u64::from(count))?;
-        let mut decoded = std::mem::take(&mut self.spare_decoded);
-        decoded.resize(count as usize * PAGE_SIZE, 0);
-        // A window that does not decode ends the migration, so its buffer need not be kept.
-        let zeros = window.decode_into(&mut decoded)?;
-        self.placing = Some(Placing { first, count, next: 0, zeros, decoded });
-        self.place_more(sink)
-    }
-
-    /// Finishes a window in progress before a later bulk frame is handled (bulk frames are
-    /// applied in order). Completion is checked by the handler of that later frame.
-    fn finish_placing(&mut self, sink: &mut dyn PageSink) -> Result<(), DestError> {
-        self.advance_placing(u32::MAX, sink)?;
-        Ok(())
-    }
-
-    fn place_run(
-        &mut self,
-        first: u64,
-        bytes: &[u8],
-        present: bool,
-        is_zero: bool,
-        sink: &mut dyn PageSink,
-    ) -> Result<(), DestError> {
-        let count = (bytes.len() / PAGE_SIZE) as u32;
-        if present && self.phase != DestPhase::PreSwitch {
-            self.stats.pages_duplicate += u64::from(count);
-            return Ok(());
-        }
-        if is_zero && !present && self.leave_zero(first, u64::from(count)) {
-            return Ok(());
-        }
-        match (present, is_zero) {
-            (false, false) => sink.place(first, bytes)?,
-            (false, true) => sink.place_zero(first, u64::from(count))?,
-            (true, false) => sink.overwrite(first, bytes)?,
-            (true, true) => {
-                for k in 0..u64::from(count) {
-                    sink.overwrite(first + k, &ZERO_PAGE)?;
-                }
-            }
-        }
-        // A fault's latency ends when its page is in (the placement above woke its waiter).
-        let now_ns = self.clock.now_ns();
-        for k in 0..count {
-            let page = first + u64::from(k);
-            self.page_crc[page as usize] = if is_zero {
-                zero_page_crc()
-            } else {
-                crc32fast::hash(&bytes[k as usize * PAGE_SIZE..(k as usize + 1) * PAGE_SIZE])
-            };
-            self.mark_present(page, now_ns);
-        }
-        self.stats.pages_placed += u64::from(count);
-        Ok(())
-    }
-
-    /// A zero page that is missing here need not be placed: it stays missing, known zero,
-    /// and a vCPU that touches it gets a local zero page (`on_fault`, outside the need set).
-    /// That saves one UFFDIO_ZEROPAGE per run; on a guest whose data alternates with zero
-    /// pages it is half of all placements. Not when a fault waits on a page of the run: the
-    /// fault's answer must wake it.
-    fn leave_zero(&mut self, first: u64, count: u64) -> bool {
-        if (first..first + count).any(|page| self.requested.get(page)) {
-            return false;
-        }
-        let running = self.phase == DestPhase::Running;
-        for page in first..first + count {
-            if self.need.as_mut().is_some_and(|need| need.clear(page)) && running {
-                self.outstanding -= 1;
-            }
-            self.page_crc[page as usize] = zero_page_crc();
-        }
-        self.stats.pages_left_zero += count;
-        true
-    }
-
-    fn mark_present(&mut self, page: u64, now_ns: u64) {
-        if !self.present.set(page) {
-            return;
-        }
-        // Before the state arrives `outstanding` is not counted yet (on_state counts it).
-        if self.phase == DestPhase::Running && self.need.as_ref().is_some_and(|n| n.get(page)) {
-            self.outstanding -= 1;
-        }
-        if self.requested.clear(page) {
-            if let Some(start) = self.fault_started_ns.remove(&page) {
-                let latency_us = now_ns.saturating_sub(start) / 1000;
-                tracing::trace!(
-                    page,
-                    latency_us,
-                    at_ns = now_ns,
-                    since_resume_us = start.saturating_sub(self.stats.state_received_ns) / 1000,
-                    "destination: fault served"
-                );
-                self.fault_hist.record(latency_us);
-            }
-        }
-    }
-
     /// The need set of one region: stale present pages are dropped so they fault again.
     fn on_need_set(
         &mut self,
@@ -555,21 +367,20 @@ impl DestEngine {
                 phase: self.phase,
             });
         }
-        let need = self.need.get_or_insert_with(|| std::mem::take(&mut self.need_spare));
+        self.residency.open_need();
         let base = self.layout.global(set.region, 0, 1)?;
         for run in set.runs(&self.wire_regions)? {
             let first = base + run.first_page;
-            need.set_range(first, run.count);
+            self.residency.add_needed(first, run.count);
             let stop = first + run.count;
             let mut page = first;
             // Jump from present run to present run: a post-copy need set of a large guest holds
             // about every page, and nearly none is present yet.
-            while let Some(start) = self.present.next_set_before(page, stop) {
+            while let Some((start, end)) = self.residency.next_present_run(page, stop) {
                 page = start;
-                let end = self.present.next_unset(page).unwrap_or(u64::MAX).min(stop);
                 sink.discard(page, end - page)?;
+                self.residency.drop_present(page, end);
                 for p in page..end {
-                    self.present.clear(p);
                     self.page_crc[p as usize] = zero_page_crc();
                 }
                 self.stats.pages_discarded += end - page;
@@ -582,8 +393,7 @@ impl DestEngine {
     fn on_state(&mut self, blob: &[u8]) -> Result<Option<DestEvent>, DestError> {
         self.stats.state_received_ns = self.clock.now_ns();
         tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
-        let need = self.need.get_or_insert_with(|| std::mem::take(&mut self.need_spare));
-        self.outstanding = need.count_and_not(&self.present);
+        self.residency.start_running();
         self.phase = DestPhase::Running;
         Ok(Some(DestEvent::Resume(blob.to_vec())))
     }
@@ -598,15 +408,17 @@ impl DestEngine {
         if page >= self.layout.total_pages() {
             return Err(DestError::FaultOutsideMemory { page });
         }
-        if self.present.get(page) {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
+        if self.residency.is_present(page) {
             // Placed between the fault and its message: the waiter still needs a wake-up.
             self.stats.local_faults += 1;
             sink.wake(page, 1)?;
             return Ok(());
         }
-        let needed = match &self.need {
-            Some(need) => need.get(page),
-            None => return Err(DestError::FaultBeforeSwitch { page }),
+        let Some(needed) = self.residency.is_needed(page) else {
+            return Err(DestError::FaultBeforeSwitch { page });
         };
         if !needed {
             self.stats.local_faults += 1;
@@ -614,7 +426,7 @@ impl DestEngine {
             self.mark_present(page, self.clock.now_ns());
             return Ok(());
         }
-        if !self.requested.set(page) {
+        if !self.residency.request(page) {
             return Ok(()); // a request is in flight; the answer wakes every waiter
         }
         self.stats.network_faults += 1;
@@ -630,14 +442,7 @@ impl DestEngine {
             request_id: self.next_request_id,
         };
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        let mut out = Vec::new();
-        wire::encode_frame(
-            &mut out,
-            self.version,
-            &wire::FrameBody::FaultRequest(request),
-            &self.limits,
-        )?;
-        self.urgent_out.push_back(out);
+        self.fault_requests.push_back(request);
         Ok(())
     }
 
@@ -679,7 +484,7 @@ impl DestEngine {
     /// Completes once Done arrived and every needed page is present: checks the digest and
     /// queues DoneAck.
     fn check_complete(&mut self) -> Option<DestEvent> {
-        if self.phase != DestPhase::Running || self.outstanding != 0 {
+        if self.phase != DestPhase::Running || self.residency.outstanding() != 0 {
             return None;
         }
         let done = self.done?;

@@ -395,7 +395,7 @@ impl SourceEngine {
             Phase::Rounds if !draining && !self.precopy_should_stop() => {
                 self.ledger.queue_dirty(&self.dirty_scratch);
                 self.stats.rounds = self.rounds.next();
-                Ok(self.send_next_live(out, vm)? || !self.ledger.nothing_pending())
+                Ok(self.send_next_live(out, vm)? || !self.ledger.pending_spans_nothing())
             }
             Phase::WorkingSet if self.live.cold_open() => {
                 // Cold part done (pages dirtied during it are stale now and wait for the push,
@@ -412,7 +412,7 @@ impl SourceEngine {
                 self.start_drain(out)
             }
             Phase::WorkingSet if !draining && self.working_set_again() => {
-                Ok(self.send_next_live(out, vm)? || !self.ledger.nothing_pending())
+                Ok(self.send_next_live(out, vm)? || !self.ledger.pending_spans_nothing())
             }
             _ if !draining => {
                 // Stale copies the destination will drop anyway (hybrid, and a pre-copy that

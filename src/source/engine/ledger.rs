@@ -53,8 +53,10 @@ impl PageLedger {
         self.pending.get(page)
     }
 
-    /// True when nothing is left to send in this phase.
-    pub(super) fn nothing_pending(&self) -> bool {
+    /// [`PageBitmap::is_empty`] of the pending set: true only for a guest without memory
+    /// (it does not look at which pages are pending). The engine's round ends have always
+    /// asked this, so a round that sent nothing still reports progress; kept as it is.
+    pub(super) fn pending_spans_nothing(&self) -> bool {
         self.pending.is_empty()
     }
 

@@ -155,6 +155,8 @@ impl SourceEngine {
     /// discards out of the downtime; the final need set at the pause repeats them harmlessly.
     pub(super) fn send_invalidations(&mut self, out: &mut Vec<u8>) -> Result<(), SourceError> {
         let invalidate = self.ledger.invalidations();
+        // `is_empty` is true only for a set over no pages; with nothing stale, the regions are
+        // all skipped below and no frame goes.
         if invalidate.is_empty() {
             return Ok(());
         }
