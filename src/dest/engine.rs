@@ -102,7 +102,8 @@ pub struct DestEngine {
     fault_requests: VecDeque<wire::FaultRequest>,
     /// A fault request that could not be encoded when polled: returned by the next call.
     failed: Option<DestError>,
-    bulk_out: VecDeque<Vec<u8>>,
+    /// Frames waiting for the bulk stream, in order.
+    bulk_out: VecDeque<BulkFrame>,
     scratch: Vec<u8>,
     /// Pages per `place_more` call for background windows (0: whole windows).
     place_chunk_pages: u32,
@@ -123,6 +124,16 @@ impl std::fmt::Debug for DestEngine {
             .field("outstanding", &self.residency.outstanding())
             .finish()
     }
+}
+
+/// A frame waiting for the bulk stream.
+#[derive(Debug)]
+enum BulkFrame {
+    /// Encoded when queued (HelloAck, DoneAck: once per migration).
+    Encoded(Vec<u8>),
+    /// An acknowledgement or a Pong, encoded when polled, so that the acknowledgements of a
+    /// stream of fault answers allocate nothing.
+    Control(wire::Control),
 }
 
 /// Windows between two acknowledgements on a stream (the source keeps every unacknowledged
@@ -215,19 +226,32 @@ impl DestEngine {
         let Some(request) = self.fault_requests.pop_front() else {
             return false;
         };
-        let body = wire::FrameBody::FaultRequest(request);
-        match wire::encode_frame(out, self.version, &body, &self.limits) {
+        self.encode_polled(out, &wire::FrameBody::FaultRequest(request))
+    }
+
+    /// Appends the next bulk-stream frame (HelloAck, Ack, Pong, DoneAck) to `out`; false when
+    /// none. One that cannot be encoded is returned by the next `on_frame` or `on_fault`.
+    pub fn poll_bulk(&mut self, out: &mut Vec<u8>) -> bool {
+        match self.bulk_out.pop_front() {
+            None => false,
+            Some(BulkFrame::Encoded(frame)) => {
+                out.extend_from_slice(&frame);
+                true
+            }
+            Some(BulkFrame::Control(c)) => self.encode_polled(out, &wire::FrameBody::Control(c)),
+        }
+    }
+
+    /// Encodes a polled frame into `out`; an error is kept for the next call that can return
+    /// one.
+    fn encode_polled(&mut self, out: &mut Vec<u8>, body: &wire::FrameBody<'_>) -> bool {
+        match wire::encode_frame(out, self.version, body, &self.limits) {
             Ok(_) => true,
             Err(error) => {
                 self.failed.get_or_insert(error.into());
                 false
             }
         }
-    }
-
-    /// Appends the next bulk-stream frame (HelloAck, DoneAck) to `out`; false when none.
-    pub fn poll_bulk(&mut self, out: &mut Vec<u8>) -> bool {
-        Self::pop_into(&mut self.bulk_out, out)
     }
 
     fn pop_into(queue: &mut VecDeque<Vec<u8>>, out: &mut Vec<u8>) -> bool {
@@ -334,7 +358,7 @@ impl DestEngine {
         let mut out = Vec::new();
         wire::encode_frame(&mut out, version, &wire::FrameBody::HelloAck(ack), &self.limits)?;
         match stream {
-            StreamKind::Bulk => self.bulk_out.push_back(out),
+            StreamKind::Bulk => self.bulk_out.push_back(BulkFrame::Encoded(out)),
             StreamKind::Urgent => self.urgent_out.push_back(out),
         }
         if verdict != wire::Verdict::Accept {
@@ -453,9 +477,7 @@ impl DestEngine {
             return Ok(());
         }
         let pong = wire::Control { kind: wire::ControlKind::Pong, seq: c.seq, value: c.value };
-        let mut out = Vec::new();
-        wire::encode_frame(&mut out, self.version, &wire::FrameBody::Control(pong), &self.limits)?;
-        self.bulk_out.push_back(out);
+        self.bulk_out.push_back(BulkFrame::Control(pong));
         Ok(())
     }
 
@@ -463,22 +485,19 @@ impl DestEngine {
         let i = stream.index();
         self.windows_received[i] += 1;
         if self.windows_received[i] % ACK_EVERY_WINDOWS == 0 {
-            self.queue_ack(stream)?;
+            self.queue_ack(stream);
         }
         Ok(())
     }
 
     /// Queues an acknowledgement of every window received so far on `stream` (on bulk).
-    fn queue_ack(&mut self, stream: StreamKind) -> Result<(), DestError> {
+    fn queue_ack(&mut self, stream: StreamKind) {
         let ack = wire::Control {
             kind: wire::ControlKind::Ack,
             seq: self.windows_received[stream.index()],
             value: stream.index() as u64,
         };
-        let mut out = Vec::new();
-        wire::encode_frame(&mut out, self.version, &wire::FrameBody::Control(ack), &self.limits)?;
-        self.bulk_out.push_back(out);
-        Ok(())
+        self.bulk_out.push_back(BulkFrame::Control(ack));
     }
 
     /// Completes once Done arrived and every needed page is present: checks the digest and
@@ -506,15 +525,13 @@ impl DestEngine {
         };
         // Everything received is acknowledged before the DoneAck.
         for stream in StreamKind::ALL {
-            if self.queue_ack(stream).is_err() {
-                return None;
-            }
+            self.queue_ack(stream);
         }
         let mut out = Vec::new();
         if wire::encode_frame(&mut out, self.version, &wire::FrameBody::DoneAck(ack), &self.limits)
             .is_ok()
         {
-            self.bulk_out.push_back(out);
+            self.bulk_out.push_back(BulkFrame::Encoded(out));
         }
         self.phase = DestPhase::Complete;
         tracing::info!(
