@@ -173,12 +173,15 @@ pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
     cfg.prepare_block_pages = 16;
     // One virtual clock for both engines: every timing decision follows from the seed.
     let clock = VirtualClock::new();
-    let mut source = SourceEngine::new(cfg, &src_vm)?.with_clock(Arc::new(clock.clone()));
-    let mut dest = DestEngine::new(layout.clone()).with_clock(Arc::new(clock.clone()));
-    dest.set_place_chunk(spec.place_chunk_pages);
     let mut net = SimNet::new(spec.seed, spec.faults.clone());
+    let session = crate::session::sim::open(&mut net, &cfg, &src_vm.regions(), &dst_vm.regions())?;
+    let mut source =
+        SourceEngine::new(cfg, &session.source, &src_vm)?.with_clock(Arc::new(clock.clone()));
+    let mut dest =
+        DestEngine::new(layout.clone(), &session.dest).with_clock(Arc::new(clock.clone()));
+    dest.set_place_chunk(spec.place_chunk_pages);
     let mut readers = [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default()));
-    source.start()?;
+    source.start(&mut src_vm)?;
 
     let mut blocked_on: Option<u64> = None;
     let mut dest_running = false;
