@@ -82,7 +82,7 @@ fn pairs_in_any_order_and_interleaved_sessions() {
 }
 
 #[test]
-fn bad_preambles_are_typed_errors() {
+fn bad_hellos_are_typed_errors() {
     let (mut l, addr) = listener();
     let _bad = raw_connect(addr, b"GET / HTTP/1.1\r\n");
     let err = l.accept_pair(WAIT).expect_err("bad magic");

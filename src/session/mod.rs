@@ -148,6 +148,7 @@ pub fn wire_regions(regions: &[HostRegion]) -> Vec<Region> {
 }
 
 /// A layout in words: "2 regions, 256 MiB in all ([0x0, +1 MiB), [0x100000, +255 MiB))".
+/// Totals that are not whole MiB show one decimal.
 pub fn describe_regions(regions: &[Region]) -> String {
     let total: u64 = regions.iter().map(|r| r.size_bytes).sum();
     let list: Vec<String> = regions
@@ -163,6 +164,8 @@ fn human_bytes(bytes: u64) -> String {
     const KIB: u64 = 1 << 10;
     if bytes % MIB == 0 {
         format!("{} MiB", bytes / MIB)
+    } else if bytes > MIB {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
     } else if bytes % KIB == 0 {
         format!("{} KiB", bytes / KIB)
     } else {

@@ -69,12 +69,13 @@ pub enum TcpError {
         source: io::Error,
     },
     /// The handshake itself failed: refused by the destination, refused here, or malformed.
-    #[error("{source} (peer {peer})")]
+    /// (The message holds the session layer's in full, so it is not chained as a source.)
+    #[error("{error} (peer {peer})")]
     Session {
         /// The peer.
         peer: SocketAddr,
         /// What the session layer said.
-        source: SessionError,
+        error: SessionError,
     },
     /// A session announced the same stream twice.
     #[error("session {session_id:#x} opened its {kind:?} stream twice (second from {peer})")]
@@ -110,7 +111,7 @@ impl TcpError {
     /// The session layer's error, when the handshake failed in it (a reject, for one).
     pub fn session_error(&self) -> Option<&SessionError> {
         match self {
-            Self::Session { source, .. } => Some(source),
+            Self::Session { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -245,7 +246,7 @@ pub fn connect_with(
     let urgent = connect_one(addr, &mut initiator, StreamKind::Urgent, options)?;
     let session = initiator
         .params()
-        .ok_or(TcpError::Session { peer: addr, source: SessionError::Incomplete { open: 1 } })?;
+        .ok_or(TcpError::Session { peer: addr, error: SessionError::Incomplete { open: 1 } })?;
     Ok(StreamPair { bulk, urgent, session })
 }
 
@@ -263,7 +264,7 @@ fn connect_one(
     let stream: TcpStream = sock.into();
     apply_connected(&stream, options)?;
     apply_kind(&stream, kind, addr)?;
-    let session_err = |source| TcpError::Session { peer: addr, source };
+    let session_err = |error| TcpError::Session { peer: addr, error };
     let hello = initiator.hello(kind).map_err(session_err)?;
     set_handshake_timeouts(&stream, addr, Some(options.handshake_timeout))?;
     (&stream).write_all(&hello).map_err(io_err(addr, "was sent our Hello"))?;
@@ -298,7 +299,7 @@ fn read_handshake_frame(
     let mut header = [0u8; HEADER_LEN];
     (&*stream).read_exact(&mut header).map_err(io_err(peer, doing))?;
     let total = handshake_frame_len(&header, &Limits::default())
-        .map_err(|source| TcpError::Session { peer, source })?;
+        .map_err(|error| TcpError::Session { peer, error })?;
     let mut frame = vec![0u8; total];
     frame[..HEADER_LEN].copy_from_slice(&header);
     (&*stream).read_exact(&mut frame[HEADER_LEN..]).map_err(io_err(peer, doing))?;
@@ -472,8 +473,8 @@ impl PairListener {
         answer: crate::session::Answer,
     ) -> TcpError {
         self.reply(stream, peer, &answer);
-        let source = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
-        TcpError::Session { peer, source }
+        let error = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
+        TcpError::Session { peer, error }
     }
 
     fn take_complete(&mut self, expected: Option<u64>) -> Option<StreamPair> {

@@ -36,7 +36,7 @@ impl StreamKind {
     /// Both kinds, bulk first.
     pub const ALL: [StreamKind; 2] = [StreamKind::Bulk, StreamKind::Urgent];
 
-    /// The byte that names the stream (in a Hello and in a connection preamble).
+    /// The byte that names the stream in a Hello.
     pub fn to_wire(self) -> u8 {
         self as u8
     }
