@@ -192,14 +192,11 @@ impl Acceptor {
     /// still answered: its frozen layout gives the session and stream to name in the reject.
     fn answer_undecodable(&self, bytes: &[u8], error: WireError) -> Answer {
         let reason = match &error {
-            WireError::UnsupportedVersion { got, .. } => Some((RejectReason::Version, *got)),
-            WireError::UnsupportedPageSize { got, .. } => {
-                Some((RejectReason::LayoutMismatch, (*got).min(u32::from(u16::MAX)) as u16))
-            }
-            _ => None,
+            WireError::UnsupportedVersion { .. } => RejectReason::Version,
+            WireError::UnsupportedPageSize { .. } => RejectReason::LayoutMismatch,
+            _ => return Answer { reply: Vec::new(), outcome: Err(error.into()) },
         };
-        let peeked = peek_hello(bytes);
-        let (Some((reason, _)), Some(peek)) = (reason, peeked) else {
+        let Some(peek) = peek_hello(bytes) else {
             return Answer { reply: Vec::new(), outcome: Err(error.into()) };
         };
         let detail = match reason {

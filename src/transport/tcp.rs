@@ -13,7 +13,8 @@
 
 use super::StreamKind;
 use crate::session::{
-    handshake_frame_len, Acceptor, AcceptorConfig, Initiator, Offer, SessionError, SessionParams,
+    handshake_frame_len, refuse, Acceptor, AcceptorConfig, Answer, Authenticator, Initiator,
+    NoAuth, Offer, SessionError, SessionParams,
 };
 use crate::wire::{decode_frame, FrameBody, Limits, RejectReason, HEADER_LEN};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors of the TCP transport; each names the address, stream or peer concerned.
@@ -335,6 +337,7 @@ pub struct PairListener {
     listener: TcpListener,
     options: TcpOptions,
     accept: AcceptorConfig,
+    auth: Arc<dyn Authenticator>,
     pending: HashMap<u64, Half>,
 }
 
@@ -354,7 +357,23 @@ impl PairListener {
         apply_buffers(&sock, &options)?;
         sock.bind(&addr.into()).map_err(err)?;
         sock.listen(16).map_err(err)?;
-        Ok(PairListener { listener: sock.into(), options, accept, pending: HashMap::new() })
+        Ok(PairListener {
+            listener: sock.into(),
+            options,
+            accept,
+            auth: Arc::new(NoAuth),
+            pending: HashMap::new(),
+        })
+    }
+
+    /// Checks the Hellos' tokens with `auth` (the default sends and accepts none).
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    fn acceptor(&self) -> Acceptor {
+        Acceptor::new(self.accept.clone()).with_authenticator(self.auth.clone())
     }
 
     /// The bound address (with the real port).
@@ -411,7 +430,7 @@ impl PairListener {
         let Some((session_id, kind)) = hello_key(&hello) else {
             // Undecodable: a fresh acceptor answers with a reject where it can (another
             // version, another page size) and names the error.
-            let answer = Acceptor::new(self.accept.clone()).on_hello_bytes(None, &hello);
+            let answer = self.acceptor().on_hello_bytes(None, &hello);
             return Err(self.reply_refused(&stream, peer, answer));
         };
         if let Some(want) = expected.filter(|w| *w != session_id) {
@@ -419,7 +438,7 @@ impl PairListener {
             self.reply(
                 &stream,
                 peer,
-                &refusal(session_id, kind, RejectReason::UnknownSession, detail),
+                &refuse(session_id, kind, RejectReason::UnknownSession, detail),
             );
             return Err(TcpError::UnexpectedSession { expected: want, got: session_id, peer });
         }
@@ -427,12 +446,12 @@ impl PairListener {
             && self.pending.len() >= self.options.max_half_open_sessions
         {
             let detail = format!("{} sessions are half open already", self.pending.len());
-            let answer = refusal(session_id, kind, RejectReason::Busy, detail);
+            let answer = refuse(session_id, kind, RejectReason::Busy, detail);
             return Err(self.reply_refused(&stream, peer, answer));
         }
-        let accept = &self.accept;
+        let fresh = self.acceptor();
         let half = self.pending.entry(session_id).or_insert_with(|| Half {
-            acceptor: Acceptor::new(accept.clone()),
+            acceptor: fresh,
             bulk: None,
             urgent: None,
         });
@@ -459,19 +478,14 @@ impl PairListener {
     }
 
     /// Sends `answer`'s HelloAck; a peer that is gone by now changes nothing here.
-    fn reply(&self, stream: &TcpStream, peer: SocketAddr, answer: &crate::session::Answer) {
+    fn reply(&self, stream: &TcpStream, peer: SocketAddr, answer: &Answer) {
         if let Err(e) = (&*stream).write_all(&answer.reply) {
             tracing::debug!(%peer, error = %e, "could not send the HelloAck");
         }
     }
 
     /// Sends a refusal and turns it into the error the caller returns.
-    fn reply_refused(
-        &self,
-        stream: &TcpStream,
-        peer: SocketAddr,
-        answer: crate::session::Answer,
-    ) -> TcpError {
+    fn reply_refused(&self, stream: &TcpStream, peer: SocketAddr, answer: Answer) -> TcpError {
         self.reply(stream, peer, &answer);
         let error = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
         TcpError::Session { peer, error }
@@ -497,16 +511,6 @@ fn hello_key(frame: &[u8]) -> Option<(u64, StreamKind)> {
         },
         Err(_) => None,
     }
-}
-
-/// A reject the listener decides on its own (busy, another session awaited).
-fn refusal(
-    session_id: u64,
-    stream: StreamKind,
-    reason: RejectReason,
-    detail: String,
-) -> crate::session::Answer {
-    crate::session::refuse(session_id, stream, reason, detail)
 }
 
 /// Waits until the listener has a connection to accept; false on timeout.

@@ -9,7 +9,8 @@ use super::{
     PAGE_SIZE,
 };
 use crate::session::{
-    take_handshake_frame, Acceptor, AcceptorConfig, FrameGate, Initiator, Offer, Role,
+    handshake_frame_len, Acceptor, AcceptorConfig, AuthContext, Authenticator, FrameGate,
+    Initiator, Offer, Role,
 };
 
 /// Region table the harness validates windows and dirty sets against.
@@ -76,10 +77,15 @@ pub fn exercise_decoders(data: &[u8]) {
 /// The first handshake frame of `stream`, if any, through both ends of the session layer.
 /// Neither may panic; an acceptor that answers must answer with a decodable HelloAck.
 fn exercise_handshake(stream: &[u8], limits: &Limits) {
-    let mut buf = stream.to_vec();
-    let Ok(Some(frame)) = take_handshake_frame(&mut buf, limits) else { return };
-    let mut acceptor = Acceptor::new(AcceptorConfig::new(FUZZ_REGIONS.to_vec()));
-    let answer = acceptor.on_hello_bytes(None, &frame);
+    let Some(header) = stream.get(..HEADER_LEN).and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
+    else {
+        return;
+    };
+    let Ok(total) = handshake_frame_len(&header, limits) else { return };
+    let Some(frame) = stream.get(..total) else { return };
+    let mut acceptor = Acceptor::new(AcceptorConfig::new(FUZZ_REGIONS.to_vec()))
+        .with_authenticator(std::sync::Arc::new(AnyToken));
+    let answer = acceptor.on_hello_bytes(None, frame);
     if !answer.reply.is_empty() {
         let (reply, _) = decode_frame(&answer.reply, limits).expect("a reply must decode");
         assert!(matches!(reply.body, FrameBody::HelloAck(_)), "reply is not a HelloAck");
@@ -88,8 +94,24 @@ fn exercise_handshake(stream: &[u8], limits: &Limits) {
     let mut initiator = Initiator::new(offer);
     for stream in StreamKind::ALL {
         if initiator.hello(stream).is_ok() {
-            let _ = initiator.on_bytes(stream, &frame);
+            let _ = initiator.on_bytes(stream, frame);
         }
+    }
+}
+
+/// Takes every token, so that fuzzed Hellos reach the acceptor's accept path.
+#[derive(Debug)]
+struct AnyToken;
+
+impl Authenticator for AnyToken {
+    fn hello_token(&self, _: &AuthContext) -> Vec<u8> {
+        Vec::new()
+    }
+    fn accept(&self, _: &AuthContext, token: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(token.to_vec())
+    }
+    fn confirm(&self, _: &AuthContext, _: &[u8]) -> Result<(), String> {
+        Ok(())
     }
 }
 
