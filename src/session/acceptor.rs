@@ -188,8 +188,9 @@ impl Acceptor {
         Answer { reply, outcome: Ok(hello.stream) }
     }
 
-    /// A Hello the codec cannot take (a version or page size this build does not speak) is
-    /// still answered: its frozen layout gives the session and stream to name in the reject.
+    /// A Hello the codec cannot take (a frame version or page size this build does not speak)
+    /// is still answered: its frozen layout gives the session and stream to name in the
+    /// reject.
     fn answer_undecodable(&self, bytes: &[u8], error: WireError) -> Answer {
         let reason = match &error {
             WireError::UnsupportedVersion { .. } => RejectReason::Version,
@@ -199,10 +200,14 @@ impl Acceptor {
         let Some(peek) = peek_hello(bytes) else {
             return Answer { reply: Vec::new(), outcome: Err(error.into()) };
         };
-        let detail = match reason {
-            RejectReason::Version => version_detail(peek.max_version),
-            _ => format!("memory layout differs: {error}"),
-        };
+        if reason == RejectReason::Version {
+            // The header's version is outside the CRC, so locally this stays the codec's
+            // error (a corrupted byte must read as corruption); the peer still learns why.
+            let detail = version_detail(peek.max_version);
+            let reply = refuse(peek.session_id, peek.stream, reason, detail).reply;
+            return Answer { reply, outcome: Err(error.into()) };
+        }
+        let detail = format!("memory layout differs: {error}");
         refuse(peek.session_id, peek.stream, reason, detail)
     }
 }
