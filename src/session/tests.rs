@@ -243,3 +243,49 @@ fn take_handshake_frame_takes_exactly_one_frame() {
     assert_eq!(buf.len(), 5);
     assert_eq!(take_handshake_frame(&mut buf, &limits).expect("partial"), None);
 }
+
+mod over_the_simulated_link {
+    use super::*;
+    use crate::transport::sim::{Side, SimFaults, SimNet};
+
+    #[test]
+    fn a_delayed_reordering_link_still_opens_the_session() {
+        let faults = SimFaults {
+            delay_us: (50, 400),
+            reorder_probability: 0.5,
+            reorder_extra_us: 300,
+            ..SimFaults::default()
+        };
+        for seed in 0..32 {
+            let mut net = SimNet::new(seed, faults.clone());
+            let opened = sim::handshake(&mut net, Initiator::new(offer()), acceptor())
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(opened.source, opened.dest);
+            assert!(net.peek_time_us().is_none(), "seed {seed}: nothing left on the link");
+        }
+    }
+
+    #[test]
+    fn a_refusal_over_the_link_is_the_destination_s_error() {
+        let mut net = SimNet::new(1, SimFaults::default());
+        let mut o = offer();
+        o.regions = vec![Region { guest_phys: 0, size_bytes: PAGE_SIZE as u64 }];
+        let err = sim::handshake(&mut net, Initiator::new(o), acceptor()).expect_err("refused");
+        assert!(
+            matches!(
+                &err,
+                sim::SimHandshakeError::Session { side: Side::Dest, source }
+                    if source.reject_reason() == Some(RejectReason::LayoutMismatch)
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_link_is_a_disconnect() {
+        let faults = SimFaults { disconnect_after_bytes: Some(10), ..SimFaults::default() };
+        let mut net = SimNet::new(2, faults);
+        let err = sim::handshake(&mut net, Initiator::new(offer()), acceptor()).expect_err("down");
+        assert!(matches!(err, sim::SimHandshakeError::Disconnected { .. }), "{err}");
+    }
+}
