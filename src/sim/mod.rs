@@ -23,6 +23,7 @@ pub use trace::{TraceHash, TraceKind};
 use crate::dest::{DestEngine, DestError, DestEvent, DestPhase};
 use crate::memory::{PageBitmap, PAGE_SIZE};
 use crate::ports::{layout_of, MigratableVm, PageSink, SinkError, VirtualClock};
+use crate::session::{FrameGate, Role};
 use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
 use crate::wire::{FrameReader, FrameType, Limits, MigrationMode, StreamKind};
@@ -299,6 +300,8 @@ struct World<'s> {
     dst_vm: SimVm,
     net: SimNet,
     readers: [FrameReader; 4],
+    /// Per-stream order checks after the handshake, as the real drivers make them.
+    gates: [FrameGate; 4],
     trace: TraceHash,
     out: Vec<u8>,
     blocked_on: Option<u64>,
@@ -374,6 +377,7 @@ impl<'s> World<'s> {
             dst_vm,
             net,
             readers: [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default())),
+            gates: gates(session.source.version),
             trace: TraceHash::default(),
             out: Vec::new(),
             blocked_on: None,
@@ -454,10 +458,11 @@ impl<'s> World<'s> {
 
     fn receive(&mut self, to: Side, stream: StreamKind, bytes: &[u8]) -> Result<(), SimRunError> {
         let reader = &mut self.readers[to_index(to, stream)];
+        let gate = &mut self.gates[to_index(to, stream)];
         reader.push_bytes(bytes);
-        while let Some(frame) =
-            reader.next_frame().map_err(|source| SimRunError::Wire { side: to, stream, source })?
-        {
+        let bad = |source| SimRunError::Wire { side: to, stream, source };
+        while let Some(frame) = reader.next_frame().map_err(bad)? {
+            gate.check(&frame).map_err(bad)?;
             match to {
                 Side::Source => self.source.on_frame(stream, frame, &mut self.src_vm)?,
                 Side::Dest => {
@@ -587,6 +592,17 @@ impl<'s> World<'s> {
 fn first_missing(wanted: &PageBitmap, present: &PageBitmap) -> (u64, u64) {
     let missing: Vec<u64> = wanted.iter_ones().filter(|&p| !present.get(p)).collect();
     (missing.len() as u64, missing.first().copied().unwrap_or(0))
+}
+
+/// The four gates, in [`to_index`] order: the source receives as the initiator.
+fn gates(version: u16) -> [FrameGate; 4] {
+    let gate = |role, stream| FrameGate::new(role, stream, version);
+    [
+        gate(Role::Initiator, StreamKind::Bulk),
+        gate(Role::Initiator, StreamKind::Urgent),
+        gate(Role::Acceptor, StreamKind::Bulk),
+        gate(Role::Acceptor, StreamKind::Urgent),
+    ]
 }
 
 fn to_index(side: Side, stream: StreamKind) -> usize {
