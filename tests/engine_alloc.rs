@@ -5,7 +5,8 @@
 //! One test in this binary, so that no other test allocates on the counted thread meanwhile.
 
 use hybridmig::dest::DestEngine;
-use hybridmig::ports::{PageSink, SinkError};
+use hybridmig::ports::{MigratableVm, PageSink, SinkError};
+use hybridmig::session::{SessionIntent, SessionParams};
 use hybridmig::sim::{SimGuestSpec, SimVm};
 use hybridmig::source::{SourceConfig, SourceEngine};
 use hybridmig::wire::{self, MigrationMode, StreamKind};
@@ -94,12 +95,24 @@ impl Pair {
     /// A post-copy migration of the default simulated guest, resumed on the destination,
     /// with the push held back so that only fault answers move.
     fn resumed() -> Self {
-        let vm = SimVm::new(&SimGuestSpec::default());
+        let mut vm = SimVm::new(&SimGuestSpec::default());
+        let session = SessionParams {
+            version: wire::VERSION_CURRENT,
+            session_id: 11,
+            mode: MigrationMode::Postcopy,
+            intent: SessionIntent::New,
+            regions: vm
+                .regions()
+                .iter()
+                .map(|r| wire::Region { guest_phys: r.guest_phys, size_bytes: r.size_bytes })
+                .collect(),
+            page_size: wire::PAGE_SIZE as u32,
+        };
         let mut cfg = SourceConfig::new(MigrationMode::Postcopy, 11);
         cfg.push_delay_ms = 3_600_000;
-        let mut source = SourceEngine::new(cfg, &vm).expect("source");
-        let dest = DestEngine::new(source.layout().clone());
-        source.start().expect("start");
+        let mut source = SourceEngine::new(cfg, &session, &vm).expect("source");
+        let dest = DestEngine::new(source.layout().clone(), &session);
+        source.start(&mut vm).expect("start");
         let mut pair = Self { vm, source, dest, buf: Vec::with_capacity(1 << 20) };
         pair.exchange();
         pair

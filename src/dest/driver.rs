@@ -2,9 +2,8 @@
 //! fault-request sends share the ring.
 //!
 //! Guest memory is registered with the userfaultfd *before* the first frame is read, so fault
-//! service is running before the state is restored (restoring devices may touch memory). A
-//! pre-copy migration unregisters it when the Hello says pre-copy: every page arrives before
-//! the guest runs, so plain writes suffice.
+//! service is running before the state is restored (restoring devices may touch memory). The
+//! stream pair arrives with the session the handshake opened, which gives the mode.
 
 use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
 use super::sink::UffdSink;
@@ -52,7 +51,7 @@ pub struct DestRun {
     pub stats: DestStats,
     /// When the guest resumed here (mono ns).
     pub resume_ns: u64,
-    /// Migration mode, from the Hello.
+    /// Migration mode, from the session.
     pub mode: Option<String>,
     /// Fault latency percentiles (us).
     pub fault_us_p50: u64,
@@ -97,14 +96,16 @@ pub fn run_dest(
     if !crate::ring::prioritize_this_thread() {
         tracing::info!("destination event loop runs at normal priority (no CAP_SYS_NICE)");
     }
-    let mut engine = DestEngine::new(layout.clone());
+    let mut engine = DestEngine::new(layout.clone(), &pair.session);
     engine.set_place_chunk(opts.place_chunk_pages);
     let mut ring = Ring::new(256).map_err(|e| ring_err("io_uring setup", e))?;
     let mut streams =
         RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
     arm_uffd_read(&mut ring, &uffd, Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ))?;
-    let mut ctx =
-        Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run: DestRun::default() };
+    // Every mode keeps userfaultfd registered: a pre-copy that does not converge finishes
+    // post-copy, and its missing pages then fault like any other.
+    let run = DestRun { mode: Some(pair.session.mode.to_string()), ..DestRun::default() };
+    let mut ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run };
     let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
     let mut next_tick = 0;
     loop {
@@ -279,9 +280,6 @@ impl Ctx<'_> {
 
     fn on_event(&mut self, event: DestEvent) -> Result<(), DestError> {
         match event {
-            // Every mode keeps userfaultfd registered: a pre-copy that does not converge
-            // finishes post-copy, and its missing pages then fault like any other.
-            DestEvent::Mode(mode) => self.run.mode = Some(mode.to_string()),
             DestEvent::Resume(blob) => {
                 self.vm.restore_state(&blob)?;
                 self.vm.resume()?;

@@ -13,6 +13,7 @@ use super::DestError;
 use crate::memory::{Layout, PAGE_SIZE};
 use crate::metrics::LatencyHistogram;
 use crate::ports::{memory_digest, zero_page_crc, Clock, MonoClock, PageSink};
+use crate::session::SessionParams;
 use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,8 +27,6 @@ use residency::Residency;
 /// What the driver must do after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestEvent {
-    /// The Hello arrived: the mode is known (the driver picks its sink from it).
-    Mode(MigrationMode),
     /// Restore this state blob and resume the guest now.
     Resume(Vec<u8>),
     /// Every page is here and the digests matched: the source is no longer needed.
@@ -37,8 +36,6 @@ pub enum DestEvent {
 /// Where the destination is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestPhase {
-    /// Waiting for the Hello on each stream.
-    Handshake,
     /// Receiving pages before the switch-over.
     PreSwitch,
     /// Guest running; pages arrive on demand and in the background.
@@ -85,18 +82,15 @@ pub struct DestEngine {
     wire_regions: Vec<wire::Region>,
     limits: wire::Limits,
     version: u16,
-    session_id: Option<u64>,
-    mode: Option<MigrationMode>,
+    session_id: u64,
+    mode: MigrationMode,
     phase: DestPhase,
-    hellos: u8,
     /// Which pages are present, requested, needed, outstanding.
     residency: Residency,
     page_crc: Vec<u32>,
     fault_started_ns: HashMap<u64, u64>,
     fault_hist: LatencyHistogram,
     next_request_id: u32,
-    /// Encoded frames for the urgent stream (HelloAck), sent before any fault request.
-    urgent_out: VecDeque<Vec<u8>>,
     /// Fault requests waiting for the urgent stream, encoded when polled (no allocation per
     /// fault once the queue has reached its largest size).
     fault_requests: VecDeque<wire::FaultRequest>,
@@ -129,7 +123,7 @@ impl std::fmt::Debug for DestEngine {
 /// A frame waiting for the bulk stream.
 #[derive(Debug)]
 enum BulkFrame {
-    /// Encoded when queued (HelloAck, DoneAck: once per migration).
+    /// Encoded when queued (the DoneAck: once per migration).
     Encoded(Vec<u8>),
     /// An acknowledgement or a Pong, encoded when polled, so that the acknowledgements of a
     /// stream of fault answers allocate nothing.
@@ -141,8 +135,9 @@ enum BulkFrame {
 pub const ACK_EVERY_WINDOWS: u64 = 32;
 
 impl DestEngine {
-    /// A destination for a VM with this memory layout (its regions, in order).
-    pub fn new(layout: Layout) -> Self {
+    /// A destination for a VM with this memory layout (its regions, in order), in the session
+    /// the handshake opened (which checked that the source's layout is this one).
+    pub fn new(layout: Layout, session: &SessionParams) -> Self {
         let pages = layout.total_pages();
         let wire_regions = layout
             .regions()
@@ -156,17 +151,15 @@ impl DestEngine {
             layout,
             wire_regions,
             limits,
-            version: wire::VERSION_CURRENT,
-            session_id: None,
-            mode: None,
-            phase: DestPhase::Handshake,
-            hellos: 0,
+            version: session.version,
+            session_id: session.session_id,
+            mode: session.mode,
+            phase: DestPhase::PreSwitch,
             residency: Residency::new(pages),
             page_crc: vec![zero_page_crc(); pages as usize],
             fault_started_ns: HashMap::new(),
             fault_hist: LatencyHistogram::new(),
             next_request_id: 1,
-            urgent_out: VecDeque::new(),
             fault_requests: VecDeque::new(),
             failed: None,
             bulk_out: VecDeque::new(),
@@ -211,26 +204,28 @@ impl DestEngine {
         self.residency.is_present(page)
     }
 
-    /// The session id from the Hello, once known.
-    pub fn session_id(&self) -> Option<u64> {
+    /// The session this engine receives.
+    pub fn session_id(&self) -> u64 {
         self.session_id
     }
 
-    /// Appends the next urgent frame (a fault request, or the HelloAck) to `out`; false when
-    /// none. A fault request is encoded here, straight into `out`: nothing is allocated per
-    /// fault. One that cannot be encoded is returned by the next `on_frame` or `on_fault`.
+    /// The migration mode of the session.
+    pub fn mode(&self) -> MigrationMode {
+        self.mode
+    }
+
+    /// Appends the next urgent frame (a fault request) to `out`; false when none. The request
+    /// is encoded here, straight into `out`: nothing is allocated per fault. One that cannot be
+    /// encoded is returned by the next `on_frame` or `on_fault`.
     pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
-        if Self::pop_into(&mut self.urgent_out, out) {
-            return true;
-        }
         let Some(request) = self.fault_requests.pop_front() else {
             return false;
         };
         self.encode_polled(out, &wire::FrameBody::FaultRequest(request))
     }
 
-    /// Appends the next bulk-stream frame (HelloAck, Ack, Pong, DoneAck) to `out`; false when
-    /// none. One that cannot be encoded is returned by the next `on_frame` or `on_fault`.
+    /// Appends the next bulk-stream frame (Ack, Pong, DoneAck) to `out`; false when none. One
+    /// that cannot be encoded is returned by the next `on_frame` or `on_fault`.
     pub fn poll_bulk(&mut self, out: &mut Vec<u8>) -> bool {
         match self.bulk_out.pop_front() {
             None => false,
@@ -254,16 +249,6 @@ impl DestEngine {
         }
     }
 
-    fn pop_into(queue: &mut VecDeque<Vec<u8>>, out: &mut Vec<u8>) -> bool {
-        match queue.pop_front() {
-            Some(frame) => {
-                out.extend_from_slice(&frame);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Handles one frame from `stream`.
     pub fn on_frame(
         &mut self,
@@ -284,8 +269,6 @@ impl DestEngine {
             self.finish_placing(sink)?;
         }
         match body {
-            wire::FrameBody::Hello(hello) => self.on_hello(stream, &hello),
-            _ if self.phase == DestPhase::Handshake => Err(unexpected(&body, self.phase)),
             wire::FrameBody::PageWindow(window) => {
                 window.validate(&self.wire_regions)?;
                 if stream == StreamKind::Urgent {
@@ -324,58 +307,6 @@ impl DestEngine {
             }
             other => Err(unexpected(&other, self.phase)),
         }
-    }
-
-    fn on_hello(
-        &mut self,
-        stream: StreamKind,
-        hello: &wire::Hello<'_>,
-    ) -> Result<Option<DestEvent>, DestError> {
-        if self.phase != DestPhase::Handshake || hello.stream != stream {
-            return Err(DestError::UnexpectedFrame {
-                stream,
-                frame: wire::FrameType::Hello,
-                phase: self.phase,
-            });
-        }
-        if let Some(id) = self.session_id.filter(|&id| id != hello.session_id) {
-            return Err(DestError::SessionMismatch { expected: id, got: hello.session_id });
-        }
-        let version = wire::negotiate_version(hello.max_version)?;
-        let verdict = if hello.regions != self.wire_regions || hello.page_size as usize != PAGE_SIZE
-        {
-            wire::Verdict::Reject(wire::RejectReason::LayoutMismatch)
-        } else {
-            wire::Verdict::Accept
-        };
-        let ack = wire::HelloAck {
-            version,
-            session_id: hello.session_id,
-            stream,
-            verdict,
-            auth_token: &[],
-        };
-        let mut out = Vec::new();
-        wire::encode_frame(&mut out, version, &wire::FrameBody::HelloAck(ack), &self.limits)?;
-        match stream {
-            StreamKind::Bulk => self.bulk_out.push_back(BulkFrame::Encoded(out)),
-            StreamKind::Urgent => self.urgent_out.push_back(out),
-        }
-        if verdict != wire::Verdict::Accept {
-            return Err(DestError::LayoutMismatch {
-                source_regions: hello.regions.clone(),
-                dest_regions: self.wire_regions.clone(),
-            });
-        }
-        self.version = version;
-        self.session_id = Some(hello.session_id);
-        self.mode = Some(hello.mode);
-        self.hellos += 1;
-        if self.hellos == 2 {
-            self.phase = DestPhase::PreSwitch;
-            return Ok(Some(DestEvent::Mode(hello.mode)));
-        }
-        Ok(None)
     }
 
     /// The need set of one region: stale present pages are dropped so they fault again.
@@ -591,24 +522,17 @@ mod tests {
     fn running_postcopy(sink: &mut Recorder) -> DestEngine {
         const PAGES: u64 = 64;
         let layout = Layout::new(&[(0, PAGES * PAGE_SIZE as u64)]).expect("layout");
-        let mut dest = DestEngine::new(layout);
-        let limits = wire::Limits::default();
         let regions = vec![wire::Region { guest_phys: 0, size_bytes: PAGES * PAGE_SIZE as u64 }];
-        for stream in StreamKind::ALL {
-            let hello = wire::Hello {
-                max_version: wire::VERSION_CURRENT,
-                session_id: 9,
-                stream,
-                mode: MigrationMode::Postcopy,
-                page_size: PAGE_SIZE as u32,
-                regions: regions.clone(),
-                auth_token: &[],
-            };
-            let mut out = Vec::new();
-            let body = wire::FrameBody::Hello(hello);
-            wire::encode_frame(&mut out, wire::VERSION_CURRENT, &body, &limits).expect("hello");
-            feed(&mut dest, stream, &out, sink);
-        }
+        let session = crate::session::SessionParams {
+            version: wire::VERSION_CURRENT,
+            session_id: 9,
+            mode: MigrationMode::Postcopy,
+            intent: crate::session::SessionIntent::New,
+            regions,
+            page_size: PAGE_SIZE as u32,
+        };
+        let mut dest = DestEngine::new(layout, &session);
+        let limits = wire::Limits::default();
         let mut out = Vec::new();
         let need = [u64::MAX];
         wire::encode_dirty_set(&mut out, wire::VERSION_CURRENT, 0, &need, PAGES, &limits)

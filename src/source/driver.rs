@@ -68,7 +68,7 @@ pub fn run_source(
         Limits::default(),
     )
     .map_err(stream_err)?;
-    engine.start()?;
+    engine.start(vm)?;
     let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
     let mut next_tick = 0u64;
     loop {

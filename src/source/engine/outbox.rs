@@ -1,7 +1,6 @@
-//! The outbox: what waits to be sent outside the bulk phases' own flow.
+//! The outbox: fault answers waiting for the urgent stream.
 //!
-//! Control frames (encoded when queued) wait for the bulk or urgent stream; fault answers wait
-//! as small (run, request id) entries and are encoded only when the driver polls the urgent
+//! Fault answers wait as small (run, request id) entries and are encoded only when the driver polls the urgent
 //! stream, straight into its buffer. Entries go into a queue whose memory is kept, so serving
 //! a fault allocates nothing once the queue has reached its largest size.
 
@@ -20,13 +19,9 @@ pub(super) struct AnswerRun {
     pub(super) compression: Compression,
 }
 
-/// Frames and fault answers waiting for their stream (see the module docs).
+/// Fault answers waiting for the urgent stream (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    /// Encoded frames for the bulk stream, sent before any page data.
-    control: VecDeque<Vec<u8>>,
-    /// Encoded frames for the urgent stream, sent before any fault answer.
-    urgent: VecDeque<Vec<u8>>,
     /// Fault answers, run by run, in the order served.
     answers: VecDeque<AnswerRun>,
     /// An answer that could not be encoded when polled: reported by the next `poll_bulk`.
@@ -34,26 +29,6 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues an encoded frame for the bulk stream.
-    pub(super) fn push_control(&mut self, frame: Vec<u8>) {
-        self.control.push_back(frame);
-    }
-
-    /// Queues an encoded frame for the urgent stream.
-    pub(super) fn push_urgent(&mut self, frame: Vec<u8>) {
-        self.urgent.push_back(frame);
-    }
-
-    /// The next encoded bulk-stream frame.
-    pub(super) fn pop_control(&mut self) -> Option<Vec<u8>> {
-        self.control.pop_front()
-    }
-
-    /// The next encoded urgent-stream frame.
-    pub(super) fn pop_urgent(&mut self) -> Option<Vec<u8>> {
-        self.urgent.pop_front()
-    }
-
     /// Queues one run of a fault answer (the faulting page's run first).
     pub(super) fn queue_answer(&mut self, run: AnswerRun) {
         self.answers.push_back(run);
