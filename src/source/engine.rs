@@ -14,6 +14,13 @@
 //!
 //! While the guest runs (rounds, working set), each block of memory is armed for the dirty
 //! log and scanned for never-touched pages just before its first page is sent (`blocks`).
+//!
+//! The state lives in parts under `engine/`, each owning its data behind a few methods:
+//! `ledger` (what the destination holds and what must go), `acks` (windows not yet
+//! acknowledged), `live_state` (hybrid's passes and the drain), `rounds` (pre-copy's stop
+//! rule), `compress` (the compression choice), `zeroscan` (blocks made ready) and `outbox`
+//! (fault answers waiting for the urgent stream). The orchestration that calls them is here
+//! and in `blocks`, `live`, `faults` and `switchover`.
 
 use super::config::{LivePass, Phase, SourceConfig, SourceStats};
 use super::policy::AdaptiveWindow;
