@@ -361,7 +361,10 @@ impl RingStreams {
     /// back on the free list and no buffer is freed while the kernel holds it. Bytes received
     /// but not yet framed are dropped; a send cut by the cancel may leave a partial frame on
     /// the old connection, which is why it is meant for a connection being replaced.
-    /// Completions of other operations stay in the ring's ready queue for the caller.
+    /// Completions of other operations stay in the ring's ready queue for the caller. A
+    /// zero-copy send comes back only once the kernel has let go of its pages (after the
+    /// peer acknowledged them, or on loopback read or closed): if that takes longer than a
+    /// few seconds the connection stays attached and [`StreamError::DetachStuck`] says so.
     pub fn detach(
         &mut self,
         ring: &mut Ring,
