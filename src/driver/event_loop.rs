@@ -210,3 +210,95 @@ fn wait_on_link<W: Wing>(wing: &mut W, io: &mut LoopIo, tick: Duration) -> Resul
     wing.on_link_wait(mono_ns().saturating_sub(from_ns));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A wing that sends nothing and is done after `done_after_ns`.
+    struct Idle {
+        started_ns: u64,
+        done_after_ns: u64,
+    }
+
+    impl Wing for Idle {
+        fn phase(&self) -> WingPhase {
+            WingPhase::Source(crate::source::Phase::Handshake)
+        }
+        fn tick(&mut self) {}
+        fn step(&mut self, _io: &mut LoopIo) -> Result<Next, DriverError> {
+            let done = mono_ns() - self.started_ns >= self.done_after_ns;
+            Ok(if done { Next::Done } else { Next::Wait })
+        }
+        fn on_event(&mut self, io: &mut LoopIo, event: StreamEvent) -> Result<(), DriverError> {
+            if let StreamEvent::Received(stream) = event {
+                // Raw bytes, not frames: dropping the reader's error keeps the test small.
+                let _ = io.streams.next_frame(stream);
+            }
+            Ok(())
+        }
+    }
+
+    fn pair() -> (StreamPair, [TcpStream; 2]) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = || {
+            let far = TcpStream::connect(addr).expect("connect");
+            (listener.accept().expect("accept").0, far)
+        };
+        let ((bulk, far_bulk), (urgent, far_urgent)) = (connect(), connect());
+        (StreamPair { bulk, urgent, session_id: 1 }, [far_bulk, far_urgent])
+    }
+
+    fn opts(progress_timeout_ms: u64) -> LoopOptions {
+        LoopOptions {
+            progress_timeout: Duration::from_millis(progress_timeout_ms),
+            prioritize_thread: false,
+            ..LoopOptions::default()
+        }
+    }
+
+    #[test]
+    fn fails_only_after_the_progress_deadline_without_progress() {
+        let (pair, _far) = pair();
+        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
+        let err = run(&mut wing, &mut io, &opts(100)).expect_err("nothing moves");
+        assert!(matches!(err, DriverError::NoProgress { .. }), "{err}");
+        assert!(mono_ns() - wing.started_ns >= 100_000_000);
+    }
+
+    #[test]
+    fn bytes_arriving_keep_the_loop_alive_past_the_deadline() {
+        let (pair, [mut far_bulk, _far_urgent]) = pair();
+        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let feeder = std::thread::spawn(move || {
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(20));
+                if far_bulk.write_all(&[0u8; 8]).is_err() {
+                    break;
+                }
+            }
+        });
+        // Done after 400 ms, four deadlines of 100 ms, with a byte every 20 ms meanwhile.
+        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: 400_000_000 };
+        run(&mut wing, &mut io, &opts(100)).expect("progress keeps it alive");
+        feeder.join().expect("feeder");
+    }
+
+    #[test]
+    fn a_closed_stream_is_a_typed_peer_closed_error() {
+        let (pair, far) = pair();
+        drop(far);
+        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
+        let err = run(&mut wing, &mut io, &opts(5_000)).expect_err("the peer closed");
+        let DriverError::PeerClosed { stream, .. } = err else { panic!("{err}") };
+        // The streams survive it: the dead connection comes off, ready for a new one.
+        assert!(io.streams.is_closed(stream));
+        io.streams.detach(&mut io.ring, stream).expect("detach the closed stream");
+        assert!(!io.streams.is_attached(stream));
+    }
+}
