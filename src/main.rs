@@ -36,6 +36,26 @@ enum Cmd {
     /// Forward packets between two TUN devices, each held for a fixed delay (bench-env/netns
     /// starts it for the lan1g-rtt* profiles; the kernel has no netem).
     DelayLine(DelayLineArgs),
+    /// Run seeded simulated migrations (both engines, a synthetic guest, a faulty link) and
+    /// check each against an unmigrated run; a failure prints the command that replays it.
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Plant a fault the checks must catch: the link silently drops the Nth page window the
+    /// source sends on bulk (0-based).
+    #[arg(long, value_name = "N")]
+    drop_window: Option<u64>,
+    /// Print one JSON object (seeds, passed, failed, failures, and trace_hash for one seed).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -283,7 +303,60 @@ fn main() -> Result<()> {
         Cmd::Dest(a) => dest(a),
         Cmd::Bench(a) => bench(a),
         Cmd::DelayLine(a) => delay_line(a),
+        Cmd::Sim(a) => sim(a),
     }
+}
+
+fn sim(a: SimArgs) -> Result<()> {
+    use hybridmig::sim::seeds::{replay_command, run_seeds, SeedVerdict};
+    let plant = a.drop_window.map(|nth| hybridmig::sim::Plant::DropPageWindow { nth });
+    let report = run_seeds(a.from, a.seeds, plant, |r| {
+        if let SeedVerdict::Failed(why) = &r.verdict {
+            eprintln!("seed {} ({}): {why}", r.seed, r.mode);
+        }
+    });
+    let failed = report.failures.len();
+    if a.json {
+        let failures: Vec<_> = report
+            .failures
+            .iter()
+            .map(|f| {
+                let why = match &f.verdict {
+                    SeedVerdict::Failed(why) => why.clone(),
+                    other => format!("{other:?}"),
+                };
+                serde_json::json!({
+                    "seed": f.seed,
+                    "mode": f.mode.name(),
+                    "error": why,
+                    "replay": replay_command(f.seed, plant),
+                })
+            })
+            .collect();
+        let mut out = serde_json::json!({
+            "seeds": report.seeds,
+            "passed": report.passed,
+            "failed": failed,
+            "corruption_caught": report.corruption_caught,
+            "failures": failures,
+        });
+        if let Some(hash) = report.trace_hash {
+            out["trace_hash"] = serde_json::json!(format!("{hash:#018x}"));
+        }
+        println!("{out}");
+    } else {
+        for f in &report.failures {
+            println!("FAILED seed {}: replay with: {}", f.seed, replay_command(f.seed, plant));
+        }
+        if let Some(hash) = report.trace_hash {
+            println!("trace_hash {hash:#018x}");
+        }
+        println!("{} passed, {} failed", report.passed, failed);
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

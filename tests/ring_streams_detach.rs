@@ -3,9 +3,12 @@
 //! with sends stuck in the kernel reaps every one of them and hands every buffer back.
 
 use hybridmig::ring::Ring;
+use hybridmig::session::{SessionIntent, SessionParams};
 use hybridmig::transport::ring_streams::{RingStreams, StreamEvent};
 use hybridmig::transport::tcp::StreamPair;
-use hybridmig::wire::{encode_frame, FrameBody, Limits, StreamKind, VERSION_CURRENT};
+use hybridmig::wire::{
+    encode_frame, FrameBody, Limits, MigrationMode, StreamKind, VERSION_CURRENT,
+};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -30,9 +33,21 @@ struct End {
 fn session() -> (End, End) {
     let (bulk_a, bulk_b) = tcp_pair();
     let (urgent_a, urgent_b) = tcp_pair();
-    let a = StreamPair { bulk: bulk_a, urgent: urgent_a, session_id: 1 };
-    let b = StreamPair { bulk: bulk_b, urgent: urgent_b, session_id: 1 };
+    let a = StreamPair { bulk: bulk_a, urgent: urgent_a, session: params() };
+    let b = StreamPair { bulk: bulk_b, urgent: urgent_b, session: params() };
     (end(&a), end(&b))
+}
+
+/// A session's parameters (the streams do not read them).
+fn params() -> SessionParams {
+    SessionParams {
+        version: VERSION_CURRENT,
+        session_id: 1,
+        mode: MigrationMode::Postcopy,
+        intent: SessionIntent::New,
+        regions: Vec::new(),
+        page_size: 4096,
+    }
 }
 
 fn end(pair: &StreamPair) -> End {

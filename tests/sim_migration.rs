@@ -17,6 +17,7 @@ fn spec(mode: MigrationMode, seed: u64, faults: SimFaults) -> SimRun {
         seed,
         live_pass: LivePass::All,
         place_chunk_pages: 0,
+        ..SimRun::default()
     }
 }
 

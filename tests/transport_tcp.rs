@@ -1,16 +1,35 @@
-//! TCP stream pairs over loopback: pairing in any order, several sessions, typed preamble
+//! TCP stream pairs over loopback: pairing in any order, several sessions, typed handshake
 //! errors, timeouts, and data on both streams.
 
-use hybridmig::transport::tcp::{self, PairListener, Preamble, TcpError, TcpOptions};
+use hybridmig::session::{AcceptorConfig, Initiator, Offer, SessionError};
+use hybridmig::transport::tcp::{self, PairListener, TcpError, TcpOptions};
 use hybridmig::transport::StreamKind;
+use hybridmig::wire::{MigrationMode, Region, WireError, HEADER_LEN, PAGE_SIZE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+fn regions() -> Vec<Region> {
+    vec![Region { guest_phys: 0, size_bytes: 16 * PAGE_SIZE as u64 }]
+}
+
+fn offer(session_id: u64) -> Offer {
+    Offer::new(session_id, MigrationMode::Postcopy, regions())
+}
+
+fn accept() -> AcceptorConfig {
+    AcceptorConfig::new(regions())
+}
+
+/// The Hello a source of `session_id` sends on `kind`.
+fn hello(session_id: u64, kind: StreamKind) -> Vec<u8> {
+    Initiator::new(offer(session_id)).hello(kind).expect("hello")
+}
+
 fn listener() -> (PairListener, SocketAddr) {
-    let l = tcp::listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+    let l = tcp::listen("127.0.0.1:0".parse().expect("addr"), accept()).expect("listen");
     let addr = l.local_addr().expect("local addr");
     (l, addr)
 }
@@ -25,7 +44,7 @@ fn raw_connect(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 fn pair_carries_data_on_both_streams() {
     let (mut l, addr) = listener();
     let client = std::thread::spawn(move || {
-        let mut pair = tcp::connect(addr, 0xABCD).expect("connect");
+        let mut pair = tcp::connect(addr, offer(0xABCD)).expect("connect");
         pair.bulk.write_all(b"bulk bytes").expect("bulk");
         pair.urgent.write_all(b"urgent!").expect("urgent");
         let mut ack = [0u8; 3];
@@ -33,7 +52,7 @@ fn pair_carries_data_on_both_streams() {
         ack
     });
     let mut pair = l.accept_pair(WAIT).expect("accept");
-    assert_eq!(pair.session_id, 0xABCD);
+    assert_eq!(pair.session_id(), 0xABCD);
     let mut b = [0u8; 10];
     pair.bulk.read_exact(&mut b).expect("read bulk");
     assert_eq!(&b, b"bulk bytes");
@@ -48,7 +67,7 @@ fn pair_carries_data_on_both_streams() {
 #[test]
 fn pairs_in_any_order_and_interleaved_sessions() {
     let (mut l, addr) = listener();
-    let pre = |id, kind| Preamble { session_id: id, kind }.encode();
+    let pre = hello;
     // Session 2 urgent, session 1 urgent, session 2 bulk, session 1 bulk.
     let _c = [
         raw_connect(addr, &pre(2, StreamKind::Urgent)),
@@ -57,23 +76,36 @@ fn pairs_in_any_order_and_interleaved_sessions() {
         raw_connect(addr, &pre(1, StreamKind::Bulk)),
     ];
     let first = l.accept_pair(WAIT).expect("first pair");
-    assert_eq!(first.session_id, 2, "session 2 completes first");
+    assert_eq!(first.session_id(), 2, "session 2 completes first");
     let second = l.accept_session(1, WAIT).expect("second pair");
-    assert_eq!(second.session_id, 1);
+    assert_eq!(second.session_id(), 1);
 }
 
 #[test]
-fn bad_preambles_are_typed_errors() {
+fn bad_hellos_are_typed_errors() {
     let (mut l, addr) = listener();
     let _bad = raw_connect(addr, b"GET / HTTP/1.1\r\n");
-    assert!(matches!(l.accept_pair(WAIT), Err(TcpError::BadMagic { .. })));
+    let err = l.accept_pair(WAIT).expect_err("bad magic");
+    assert!(
+        matches!(err.session_error(), Some(SessionError::Wire(WireError::BadMagic { .. }))),
+        "{err}"
+    );
 
-    let mut unknown = Preamble { session_id: 5, kind: StreamKind::Bulk }.encode();
-    unknown[5] = 9;
+    let mut unknown = hello(5, StreamKind::Bulk);
+    unknown[HEADER_LEN + 10] = 9; // the stream byte
+    let crc = crc32fast::hash(&unknown[HEADER_LEN..]);
+    unknown[12..16].copy_from_slice(&crc.to_be_bytes());
     let _u = raw_connect(addr, &unknown);
-    assert!(matches!(l.accept_pair(WAIT), Err(TcpError::UnknownKind { got: 9, .. })));
+    let err = l.accept_pair(WAIT).expect_err("unknown stream kind");
+    assert!(
+        matches!(
+            err.session_error(),
+            Some(SessionError::Wire(WireError::InvalidField { field: "hello.stream", got: 9 }))
+        ),
+        "{err}"
+    );
 
-    let bulk = Preamble { session_id: 6, kind: StreamKind::Bulk }.encode();
+    let bulk = hello(6, StreamKind::Bulk);
     let _d1 = raw_connect(addr, &bulk);
     let _d2 = raw_connect(addr, &bulk);
     let err = l.accept_pair(WAIT).expect_err("duplicate");
@@ -82,7 +114,7 @@ fn bad_preambles_are_typed_errors() {
         "{err}"
     );
 
-    let _o = raw_connect(addr, &Preamble { session_id: 8, kind: StreamKind::Urgent }.encode());
+    let _o = raw_connect(addr, &hello(8, StreamKind::Urgent));
     let err = l.accept_session(7, WAIT).expect_err("other session");
     assert!(matches!(err, TcpError::UnexpectedSession { expected: 7, got: 8, .. }), "{err}");
 }
@@ -90,24 +122,24 @@ fn bad_preambles_are_typed_errors() {
 #[test]
 fn half_open_session_times_out() {
     let options =
-        TcpOptions { preamble_timeout: Duration::from_millis(100), ..TcpOptions::default() };
-    let mut l = PairListener::bind("127.0.0.1:0".parse().expect("addr"), options).expect("bind");
+        TcpOptions { handshake_timeout: Duration::from_millis(100), ..TcpOptions::default() };
+    let mut l =
+        PairListener::bind("127.0.0.1:0".parse().expect("addr"), options, accept()).expect("bind");
     let addr = l.local_addr().expect("addr");
-    let _only_bulk =
-        raw_connect(addr, &Preamble { session_id: 3, kind: StreamKind::Bulk }.encode());
+    let _only_bulk = raw_connect(addr, &hello(3, StreamKind::Bulk));
     let err = l.accept_pair(Duration::from_millis(150)).expect_err("timeout");
     assert!(matches!(err, TcpError::Timeout { half_open: 1, .. }), "{err}");
-    // A silent peer: the preamble read times out with a typed error.
+    // A silent peer: the Hello read times out with a typed error.
     let _silent = TcpStream::connect(addr).expect("connect");
     let err = l.accept_pair(WAIT).expect_err("silent peer");
-    assert!(matches!(err, TcpError::ReadPreamble { .. }), "{err}");
+    assert!(matches!(err, TcpError::HandshakeIo { .. }), "{err}");
 }
 
 #[test]
 fn connect_to_closed_port_names_the_stream() {
     let (l, addr) = listener();
     drop(l);
-    let err = tcp::connect(addr, 1).expect_err("refused");
+    let err = tcp::connect(addr, offer(1)).expect_err("refused");
     assert!(matches!(err, TcpError::Connect { kind: StreamKind::Bulk, .. }), "{err}");
 }
 
@@ -118,16 +150,18 @@ fn works_over_ipv6_loopback_with_buffer_options() {
         recv_buffer_bytes: Some(1 << 20),
         ..TcpOptions::default()
     };
-    let Ok(mut l) = PairListener::bind("[::1]:0".parse().expect("addr"), options.clone()) else {
+    let Ok(mut l) = PairListener::bind("[::1]:0".parse().expect("addr"), options.clone(), accept())
+    else {
         eprintln!("SKIPPED works_over_ipv6_loopback_with_buffer_options: no IPv6 loopback");
         return;
     };
     let addr = l.local_addr().expect("addr");
-    let client =
-        std::thread::spawn(move || tcp::connect_with(addr, 99, &options).expect("connect"));
+    let client = std::thread::spawn(move || {
+        tcp::connect_with(addr, Initiator::new(offer(99)), &options).expect("connect")
+    });
     let pair = l.accept_pair(WAIT).expect("accept");
-    assert_eq!(pair.session_id, 99);
-    assert_eq!(client.join().expect("client").session_id, 99);
+    assert_eq!(pair.session_id(), 99);
+    assert_eq!(client.join().expect("client").session_id(), 99);
 }
 
 #[test]
@@ -136,7 +170,7 @@ fn ring_driven_pair_urgent_is_not_stuck_behind_bulk() {
     use std::os::fd::AsRawFd;
     let (mut l, addr) = listener();
     let sender = std::thread::spawn(move || {
-        let pair = tcp::connect(addr, 77).expect("connect");
+        let pair = tcp::connect(addr, offer(77)).expect("connect");
         let mut ring = Ring::new(32).expect("ring");
         // 8 MiB of bulk, far more than the socket buffers hold while nobody reads.
         for i in 0..8u64 {

@@ -28,6 +28,7 @@ fn seed_streams() -> Vec<Vec<u8>> {
                 Region { guest_phys: 1 << 30, size_bytes: 4096 * PAGE_SIZE as u64 },
             ],
             auth_token: b"token",
+            resume: version == 2,
         };
         encode_frame(&mut s, version, &FrameBody::Hello(hello), &limits).unwrap();
         let kinds = [

@@ -1,6 +1,9 @@
 //! Malformed input, table-driven: every case must fail with one specific `WireError` variant
 //! (and never panic). Byte-level cases are run through both `decode_frame` and `FrameReader`.
 
+use hybridmig::session::{
+    Acceptor, AcceptorConfig, FrameGate, Initiator, Offer, Role, SessionError,
+};
 use hybridmig::wire::*;
 
 const PAGE: usize = PAGE_SIZE;
@@ -112,6 +115,7 @@ fn hello_frame(version: u16) -> Frame<'static> {
             page_size: PAGE as u32,
             regions: regions(),
             auth_token: b"",
+            resume: false,
         }),
     }
 }
@@ -136,10 +140,31 @@ fn control(version: u16) -> Frame<'static> {
     }
 }
 
-fn open_acceptor() -> Handshake {
-    let mut h = Handshake::acceptor();
-    h.check(&hello_frame(2)).expect("hello");
-    h
+/// The destination's bulk stream after the handshake settled on version 2.
+fn open_acceptor() -> FrameGate {
+    FrameGate::new(Role::Acceptor, StreamKind::Bulk, 2)
+}
+
+/// The source's handshake after it sent the bulk stream's Hello.
+fn initiator_awaiting_ack() -> Initiator {
+    let mut init = Initiator::new(Offer::new(42, MigrationMode::Hybrid, regions()));
+    init.hello(StreamKind::Bulk).expect("hello");
+    init
+}
+
+/// The session layer's result, reduced to the codec error it carries.
+fn session_wire<T>(result: Result<T, SessionError>) -> Result<(), WireError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(SessionError::Wire(e)) => Err(e),
+        Err(other) => panic!("expected a wire error, got {other}"),
+    }
+}
+
+fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(&mut out, frame.version, &frame.body, &Limits::default()).expect("encode");
+    out
 }
 
 type Matcher = fn(&WireError) -> bool;
@@ -161,12 +186,7 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
         version: v,
         body: FrameBody::FaultRequest(FaultRequest { region: 0, page: 1, vcpu: 0, request_id: 0 }),
     };
-    let mut urgent_open = Handshake::initiator(42, StreamKind::Urgent);
-    let mut urgent_ack = ack_frame(42, Verdict::Accept);
-    if let FrameBody::HelloAck(a) = &mut urgent_ack.body {
-        a.stream = StreamKind::Urgent;
-    }
-    urgent_open.check(&urgent_ack).expect("ack");
+    let mut urgent_open = FrameGate::new(Role::Initiator, StreamKind::Urgent, 2);
     let window_ref = |first_page, count| {
         let meta = WindowMeta { region: 0, first_page, ..WindowMeta::default() };
         PageWindowRef::from_parts(&meta, count, WindowEncoding::ZeroRun, &[])
@@ -393,22 +413,22 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
         ("duplicate hello", open_acceptor().check(&hello_frame(2)), |e| {
             matches!(e, WireError::DuplicateHello { frame: FrameType::Hello })
         }),
-        ("data before hello", Handshake::acceptor().check(&control(2)), |e| {
-            matches!(
-                e,
-                WireError::FrameBeforeHello { got: FrameType::Control, expected: FrameType::Hello }
-            )
-        }),
         (
-            "hello naming version 0",
-            Handshake::acceptor().check(&{
-                let mut h = hello_frame(2);
-                if let FrameBody::Hello(x) = &mut h.body {
-                    x.max_version = 0
-                }
-                h
-            }),
-            |e| matches!(e, WireError::UnsupportedVersion { got: 0, .. }),
+            "data before hello",
+            session_wire(
+                Acceptor::new(AcceptorConfig::new(regions()))
+                    .on_hello_bytes(None, &encoded(&control(2)))
+                    .outcome,
+            ),
+            |e| {
+                matches!(
+                    e,
+                    WireError::FrameBeforeHello {
+                        got: FrameType::Control,
+                        expected: FrameType::Hello
+                    }
+                )
+            },
         ),
         (
             "frame version differs from the negotiated one",
@@ -417,11 +437,7 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
         ),
         (
             "fault request on the bulk stream",
-            {
-                let mut h = Handshake::initiator(42, StreamKind::Bulk);
-                h.check(&ack_frame(42, Verdict::Accept)).expect("ack");
-                h.check(&fault(2))
-            },
+            FrameGate::new(Role::Initiator, StreamKind::Bulk, 2).check(&fault(2)),
             |e| {
                 matches!(
                     e,
@@ -434,15 +450,7 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
         ),
         (
             "fault request received by the destination",
-            {
-                let mut hello = hello_frame(2);
-                if let FrameBody::Hello(x) = &mut hello.body {
-                    x.stream = StreamKind::Urgent
-                }
-                let mut h = Handshake::acceptor();
-                h.check(&hello).expect("hello");
-                h.check(&fault(2))
-            },
+            FrameGate::new(Role::Acceptor, StreamKind::Urgent, 2).check(&fault(2)),
             |e| {
                 matches!(
                     e,
@@ -466,15 +474,20 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
         (
             "frame after a reject",
             {
-                let mut h = Handshake::initiator(42, StreamKind::Bulk);
-                h.check(&ack_frame(42, Verdict::Reject(RejectReason::BadAuth))).expect("ack");
-                h.check(&control(2))
+                let mut h = initiator_awaiting_ack();
+                let reject = ack_frame(42, Verdict::Reject(RejectReason::BadAuth));
+                let refused = h.on_frame(StreamKind::Bulk, &reject).expect_err("rejected");
+                assert_eq!(refused.reject_reason(), Some(RejectReason::BadAuth));
+                session_wire(h.on_frame(StreamKind::Bulk, &control(2)))
             },
             |e| matches!(e, WireError::FrameAfterEnd { state: "rejected", .. }),
         ),
         (
             "hello_ack for another session",
-            Handshake::initiator(42, StreamKind::Bulk).check(&ack_frame(43, Verdict::Accept)),
+            session_wire(
+                initiator_awaiting_ack()
+                    .on_frame(StreamKind::Bulk, &ack_frame(43, Verdict::Accept)),
+            ),
             |e| matches!(e, WireError::HelloAckMismatch { got_session: 43, session: 42, .. }),
         ),
         // Dirty sets.
@@ -627,4 +640,25 @@ fn errors_are_sticky_in_the_reader() {
     r.push_bytes(&bytes);
     assert!(matches!(r.next_frame(), Err(WireError::CrcMismatch { .. })));
     assert!(matches!(r.next_frame(), Err(WireError::CrcMismatch { .. })));
+}
+
+#[test]
+fn hello_naming_version_0_is_refused_with_the_version_reason() {
+    let hello = {
+        let mut h = hello_frame(2);
+        if let FrameBody::Hello(x) = &mut h.body {
+            x.max_version = 0
+        }
+        h
+    };
+    let answer =
+        Acceptor::new(AcceptorConfig::new(regions())).on_hello_bytes(None, &encoded(&hello));
+    let err = answer.outcome.expect_err("refused");
+    assert_eq!(err.reject_reason(), Some(RejectReason::Version), "{err}");
+    assert!(err.to_string().contains("protocol version 0 not supported"), "{err}");
+    let (reply, _) = decode_frame(&answer.reply, &Limits::default()).expect("a reject frame");
+    assert!(matches!(
+        reply.body,
+        FrameBody::HelloAck(HelloAck { verdict: Verdict::Reject(RejectReason::Version), .. })
+    ));
 }

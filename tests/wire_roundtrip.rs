@@ -105,6 +105,7 @@ proptest! {
         mode in 0usize..4,
         sizes in prop::collection::vec((0u64..16, 1u64..1024), 0..8),
         auth in prop::collection::vec(any::<u8>(), 0..=1024),
+        resume in any::<bool>(),
     ) {
         let mut regions = Vec::new();
         let mut next = 0u64;
@@ -118,7 +119,7 @@ proptest! {
         let stream = if urgent { StreamKind::Urgent } else { StreamKind::Bulk };
         round_trip(version, FrameBody::Hello(Hello {
             max_version, session_id, stream, mode: modes[mode], page_size: PAGE_SIZE as u32,
-            regions, auth_token: &auth,
+            regions, auth_token: &auth, resume,
         }));
     }
 
@@ -314,6 +315,7 @@ fn encoder_errors_leave_output_untouched() {
         page_size: PAGE_SIZE as u32,
         regions: vec![],
         auth_token: &[0u8; 2000],
+        resume: false,
     };
     let err = encode_frame(&mut out, 2, &FrameBody::Hello(hello), &limits);
     assert!(matches!(err, Err(WireError::AuthTooLong { len: 2000, max: 1024 })));
@@ -322,37 +324,36 @@ fn encoder_errors_leave_output_untouched() {
 
 #[test]
 fn handshake_accepts_the_documented_exchange() {
+    use hybridmig::session::{
+        Acceptor, AcceptorConfig, FrameGate, Initiator, Offer, Role, SessionIntent,
+    };
     let limits = Limits::default();
-    let hello = Hello {
-        max_version: 7, // a newer peer: we settle on ours
-        session_id: 42,
-        stream: StreamKind::Urgent,
-        mode: MigrationMode::Hybrid,
-        page_size: PAGE_SIZE as u32,
-        regions: vec![Region { guest_phys: 0, size_bytes: 64 * PAGE_SIZE as u64 }],
-        auth_token: b"secret",
-    };
-    let mut dst = Handshake::acceptor();
-    dst.check(&Frame { version: 1, body: FrameBody::Hello(hello) }).unwrap();
-    assert_eq!(dst.version(), Some(VERSION_CURRENT));
-    let mut src = Handshake::initiator(42, StreamKind::Urgent);
-    let ack = HelloAck {
-        version: 2,
-        session_id: 42,
-        stream: StreamKind::Urgent,
-        verdict: Verdict::Accept,
-        auth_token: &[],
-    };
-    src.check(&Frame { version: 2, body: FrameBody::HelloAck(ack) }).unwrap();
+    let regions = vec![Region { guest_phys: 0, size_bytes: 64 * PAGE_SIZE as u64 }];
+    let mut offer = Offer::new(42, MigrationMode::Hybrid, regions.clone());
+    offer.max_version = VERSION_CURRENT + 1; // a newer peer: we settle on ours
+    let mut src = Initiator::new(offer);
+    let mut dst = Acceptor::new(AcceptorConfig::new(regions.clone()));
+    let mut params = None;
+    for stream in [StreamKind::Bulk, StreamKind::Urgent] {
+        let hello = src.hello(stream).unwrap();
+        let answer = dst.on_hello_bytes(Some(stream), &hello);
+        assert_eq!(answer.outcome.unwrap(), stream);
+        params = src.on_bytes(stream, &answer.reply).unwrap();
+    }
+    let params = params.expect("both streams open");
+    assert_eq!(params.version, VERSION_CURRENT);
+    assert_eq!(params, dst.params().unwrap());
+    assert_eq!(params.intent, SessionIntent::New);
+    let mut src_urgent = FrameGate::new(Role::Initiator, StreamKind::Urgent, params.version);
     let fault = FaultRequest { region: 0, page: 3, vcpu: 0, request_id: 1 };
-    src.check(&Frame { version: 2, body: FrameBody::FaultRequest(fault) }).unwrap();
+    src_urgent.check(&Frame { version: 2, body: FrameBody::FaultRequest(fault) }).unwrap();
     let pages = vec![7u8; 4 * PAGE_SIZE];
     let meta = WindowMeta { region: 0, first_page: 2, request_id: 1, urgent_answer: true };
     let mut out = Vec::new();
     encode_page_window(&mut out, 2, &meta, &pages, Compression::None, &limits).unwrap();
     let (frame, _) = decode_frame(&out, &limits).unwrap();
-    dst.check(&frame).unwrap();
+    FrameGate::new(Role::Acceptor, StreamKind::Urgent, params.version).check(&frame).unwrap();
     let FrameBody::PageWindow(w) = frame.body else { panic!() };
-    w.validate(&[Region { guest_phys: 0, size_bytes: 64 * PAGE_SIZE as u64 }]).unwrap();
+    w.validate(&regions).unwrap();
     assert_eq!(negotiate_version(1).unwrap(), 1);
 }

@@ -2,9 +2,8 @@
 //! userfaultfd reads, both socket receives and the fault-request sends share its ring.
 //!
 //! Guest memory is registered with the userfaultfd *before* the first frame is read, so fault
-//! service is running before the state is restored (restoring devices may touch memory). A
-//! pre-copy migration unregisters it when the Hello says pre-copy: every page arrives before
-//! the guest runs, so plain writes suffice.
+//! service is running before the state is restored (restoring devices may touch memory). The
+//! stream pair arrives with the session the handshake opened, which gives the mode.
 
 use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
 use super::sink::UffdSink;
@@ -62,7 +61,7 @@ pub struct DestRun {
     pub stats: DestStats,
     /// When the guest resumed here (mono ns).
     pub resume_ns: u64,
-    /// Migration mode, from the Hello.
+    /// Migration mode, from the session.
     pub mode: Option<String>,
     /// Fault latency percentiles (us).
     pub fault_us_p50: u64,
@@ -100,7 +99,7 @@ pub fn run_dest(
         uffd.register(r.host_addr() as u64, r.size_bytes)
             .map_err(uffd_err("userfaultfd register"))?;
     }
-    let mut engine = DestEngine::new(layout.clone());
+    let mut engine = DestEngine::new(layout.clone(), &pair.session);
     engine.set_place_chunk(opts.place_chunk_pages);
     let mut io = LoopIo::new(pair, SEND_BUFS, SEND_BUF_BYTES)?;
     arm_uffd_read(
@@ -108,7 +107,10 @@ pub fn run_dest(
         &uffd,
         Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ),
     )?;
-    let ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run: DestRun::default() };
+    // Every mode keeps userfaultfd registered: a pre-copy that does not converge finishes
+    // post-copy, and its missing pages then fault like any other.
+    let run = DestRun { mode: Some(pair.session.mode.to_string()), ..DestRun::default() };
+    let ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run };
     let mut wing = DestWing { engine: &mut engine, ctx, on_tick };
     let loop_opts = LoopOptions {
         tick: opts.tick,
@@ -278,9 +280,6 @@ impl Ctx<'_> {
 
     fn on_event(&mut self, event: DestEvent) -> Result<(), DriverError> {
         match event {
-            // Every mode keeps userfaultfd registered: a pre-copy that does not converge
-            // finishes post-copy, and its missing pages then fault like any other.
-            DestEvent::Mode(mode) => self.run.mode = Some(mode.to_string()),
             DestEvent::Resume(blob) => {
                 self.vm.restore_state(&blob)?;
                 self.vm.resume()?;

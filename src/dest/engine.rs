@@ -13,6 +13,7 @@ use super::DestError;
 use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
 use crate::metrics::LatencyHistogram;
 use crate::ports::{memory_digest, zero_page_crc, Clock, MonoClock, PageSink};
+use crate::session::SessionParams;
 use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,8 +21,6 @@ use std::sync::Arc;
 /// What the driver must do after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestEvent {
-    /// The Hello arrived: the mode is known (the driver picks its sink from it).
-    Mode(MigrationMode),
     /// Restore this state blob and resume the guest now.
     Resume(Vec<u8>),
     /// Every page is here and the digests matched: the source is no longer needed.
@@ -31,8 +30,6 @@ pub enum DestEvent {
 /// Where the destination is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestPhase {
-    /// Waiting for the Hello on each stream.
-    Handshake,
     /// Receiving pages before the switch-over.
     PreSwitch,
     /// Guest running; pages arrive on demand and in the background.
@@ -79,10 +76,9 @@ pub struct DestEngine {
     wire_regions: Vec<wire::Region>,
     limits: wire::Limits,
     version: u16,
-    session_id: Option<u64>,
-    mode: Option<MigrationMode>,
+    session_id: u64,
+    mode: MigrationMode,
     phase: DestPhase,
-    hellos: u8,
     present: PageBitmap,
     requested: PageBitmap,
     need: Option<PageBitmap>,
@@ -135,8 +131,9 @@ struct Placing {
 pub const ACK_EVERY_WINDOWS: u64 = 32;
 
 impl DestEngine {
-    /// A destination for a VM with this memory layout (its regions, in order).
-    pub fn new(layout: Layout) -> Self {
+    /// A destination for a VM with this memory layout (its regions, in order), in the session
+    /// the handshake opened (which checked that the source's layout is this one).
+    pub fn new(layout: Layout, session: &SessionParams) -> Self {
         let pages = layout.total_pages();
         let wire_regions = layout
             .regions()
@@ -150,11 +147,10 @@ impl DestEngine {
             layout,
             wire_regions,
             limits,
-            version: wire::VERSION_CURRENT,
-            session_id: None,
-            mode: None,
-            phase: DestPhase::Handshake,
-            hellos: 0,
+            version: session.version,
+            session_id: session.session_id,
+            mode: session.mode,
+            phase: DestPhase::PreSwitch,
             present: PageBitmap::new(pages),
             requested: PageBitmap::new(pages),
             need: None,
@@ -207,9 +203,14 @@ impl DestEngine {
         self.present.get(page)
     }
 
-    /// The session id from the Hello, once known.
-    pub fn session_id(&self) -> Option<u64> {
+    /// The session this engine receives.
+    pub fn session_id(&self) -> u64 {
         self.session_id
+    }
+
+    /// The migration mode of the session.
+    pub fn mode(&self) -> MigrationMode {
+        self.mode
     }
 
     /// Appends the next urgent frame (fault requests) to `out`; false when none.
@@ -217,7 +218,7 @@ impl DestEngine {
         Self::pop_into(&mut self.urgent_out, out)
     }
 
-    /// Appends the next bulk-stream frame (HelloAck, DoneAck) to `out`; false when none.
+    /// Appends the next bulk-stream frame (acks, DoneAck) to `out`; false when none.
     pub fn poll_bulk(&mut self, out: &mut Vec<u8>) -> bool {
         Self::pop_into(&mut self.bulk_out, out)
     }
@@ -249,8 +250,6 @@ impl DestEngine {
             self.finish_placing(sink)?;
         }
         match body {
-            wire::FrameBody::Hello(hello) => self.on_hello(stream, &hello),
-            _ if self.phase == DestPhase::Handshake => Err(unexpected(&body, self.phase)),
             wire::FrameBody::PageWindow(window) => {
                 window.validate(&self.wire_regions)?;
                 if stream == StreamKind::Urgent {
@@ -289,58 +288,6 @@ impl DestEngine {
             }
             other => Err(unexpected(&other, self.phase)),
         }
-    }
-
-    fn on_hello(
-        &mut self,
-        stream: StreamKind,
-        hello: &wire::Hello<'_>,
-    ) -> Result<Option<DestEvent>, DestError> {
-        if self.phase != DestPhase::Handshake || hello.stream != stream {
-            return Err(DestError::UnexpectedFrame {
-                stream,
-                frame: wire::FrameType::Hello,
-                phase: self.phase,
-            });
-        }
-        if let Some(id) = self.session_id.filter(|&id| id != hello.session_id) {
-            return Err(DestError::SessionMismatch { expected: id, got: hello.session_id });
-        }
-        let version = wire::negotiate_version(hello.max_version)?;
-        let verdict = if hello.regions != self.wire_regions || hello.page_size as usize != PAGE_SIZE
-        {
-            wire::Verdict::Reject(wire::RejectReason::LayoutMismatch)
-        } else {
-            wire::Verdict::Accept
-        };
-        let ack = wire::HelloAck {
-            version,
-            session_id: hello.session_id,
-            stream,
-            verdict,
-            auth_token: &[],
-        };
-        let mut out = Vec::new();
-        wire::encode_frame(&mut out, version, &wire::FrameBody::HelloAck(ack), &self.limits)?;
-        match stream {
-            StreamKind::Bulk => self.bulk_out.push_back(out),
-            StreamKind::Urgent => self.urgent_out.push_back(out),
-        }
-        if verdict != wire::Verdict::Accept {
-            return Err(DestError::LayoutMismatch {
-                source_regions: hello.regions.clone(),
-                dest_regions: self.wire_regions.clone(),
-            });
-        }
-        self.version = version;
-        self.session_id = Some(hello.session_id);
-        self.mode = Some(hello.mode);
-        self.hellos += 1;
-        if self.hellos == 2 {
-            self.phase = DestPhase::PreSwitch;
-            return Ok(Some(DestEvent::Mode(hello.mode)));
-        }
-        Ok(None)
     }
 
     /// Places the pages of a window that are not here yet; rewrites present ones before the
@@ -769,24 +716,17 @@ mod tests {
     fn running_postcopy(sink: &mut Recorder) -> DestEngine {
         const PAGES: u64 = 64;
         let layout = Layout::new(&[(0, PAGES * PAGE_SIZE as u64)]).expect("layout");
-        let mut dest = DestEngine::new(layout);
-        let limits = wire::Limits::default();
         let regions = vec![wire::Region { guest_phys: 0, size_bytes: PAGES * PAGE_SIZE as u64 }];
-        for stream in StreamKind::ALL {
-            let hello = wire::Hello {
-                max_version: wire::VERSION_CURRENT,
-                session_id: 9,
-                stream,
-                mode: MigrationMode::Postcopy,
-                page_size: PAGE_SIZE as u32,
-                regions: regions.clone(),
-                auth_token: &[],
-            };
-            let mut out = Vec::new();
-            let body = wire::FrameBody::Hello(hello);
-            wire::encode_frame(&mut out, wire::VERSION_CURRENT, &body, &limits).expect("hello");
-            feed(&mut dest, stream, &out, sink);
-        }
+        let session = crate::session::SessionParams {
+            version: wire::VERSION_CURRENT,
+            session_id: 9,
+            mode: MigrationMode::Postcopy,
+            intent: crate::session::SessionIntent::New,
+            regions,
+            page_size: PAGE_SIZE as u32,
+        };
+        let mut dest = DestEngine::new(layout, &session);
+        let limits = wire::Limits::default();
         let mut out = Vec::new();
         let need = [u64::MAX];
         wire::encode_dirty_set(&mut out, wire::VERSION_CURRENT, 0, &need, PAGES, &limits)

@@ -12,7 +12,7 @@ pub mod sink;
 pub mod uffd;
 
 use crate::memory::MemoryError;
-use crate::wire::{FrameType, Region, StreamKind, WireError};
+use crate::wire::{FrameType, StreamKind, WireError};
 pub use engine::{DestEngine, DestEvent, DestPhase, DestStats};
 
 /// Errors of the destination engine (its driver's own errors are
@@ -38,22 +38,9 @@ pub enum DestError {
         /// The destination's phase.
         phase: DestPhase,
     },
-    /// The two streams announced different sessions.
-    #[error("Hello for session {got:#x} after session {expected:#x}")]
-    SessionMismatch {
-        /// The first session id.
-        expected: u64,
-        /// The other one.
-        got: u64,
-    },
-    /// The source's memory layout differs from this VM's.
-    #[error("memory layout mismatch: source {source_regions:?}, destination {dest_regions:?}")]
-    LayoutMismatch {
-        /// What the source announced.
-        source_regions: Vec<Region>,
-        /// What this VM has.
-        dest_regions: Vec<Region>,
-    },
+    /// The handshake failed (this side refused the source, or its Hello was malformed).
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
     /// A fault on an address outside guest memory.
     #[error("fault on page {page}, outside guest memory")]
     FaultOutsideMemory {

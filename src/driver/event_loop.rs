@@ -225,7 +225,7 @@ mod tests {
 
     impl Wing for Idle {
         fn phase(&self) -> WingPhase {
-            WingPhase::Source(crate::source::Phase::Handshake)
+            WingPhase::Source(crate::source::Phase::Setup)
         }
         fn tick(&mut self) {}
         fn step(&mut self, _io: &mut LoopIo) -> Result<Next, DriverError> {
@@ -249,7 +249,15 @@ mod tests {
             (listener.accept().expect("accept").0, far)
         };
         let ((bulk, far_bulk), (urgent, far_urgent)) = (connect(), connect());
-        (StreamPair { bulk, urgent, session_id: 1 }, [far_bulk, far_urgent])
+        let session = crate::session::SessionParams {
+            version: crate::wire::VERSION_CURRENT,
+            session_id: 1,
+            mode: crate::wire::MigrationMode::Postcopy,
+            intent: crate::session::SessionIntent::New,
+            regions: Vec::new(),
+            page_size: 4096,
+        };
+        (StreamPair { bulk, urgent, session }, [far_bulk, far_urgent])
     }
 
     fn opts(progress_timeout_ms: u64) -> LoopOptions {

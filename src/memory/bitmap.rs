@@ -24,9 +24,8 @@ impl PageBitmap {
     /// An empty set over `len` pages, its memory already faulted in.
     ///
     /// Why fault it in now: a zeroed allocation of this size is mapped lazily, so its first
-    /// write takes a page fault for each 4 KiB (32 for a 4 GiB guest's bitmap), and on this
-    /// kind of host (a VM, where a fault costs about 3.5 to 12 us) several bitmaps first
-    /// written in the switch-over added about 2 ms to a 4 GiB post-copy's downtime.
+    /// write takes a page fault for each 4 KiB (32 for a 4 GiB guest's bitmap), and bitmaps
+    /// first written in the switch-over would pay those faults inside the downtime.
     pub fn new(len: u64) -> Self {
         let mut words = vec![0u64; len.div_ceil(64) as usize];
         // One store per 4 KiB page; `black_box` keeps the optimizer from dropping stores of a

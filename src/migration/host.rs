@@ -8,6 +8,7 @@ use crate::dest::driver::{run_dest, DestDriverOptions};
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::{EmbedError, HostRegion, MigratableVm};
+use crate::session::{wire_regions, AcceptorConfig, Offer};
 use crate::source::driver::{run_source, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
@@ -192,7 +193,6 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     report.ws_windows = tracker.windows();
     report.write_hot_pages = vm.write_hot_pages().len() as u64;
 
-    let pair = tcp::connect(opts.connect, opts.session_id)?;
     let mut cfg = SourceConfig::new(opts.mode, opts.session_id);
     cfg.window_pages = opts.window_pages;
     cfg.adaptive_window = opts.adaptive_window;
@@ -206,7 +206,9 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
         cfg.working_set = structures.into_iter().chain(estimate).collect();
     }
     let mut guest = KvmGuest::new(&mut vm);
-    let mut engine = SourceEngine::new(cfg, &guest)?;
+    let offer = Offer::new(opts.session_id, opts.mode, wire_regions(&guest.regions()));
+    let pair = tcp::connect(opts.connect, offer)?;
+    let mut engine = SourceEngine::new(cfg, &pair.session, &guest)?;
     let mut timeline = std::mem::take(&mut report.timeline);
     let ops_source = OpsReader::new(&guest);
     let progress_lines = opts.progress_lines;
@@ -286,7 +288,8 @@ pub fn run_dest_host(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<DestReport, MigrationError> {
     let mut vm = Vm::new_incoming(&opts.cfg)?;
-    let mut listener = tcp::listen(opts.listen)?;
+    let accept = AcceptorConfig::new(wire_regions(&KvmGuest::new(&mut vm).regions()));
+    let mut listener = tcp::listen(opts.listen, accept)?;
     on_listening(
         listener
             .local_addr()

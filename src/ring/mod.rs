@@ -113,10 +113,10 @@ pub fn rt_runtime_us() -> Option<i64> {
     std::fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").ok()?.trim().parse().ok()
 }
 
-/// A loop that keeps one CPU busy for 0.95 s of a second is stopped for the other 0.05: on
-/// `veth` the fault p999 of a 1 GiB post-copy run was 24 to 47 ms with the throttling on and
-/// at most 2 ms with it off (6 runs each, alternating). Benchmarks that want the tail turn
-/// it off for their duration (`bench-env/rt-throttle off`); a VMM decides for its own host.
+/// A real-time loop that keeps one CPU busy is stopped for the rest of each throttling period,
+/// which shows as a long fault tail (docs/kernel-facts.md has the figures). Benchmarks that
+/// want the tail turn it off for their duration (`bench-env/rt-throttle off`); a VMM decides
+/// for its own host.
 fn note_rt_throttling() {
     if let Some(us) = rt_runtime_us().filter(|&us| us >= 0) {
         tracing::info!(

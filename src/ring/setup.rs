@@ -113,9 +113,8 @@ fn setup_cause(err: &io::Error) -> String {
 }
 
 /// Builds the ring: CQ twice the in-flight bound (SEND_ZC posts two CQEs). No
-/// IORING_SETUP_COOP_TASKRUN: measured here, it held a uffd READ's completion back until the
-/// loop next entered the kernel, and the fault latency median went from about 0.5-1 ms to
-/// 2.7 ms (1 GiB hotcold, paced, loopback).
+/// IORING_SETUP_COOP_TASKRUN: it holds a uffd READ's completion back until the loop next
+/// enters the kernel, which multiplied the fault latency (docs/kernel-facts.md).
 pub(crate) fn build(entries: u32, max_in_flight: u32) -> Result<IoUring, RingError> {
     let cq_entries = max_in_flight.saturating_mul(2).max(entries.saturating_mul(2));
     let tuned = IoUring::builder().setup_cqsize(cq_entries).build(entries);

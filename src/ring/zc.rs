@@ -8,9 +8,9 @@
 //!
 //! The early exit matters behind a rate limit: a probing SEND_ZC's buffer stays busy until
 //! its notification, which comes only once the packet has left the qdisc's queue, so a long
-//! probe starves the stream (on a 1 Gbit/s tbf the first 8 notifications took about 11 ms,
-//! at about half the link's rate). Copying is a property of the route (loopback, veth, a
-//! device without zero-copy), so two copied reports in a row are enough to say so.
+//! probe starves the stream (docs/kernel-facts.md has the figures). Copying is a property of
+//! the route (loopback, veth, a device without zero-copy), so two copied reports in a row are
+//! enough to say so.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;

@@ -3,21 +3,30 @@
 //!
 //! This sits *beside* the real paths (KVM, userfaultfd, io_uring, TCP): it drives the very
 //! same [`SourceEngine`] and [`DestEngine`], but the guest is a deterministic program over a
-//! byte array ([`SimVm`]) and the network is [`SimNet`], which can lose, delay, reorder,
-//! disconnect and corrupt. A run ends by comparing the destination's memory and guest state
-//! with an unmigrated run of the same guest, byte for byte. A failure prints its seed.
+//! byte array ([`SimVm`]), the network is [`SimNet`] (loss, delay, reordering, disconnects,
+//! corruption), and time is a [`VirtualClock`] both engines read. A run is a function of its
+//! [`SimRun`]: the same spec gives the same event trace, whose hash ([`TraceHash`]) the outcome
+//! carries. [`seeds`] turns a seed into a spec from a mix of modes, guests and link faults, and
+//! runs many; a failure names its seed and the command that replays it.
+//!
+//! Each run is checked against an unmigrated run of the same guest, byte for byte, and for the
+//! invariants in [`SimOutcome::check`]: no page placed twice, every fault answered, the bytes
+//! held on the link within a stated bound.
 
 mod guest;
+pub mod seeds;
+mod trace;
 
 pub use guest::{SimGuestSpec, SimVm};
+pub use trace::{TraceHash, TraceKind};
 
-use crate::dest::sink::{PageSink, SinkError};
 use crate::dest::{DestEngine, DestError, DestEvent, DestPhase};
-use crate::memory::PAGE_SIZE;
-use crate::ports::{layout_of, MigratableVm, VirtualClock};
+use crate::memory::{PageBitmap, PAGE_SIZE};
+use crate::ports::{layout_of, MigratableVm, PageSink, SinkError, VirtualClock};
+use crate::session::{FrameGate, Role};
 use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
-use crate::wire::{FrameReader, Limits, MigrationMode, StreamKind};
+use crate::wire::{FrameReader, FrameType, Limits, MigrationMode, StreamKind};
 use std::sync::Arc;
 
 /// Errors of a simulated migration (typed, like the real ones).
@@ -57,6 +66,54 @@ pub enum SimRunError {
     },
 }
 
+/// A run that finished but broke one of the simulator's checks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimCheckError {
+    /// The destination's memory or guest state differs from the unmigrated run's.
+    #[error("digest mismatch: the destination's guest differs from the unmigrated run")]
+    DigestMismatch,
+    /// The destination engine asked the sink to place a page that was already present.
+    #[error("{pages} page(s) placed twice (first: page {first})")]
+    PlacedTwice {
+        /// How many placements hit a present page.
+        pages: u64,
+        /// The first such page.
+        first: u64,
+    },
+    /// A page a vCPU faulted on was still missing when the migration ended.
+    #[error("{pages} fault(s) never answered (first: page {first})")]
+    UnansweredFault {
+        /// How many faulted pages stayed missing.
+        pages: u64,
+        /// The first of them.
+        first: u64,
+    },
+    /// The link held more bytes at once than the bound allows.
+    #[error("the link held {peak_bytes} bytes at once, over the bound of {bound_bytes}")]
+    MemoryBound {
+        /// The peak.
+        peak_bytes: u64,
+        /// The bound (guest memory plus [`LINK_SLACK_BYTES`]).
+        bound_bytes: u64,
+    },
+    /// Bulk pages the source sent and the destination never acknowledged.
+    #[error("{pages} bulk page(s) never acknowledged")]
+    Unacknowledged {
+        /// The count.
+        pages: u64,
+    },
+}
+
+/// A fault planted in the simulated link to prove the checks catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// The link silently drops the `nth` PageWindow frame the source sends on bulk (0-based).
+    DropPageWindow {
+        /// Which window.
+        nth: u64,
+    },
+}
+
 /// One simulated migration's set-up.
 #[derive(Debug, Clone)]
 pub struct SimRun {
@@ -77,10 +134,31 @@ pub struct SimRun {
     /// Pages of a background window the destination places per loop turn once the guest
     /// runs, as the io_uring driver does between looks for faults (0: whole windows).
     pub place_chunk_pages: u32,
+    /// Both sides stop reading for a while: (start, duration) in virtual microseconds.
+    pub stall_us: Option<(u64, u64)>,
+    /// A planted fault (tests of the checks only).
+    pub plant: Option<Plant>,
+}
+
+impl Default for SimRun {
+    fn default() -> Self {
+        Self {
+            mode: MigrationMode::Hybrid,
+            guest: SimGuestSpec::default(),
+            steps_before: 3_000,
+            steps_total: 20_000,
+            faults: SimFaults::default(),
+            seed: 1,
+            live_pass: LivePass::All,
+            place_chunk_pages: 0,
+            stall_us: None,
+            plant: None,
+        }
+    }
 }
 
 /// What a finished simulated migration reports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SimOutcome {
     /// True when memory and guest state equal the unmigrated run's.
     pub exact: bool,
@@ -95,34 +173,88 @@ pub struct SimOutcome {
     /// Hybrid: pages outside the working set sent again before the pause (stale after the
     /// cold part).
     pub stale_repass_pages: u64,
+    /// Hash of the event trace: equal for equal specs.
+    pub trace_hash: u64,
+    /// Events in the trace.
+    pub trace_events: u64,
+    /// Placements that hit an already-present page, and the first such page.
+    pub placed_twice: (u64, u64),
+    /// Faulted pages still missing at the end, and the first of them.
+    pub unanswered: (u64, u64),
+    /// Most bytes in flight on the link at once.
+    pub peak_link_bytes: u64,
+    /// Guest memory in bytes (the memory bound's base).
+    pub guest_bytes: u64,
+}
+
+/// Bytes the link may hold beyond the guest's memory: a few frames per stream in flight, each
+/// at most a window of pages.
+pub const LINK_SLACK_BYTES: u64 = 1 << 20;
+
+impl SimOutcome {
+    /// The simulator's checks, in order of how much they say.
+    pub fn check(&self) -> Result<(), SimCheckError> {
+        if !self.exact {
+            return Err(SimCheckError::DigestMismatch);
+        }
+        if self.placed_twice.0 > 0 {
+            let (pages, first) = self.placed_twice;
+            return Err(SimCheckError::PlacedTwice { pages, first });
+        }
+        if self.unanswered.0 > 0 {
+            let (pages, first) = self.unanswered;
+            return Err(SimCheckError::UnansweredFault { pages, first });
+        }
+        let bound_bytes = self.guest_bytes + LINK_SLACK_BYTES;
+        if self.peak_link_bytes > bound_bytes {
+            return Err(SimCheckError::MemoryBound {
+                peak_bytes: self.peak_link_bytes,
+                bound_bytes,
+            });
+        }
+        if self.unacked_pages > 0 {
+            return Err(SimCheckError::Unacknowledged { pages: self.unacked_pages });
+        }
+        Ok(())
+    }
 }
 
 /// A [`PageSink`] over a [`SimVm`]'s memory that models userfaultfd: placing a present page
-/// fails like EEXIST would (and is skipped), a discarded page is missing again.
+/// fails like EEXIST would (it is skipped and counted), a discarded page is missing again.
 struct SimSink<'a> {
     vm: &'a mut SimVm,
+    placed_twice: &'a mut (u64, u64),
+}
+
+impl SimSink<'_> {
+    fn place_one(&mut self, page: u64, data: Option<&[u8]>) -> Result<(), SinkError> {
+        if self.vm.present.get(page) {
+            if self.placed_twice.0 == 0 {
+                self.placed_twice.1 = page;
+            }
+            self.placed_twice.0 += 1;
+            return Ok(());
+        }
+        let bytes = self.vm.page_mut(page)?;
+        match data {
+            Some(d) => bytes.copy_from_slice(d),
+            None => bytes.fill(0),
+        }
+        self.vm.present.set(page);
+        Ok(())
+    }
 }
 
 impl PageSink for SimSink<'_> {
     fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
         for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
-            let p = first + i as u64;
-            if !self.vm.present.get(p) {
-                self.vm.page_mut(p)?.copy_from_slice(page);
-                self.vm.present.set(p);
-            }
+            self.place_one(first + i as u64, Some(page))?;
         }
         Ok(())
     }
 
     fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
-        for p in first..first + count {
-            if !self.vm.present.get(p) {
-                self.vm.page_mut(p)?.fill(0);
-                self.vm.present.set(p);
-            }
-        }
-        Ok(())
+        (first..first + count).try_for_each(|p| self.place_one(p, None))
     }
 
     fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
@@ -151,191 +283,328 @@ const BULK_EVERY_STEPS: u64 = 4;
 /// Virtual microseconds per loop iteration (one guest step on the running side).
 const STEP_US: u64 = 2;
 
+/// Bulk bytes the source may have in flight, unread by the destination: the socket buffers
+/// of a real link, which make a sender wait while the receiver does not read.
+const SEND_WINDOW_BYTES: u64 = 1 << 20;
+
+/// Loop iterations a run may take at most.
+const STEP_BUDGET: u64 = 4_000_000;
+
+/// Both hosts, the link and the trace of one simulated migration.
+struct World<'s> {
+    spec: &'s SimRun,
+    clock: VirtualClock,
+    source: SourceEngine,
+    src_vm: SimVm,
+    dest: DestEngine,
+    dst_vm: SimVm,
+    net: SimNet,
+    readers: [FrameReader; 4],
+    /// Per-stream order checks after the handshake, as the real drivers make them.
+    gates: [FrameGate; 4],
+    trace: TraceHash,
+    out: Vec<u8>,
+    blocked_on: Option<u64>,
+    dest_running: bool,
+    /// Pages a destination vCPU faulted on over the network.
+    faulted: PageBitmap,
+    placed_twice: (u64, u64),
+    peak_link_bytes: u64,
+    /// PageWindow frames the source sent on bulk (for [`Plant::DropPageWindow`]).
+    bulk_windows: u64,
+    /// Bulk bytes the source sent and the destination has not read yet.
+    bulk_in_flight_bytes: u64,
+}
+
 /// Runs one simulated migration and checks it against an unmigrated run.
 pub fn run(spec: &SimRun) -> Result<SimOutcome, SimRunError> {
+    run_traced(spec).1
+}
+
+/// [`run`], with the hash of the trace up to the end or the error (so a failing seed's replay
+/// can be compared with the original).
+pub fn run_traced(spec: &SimRun) -> (u64, Result<SimOutcome, SimRunError>) {
     let mut reference = SimVm::new(&spec.guest);
     reference.run_steps(spec.steps_total);
-
-    let mut src_vm = SimVm::new(&spec.guest);
-    src_vm.run_steps(spec.steps_before);
-    let mut dst_vm = SimVm::new_incoming(&spec.guest);
-    let layout = layout_of(&src_vm.regions()).map_err(SourceError::from)?;
-
-    let mut cfg = SourceConfig::new(spec.mode, spec.seed | 1);
-    cfg.working_set = src_vm.hot_pages();
-    cfg.true_hot_set = src_vm.hot_pages();
-    cfg.max_rounds = 8;
-    cfg.live_pass = spec.live_pass;
-    // Small frames on a link much slower than the guest, as on a real network: the push takes
-    // a good part of the run, so faults during it matter.
-    cfg.push_pages = 4;
-    // Blocks of a few pages, so that arming and zero scans happen all through the live phase.
-    cfg.prepare_block_pages = 16;
-    // One virtual clock for both engines: every timing decision follows from the seed.
-    let clock = VirtualClock::new();
-    let mut source = SourceEngine::new(cfg, &src_vm)?.with_clock(Arc::new(clock.clone()));
-    let mut dest = DestEngine::new(layout.clone()).with_clock(Arc::new(clock.clone()));
-    dest.set_place_chunk(spec.place_chunk_pages);
-    let mut net = SimNet::new(spec.seed, spec.faults.clone());
-    let mut readers = [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default()));
-    source.start()?;
-
-    let mut blocked_on: Option<u64> = None;
-    let mut dest_running = false;
-    let budget = 4_000_000u64;
-    for iteration in 0..budget {
-        let now = iteration * STEP_US;
-        clock.set_ns(net.now_us().max(now) * 1000);
-        // The guest runs where it lives: on the source until the pause, then on the destination.
-        if dest_running {
-            blocked_on = step_dest_guest(&mut dst_vm, &mut dest, blocked_on, spec.steps_total)?;
-        } else if !src_vm.paused {
-            src_vm.run_steps(1);
+    let mut world = match World::new(spec) {
+        Ok(world) => world,
+        Err(e) => return (TraceHash::default().value(), Err(e)),
+    };
+    let result = world.run_to_end();
+    match result {
+        Ok(()) => {
+            let outcome = world.finish(&reference);
+            (outcome.as_ref().map_or(0, |o| o.trace_hash), outcome)
         }
-        pump_source(&mut source, &mut src_vm, &mut net, iteration % BULK_EVERY_STEPS == 0)?;
-        if dest.placing() {
+        Err(e) => (world.trace.value(), Err(e)),
+    }
+}
+
+impl<'s> World<'s> {
+    fn new(spec: &'s SimRun) -> Result<Self, SimRunError> {
+        let mut src_vm = SimVm::new(&spec.guest);
+        src_vm.run_steps(spec.steps_before);
+        let dst_vm = SimVm::new_incoming(&spec.guest);
+        let layout = layout_of(&src_vm.regions()).map_err(SourceError::from)?;
+        let mut cfg = SourceConfig::new(spec.mode, spec.seed | 1);
+        cfg.working_set = src_vm.hot_pages();
+        cfg.true_hot_set = src_vm.hot_pages();
+        cfg.max_rounds = 8;
+        cfg.live_pass = spec.live_pass;
+        // Small frames on a link much slower than the guest, as on a real network: the push
+        // takes a good part of the run, so faults during it matter.
+        cfg.push_pages = 4;
+        // Blocks of a few pages, so that arming and zero scans happen all through the live
+        // phase.
+        cfg.prepare_block_pages = 16;
+        // One virtual clock for both engines: every timing decision follows from the seed.
+        let clock = VirtualClock::new();
+        let mut net = SimNet::new(spec.seed, spec.faults.clone());
+        let session =
+            crate::session::sim::open(&mut net, &cfg, &src_vm.regions(), &dst_vm.regions())?;
+        let source =
+            SourceEngine::new(cfg, &session.source, &src_vm)?.with_clock(Arc::new(clock.clone()));
+        let mut dest =
+            DestEngine::new(layout.clone(), &session.dest).with_clock(Arc::new(clock.clone()));
+        dest.set_place_chunk(spec.place_chunk_pages);
+        Ok(Self {
+            spec,
+            clock,
+            source,
+            src_vm,
+            dest,
+            faulted: PageBitmap::new(layout.total_pages()),
+            dst_vm,
+            net,
+            readers: [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default())),
+            gates: gates(session.source.version),
+            trace: TraceHash::default(),
+            out: Vec::new(),
+            blocked_on: None,
+            dest_running: false,
+            placed_twice: (0, 0),
+            peak_link_bytes: 0,
+            bulk_windows: 0,
+            bulk_in_flight_bytes: 0,
+        })
+    }
+
+    fn run_to_end(&mut self) -> Result<(), SimRunError> {
+        self.source.start(&mut self.src_vm)?;
+        for iteration in 0..STEP_BUDGET {
+            if self.step(iteration)? {
+                return Ok(());
+            }
+        }
+        Err(SimRunError::Stuck {
+            steps: STEP_BUDGET,
+            source_phase: self.source.phase(),
+            dest_phase: self.dest.phase(),
+        })
+    }
+
+    /// One loop turn; true once both ends are finished.
+    fn step(&mut self, iteration: u64) -> Result<bool, SimRunError> {
+        let now_us = iteration * STEP_US;
+        self.clock.set_ns(self.net.now_us().max(now_us) * 1000);
+        // The guest runs where it lives: on the source until the pause, then on the
+        // destination.
+        if self.dest_running {
+            self.step_dest_guest()?;
+        } else if !self.src_vm.paused && self.src_vm.steps < self.spec.steps_total {
+            // A guest that finished its steps idles, as the unmigrated run does.
+            self.src_vm.run_steps(1);
+        }
+        self.pump_source(iteration % BULK_EVERY_STEPS == 0)?;
+        if self.dest.placing() {
             // One chunk per turn: guest steps, faults and fault answers come in between.
-            dest.place_more(&mut SimSink { vm: &mut dst_vm })?;
+            let mut sink = SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
+            self.dest.place_more(&mut sink)?;
         }
-        pump_dest(&mut dest, &mut net)?;
-        net.advance_to(now);
-        while net.peek_time_us().is_some_and(|t| t <= now) {
-            let Some((at_us, event)) = net.next_event() else { break };
+        self.pump_dest()?;
+        self.net.advance_to(now_us);
+        let stats = self.net.stats();
+        self.peak_link_bytes =
+            self.peak_link_bytes.max(stats.bytes_sent.saturating_sub(stats.bytes_delivered));
+        if !self.stalled(now_us) {
+            self.deliver_due(now_us)?;
+        }
+        Ok(self.source.is_finished() && self.dest.phase() == DestPhase::Complete)
+    }
+
+    /// True while both sides stop reading ([`SimRun::stall_us`]).
+    fn stalled(&self, now_us: u64) -> bool {
+        self.spec.stall_us.is_some_and(|(at, dur)| now_us >= at && now_us < at + dur)
+    }
+
+    fn deliver_due(&mut self, now_us: u64) -> Result<(), SimRunError> {
+        while self.net.peek_time_us().is_some_and(|t| t <= now_us) {
+            let Some((at_us, event)) = self.net.next_event() else { break };
             match event {
                 SimEvent::Deliver { to, stream, bytes } => {
-                    let reader = &mut readers[to_index(to, stream)];
-                    reader.push_bytes(&bytes);
-                    while let Some(frame) = reader
-                        .next_frame()
-                        .map_err(|source| SimRunError::Wire { side: to, stream, source })?
-                    {
-                        match to {
-                            Side::Source => source.on_frame(stream, frame, &mut src_vm)?,
-                            Side::Dest => {
-                                let event =
-                                    dest.on_frame(stream, frame, &mut SimSink { vm: &mut dst_vm })?;
-                                if let Some(DestEvent::Resume(blob)) = event {
-                                    dst_vm.restore_state(&blob).map_err(SourceError::from)?;
-                                    dst_vm.resume().map_err(SourceError::from)?;
-                                    dest_running = true;
-                                }
-                            }
-                        }
+                    if (to, stream) == (Side::Dest, StreamKind::Bulk) {
+                        self.bulk_in_flight_bytes -= bytes.len() as u64;
                     }
+                    let words = [to as u64, stream as u64, bytes.len() as u64];
+                    self.trace.event(TraceKind::Deliver, at_us, &words);
+                    self.trace.event(TraceKind::Deliver, at_us, &[crc32fast::hash(&bytes).into()]);
+                    self.receive(to, stream, &bytes)?;
                 }
                 SimEvent::Disconnected { .. } => return Err(SimRunError::Disconnected { at_us }),
             }
         }
-        if source.is_finished() && dest.phase() == DestPhase::Complete {
-            let unacked_pages = source.unacked_pages(StreamKind::Bulk);
-            let stale_repass_pages = source.stats().stale_repass_pages;
-            return finish(spec, &reference, dst_vm, &dest, now).map(|o| SimOutcome {
-                unacked_pages,
-                stale_repass_pages,
-                ..o
-            });
-        }
+        Ok(())
     }
-    Err(SimRunError::Stuck {
-        steps: budget,
-        source_phase: source.phase(),
-        dest_phase: dest.phase(),
-    })
+
+    fn receive(&mut self, to: Side, stream: StreamKind, bytes: &[u8]) -> Result<(), SimRunError> {
+        let reader = &mut self.readers[to_index(to, stream)];
+        let gate = &mut self.gates[to_index(to, stream)];
+        reader.push_bytes(bytes);
+        let bad = |source| SimRunError::Wire { side: to, stream, source };
+        while let Some(frame) = reader.next_frame().map_err(bad)? {
+            gate.check(&frame).map_err(bad)?;
+            match to {
+                Side::Source => self.source.on_frame(stream, frame, &mut self.src_vm)?,
+                Side::Dest => {
+                    let mut sink =
+                        SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
+                    if let Some(DestEvent::Resume(blob)) =
+                        self.dest.on_frame(stream, frame, &mut sink)?
+                    {
+                        self.dst_vm.restore_state(&blob).map_err(SourceError::from)?;
+                        self.dst_vm.resume().map_err(SourceError::from)?;
+                        self.dest_running = true;
+                        self.trace.event(TraceKind::Resume, self.net.now_us(), &[]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of the destination guest, or a fault if the page it needs is missing.
+    fn step_dest_guest(&mut self) -> Result<(), SimRunError> {
+        if self.dst_vm.steps >= self.spec.steps_total {
+            self.blocked_on = None;
+            return Ok(());
+        }
+        if let Some(page) = self.blocked_on {
+            if !self.dst_vm.present.get(page) {
+                return Ok(());
+            }
+        }
+        let page = self.dst_vm.next_page();
+        if self.dst_vm.present.get(page) {
+            self.dst_vm.run_steps(1);
+            self.blocked_on = None;
+            return Ok(());
+        }
+        self.trace.event(TraceKind::Fault, self.net.now_us(), &[page]);
+        let mut sink = SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
+        self.dest.on_fault(page, 0, &mut sink)?;
+        let missing = !self.dst_vm.present.get(page);
+        if missing {
+            self.faulted.set(page);
+        }
+        self.blocked_on = missing.then_some(page);
+        Ok(())
+    }
+
+    fn pump_source(&mut self, bulk_turn: bool) -> Result<(), SimRunError> {
+        while self.source.poll_urgent(&mut self.out) {}
+        self.send(Side::Source, StreamKind::Urgent)?;
+        if !bulk_turn || self.bulk_in_flight_bytes >= SEND_WINDOW_BYTES {
+            return Ok(());
+        }
+        // One bulk frame per bulk turn: the link, not the engine, sets the pace, so the source
+        // waited on it since the last turn.
+        self.source.on_link_wait((BULK_EVERY_STEPS - 1) * STEP_US * 1000);
+        self.source.poll_bulk(&mut self.out, &mut self.src_vm)?;
+        let len = self.out.len() as u64;
+        if self.planted_drop() {
+            self.trace.event(TraceKind::Planted, self.net.now_us(), &[len]);
+            self.out.clear();
+        }
+        self.bulk_in_flight_bytes += self.out.len() as u64;
+        self.send(Side::Source, StreamKind::Bulk)?;
+        self.source.on_bulk_sent(len, self.net.now_us() * 1000 + 1);
+        Ok(())
+    }
+
+    /// True when the frame in `out` is the PageWindow [`Plant::DropPageWindow`] drops.
+    fn planted_drop(&mut self) -> bool {
+        if self.out.get(6) != Some(&(FrameType::PageWindow as u8)) {
+            return false;
+        }
+        let nth = self.bulk_windows;
+        self.bulk_windows += 1;
+        matches!(self.spec.plant, Some(Plant::DropPageWindow { nth: n }) if n == nth)
+    }
+
+    fn pump_dest(&mut self) -> Result<(), SimRunError> {
+        while self.dest.poll_urgent(&mut self.out) {}
+        self.send(Side::Dest, StreamKind::Urgent)?;
+        while self.dest.poll_bulk(&mut self.out) {}
+        self.send(Side::Dest, StreamKind::Bulk)
+    }
+
+    fn send(&mut self, from: Side, stream: StreamKind) -> Result<(), SimRunError> {
+        if !self.out.is_empty() {
+            self.net
+                .send(from, stream, &self.out)
+                .map_err(|_| SimRunError::Disconnected { at_us: self.net.now_us() })?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, reference: &SimVm) -> Result<SimOutcome, SimRunError> {
+        let now_us = self.net.now_us();
+        self.trace.event(TraceKind::Finished, now_us, &[self.dest.stats().memory_digest]);
+        let unanswered = first_missing(&self.faulted, &self.dst_vm.present);
+        // Every page the destination never received is a zero page by the engines' contract.
+        let missing: Vec<u64> =
+            (0..self.dst_vm.total_pages()).filter(|&p| !self.dst_vm.present.get(p)).collect();
+        let mut sink = SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
+        for p in missing {
+            sink.place_zero(p, 1).map_err(DestError::from)?;
+        }
+        let left = self.spec.steps_total.saturating_sub(self.dst_vm.steps);
+        self.dst_vm.run_steps(left);
+        Ok(SimOutcome {
+            exact: self.dst_vm.same_as(reference),
+            network_faults: self.dest.stats().network_faults,
+            total_us: now_us,
+            pages_discarded: self.dest.stats().pages_discarded,
+            unacked_pages: self.source.unacked_pages(StreamKind::Bulk),
+            stale_repass_pages: self.source.stats().stale_repass_pages,
+            trace_hash: self.trace.value(),
+            trace_events: self.trace.events(),
+            placed_twice: self.placed_twice,
+            unanswered,
+            peak_link_bytes: self.peak_link_bytes,
+            guest_bytes: self.dst_vm.total_pages() * PAGE_SIZE as u64,
+        })
+    }
+}
+
+/// Pages set in `wanted` and missing from `present`: how many, and the first.
+fn first_missing(wanted: &PageBitmap, present: &PageBitmap) -> (u64, u64) {
+    let missing: Vec<u64> = wanted.iter_ones().filter(|&p| !present.get(p)).collect();
+    (missing.len() as u64, missing.first().copied().unwrap_or(0))
+}
+
+/// The four gates, in [`to_index`] order: the source receives as the initiator.
+fn gates(version: u16) -> [FrameGate; 4] {
+    let gate = |role, stream| FrameGate::new(role, stream, version);
+    [
+        gate(Role::Initiator, StreamKind::Bulk),
+        gate(Role::Initiator, StreamKind::Urgent),
+        gate(Role::Acceptor, StreamKind::Bulk),
+        gate(Role::Acceptor, StreamKind::Urgent),
+    ]
 }
 
 fn to_index(side: Side, stream: StreamKind) -> usize {
     (if side == Side::Source { 0 } else { 2 }) + stream.index()
-}
-
-/// One step of the destination guest, or a fault if the page it needs is missing.
-fn step_dest_guest(
-    vm: &mut SimVm,
-    dest: &mut DestEngine,
-    blocked_on: Option<u64>,
-    steps_total: u64,
-) -> Result<Option<u64>, SimRunError> {
-    if vm.steps >= steps_total {
-        return Ok(None);
-    }
-    if let Some(page) = blocked_on {
-        if !vm.present.get(page) {
-            return Ok(Some(page));
-        }
-    }
-    let page = vm.next_page();
-    if !vm.present.get(page) {
-        dest.on_fault(page, 0, &mut SimSink { vm })?;
-        return Ok((!vm.present.get(page)).then_some(page));
-    }
-    vm.run_steps(1);
-    Ok(None)
-}
-
-fn pump_source(
-    source: &mut SourceEngine,
-    vm: &mut SimVm,
-    net: &mut SimNet,
-    bulk_turn: bool,
-) -> Result<(), SimRunError> {
-    let mut out = Vec::new();
-    while source.poll_urgent(&mut out) {}
-    send(net, Side::Source, StreamKind::Urgent, &mut out)?;
-    if !bulk_turn {
-        return Ok(());
-    }
-    // One bulk frame per bulk turn: the link, not the engine, sets the pace, so the source
-    // waited on it since the last turn.
-    source.on_link_wait((BULK_EVERY_STEPS - 1) * STEP_US * 1000);
-    source.poll_bulk(&mut out, vm)?;
-    let len = out.len() as u64;
-    send(net, Side::Source, StreamKind::Bulk, &mut out)?;
-    source.on_bulk_sent(len, net.now_us() * 1000 + 1);
-    Ok(())
-}
-
-fn pump_dest(dest: &mut DestEngine, net: &mut SimNet) -> Result<(), SimRunError> {
-    let mut out = Vec::new();
-    while dest.poll_urgent(&mut out) {}
-    send(net, Side::Dest, StreamKind::Urgent, &mut out)?;
-    while dest.poll_bulk(&mut out) {}
-    send(net, Side::Dest, StreamKind::Bulk, &mut out)
-}
-
-fn send(
-    net: &mut SimNet,
-    from: Side,
-    stream: StreamKind,
-    out: &mut Vec<u8>,
-) -> Result<(), SimRunError> {
-    if !out.is_empty() {
-        net.send(from, stream, out)
-            .map_err(|_| SimRunError::Disconnected { at_us: net.now_us() })?;
-        out.clear();
-    }
-    Ok(())
-}
-
-fn finish(
-    spec: &SimRun,
-    reference: &SimVm,
-    mut dst_vm: SimVm,
-    dest: &DestEngine,
-    now_us: u64,
-) -> Result<SimOutcome, SimRunError> {
-    // Every page the destination never received is a zero page by the engines' contract.
-    let missing: Vec<u64> = (0..dst_vm.total_pages()).filter(|&p| !dst_vm.present.get(p)).collect();
-    for p in missing {
-        SimSink { vm: &mut dst_vm }.place_zero(p, 1).map_err(DestError::from)?;
-    }
-    let left = spec.steps_total.saturating_sub(dst_vm.steps);
-    dst_vm.run_steps(left);
-    let exact = dst_vm.same_as(reference);
-    Ok(SimOutcome {
-        exact,
-        network_faults: dest.stats().network_faults,
-        total_us: now_us,
-        pages_discarded: dest.stats().pages_discarded,
-        unacked_pages: 0,
-        stale_repass_pages: 0,
-    })
 }

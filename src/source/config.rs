@@ -112,8 +112,8 @@ pub enum CompressionPolicy {
 /// Where the source is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Hello sent, waiting for both HelloAcks.
-    Handshake,
+    /// Built after the handshake, not started yet (QEMU's `setup`).
+    Setup,
     /// Pre-copy rounds over the dirty log while the guest runs.
     Rounds,
     /// Hybrid: sending the working set while the guest runs.

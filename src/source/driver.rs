@@ -53,7 +53,7 @@ pub fn run_source(
     on_tick: &mut dyn FnMut(&SourceEngine),
 ) -> Result<SourceStats, DriverError> {
     let mut io = LoopIo::new(pair, opts.bulk_in_flight, opts.bulk_buf_bytes)?;
-    engine.start()?;
+    engine.start(vm)?;
     let loop_opts = LoopOptions {
         tick: opts.tick,
         progress_timeout: opts.progress_timeout,

@@ -5,7 +5,7 @@
 //! the VMM (through [`MigratableVm`]) for the dirty log, the pause and the state blob.
 //!
 //! ```text
-//!  Handshake ──▶ Rounds (precopy) ────────────┐
+//!  Setup ─────▶ Rounds (precopy) ────────────┐
 //!      │    └──▶ WorkingSet (hybrid) ─────────┤
 //!      └─────────────────────────────────────▶ SwitchOver ──▶ Push ──▶ Done ──▶ Finished
 //!      (postcopy, hybrid-paper: pause at once) pause, stale set,   faults on urgent,
@@ -22,6 +22,7 @@ use super::workingset::recall;
 use super::SourceError;
 use crate::memory::{Layout, PageBitmap, PAGE_SIZE};
 use crate::ports::{memory_digest, zero_page_crc, Clock, GuestPages, MigratableVm, MonoClock};
+use crate::session::SessionParams;
 use crate::wire::{self, Compression, MigrationMode, StreamKind, WindowMeta};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -45,7 +46,6 @@ pub struct SourceEngine {
     limits: wire::Limits,
     version: u16,
     phase: Phase,
-    acks_pending: u8,
     /// Pages whose current content the destination holds (or will, once in flight lands).
     valid: PageBitmap,
     /// What the current phase still has to send.
@@ -168,8 +168,15 @@ impl std::fmt::Debug for SourceEngine {
 }
 
 impl SourceEngine {
-    /// A source for `vm`, whose memory it reads while the guest runs.
-    pub fn new(cfg: SourceConfig, vm: &dyn MigratableVm) -> Result<Self, SourceError> {
+    /// A source for `vm`, whose memory it reads while the guest runs, in the session the
+    /// handshake opened (its mode, id and version override `cfg`'s).
+    pub fn new(
+        mut cfg: SourceConfig,
+        session: &SessionParams,
+        vm: &dyn MigratableVm,
+    ) -> Result<Self, SourceError> {
+        cfg.mode = session.mode;
+        cfg.session_id = session.session_id;
         let memory = GuestPages::new(vm.regions())?;
         let layout = memory.layout().clone();
         let pages = layout.total_pages();
@@ -191,9 +198,8 @@ impl SourceEngine {
             wire_regions,
             layout,
             limits: wire::Limits::default(),
-            version: wire::VERSION_CURRENT,
-            phase: Phase::Handshake,
-            acks_pending: 2,
+            version: session.version,
+            phase: Phase::Setup,
             valid: PageBitmap::new(pages),
             pending: PageBitmap::new(pages),
             zero: PageBitmap::new(pages),
@@ -260,32 +266,10 @@ impl SourceEngine {
         &self.layout
     }
 
-    /// Starts the migration: queues the Hello of each stream. Call once.
-    pub fn start(&mut self) -> Result<(), SourceError> {
+    /// Starts the migration in the session's mode. Call once, after both streams are up.
+    pub fn start(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         self.stats.start_ns = self.now_ns();
-        for stream in [StreamKind::Bulk, StreamKind::Urgent] {
-            let hello = wire::Hello {
-                max_version: wire::VERSION_CURRENT,
-                session_id: self.cfg.session_id,
-                stream,
-                mode: self.cfg.mode,
-                page_size: PAGE_SIZE as u32,
-                regions: self.wire_regions.clone(),
-                auth_token: &[],
-            };
-            let mut out = Vec::new();
-            wire::encode_frame(
-                &mut out,
-                wire::VERSION_CURRENT,
-                &wire::FrameBody::Hello(hello),
-                &self.limits,
-            )?;
-            match stream {
-                StreamKind::Bulk => self.control_out.push_back(out),
-                StreamKind::Urgent => self.urgent_out.push_back(out),
-            }
-        }
-        Ok(())
+        self.begin(vm)
     }
 
     /// Handles one frame received on `stream`.
@@ -293,10 +277,9 @@ impl SourceEngine {
         &mut self,
         stream: StreamKind,
         frame: wire::Frame<'_>,
-        vm: &mut dyn MigratableVm,
+        _vm: &mut dyn MigratableVm,
     ) -> Result<(), SourceError> {
         match frame.body {
-            wire::FrameBody::HelloAck(ack) => self.on_hello_ack(stream, &ack, vm),
             wire::FrameBody::FaultRequest(req) => self.on_fault_request(&req),
             wire::FrameBody::DoneAck(ack) => self.on_done_ack(&ack),
             wire::FrameBody::Control(c) => {
@@ -309,37 +292,6 @@ impl SourceEngine {
                 phase: self.phase,
             }),
         }
-    }
-
-    fn on_hello_ack(
-        &mut self,
-        stream: StreamKind,
-        ack: &wire::HelloAck<'_>,
-        vm: &mut dyn MigratableVm,
-    ) -> Result<(), SourceError> {
-        if self.phase != Phase::Handshake || ack.stream != stream {
-            return Err(SourceError::UnexpectedFrame {
-                stream,
-                frame: wire::FrameType::HelloAck,
-                phase: self.phase,
-            });
-        }
-        if let wire::Verdict::Reject(reason) = ack.verdict {
-            return Err(SourceError::Rejected { reason });
-        }
-        if ack.session_id != self.cfg.session_id {
-            return Err(SourceError::SessionMismatch {
-                expected: self.cfg.session_id,
-                got: ack.session_id,
-            });
-        }
-        wire::check_version(ack.version)?;
-        self.version = ack.version;
-        self.acks_pending -= 1;
-        if self.acks_pending == 0 {
-            self.begin(vm)?;
-        }
-        Ok(())
     }
 
     /// Both streams are up: enter the mode's first phase.
@@ -418,7 +370,7 @@ impl SourceEngine {
         }
         let before = out.len();
         let produced = match self.phase {
-            Phase::Handshake | Phase::AwaitDoneAck | Phase::Finished => false,
+            Phase::Setup | Phase::AwaitDoneAck | Phase::Finished => false,
             Phase::Rounds | Phase::WorkingSet => self.poll_pre_switch(out, vm)?,
             Phase::SwitchOver => self.poll_switch(out, vm)?,
             Phase::Push => self.poll_push(out)?,
@@ -429,7 +381,7 @@ impl SourceEngine {
         Ok(produced)
     }
 
-    /// Appends the next urgent frame (fault answers, Hello) to `out`; false when none.
+    /// Appends the next urgent frame (fault answers) to `out`; false when none.
     pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
         match self.urgent_out.pop_front() {
             Some(frame) => {

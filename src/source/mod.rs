@@ -15,7 +15,7 @@ pub mod workingset;
 
 use crate::memory::MemoryError;
 use crate::ports::EmbedError;
-use crate::wire::{FrameType, RejectReason, StreamKind, WireError};
+use crate::wire::{FrameType, StreamKind, WireError};
 pub use config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
 pub use engine::SourceEngine;
 pub use policy::AdaptiveWindow;
@@ -48,20 +48,9 @@ pub enum SourceError {
         /// The source's phase.
         phase: Phase,
     },
-    /// The destination refused the Hello.
-    #[error("the destination rejected the migration: {reason:?}")]
-    Rejected {
-        /// Its reason.
-        reason: RejectReason,
-    },
-    /// A HelloAck for another session.
-    #[error("HelloAck for session {got:#x}, expected {expected:#x}")]
-    SessionMismatch {
-        /// Our session id.
-        expected: u64,
-        /// The one that came back.
-        got: u64,
-    },
+    /// The handshake failed (the destination refused, or its answer was malformed).
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
     /// The destination's memory digest differs from the source's: the source keeps its VM.
     #[error("memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}; the source VM is kept paused")]
     DigestMismatch {

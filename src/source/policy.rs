@@ -221,8 +221,8 @@ const LINK_BOUND_SHARE: f64 = 0.2;
 /// also delivers the packets, so its output rate measures the CPU; compressing there adds work
 /// to the bottleneck. Fed the output rate as if it were the link's, the lz4 policy turned lz4
 /// on over loopback on a slow day (the compressor beat the CPU-bound "link"), and then the
-/// time spent compressing made the output rate look slower still, which kept it on: 29% to
-/// 59% of a 1 GiB post-copy's pages went lz4 over loopback. So the link's rate is learned only
+/// time spent compressing made the output rate look slower still, which kept it on for a large
+/// share of a post-copy's pages over loopback. So the link's rate is learned only
 /// from spans in which the loop waited on the link, and it is never below what the loop pushes
 /// through it now (a spell of waiting on a slow receiver must not stand for the link later).
 #[derive(Debug, Clone, Default)]

@@ -1,35 +1,29 @@
-//! Two TCP connections per migration (bulk and urgent), bound together by a session id.
+//! Two TCP connections per migration (bulk and urgent), opened by the session handshake.
 //!
-//! The connector opens both connections and writes a 16-byte preamble on each right after
-//! connecting; the listener accepts connections in any order, reads each preamble (with a
-//! timeout) and pairs the two halves of a session. What leaves is a [`StreamPair`] of plain
-//! blocking `std::net::TcpStream`s: the engines may drive them with blocking I/O (tests) or
-//! hand their fds to the io_uring driver. Works on any address, including one inside a network
-//! namespace the caller already entered.
-//!
-//! Preamble layout (network byte order):
-//! ```text
-//! 0..4   magic "HMGS"
-//! 4      preamble version (1)
-//! 5      stream kind (1 = bulk, 2 = urgent)
-//! 6..8   reserved, zero
-//! 8..16  session id (u64)
-//! ```
+//! The connector opens both connections (bulk first) and runs the session layer's
+//! [`Initiator`] on each: it sends the Hello and waits, with a timeout, for the HelloAck. The
+//! listener accepts connections in any order, reads each one's Hello (with a timeout), pairs
+//! the two halves of a session by the session id the Hello carries, and answers each with the
+//! HelloAck of that session's [`Acceptor`]: an accept, or a reject that names the reason before
+//! the connection closes. What leaves is a [`StreamPair`] of plain blocking
+//! `std::net::TcpStream`s with the [`SessionParams`] both sides agreed on: the engines may
+//! drive them with blocking I/O (tests) or hand their fds to the io_uring driver. No byte past
+//! the handshake is read, so nothing is left buffered on the side. Works on any address,
+//! including one inside a network namespace the caller already entered.
 
 use super::StreamKind;
+use crate::session::{
+    handshake_frame_len, refuse, Acceptor, AcceptorConfig, Answer, Authenticator, Initiator,
+    NoAuth, Offer, SessionError, SessionParams,
+};
+use crate::wire::{decode_frame, FrameBody, Limits, RejectReason, HEADER_LEN};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Magic that opens every preamble.
-pub const PREAMBLE_MAGIC: [u8; 4] = *b"HMGS";
-/// Preamble version this code writes and accepts.
-pub const PREAMBLE_VERSION: u8 = 1;
-/// Length of the preamble.
-pub const PREAMBLE_LEN_BYTES: usize = 16;
 
 /// Errors of the TCP transport; each names the address, stream or peer concerned.
 #[derive(Debug, thiserror::Error)]
@@ -60,53 +54,30 @@ pub enum TcpError {
         /// The OS error.
         source: io::Error,
     },
-    /// Writing the preamble failed.
-    #[error("writing the {kind:?} preamble to {addr} failed: {source}")]
-    WritePreamble {
-        /// The peer address.
-        addr: SocketAddr,
-        /// Which stream.
-        kind: StreamKind,
-        /// The OS error.
-        source: io::Error,
-    },
     /// `accept` failed.
     #[error("accept failed: {source}")]
     Accept {
         /// The OS error.
         source: io::Error,
     },
-    /// Reading a peer's preamble failed (closed early, or timed out).
-    #[error("reading the preamble from {peer} failed: {source}")]
-    ReadPreamble {
+    /// Sending or receiving a handshake frame failed (closed early, or timed out).
+    #[error("the handshake with {peer} failed while it {doing}: {source}")]
+    HandshakeIo {
         /// The peer.
         peer: SocketAddr,
+        /// "sent its Hello", "waited for the HelloAck", ...
+        doing: &'static str,
         /// The OS error.
         source: io::Error,
     },
-    /// The preamble does not start with the magic: not a hybridmig peer.
-    #[error("peer {peer} sent a preamble with bad magic {got:02x?}")]
-    BadMagic {
+    /// The handshake itself failed: refused by the destination, refused here, or malformed.
+    /// (The message holds the session layer's in full, so it is not chained as a source.)
+    #[error("{error} (peer {peer})")]
+    Session {
         /// The peer.
         peer: SocketAddr,
-        /// The first four bytes received.
-        got: [u8; 4],
-    },
-    /// The preamble version is not ours.
-    #[error("peer {peer} speaks preamble version {got}, expected {PREAMBLE_VERSION}")]
-    BadVersion {
-        /// The peer.
-        peer: SocketAddr,
-        /// The version received.
-        got: u8,
-    },
-    /// The stream-kind byte is unknown.
-    #[error("peer {peer} announced unknown stream kind {got}")]
-    UnknownKind {
-        /// The peer.
-        peer: SocketAddr,
-        /// The byte received.
-        got: u8,
+        /// What the session layer said.
+        error: SessionError,
     },
     /// A session announced the same stream twice.
     #[error("session {session_id:#x} opened its {kind:?} stream twice (second from {peer})")]
@@ -138,6 +109,16 @@ pub enum TcpError {
     },
 }
 
+impl TcpError {
+    /// The session layer's error, when the handshake failed in it (a reject, for one).
+    pub fn session_error(&self) -> Option<&SessionError> {
+        match self {
+            Self::Session { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
 /// Socket settings applied to both connections.
 #[derive(Clone, Debug)]
 pub struct TcpOptions {
@@ -149,8 +130,12 @@ pub struct TcpOptions {
     pub keepalive: Option<Duration>,
     /// Bound on each connect.
     pub connect_timeout: Duration,
-    /// Bound on reading a peer's preamble after accept.
-    pub preamble_timeout: Duration,
+    /// Bound on each handshake frame read or written (a peer's Hello after accept; the
+    /// HelloAck after our Hello).
+    pub handshake_timeout: Duration,
+    /// Sessions with one stream open that the listener keeps at most; a Hello that would open
+    /// one more is refused as busy.
+    pub max_half_open_sessions: usize,
 }
 
 impl Default for TcpOptions {
@@ -160,7 +145,8 @@ impl Default for TcpOptions {
             recv_buffer_bytes: None,
             keepalive: Some(Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(5),
-            preamble_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            max_half_open_sessions: 16,
         }
     }
 }
@@ -172,8 +158,8 @@ pub struct StreamPair {
     pub bulk: TcpStream,
     /// The urgent stream.
     pub urgent: TcpStream,
-    /// The session both belong to.
-    pub session_id: u64,
+    /// What the handshake agreed on (the engines are built from it).
+    pub session: SessionParams,
 }
 
 impl StreamPair {
@@ -184,46 +170,10 @@ impl StreamPair {
             StreamKind::Urgent => &self.urgent,
         }
     }
-}
 
-/// A decoded connection preamble.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Preamble {
-    /// The session the connection belongs to.
-    pub session_id: u64,
-    /// Which stream it is.
-    pub kind: StreamKind,
-}
-
-impl Preamble {
-    /// The 16 bytes sent on the wire.
-    pub fn encode(&self) -> [u8; PREAMBLE_LEN_BYTES] {
-        let mut out = [0u8; PREAMBLE_LEN_BYTES];
-        out[..4].copy_from_slice(&PREAMBLE_MAGIC);
-        out[4] = PREAMBLE_VERSION;
-        out[5] = self.kind.to_wire();
-        out[8..].copy_from_slice(&self.session_id.to_be_bytes());
-        out
-    }
-
-    /// Parses 16 received bytes from `peer`.
-    pub fn decode(
-        bytes: &[u8; PREAMBLE_LEN_BYTES],
-        peer: SocketAddr,
-    ) -> Result<Preamble, TcpError> {
-        let mut magic = [0u8; 4];
-        magic.copy_from_slice(&bytes[..4]);
-        if magic != PREAMBLE_MAGIC {
-            return Err(TcpError::BadMagic { peer, got: magic });
-        }
-        if bytes[4] != PREAMBLE_VERSION {
-            return Err(TcpError::BadVersion { peer, got: bytes[4] });
-        }
-        let kind =
-            StreamKind::from_wire(bytes[5]).ok_or(TcpError::UnknownKind { peer, got: bytes[5] })?;
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&bytes[8..]);
-        Ok(Preamble { session_id: u64::from_be_bytes(id), kind })
+    /// The session both streams belong to.
+    pub fn session_id(&self) -> u64 {
+        self.session.session_id
     }
 }
 
@@ -282,25 +232,29 @@ fn apply_kind(stream: &TcpStream, kind: StreamKind, addr: SocketAddr) -> Result<
     sockopt("SO_PRIORITY", sock.set_priority(URGENT_SO_PRIORITY))
 }
 
-/// Connects both streams of `session_id` to `addr` with default options.
-pub fn connect(addr: SocketAddr, session_id: u64) -> Result<StreamPair, TcpError> {
-    connect_with(addr, session_id, &TcpOptions::default())
+/// Connects both streams to `addr` and opens the session `offer` describes, with default
+/// options and no authentication.
+pub fn connect(addr: SocketAddr, offer: Offer) -> Result<StreamPair, TcpError> {
+    connect_with(addr, Initiator::new(offer), &TcpOptions::default())
 }
 
-/// Connects both streams (bulk first) and sends their preambles.
+/// Connects both streams (bulk first), running `initiator`'s handshake on each.
 pub fn connect_with(
     addr: SocketAddr,
-    session_id: u64,
+    mut initiator: Initiator,
     options: &TcpOptions,
 ) -> Result<StreamPair, TcpError> {
-    let bulk = connect_one(addr, session_id, StreamKind::Bulk, options)?;
-    let urgent = connect_one(addr, session_id, StreamKind::Urgent, options)?;
-    Ok(StreamPair { bulk, urgent, session_id })
+    let bulk = connect_one(addr, &mut initiator, StreamKind::Bulk, options)?;
+    let urgent = connect_one(addr, &mut initiator, StreamKind::Urgent, options)?;
+    let session = initiator
+        .params()
+        .ok_or(TcpError::Session { peer: addr, error: SessionError::Incomplete { open: 1 } })?;
+    Ok(StreamPair { bulk, urgent, session })
 }
 
 fn connect_one(
     addr: SocketAddr,
-    session_id: u64,
+    initiator: &mut Initiator,
     kind: StreamKind,
     options: &TcpOptions,
 ) -> Result<TcpStream, TcpError> {
@@ -309,37 +263,92 @@ fn connect_one(
         .map_err(connect_err)?;
     apply_buffers(&sock, options)?;
     sock.connect_timeout(&addr.into(), options.connect_timeout).map_err(connect_err)?;
-    let mut stream: TcpStream = sock.into();
+    let stream: TcpStream = sock.into();
     apply_connected(&stream, options)?;
     apply_kind(&stream, kind, addr)?;
-    let preamble = Preamble { session_id, kind }.encode();
-    stream.write_all(&preamble).map_err(|source| TcpError::WritePreamble { addr, kind, source })?;
+    let session_err = |error| TcpError::Session { peer: addr, error };
+    let hello = initiator.hello(kind).map_err(session_err)?;
+    set_handshake_timeouts(&stream, addr, Some(options.handshake_timeout))?;
+    (&stream).write_all(&hello).map_err(io_err(addr, "was sent our Hello"))?;
+    let ack = read_handshake_frame(&stream, addr, "was waited on for its HelloAck")?;
+    initiator.on_bytes(kind, &ack).map_err(session_err)?;
+    set_handshake_timeouts(&stream, addr, None)?;
     Ok(stream)
 }
 
-/// Binds a [`PairListener`] on `addr` with default options.
-pub fn listen(addr: SocketAddr) -> Result<PairListener, TcpError> {
-    PairListener::bind(addr, TcpOptions::default())
+fn io_err(peer: SocketAddr, doing: &'static str) -> impl Fn(io::Error) -> TcpError {
+    move |source| TcpError::HandshakeIo { peer, doing, source }
 }
 
-/// Half of a session that arrived first.
-#[derive(Debug, Default)]
+/// Bounds (or, with `None`, unbounds) the handshake's reads and writes on `stream`.
+fn set_handshake_timeouts(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<(), TcpError> {
+    let err = io_err(peer, "was set up for the handshake");
+    stream.set_nonblocking(false).map_err(&err)?;
+    stream.set_read_timeout(timeout).map_err(&err)?;
+    stream.set_write_timeout(timeout).map_err(&err)
+}
+
+/// Reads exactly one handshake frame (not a byte more) from `stream`.
+fn read_handshake_frame(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    doing: &'static str,
+) -> Result<Vec<u8>, TcpError> {
+    let mut header = [0u8; HEADER_LEN];
+    (&*stream).read_exact(&mut header).map_err(io_err(peer, doing))?;
+    let total = handshake_frame_len(&header, &Limits::default())
+        .map_err(|error| TcpError::Session { peer, error })?;
+    let mut frame = vec![0u8; total];
+    frame[..HEADER_LEN].copy_from_slice(&header);
+    (&*stream).read_exact(&mut frame[HEADER_LEN..]).map_err(io_err(peer, doing))?;
+    Ok(frame)
+}
+
+/// Binds a [`PairListener`] on `addr` with default options, for a VM laid out as `accept`
+/// says.
+pub fn listen(addr: SocketAddr, accept: AcceptorConfig) -> Result<PairListener, TcpError> {
+    PairListener::bind(addr, TcpOptions::default(), accept)
+}
+
+/// A session with at least one stream open: its acceptor and the streams so far.
+#[derive(Debug)]
 struct Half {
+    acceptor: Acceptor,
     bulk: Option<TcpStream>,
     urgent: Option<TcpStream>,
 }
 
-/// Accepts connections and pairs them by session id.
+impl Half {
+    fn slot(&mut self, kind: StreamKind) -> &mut Option<TcpStream> {
+        match kind {
+            StreamKind::Bulk => &mut self.bulk,
+            StreamKind::Urgent => &mut self.urgent,
+        }
+    }
+}
+
+/// Accepts connections, runs the acceptor's handshake on each, and pairs them by session id.
 #[derive(Debug)]
 pub struct PairListener {
     listener: TcpListener,
     options: TcpOptions,
+    accept: AcceptorConfig,
+    auth: Arc<dyn Authenticator>,
     pending: HashMap<u64, Half>,
 }
 
 impl PairListener {
-    /// Binds and listens on `addr` (port 0 picks a free port).
-    pub fn bind(addr: SocketAddr, options: TcpOptions) -> Result<PairListener, TcpError> {
+    /// Binds and listens on `addr` (port 0 picks a free port); Hellos are checked against
+    /// `accept`.
+    pub fn bind(
+        addr: SocketAddr,
+        options: TcpOptions,
+        accept: AcceptorConfig,
+    ) -> Result<PairListener, TcpError> {
         let err = |source| TcpError::Listen { addr, source };
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(err)?;
@@ -348,7 +357,23 @@ impl PairListener {
         apply_buffers(&sock, &options)?;
         sock.bind(&addr.into()).map_err(err)?;
         sock.listen(16).map_err(err)?;
-        Ok(PairListener { listener: sock.into(), options, pending: HashMap::new() })
+        Ok(PairListener {
+            listener: sock.into(),
+            options,
+            accept,
+            auth: Arc::new(NoAuth),
+            pending: HashMap::new(),
+        })
+    }
+
+    /// Checks the Hellos' tokens with `auth` (the default sends and accepts none).
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    fn acceptor(&self) -> Acceptor {
+        Acceptor::new(self.accept.clone()).with_authenticator(self.auth.clone())
     }
 
     /// The bound address (with the real port).
@@ -389,40 +414,81 @@ impl PairListener {
             }
             let (stream, peer) =
                 self.listener.accept().map_err(|source| TcpError::Accept { source })?;
-            let preamble = self.read_preamble(&stream, peer)?;
-            if let Some(want) = expected.filter(|w| *w != preamble.session_id) {
-                return Err(TcpError::UnexpectedSession {
-                    expected: want,
-                    got: preamble.session_id,
-                    peer,
-                });
-            }
-            apply_connected(&stream, &self.options)?;
-            apply_kind(&stream, preamble.kind, peer)?;
-            let half = self.pending.entry(preamble.session_id).or_default();
-            let slot = match preamble.kind {
-                StreamKind::Bulk => &mut half.bulk,
-                StreamKind::Urgent => &mut half.urgent,
-            };
-            if slot.is_some() {
-                return Err(TcpError::DuplicateStream {
-                    session_id: preamble.session_id,
-                    kind: preamble.kind,
-                    peer,
-                });
-            }
-            *slot = Some(stream);
+            self.on_connection(stream, peer, expected)?;
         }
     }
 
-    fn read_preamble(&self, stream: &TcpStream, peer: SocketAddr) -> Result<Preamble, TcpError> {
-        let err = |source| TcpError::ReadPreamble { peer, source };
-        stream.set_nonblocking(false).map_err(err)?;
-        stream.set_read_timeout(Some(self.options.preamble_timeout)).map_err(err)?;
-        let mut bytes = [0u8; PREAMBLE_LEN_BYTES];
-        (&*stream).read_exact(&mut bytes).map_err(err)?;
-        stream.set_read_timeout(None).map_err(err)?;
-        Preamble::decode(&bytes, peer)
+    /// Reads a new connection's Hello, answers it, and files the stream under its session.
+    fn on_connection(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        expected: Option<u64>,
+    ) -> Result<(), TcpError> {
+        set_handshake_timeouts(&stream, peer, Some(self.options.handshake_timeout))?;
+        let hello = read_handshake_frame(&stream, peer, "was waited on for its Hello")?;
+        let Some((session_id, kind)) = hello_key(&hello) else {
+            // Undecodable: a fresh acceptor answers with a reject where it can (another
+            // version, another page size) and names the error.
+            let answer = self.acceptor().on_hello_bytes(None, &hello);
+            return Err(self.reply_refused(&stream, peer, answer));
+        };
+        if let Some(want) = expected.filter(|w| *w != session_id) {
+            let detail = format!("this destination waits for session {want:#x}");
+            self.reply(
+                &stream,
+                peer,
+                &refuse(session_id, kind, RejectReason::UnknownSession, detail),
+            );
+            return Err(TcpError::UnexpectedSession { expected: want, got: session_id, peer });
+        }
+        if !self.pending.contains_key(&session_id)
+            && self.pending.len() >= self.options.max_half_open_sessions
+        {
+            let detail = format!("{} sessions are half open already", self.pending.len());
+            let answer = refuse(session_id, kind, RejectReason::Busy, detail);
+            return Err(self.reply_refused(&stream, peer, answer));
+        }
+        let fresh = self.acceptor();
+        let half = self.pending.entry(session_id).or_insert_with(|| Half {
+            acceptor: fresh,
+            bulk: None,
+            urgent: None,
+        });
+        let duplicate = half.slot(kind).is_some();
+        let answer = half.acceptor.on_hello_bytes(None, &hello);
+        if half.acceptor.open_streams() == 0 {
+            self.pending.remove(&session_id);
+        }
+        if duplicate {
+            self.reply(&stream, peer, &answer);
+            return Err(TcpError::DuplicateStream { session_id, kind, peer });
+        }
+        if answer.outcome.is_err() {
+            return Err(self.reply_refused(&stream, peer, answer));
+        }
+        self.reply(&stream, peer, &answer);
+        set_handshake_timeouts(&stream, peer, None)?;
+        apply_connected(&stream, &self.options)?;
+        apply_kind(&stream, kind, peer)?;
+        if let Some(half) = self.pending.get_mut(&session_id) {
+            *half.slot(kind) = Some(stream);
+        }
+        Ok(())
+    }
+
+    /// Sends `answer`'s HelloAck; a peer that is gone by now changes nothing here.
+    fn reply(&self, stream: &TcpStream, peer: SocketAddr, answer: &Answer) {
+        if let Err(e) = (&*stream).write_all(&answer.reply) {
+            tracing::debug!(%peer, error = %e, "could not send the HelloAck");
+        }
+    }
+
+    /// Sends a refusal and turns it into the error the caller returns.
+    fn reply_refused(&self, stream: &TcpStream, peer: SocketAddr, answer: Answer) -> TcpError {
+        self.reply(stream, peer, &answer);
+        let error = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
+        TcpError::Session { peer, error }
     }
 
     fn take_complete(&mut self, expected: Option<u64>) -> Option<StreamPair> {
@@ -431,7 +497,19 @@ impl PairListener {
             (complete && expected.is_none_or(|want| want == *id)).then_some(id)
         })?;
         let half = self.pending.remove(&session_id)?;
-        Some(StreamPair { bulk: half.bulk?, urgent: half.urgent?, session_id })
+        let session = half.acceptor.params().ok()?;
+        Some(StreamPair { bulk: half.bulk?, urgent: half.urgent?, session })
+    }
+}
+
+/// The session id and stream of a Hello that decodes.
+fn hello_key(frame: &[u8]) -> Option<(u64, StreamKind)> {
+    match decode_frame(frame, &Limits::default()) {
+        Ok((frame, _)) => match frame.body {
+            FrameBody::Hello(hello) => Some((hello.session_id, hello.stream)),
+            _ => None,
+        },
+        Err(_) => None,
     }
 }
 
@@ -449,26 +527,4 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> Result<bool, TcpE
         return Err(TcpError::Accept { source });
     }
     Ok(n > 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn preamble_round_trips_and_rejects_garbage() {
-        let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let p = Preamble { session_id: 0x0123_4567_89ab_cdef, kind: StreamKind::Urgent };
-        let bytes = p.encode();
-        assert_eq!(Preamble::decode(&bytes, peer).expect("decode"), p);
-        let mut bad = bytes;
-        bad[0] = b'X';
-        assert!(matches!(Preamble::decode(&bad, peer), Err(TcpError::BadMagic { .. })));
-        let mut bad = bytes;
-        bad[4] = 9;
-        assert!(matches!(Preamble::decode(&bad, peer), Err(TcpError::BadVersion { got: 9, .. })));
-        let mut bad = bytes;
-        bad[5] = 7;
-        assert!(matches!(Preamble::decode(&bad, peer), Err(TcpError::UnknownKind { got: 7, .. })));
-    }
 }

@@ -2,8 +2,8 @@
 //! (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`) and `KVM_CLEAR_DIRTY_LOG`.
 //!
 //! Why they matter: with the legacy log, turning logging on write-protects every page KVM has
-//! mapped, at once. For a 1 GiB guest with half its memory touched that took about 8 ms here,
-//! all of it before a live migration could send its first page. With the capability enabled
+//! mapped, at once, all of it before a live migration can send its first page
+//! (docs/kernel-facts.md has the cost). With the capability enabled
 //! with `KVM_DIRTY_LOG_INITIALLY_SET`, turning logging on protects nothing: every page starts
 //! with its dirty bit set, and a page is write-protected only when its bit is cleared with
 //! `KVM_CLEAR_DIRTY_LOG`. A migration then re-protects memory block by block, just before it

@@ -98,7 +98,7 @@ pub(crate) fn decode_payload<'a>(
     }
     let v = header.version;
     let body = match header.frame_type {
-        FrameType::Hello => FrameBody::Hello(Hello::parse(payload, limits)?),
+        FrameType::Hello => FrameBody::Hello(Hello::parse(header.flags, payload, limits)?),
         FrameType::HelloAck => FrameBody::HelloAck(HelloAck::parse(payload, limits)?),
         FrameType::PageWindow => {
             FrameBody::PageWindow(PageWindowRef::parse(v, header.flags, payload, limits)?)
@@ -127,7 +127,10 @@ pub fn encode_frame(
     let start = begin_frame(out);
     let mut flags = 0;
     let written = match body {
-        FrameBody::Hello(h) => h.write_payload(out, limits),
+        FrameBody::Hello(h) => {
+            flags = h.flags();
+            h.write_payload(out, limits)
+        }
         FrameBody::HelloAck(a) => a.write_payload(out, limits),
         FrameBody::PageWindow(w) => {
             flags = w.flags();

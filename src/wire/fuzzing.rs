@@ -5,8 +5,12 @@
 //! codec bug (an invariant the decoder promises), never on bad input.
 
 use super::{
-    decode_frame, encode_frame, FrameBody, FrameReader, Handshake, Limits, Region, HEADER_LEN,
+    decode_frame, encode_frame, FrameBody, FrameReader, Limits, Region, StreamKind, HEADER_LEN,
     PAGE_SIZE,
+};
+use crate::session::{
+    handshake_frame_len, Acceptor, AcceptorConfig, AuthContext, Authenticator, FrameGate,
+    Initiator, Offer, Role,
 };
 
 /// Region table the harness validates windows and dirty sets against.
@@ -15,9 +19,11 @@ const FUZZ_REGIONS: [Region; 2] = [
     Region { guest_phys: 1 << 30, size_bytes: 4096 * PAGE_SIZE as u64 },
 ];
 
-/// Feeds `data` to the decoders: a [`FrameReader`] in chunks whose sizes come from the first
-/// byte, then every frame through the handshake checker, window decode into a buffer, dirty
-/// set validation, and a re-encode that must reproduce the frame's bytes exactly.
+/// Feeds `data` to the decoders: the session layer's acceptor and initiator (the first frame
+/// as a Hello, as a HelloAck), then a [`FrameReader`] in chunks whose sizes come from the
+/// first byte, every frame through the session's post-handshake gate, window decode into a
+/// buffer, dirty set validation, and a re-encode that must reproduce the frame's bytes
+/// exactly.
 ///
 /// Panics only when the codec breaks a promise: a decoded frame does not re-encode to the
 /// same bytes, the streaming and one-shot decoders disagree, a validated dirty set does not
@@ -38,8 +44,9 @@ pub fn exercise_decoders(data: &[u8]) {
     let limits =
         Limits { max_vmstate_bytes: 1 << 16, max_dirtyset_bytes: 1 << 16, ..Limits::default() };
     let chunk_bytes = 1 + usize::from(chunk_seed) * 31;
+    exercise_handshake(stream, &limits);
     let mut reader = FrameReader::new(limits);
-    let mut acceptor = Handshake::acceptor();
+    let mut gate = FrameGate::new(Role::Acceptor, StreamKind::Bulk, super::VERSION_CURRENT);
     // Grown on demand: a fresh 1 MiB zeroed buffer per input would dominate the exec rate.
     let mut dest = Vec::new();
     let mut consumed = 0usize;
@@ -48,7 +55,7 @@ pub fn exercise_decoders(data: &[u8]) {
         loop {
             match reader.next_frame() {
                 Ok(Some(frame)) => {
-                    let _ = acceptor.check(&frame);
+                    let _ = gate.check(&frame);
                     check_frame(
                         &frame.body,
                         frame.version,
@@ -64,6 +71,47 @@ pub fn exercise_decoders(data: &[u8]) {
         }
         let bound = 2 * (16 + limits.max_payload_bytes as usize) + stream.len();
         assert!(reader.capacity_bytes() <= bound, "reader grew to {}", reader.capacity_bytes());
+    }
+}
+
+/// The first handshake frame of `stream`, if any, through both ends of the session layer.
+/// Neither may panic; an acceptor that answers must answer with a decodable HelloAck.
+fn exercise_handshake(stream: &[u8], limits: &Limits) {
+    let Some(header) = stream.get(..HEADER_LEN).and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
+    else {
+        return;
+    };
+    let Ok(total) = handshake_frame_len(&header, limits) else { return };
+    let Some(frame) = stream.get(..total) else { return };
+    let mut acceptor = Acceptor::new(AcceptorConfig::new(FUZZ_REGIONS.to_vec()))
+        .with_authenticator(std::sync::Arc::new(AnyToken));
+    let answer = acceptor.on_hello_bytes(None, frame);
+    if !answer.reply.is_empty() {
+        let (reply, _) = decode_frame(&answer.reply, limits).expect("a reply must decode");
+        assert!(matches!(reply.body, FrameBody::HelloAck(_)), "reply is not a HelloAck");
+    }
+    let offer = Offer::new(7, super::MigrationMode::Hybrid, FUZZ_REGIONS.to_vec());
+    let mut initiator = Initiator::new(offer);
+    for stream in StreamKind::ALL {
+        if initiator.hello(stream).is_ok() {
+            let _ = initiator.on_bytes(stream, frame);
+        }
+    }
+}
+
+/// Takes every token, so that fuzzed Hellos reach the acceptor's accept path.
+#[derive(Debug)]
+struct AnyToken;
+
+impl Authenticator for AnyToken {
+    fn hello_token(&self, _: &AuthContext) -> Vec<u8> {
+        Vec::new()
+    }
+    fn accept(&self, _: &AuthContext, token: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(token.to_vec())
+    }
+    fn confirm(&self, _: &AuthContext, _: &[u8]) -> Result<(), String> {
+        Ok(())
     }
 }
 

@@ -22,6 +22,10 @@ pub const HEADER_LEN: usize = 16;
 /// and the destination should wake the faulting vCPU first).
 pub const FLAG_URGENT_ANSWER: u8 = 0x01;
 
+/// Header flag of a `Hello` that resumes an existing session (post-copy recovery) instead of
+/// opening a new one.
+pub const FLAG_HELLO_RESUME: u8 = 0x02;
+
 /// The frame header as it lies on the wire (network byte order, no padding).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -89,6 +93,7 @@ impl FrameType {
     pub fn allowed_flags(self) -> u8 {
         match self {
             Self::PageWindow => FLAG_URGENT_ANSWER,
+            Self::Hello => FLAG_HELLO_RESUME,
             _ => 0,
         }
     }

@@ -5,13 +5,22 @@
 //! The acceptor (destination) answers with a [`HelloAck`]: the version both will use from now
 //! on ([`negotiate_version`]) and accept or reject with a reason.
 //!
+//! The Hello's payload layout is frozen: every version reads and writes it the same way, so an
+//! acceptor can always find the session id and stream of a Hello it cannot otherwise take,
+//! and answer it with a reject. Header flag [`FLAG_HELLO_RESUME`] marks a Hello that resumes an
+//! existing session instead of opening a new one (an acceptor built before the flag refuses
+//! the frame as having unknown flags, so a resume never reaches a peer that cannot do it).
+//!
 //! Payload layout (big endian), identical in versions 1 and 2:
 //! `Hello = max_version u16, session u64, stream u8, mode u8, page_size u32,
 //!          region_count u16, {guest_phys u64, size_bytes u64} * count, auth_len u16, auth`
 //! `HelloAck = version u16, session u64, stream u8, verdict u8, reason u16, auth_len u16, auth`
 
 use super::codec::{put_u16, put_u32, put_u64, Cur};
-use super::{check_version, FrameType, Limits, WireError, PAGE_SIZE, VERSION_CURRENT, VERSION_MIN};
+use super::{
+    check_version, FrameType, Limits, WireError, FLAG_HELLO_RESUME, PAGE_SIZE, VERSION_CURRENT,
+    VERSION_MIN,
+};
 
 /// Which of the two connections of a migration this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,7 +36,7 @@ impl StreamKind {
     /// Both kinds, bulk first.
     pub const ALL: [StreamKind; 2] = [StreamKind::Bulk, StreamKind::Urgent];
 
-    /// The byte that names the stream (in a Hello and in a connection preamble).
+    /// The byte that names the stream in a Hello.
     pub fn to_wire(self) -> u8 {
         self as u8
     }
@@ -180,6 +189,9 @@ pub struct Hello<'a> {
     pub regions: Vec<Region>,
     /// Opaque authentication token (at most `limits.max_auth_bytes`).
     pub auth_token: &'a [u8],
+    /// True when the Hello resumes the session `session_id` instead of opening a new one
+    /// (sent as header flag [`FLAG_HELLO_RESUME`]).
+    pub resume: bool,
 }
 
 /// Why an acceptor refused a Hello.
@@ -241,15 +253,21 @@ pub struct HelloAck<'a> {
 }
 
 /// The version an acceptor picks for a peer whose newest version is `peer_max`.
+///
+/// Every build speaks its own version and the one before, so the peer speaks
+/// `peer_max - 1 ..= peer_max`; the highest version both speak wins, and a peer with no
+/// version in common (too old, or two or more versions newer) is refused.
 pub fn negotiate_version(peer_max: u16) -> Result<u16, WireError> {
-    if peer_max < VERSION_MIN {
+    let highest = peer_max.min(VERSION_CURRENT);
+    let lowest = peer_max.saturating_sub(1).max(VERSION_MIN);
+    if lowest > highest {
         return Err(WireError::UnsupportedVersion {
             got: peer_max,
             min: VERSION_MIN,
             max: VERSION_CURRENT,
         });
     }
-    Ok(peer_max.min(VERSION_CURRENT))
+    Ok(highest)
 }
 
 fn check_auth(token: &[u8], limits: &Limits) -> Result<(), WireError> {
@@ -270,6 +288,15 @@ fn check_page_size(got: u32) -> Result<(), WireError> {
 }
 
 impl<'a> Hello<'a> {
+    /// Header flags of this Hello.
+    pub(crate) fn flags(&self) -> u8 {
+        if self.resume {
+            FLAG_HELLO_RESUME
+        } else {
+            0
+        }
+    }
+
     pub(crate) fn write_payload(
         &self,
         out: &mut Vec<u8>,
@@ -294,7 +321,7 @@ impl<'a> Hello<'a> {
         Ok(())
     }
 
-    pub(crate) fn parse(payload: &'a [u8], limits: &Limits) -> Result<Self, WireError> {
+    pub(crate) fn parse(flags: u8, payload: &'a [u8], limits: &Limits) -> Result<Self, WireError> {
         let mut c = Cur::new(payload);
         let max_version = c.u16("hello.max_version")?;
         let session_id = c.u64("hello.session_id")?;
@@ -324,7 +351,8 @@ impl<'a> Hello<'a> {
         check_regions(&regions, limits)?;
         let auth_token = read_auth(&mut c, limits, "hello.auth")?;
         c.finish(FrameType::Hello)?;
-        Ok(Self { max_version, session_id, stream, mode, page_size, regions, auth_token })
+        let resume = flags & FLAG_HELLO_RESUME != 0;
+        Ok(Self { max_version, session_id, stream, mode, page_size, regions, auth_token, resume })
     }
 }
 

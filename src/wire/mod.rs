@@ -12,7 +12,8 @@
 //!
 //! # Exchange
 //!
-//! Two TCP connections per migration, opened by the source. [`Handshake`] checks the order.
+//! Two TCP connections per migration, opened by the source. The session layer
+//! (`crate::session`) runs the Hello exchange and checks the order of the frames after it.
 //!
 //! ```text
 //!  source                                   destination
@@ -46,7 +47,6 @@ mod error;
 mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
-mod handshake;
 mod header;
 mod hello;
 mod pages;
@@ -57,10 +57,9 @@ pub use control::{Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest
 pub use dirty::{encode_dirty_set, DirtyFormat, DirtyRuns, DirtySetRef, DirtyStats, PageRun};
 pub use error::WireError;
 pub use frame::{decode_frame, encode_frame, Frame, FrameBody};
-pub use handshake::{Handshake, HandshakeState, Role};
 pub use header::{
-    check_version, parse_header, FrameHeader, FrameType, HeaderInfo, Limits, FLAG_URGENT_ANSWER,
-    HEADER_LEN, MAGIC, VERSION_CURRENT, VERSION_MIN,
+    check_version, parse_header, FrameHeader, FrameType, HeaderInfo, Limits, FLAG_HELLO_RESUME,
+    FLAG_URGENT_ANSWER, HEADER_LEN, MAGIC, VERSION_CURRENT, VERSION_MIN,
 };
 pub use hello::{
     check_regions, negotiate_version, Hello, HelloAck, MigrationMode, Region, RejectReason,

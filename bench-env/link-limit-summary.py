@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Prints the issue-5 targets from the bench directories bench-env/issue5-figures.sh wrote.
+"""Prints the link-limit targets from the bench directories bench-env/link-limit-figures.sh wrote.
 
-Usage: bench-env/issue5-summary.py OUT_DIR
+Usage: bench-env/link-limit-summary.py OUT_DIR
 Each figure is the median over the cell's repetitions; every line names the bench directory it
 comes from, so it can be traced to that directory's report.json and the command in report.md.
 """

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Measures the issue-4 figures with `hybridmig migrate`: 1 GiB hotcold guest (64 MiB hot),
-# loopback, 1 vCPU, every mode, unpaced and paced (--pace 20000), REPS runs each; prints every
-# run's summary line and the median of each figure per cell.
-# Usage: bench-env/issue4-figures.sh [REPS]   (default 5; needs root, /dev/kvm)
+# Compares the four modes on loopback with `hybridmig migrate`: 1 GiB hotcold guest (64 MiB
+# hot), 1 vCPU, unpaced and paced (--pace 20000), REPS runs each; prints the median of each
+# figure per mode and condition as a markdown table (docs/results/2026-11-25-modes-loopback-1g.md).
+# The same matrix as bench specs: bench-env/specs/loopback-modes-{unpaced,paced}.json.
+# Usage: bench-env/loopback-modes-figures.sh [REPS]   (default 5; needs root, /dev/kvm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps="${1:-5}"

@@ -1,0 +1,201 @@
+//! The session handshake on real TCP over loopback: a peer the destination cannot take gets a
+//! reject frame that names the reason before the connection closes, and the source turns it
+//! into an error naming the reason in words; then the same through the CLI, with two real
+//! processes whose guests differ in memory size.
+
+mod cli_common;
+
+use cli_common::BIN;
+use hybridmig::host_check::require_kvm;
+use hybridmig::session::{AcceptorConfig, Initiator, Offer, SessionError};
+use hybridmig::transport::tcp::{self, PairListener, TcpError};
+use hybridmig::transport::StreamKind;
+use hybridmig::wire::{
+    decode_frame, FrameBody, Limits, MigrationMode, Region, RejectReason, Verdict, PAGE_SIZE,
+};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn region(pages: u64) -> Vec<Region> {
+    vec![Region { guest_phys: 0, size_bytes: pages * PAGE_SIZE as u64 }]
+}
+
+/// A listener for a 64-page VM, accepting one session on another thread.
+fn destination() -> (SocketAddr, JoinHandle<Result<tcp::StreamPair, TcpError>>) {
+    let mut l = tcp::listen("127.0.0.1:0".parse().expect("addr"), AcceptorConfig::new(region(64)))
+        .expect("listen");
+    let addr = l.local_addr().expect("addr");
+    (addr, std::thread::spawn(move || l.accept_pair(WAIT)))
+}
+
+/// Sends `offer`'s bulk Hello on a raw connection and returns the decoded HelloAck's verdict.
+fn raw_verdict(addr: SocketAddr, offer: Offer) -> Verdict {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let hello = Initiator::new(offer).hello(StreamKind::Bulk).expect("hello");
+    s.write_all(&hello).expect("send hello");
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).expect("the ack, then the close");
+    let (frame, used) = decode_frame(&reply, &Limits::default()).expect("a HelloAck");
+    assert_eq!(used, reply.len(), "nothing follows a reject");
+    match frame.body {
+        FrameBody::HelloAck(ack) => ack.verdict,
+        other => panic!("expected a HelloAck, got {other:?}"),
+    }
+}
+
+fn refused_reason(dest: JoinHandle<Result<tcp::StreamPair, TcpError>>) -> (RejectReason, String) {
+    let err = dest.join().expect("listener thread").expect_err("the listener refuses");
+    let reason = err.session_error().and_then(SessionError::reject_reason);
+    (reason.unwrap_or_else(|| panic!("not a refusal: {err}")), err.to_string())
+}
+
+#[test]
+fn an_unsupported_version_gets_a_reject_naming_the_version() {
+    let mut offer = Offer::new(1, MigrationMode::Hybrid, region(64));
+    offer.max_version = 7;
+    let (addr, dest) = destination();
+    assert_eq!(raw_verdict(addr, offer.clone()), Verdict::Reject(RejectReason::Version));
+    let (reason, text) = refused_reason(dest);
+    assert_eq!(reason, RejectReason::Version);
+    assert!(text.contains("protocol version 7 not supported"), "{text}");
+
+    let (addr, dest) = destination();
+    let err = tcp::connect(addr, offer).expect_err("rejected");
+    let source_side = err.session_error().expect("a session error");
+    assert!(matches!(source_side, SessionError::Rejected { reason: RejectReason::Version, .. }));
+    let text = err.to_string();
+    assert!(text.contains("the destination refused: protocol version 7 not supported"), "{text}");
+    assert_eq!(refused_reason(dest).0, RejectReason::Version);
+}
+
+#[test]
+fn a_mismatched_layout_gets_a_reject_naming_the_layout() {
+    let offer = Offer::new(2, MigrationMode::Postcopy, region(32));
+    let (addr, dest) = destination();
+    assert_eq!(raw_verdict(addr, offer.clone()), Verdict::Reject(RejectReason::LayoutMismatch));
+    let (reason, text) = refused_reason(dest);
+    assert_eq!(reason, RejectReason::LayoutMismatch);
+    assert!(text.contains("memory layout differs"), "{text}");
+    assert!(text.contains("128 KiB") && text.contains("256 KiB"), "both layouts named: {text}");
+
+    let (addr, dest) = destination();
+    let err = tcp::connect(addr, offer).expect_err("rejected");
+    assert!(err.to_string().contains("the destination refused: memory layout differs"), "{err}");
+    assert_eq!(refused_reason(dest).0, RejectReason::LayoutMismatch);
+}
+
+#[test]
+fn a_matching_peer_opens_both_streams_with_the_same_params() {
+    let (addr, dest) = destination();
+    let pair = tcp::connect(addr, Offer::new(3, MigrationMode::Precopy, region(64))).expect("ok");
+    let theirs = dest.join().expect("listener thread").expect("accepted");
+    assert_eq!(pair.session, theirs.session);
+    assert_eq!(pair.session.mode, MigrationMode::Precopy);
+}
+
+#[test]
+fn a_refused_half_does_not_keep_a_slot() {
+    let mut l = PairListener::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        tcp::TcpOptions { max_half_open_sessions: 1, ..tcp::TcpOptions::default() },
+        AcceptorConfig::new(region(64)),
+    )
+    .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    // One half-open session fills the listener; a second session is refused as busy.
+    let hello = |id| Initiator::new(Offer::new(id, MigrationMode::Hybrid, region(64)));
+    let mut first = TcpStream::connect(addr).expect("connect");
+    first.write_all(&hello(10).hello(StreamKind::Bulk).expect("hello")).expect("send");
+    let err = l.accept_pair(Duration::from_millis(300)).expect_err("half open");
+    assert!(matches!(err, TcpError::Timeout { half_open: 1, .. }), "{err}");
+    let mut second = TcpStream::connect(addr).expect("connect");
+    second.write_all(&hello(11).hello(StreamKind::Bulk).expect("hello")).expect("send");
+    let err = l.accept_pair(WAIT).expect_err("busy");
+    assert_eq!(err.session_error().and_then(SessionError::reject_reason), Some(RejectReason::Busy));
+}
+
+/// Kills a child process when the test ends early.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `child` at most `limit`; its exit status, stdout and stderr.
+fn wait_bounded(mut child: Killed, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(started.elapsed() < limit, "the process did not end within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.0.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.0.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    (status, out, err)
+}
+
+fn guest(mem: &str) -> [&str; 4] {
+    ["--workload", "hotcold", "--mem", mem]
+}
+
+#[test]
+fn cli_source_names_the_layout_mismatch_and_fails() {
+    if !require_kvm("cli_source_names_the_layout_mismatch_and_fails") {
+        return;
+    }
+    let mut dest = Killed(
+        Command::new(BIN)
+            .arg("dest")
+            .args(guest("256M"))
+            .args(["--listen", "127.0.0.1:0", "--accept-timeout-s", "30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dest"),
+    );
+    let stdout = dest.0.stdout.take().expect("dest stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).expect("LISTENING within 30 s");
+    let addr = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("got `{line}`"));
+    let source = Killed(
+        Command::new(BIN)
+            .arg("source")
+            .args(guest("128M"))
+            .args(["--connect", addr, "--mode", "hybrid", "--migrate-after-ms", "100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn source"),
+    );
+    let (status, _, stderr) = wait_bounded(source, Duration::from_secs(60));
+    assert!(!status.success(), "the source must fail: {stderr}");
+    assert!(stderr.contains("the destination refused: memory layout differs"), "{stderr}");
+    let (status, _, stderr) = wait_bounded(dest, Duration::from_secs(30));
+    assert!(!status.success(), "the destination refused, so it failed: {stderr}");
+    assert!(stderr.contains("refused") && stderr.contains("memory layout differs"), "{stderr}");
+}
