@@ -209,7 +209,7 @@ impl Wing for DestWing<'_, '_> {
 
 impl DestWing<'_, '_> {
     /// Handles every complete frame received on `stream`. Between two bulk frames, and
-    /// between the chunks of one (a 64-page window takes about 0.7 ms to place here; a chunk
+    /// between the chunks of one (placing a whole window is long enough to hold a fault; a chunk
     /// is one page while a fault answer is awaited), it serves any fault that arrived
     /// meanwhile, so the push never holds a vCPU's fault behind more than one chunk.
     fn on_received(&mut self, io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
@@ -220,9 +220,7 @@ impl DestWing<'_, '_> {
             }
             if stream == StreamKind::Bulk && self.engine.phase() == DestPhase::Running {
                 // A system call per bulk frame, on purpose (see serve_urgent_now): peeking at
-                // the shared completion queue without it was measured slower (loopback
-                // post-copy fault p50 about 230 us instead of 170, p99 1.5 to 3.3 ms instead
-                // of under 0.9).
+                // the shared completion queue without it left faults waiting longer.
                 event_loop::serve_urgent_now(self, io)?;
                 while self.engine.placing() {
                     if let Some(event) = self.engine.place_more(&mut self.ctx.sink())? {
