@@ -5,6 +5,7 @@
 //! [`transport`] carries the bulk and urgent streams.
 
 pub mod dest;
+pub mod driver;
 pub mod embed;
 pub mod host_check;
 pub mod memory;

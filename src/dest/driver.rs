@@ -1,5 +1,5 @@
-//! Runs a [`DestEngine`] on one io_uring: userfaultfd reads, both socket receives and the
-//! fault-request sends share the ring.
+//! Runs a [`DestEngine`] on the shared event loop ([`crate::driver::event_loop`]):
+//! userfaultfd reads, both socket receives and the fault-request sends share its ring.
 //!
 //! Guest memory is registered with the userfaultfd *before* the first frame is read, so fault
 //! service is running before the state is restored (restoring devices may touch memory). The
@@ -9,16 +9,22 @@ use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
 use super::sink::UffdSink;
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
+use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Wing};
+use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
 use crate::ports::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
 use crate::ring::{Buf, Completion, Ring};
-use crate::transport::ring_streams::{RingStreams, StreamError, StreamEvent, FIRST_CALLER_TAG};
+use crate::transport::ring_streams::{StreamEvent, FIRST_CALLER_TAG};
 use crate::transport::tcp::StreamPair;
-use crate::wire::{Limits, StreamKind};
+use crate::wire::StreamKind;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 const TAG_UFFD: u64 = FIRST_CALLER_TAG;
+/// Send buffers per stream (acks and fault requests are small; a few let requests overlap).
+const SEND_BUFS: usize = 4;
+/// Bytes per send buffer.
+const SEND_BUF_BYTES: usize = 64 * 1024;
 /// Fault messages read per uffd read.
 const UFFD_MSGS_PER_READ: usize = 64;
 
@@ -27,8 +33,10 @@ const UFFD_MSGS_PER_READ: usize = 64;
 pub struct DestDriverOptions {
     /// Period of the caller's tick hook.
     pub tick: Duration,
-    /// Give up after this long.
-    pub timeout: Duration,
+    /// Give up after this long without progress (no byte moved, no frame handled).
+    pub progress_timeout: Duration,
+    /// Ask for real-time priority for the loop's thread.
+    pub prioritize_thread: bool,
     /// Pages of a background window placed between two looks for faults, once the guest
     /// runs (see [`DestEngine::set_place_chunk`]; 0 places whole windows).
     pub place_chunk_pages: u32,
@@ -36,9 +44,11 @@ pub struct DestDriverOptions {
 
 impl Default for DestDriverOptions {
     fn default() -> Self {
+        let shared = LoopOptions::default();
         Self {
-            tick: Duration::from_millis(10),
-            timeout: Duration::from_secs(600),
+            tick: shared.tick,
+            progress_timeout: shared.progress_timeout,
+            prioritize_thread: shared.prioritize_thread,
             place_chunk_pages: 8,
         }
     }
@@ -69,12 +79,8 @@ pub struct DestRun {
     pub sent_urgent: u64,
 }
 
-fn stream_err(e: StreamError) -> DestError {
-    DestError::Io { what: "migration stream", source: std::io::Error::other(e.to_string()) }
-}
-
-fn ring_err(what: &'static str, e: impl std::fmt::Display) -> DestError {
-    DestError::Io { what, source: std::io::Error::other(e.to_string()) }
+fn uffd_err(what: &'static str) -> impl FnOnce(super::uffd::UffdError) -> DriverError {
+    move |source| DriverError::Uffd { what, source }
 }
 
 /// Receives a migration into `vm` over `pair`; returns once every page is here and the source
@@ -84,57 +90,54 @@ pub fn run_dest(
     pair: &StreamPair,
     opts: &DestDriverOptions,
     on_tick: &mut dyn FnMut(&DestEngine),
-) -> Result<DestRun, DestError> {
+) -> Result<DestRun, DriverError> {
     let regions = vm.regions();
-    let layout = layout_of(&regions)?;
+    let layout = layout_of(&regions).map_err(DestError::from)?;
     let (uffd, _) = Uffd::open_with_features(super::uffd::UFFD_FEATURE_THREAD_ID)
-        .map_err(|e| ring_err("userfaultfd open", e))?;
+        .map_err(uffd_err("userfaultfd open"))?;
     for r in &regions {
         uffd.register(r.host_addr() as u64, r.size_bytes)
-            .map_err(|e| ring_err("userfaultfd register", e))?;
-    }
-    if !crate::ring::prioritize_this_thread() {
-        tracing::info!("destination event loop runs at normal priority (no CAP_SYS_NICE)");
+            .map_err(uffd_err("userfaultfd register"))?;
     }
     let mut engine = DestEngine::new(layout.clone(), &pair.session);
     engine.set_place_chunk(opts.place_chunk_pages);
-    let mut ring = Ring::new(256).map_err(|e| ring_err("io_uring setup", e))?;
-    let mut streams =
-        RingStreams::new(&mut ring, pair, 4, 64 * 1024, Limits::default()).map_err(stream_err)?;
-    arm_uffd_read(&mut ring, &uffd, Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ))?;
+    let mut io = LoopIo::new(pair, SEND_BUFS, SEND_BUF_BYTES)?;
+    arm_uffd_read(
+        &mut io.ring,
+        &uffd,
+        Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ),
+    )?;
     // Every mode keeps userfaultfd registered: a pre-copy that does not converge finishes
     // post-copy, and its missing pages then fault like any other.
     let run = DestRun { mode: Some(pair.session.mode.to_string()), ..DestRun::default() };
-    let mut ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run };
-    let deadline = mono_ns() + opts.timeout.as_nanos() as u64;
-    let mut next_tick = 0;
-    loop {
-        let now = mono_ns();
-        if now >= next_tick {
-            on_tick(&engine);
-            next_tick = now + opts.tick.as_nanos() as u64;
-        }
-        if now > deadline {
-            return Err(DestError::Timeout { secs: opts.timeout.as_secs(), phase: engine.phase() });
-        }
-        flush(&mut engine, &mut ring, &mut streams)?;
-        if engine.phase() == DestPhase::Complete && streams.in_flight(StreamKind::Bulk) == 0 {
-            break;
-        }
-        ring.submit_and_wait(1, Some(opts.tick)).map_err(|e| ring_err("io_uring wait", e))?;
-        let mut lp =
-            Loop { engine: &mut engine, ctx: &mut ctx, ring: &mut ring, streams: &mut streams };
-        while let Some(completion) = lp.ring.next_completion() {
-            lp.on_completion(completion)?;
-        }
+    let ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run };
+    let mut wing = DestWing { engine: &mut engine, ctx, on_tick };
+    let loop_opts = LoopOptions {
+        tick: opts.tick,
+        progress_timeout: opts.progress_timeout,
+        prioritize_thread: opts.prioritize_thread,
+        name: "destination",
+    };
+    event_loop::run(&mut wing, &mut io, &loop_opts)?;
+    let run = finish_run(wing.ctx.run, &engine, &io)?;
+    // The guest keeps running here without this loop: every page still missing is a zero page
+    // (the need set is complete), so hand the memory back to the kernel's own fault path.
+    // Unregistering also wakes any vCPU whose fault message was not read yet.
+    for r in &regions {
+        uffd.unregister(r.host_addr() as u64, r.size_bytes)
+            .map_err(uffd_err("userfaultfd unregister"))?;
     }
-    let mut run = ctx.run;
+    Ok(run)
+}
+
+/// Fills in the counters and fault latencies, and checks the digest.
+fn finish_run(mut run: DestRun, engine: &DestEngine, io: &LoopIo) -> Result<DestRun, DriverError> {
     let hist = engine.fault_histogram();
     run.stats = engine.stats().clone();
-    run.stats.bytes_bulk = streams.bytes_received[0];
-    run.stats.bytes_urgent = streams.bytes_received[1];
-    run.sent_bulk = streams.bytes_sent[0];
-    run.sent_urgent = streams.bytes_sent[1];
+    run.stats.bytes_bulk = io.streams.bytes_received[0];
+    run.stats.bytes_urgent = io.streams.bytes_received[1];
+    run.sent_bulk = io.streams.bytes_sent[0];
+    run.sent_urgent = io.streams.bytes_sent[1];
     run.fault_us_p50 = hist.quantile_us(0.5);
     run.fault_us_p99 = hist.quantile_us(0.99);
     run.fault_us_p999 = hist.quantile_us(0.999);
@@ -144,124 +147,119 @@ pub fn run_dest(
         return Err(DestError::DigestMismatch {
             source_digest: run.stats.source_digest,
             dest_digest: run.stats.memory_digest,
-        });
-    }
-    // The guest keeps running here without this loop: every page still missing is a zero page
-    // (the need set is complete), so hand the memory back to the kernel's own fault path.
-    // Unregistering also wakes any vCPU whose fault message was not read yet.
-    for r in &regions {
-        uffd.unregister(r.host_addr() as u64, r.size_bytes)
-            .map_err(|e| ring_err("userfaultfd unregister", e))?;
+        }
+        .into());
     }
     Ok(run)
 }
 
-/// One pass of the event loop over ready completions.
-struct Loop<'l, 'c> {
+/// The destination engine's steps in the shared loop.
+struct DestWing<'l, 'c> {
     engine: &'l mut DestEngine,
-    ctx: &'l mut Ctx<'c>,
-    ring: &'l mut Ring,
-    streams: &'l mut RingStreams,
+    ctx: Ctx<'c>,
+    on_tick: &'l mut dyn FnMut(&DestEngine),
 }
 
-impl Loop<'_, '_> {
-    fn on_completion(&mut self, completion: Completion) -> Result<(), DestError> {
-        let completion = match self
-            .streams
-            .on_completion(self.ring, completion)
-            .map_err(stream_err)?
+impl Wing for DestWing<'_, '_> {
+    fn phase(&self) -> WingPhase {
+        WingPhase::Dest(self.engine.phase())
+    }
+
+    fn tick(&mut self) {
+        (self.on_tick)(self.engine);
+    }
+
+    fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError> {
+        flush(self.engine, io)?;
+        if self.engine.phase() == DestPhase::Complete && io.streams.in_flight(StreamKind::Bulk) == 0
         {
-            Ok(StreamEvent::Received(stream)) => return self.on_received(stream),
-            Ok(StreamEvent::Closed(stream)) if self.engine.phase() != DestPhase::Complete => {
-                return Err(DestError::PeerClosed {
-                    stream,
-                    phase: self.engine.phase(),
-                    outstanding: 0,
-                });
-            }
-            Ok(StreamEvent::Sent(StreamKind::Urgent, _)) => {
+            return Ok(Next::Done);
+        }
+        Ok(Next::Wait)
+    }
+
+    fn on_event(&mut self, io: &mut LoopIo, event: StreamEvent) -> Result<(), DriverError> {
+        match event {
+            StreamEvent::Received(stream) => self.on_received(io, stream),
+            StreamEvent::Sent(StreamKind::Urgent, _) => {
                 // A buffer is free again: fault requests queued behind it leave now, not
                 // after the loop has worked through every bulk receive that is ready.
-                flush(self.engine, self.ring, self.streams)?;
-                return self.ring.submit().map(drop).map_err(|e| ring_err("io_uring submit", e));
+                flush(self.engine, io)?;
+                io.submit()
             }
-            Ok(_) => return Ok(()),
-            Err(completion) => completion,
-        };
+            StreamEvent::Sent(..) | StreamEvent::Closed(_) => Ok(()),
+        }
+    }
+
+    fn closed_is_fine(&self) -> bool {
+        self.engine.phase() == DestPhase::Complete
+    }
+
+    fn on_other(&mut self, io: &mut LoopIo, completion: Completion) -> Result<(), DriverError> {
         if completion.tag == TAG_UFFD {
-            self.on_uffd_read(completion)?;
+            self.on_uffd_read(io, completion)?;
         }
         Ok(())
     }
 
+    fn urgent_tags(&self) -> &[u64] {
+        &[TAG_UFFD]
+    }
+}
+
+impl DestWing<'_, '_> {
     /// Handles every complete frame received on `stream`. Between two bulk frames, and
-    /// between the chunks of one (a 64-page window takes about 0.7 ms to place here; a chunk
+    /// between the chunks of one (placing a whole window is long enough to hold a fault; a chunk
     /// is one page while a fault answer is awaited), it serves any fault that arrived
     /// meanwhile, so the push never holds a vCPU's fault behind more than one chunk.
-    fn on_received(&mut self, stream: StreamKind) -> Result<(), DestError> {
-        while let Some(frame) = self.streams.next_frame(stream).map_err(stream_err)? {
+    fn on_received(&mut self, io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
+        while let Some(frame) = io.streams.next_frame(stream)? {
             let event = self.engine.on_frame(stream, frame, &mut self.ctx.sink())?;
             if let Some(event) = event {
                 self.ctx.on_event(event)?;
             }
             if stream == StreamKind::Bulk && self.engine.phase() == DestPhase::Running {
-                self.serve_urgent_now()?;
+                // A system call per bulk frame, on purpose (see serve_urgent_now): peeking at
+                // the shared completion queue without it left faults waiting longer.
+                event_loop::serve_urgent_now(self, io)?;
                 while self.engine.placing() {
                     if let Some(event) = self.engine.place_more(&mut self.ctx.sink())? {
                         self.ctx.on_event(event)?;
                     }
-                    self.serve_urgent_now()?;
+                    event_loop::serve_urgent_now(self, io)?;
                 }
             }
         }
         if stream == StreamKind::Urgent {
             // Best effort: a failure only leaves the kernel's delayed ACKs in place.
-            let _ = self.streams.quickack(StreamKind::Urgent);
+            let _ = io.streams.quickack(StreamKind::Urgent);
         }
         Ok(())
     }
 
-    /// Picks fault messages and urgent-stream receives out of the ring ahead of the rest.
-    fn serve_urgent_now(&mut self) -> Result<(), DestError> {
-        // A system call per bulk frame, on purpose: entering the kernel runs the ring's task
-        // work, which is what posts a waiting uffd or urgent completion. Peeking at the shared
-        // completion queue without it was measured slower (loopback post-copy fault p50 about
-        // 230 us instead of 170, p99 1.5 to 3.3 ms instead of under 0.9).
-        self.ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
-        let recv_tag = self.streams.recv_tag(StreamKind::Urgent);
-        let send_tag = self.streams.send_tag(StreamKind::Urgent);
-        while let Some(c) =
-            self.ring.take_completion(|tag| tag == TAG_UFFD || tag == recv_tag || tag == send_tag)
-        {
-            self.on_completion(c)?;
-        }
-        Ok(())
-    }
-
-    fn on_uffd_read(&mut self, completion: Completion) -> Result<(), DestError> {
+    fn on_uffd_read(&mut self, io: &mut LoopIo, completion: Completion) -> Result<(), DriverError> {
         let buf = completion
             .buf
             .unwrap_or_else(|| Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ));
         match completion.result {
-            Ok(_) => on_uffd_messages(self.engine, self.ctx, buf.as_slice())?,
+            Ok(_) => on_uffd_messages(self.engine, &mut self.ctx, buf.as_slice())?,
             Err(e)
                 if e.raw_os_error() == Some(libc::EAGAIN)
                     || e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(source) => return Err(DestError::Io { what: "userfaultfd read", source }),
+            Err(source) => return Err(DriverError::Io { what: "userfaultfd read", source }),
         }
         let mut buf = buf;
         buf.clear();
-        arm_uffd_read(self.ring, self.ctx.uffd, buf)?;
-        flush(self.engine, self.ring, self.streams)?;
+        arm_uffd_read(&mut io.ring, self.ctx.uffd, buf)?;
+        flush(self.engine, io)?;
         // Submit now: the fault request must leave before the loop goes back to placing.
-        self.ring.submit().map_err(|e| ring_err("io_uring submit", e))?;
-        Ok(())
+        io.submit()
     }
 }
 
-fn arm_uffd_read(ring: &mut Ring, uffd: &Uffd, buf: Buf) -> Result<(), DestError> {
+fn arm_uffd_read(ring: &mut Ring, uffd: &Uffd, buf: Buf) -> Result<(), DriverError> {
     ring.read(uffd.as_raw_fd(), buf, TAG_UFFD)
-        .map_err(|r| ring_err("userfaultfd read submit", r.error))
+        .map_err(|r| DriverError::Ring { what: "userfaultfd read submit", source: r.error })
 }
 
 /// Everything a frame or a fault may need besides the engine.
@@ -278,7 +276,7 @@ impl Ctx<'_> {
         UffdSink::new(self.uffd, self.regions, self.layout)
     }
 
-    fn on_event(&mut self, event: DestEvent) -> Result<(), DestError> {
+    fn on_event(&mut self, event: DestEvent) -> Result<(), DriverError> {
         match event {
             DestEvent::Resume(blob) => {
                 self.vm.restore_state(&blob)?;
@@ -295,7 +293,7 @@ fn on_uffd_messages(
     engine: &mut DestEngine,
     ctx: &mut Ctx<'_>,
     bytes: &[u8],
-) -> Result<(), DestError> {
+) -> Result<(), DriverError> {
     for event in super::uffd::parse_messages(bytes) {
         if let UffdEvent::PageFault { addr, .. } = event {
             let page = page_of_host_addr(ctx.regions, ctx.layout, addr as usize)
@@ -307,13 +305,9 @@ fn on_uffd_messages(
 }
 
 /// Sends whatever the engine queued: urgent first.
-fn flush(
-    engine: &mut DestEngine,
-    ring: &mut Ring,
-    streams: &mut RingStreams,
-) -> Result<(), DestError> {
+fn flush(engine: &mut DestEngine, io: &mut LoopIo) -> Result<(), DriverError> {
     for stream in [StreamKind::Urgent, StreamKind::Bulk] {
-        while let Some(mut frames) = streams.take_send_buf(stream) {
+        while let Some(mut frames) = io.streams.take_send_buf(stream) {
             let produced = match stream {
                 StreamKind::Urgent => {
                     while engine.poll_urgent(&mut frames) {}
@@ -325,10 +319,10 @@ fn flush(
                 }
             };
             if !produced {
-                streams.put_back(stream, frames);
+                io.streams.put_back(stream, frames);
                 break;
             }
-            streams.send(ring, stream, frames).map_err(stream_err)?;
+            io.streams.send(&mut io.ring, stream, frames)?;
         }
     }
     Ok(())

@@ -15,7 +15,8 @@ use crate::memory::MemoryError;
 use crate::wire::{FrameType, StreamKind, WireError};
 pub use engine::{DestEngine, DestEvent, DestPhase, DestStats};
 
-/// Errors of the destination engine and its driver.
+/// Errors of the destination engine (its driver's own errors are
+/// [`crate::driver::DriverError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DestError {
     /// A frame could not be decoded or encoded.
@@ -55,24 +56,6 @@ pub enum DestError {
     /// The VMM failed.
     #[error(transparent)]
     Vm(#[from] crate::ports::EmbedError),
-    /// A socket, ring or uffd operation failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The source closed a stream before every page arrived.
-    #[error("the source closed the {stream:?} stream in phase {phase:?} with {outstanding} pages outstanding")]
-    PeerClosed {
-        /// Which stream.
-        stream: StreamKind,
-        /// The destination's phase.
-        phase: DestPhase,
-        /// Needed pages still missing.
-        outstanding: u64,
-    },
     /// The memory digest did not match the source's.
     #[error(
         "memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}"
@@ -82,13 +65,5 @@ pub enum DestError {
         source_digest: u64,
         /// Destination digest.
         dest_digest: u64,
-    },
-    /// The migration did not finish in time.
-    #[error("migration timed out after {secs} s in phase {phase:?}")]
-    Timeout {
-        /// Seconds waited.
-        secs: u64,
-        /// The phase it stalled in.
-        phase: DestPhase,
     },
 }

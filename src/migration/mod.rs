@@ -24,6 +24,9 @@ pub enum MigrationError {
     /// The destination engine failed.
     #[error("destination: {0}")]
     Dest(#[from] crate::dest::DestError),
+    /// A driver (its ring, streams, engine, the peer) failed.
+    #[error(transparent)]
+    Driver(#[from] crate::driver::DriverError),
     /// The network namespaces or the listening address are unusable.
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),

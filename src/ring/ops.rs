@@ -170,6 +170,29 @@ impl Ring {
         self.zc.forget(fd);
     }
 
+    /// Cancels every operation on `fd`: those still queued behind a running one complete at
+    /// once with `ECANCELED` (their buffers come back in the completions), and the kernel is
+    /// asked to cancel the rest, whose completions arrive as usual. Their buffers stay in
+    /// their records until then, so nothing is freed while the kernel may still touch it.
+    pub fn cancel_fd(&mut self, fd: RawFd) -> Result<(), RingError> {
+        for dir in [Dir::Tx, Dir::Rx] {
+            let mut cursor = self.order.take_queued((fd, dir));
+            for _ in 0..self.slab.capacity() {
+                let Some(ud) = cursor else { break };
+                let Some(rec) = self.slab.get_mut(ud) else { break };
+                cursor = rec.next.take();
+                let tag = rec.tag;
+                let buf = self.slab.remove(ud);
+                let result = Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
+                self.ready.push_back(super::Completion { tag, result, buf });
+            }
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(super::CANCEL_USER_DATA);
+        self.push(&cancel)
+    }
+
     fn check_fixed(&self, buf: &Buf) -> Result<(), RingError> {
         match (buf.fixed_index(), self.pool.as_ref()) {
             (None, _) => Ok(()),

@@ -105,6 +105,15 @@ impl Order {
         Some(Batch { first, count })
     }
 
+    /// Removes the operations of `key` still waiting for their turn (none of them reached the
+    /// kernel) and returns the head of their list; the running chain is left to finish.
+    pub(crate) fn take_queued(&mut self, key: (RawFd, Dir)) -> Option<u64> {
+        let chain = self.chains.get_mut(&key)?;
+        chain.queued = 0;
+        chain.tail = None;
+        chain.head.take()
+    }
+
     /// Removes every queue, returning the heads (the caller walks and frees the lists).
     pub(crate) fn take_all_heads(&mut self) -> Vec<u64> {
         self.chains.drain().filter_map(|(_, c)| c.head).collect()

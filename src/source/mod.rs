@@ -20,7 +20,7 @@ pub use config::{CompressionPolicy, LivePass, Phase, SourceConfig, SourceStats};
 pub use engine::SourceEngine;
 pub use policy::AdaptiveWindow;
 
-/// Errors of the source engine and its driver.
+/// Errors of the source engine (its driver's own errors are [`crate::driver::DriverError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The VMM failed an operation.
@@ -58,29 +58,5 @@ pub enum SourceError {
         source_digest: u64,
         /// Destination digest.
         dest_digest: u64,
-    },
-    /// A socket or ring operation failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The peer closed a stream before the migration finished.
-    #[error("the destination closed the {stream:?} stream in phase {phase:?}")]
-    PeerClosed {
-        /// Which stream.
-        stream: StreamKind,
-        /// The source's phase.
-        phase: Phase,
-    },
-    /// The migration did not finish in time.
-    #[error("migration timed out after {secs} s in phase {phase:?}")]
-    Timeout {
-        /// Seconds waited.
-        secs: u64,
-        /// The phase it stalled in.
-        phase: Phase,
     },
 }

@@ -4,11 +4,19 @@
 //! bytes into frames (a [`FrameReader`] per stream), and it owns a small set of send buffers
 //! per stream so that several sends are in flight at once without allocating per send.
 //! Completions whose tag is not one of its own are handed back to the caller.
+//!
+//! The streams outlive their connections: a closed stream is an event, not the end, and
+//! [`RingStreams::detach`] gives a connection back (its operations cancelled and reaped first,
+//! so no buffer is freed while the kernel holds it) while [`RingStreams::attach`] lets a new
+//! connection join the running session with a clean frame reader. Frames the engine has queued
+//! stay with the engine; bytes in flight on the old connection are lost with it.
 
 use crate::ring::{Buf, Completion, Ring, RingError};
 use crate::wire::{Frame, FrameReader, Limits, StreamKind, WireError};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use super::tcp::StreamPair;
 
@@ -32,6 +40,12 @@ const TAG_SEND: [u64; 2] = [3, 4];
 /// (97 against 72 ms).
 const RECV_BUF_BYTES: usize = 128 * 1024;
 
+/// How long [`RingStreams::detach`] waits for the kernel to hand back a stream's buffers.
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// The fd of a stream with no connection.
+const NO_FD: RawFd = -1;
+
 /// Errors of the ring-driven streams.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -46,7 +60,7 @@ pub enum StreamError {
     /// A send or receive failed.
     #[error("{op} on the {stream:?} stream: {source}")]
     Io {
-        /// `send` or `recv`.
+        /// `send`, `recv` or `clone`.
         op: &'static str,
         /// Which stream.
         stream: StreamKind,
@@ -61,6 +75,27 @@ pub enum StreamError {
         /// The decoder's error.
         source: WireError,
     },
+    /// The stream has no connection (it was detached and nothing attached since).
+    #[error("the {stream:?} stream has no connection")]
+    Detached {
+        /// Which stream.
+        stream: StreamKind,
+    },
+    /// A connection is attached already: detach it first.
+    #[error("the {stream:?} stream already has a connection")]
+    Attached {
+        /// Which stream.
+        stream: StreamKind,
+    },
+    /// The kernel did not hand back a detached stream's operations in time; the connection
+    /// stays attached (its buffers stay with the ring).
+    #[error("detaching the {stream:?} stream: {in_flight} operations still in the kernel")]
+    DetachStuck {
+        /// Which stream.
+        stream: StreamKind,
+        /// Operations not reaped.
+        in_flight: usize,
+    },
 }
 
 /// What a completion meant for the streams.
@@ -70,7 +105,8 @@ pub enum StreamEvent {
     Received(StreamKind),
     /// A send finished; `bytes` left this host.
     Sent(StreamKind, u64),
-    /// The peer closed the stream.
+    /// The peer closed the stream (or the connection broke). The streams survive it: the
+    /// caller may [`RingStreams::detach`] the dead connection and attach a new one.
     Closed(StreamKind),
 }
 
@@ -86,16 +122,30 @@ fn kind(index: usize) -> StreamKind {
     }
 }
 
+/// True for the errors a send or receive gets once the connection is gone.
+fn is_connection_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN | libc::ECONNABORTED)
+    )
+}
+
 /// The two streams of a migration on one ring.
 pub struct RingStreams {
+    /// Each stream's connection (a duplicate of the caller's socket, so the caller's pair
+    /// stays valid and a detached connection can be handed back by value).
+    socks: [Option<TcpStream>; 2],
     fds: [RawFd; 2],
     readers: [FrameReader; 2],
+    limits: Limits,
     free_send: [Vec<Vec<u8>>; 2],
     in_flight: [usize; 2],
+    recv_armed: [bool; 2],
     /// Bytes received per stream.
     pub bytes_received: [u64; 2],
     /// Bytes sent per stream.
     pub bytes_sent: [u64; 2],
+    frames_received: u64,
     closed: [bool; 2],
 }
 
@@ -104,6 +154,7 @@ impl std::fmt::Debug for RingStreams {
         f.debug_struct("RingStreams")
             .field("fds", &self.fds)
             .field("in_flight", &self.in_flight)
+            .field("closed", &self.closed)
             .finish()
     }
 }
@@ -118,20 +169,27 @@ impl RingStreams {
         send_buf_bytes: usize,
         limits: Limits,
     ) -> Result<Self, StreamError> {
-        let fds = [pair.bulk.as_raw_fd(), pair.urgent.as_raw_fd()];
-        let streams = Self {
-            fds,
+        let mut streams = Self {
+            socks: [None, None],
+            fds: [NO_FD; 2],
             readers: [FrameReader::new(limits), FrameReader::new(limits)],
+            limits,
             free_send: [0, 1]
                 .map(|_| (0..send_bufs).map(|_| Vec::with_capacity(send_buf_bytes)).collect()),
             in_flight: [0; 2],
+            recv_armed: [false; 2],
             bytes_received: [0; 2],
             bytes_sent: [0; 2],
+            frames_received: 0,
             closed: [false; 2],
         };
-        for i in 0..2 {
-            ring.recv(fds[i], Buf::with_capacity(RECV_BUF_BYTES), TAG_RECV[i])
-                .map_err(|r| StreamError::Ring { stream: kind(i), source: r.error })?;
+        for (stream, sock) in [(StreamKind::Bulk, &pair.bulk), (StreamKind::Urgent, &pair.urgent)] {
+            let own = sock.try_clone().map_err(|source| StreamError::Io {
+                op: "clone",
+                stream,
+                source,
+            })?;
+            streams.attach(ring, stream, own)?;
         }
         Ok(streams)
     }
@@ -149,6 +207,11 @@ impl RingStreams {
         self.free_send[index(stream)].push(buf);
     }
 
+    /// Send buffers of `stream` not in flight.
+    pub fn free_send_bufs(&self, stream: StreamKind) -> usize {
+        self.free_send[index(stream)].len()
+    }
+
     /// Sends all of `frames` on `stream`; the buffer comes back to the free list when the
     /// kernel is done with it.
     pub fn send(
@@ -158,8 +221,16 @@ impl RingStreams {
         frames: Vec<u8>,
     ) -> Result<(), StreamError> {
         let i = index(stream);
-        ring.send(self.fds[i], Buf::from_vec(frames), TAG_SEND[i])
-            .map_err(|r| StreamError::Ring { stream, source: r.error })?;
+        if self.socks[i].is_none() {
+            self.free_send[i].push(frames);
+            return Err(StreamError::Detached { stream });
+        }
+        if let Err(rejected) = ring.send(self.fds[i], Buf::from_vec(frames), TAG_SEND[i]) {
+            if let Some(vec) = rejected.buf.into_vec() {
+                self.free_send[i].push(vec);
+            }
+            return Err(StreamError::Ring { stream, source: rejected.error });
+        }
         self.in_flight[i] += 1;
         Ok(())
     }
@@ -169,15 +240,22 @@ impl RingStreams {
         self.in_flight[index(stream)]
     }
 
+    /// Bytes moved both ways on both streams plus frames decoded: the event loop's measure
+    /// of progress.
+    pub fn progress_marker(&self) -> u64 {
+        let bytes: u64 = self.bytes_received.iter().chain(&self.bytes_sent).sum();
+        bytes.wrapping_add(self.frames_received)
+    }
+
     /// Asks the kernel to acknowledge `stream`'s received data at once (TCP_QUICKACK, which
     /// lapses by itself, so it is set again after each receive). The urgent stream carries
     /// short bursts after idle spells: a delayed ACK there holds the sender at its restarted
     /// congestion window, and the next fault answer waits behind it.
     pub fn quickack(&self, stream: StreamKind) -> io::Result<()> {
-        // SAFETY: the fd is the stream's socket, owned by the StreamPair these streams were
-        // built from, which outlives them; the borrow ends with this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fds[index(stream)]) };
-        socket2::SockRef::from(&fd).set_tcp_quickack(true)
+        match &self.socks[index(stream)] {
+            Some(sock) => socket2::SockRef::from(sock).set_tcp_quickack(true),
+            None => Ok(()),
+        }
     }
 
     /// The ring tag of `stream`'s receives (to pick its completions out of the ring first).
@@ -191,12 +269,17 @@ impl RingStreams {
         TAG_SEND[index(stream)]
     }
 
-    /// True when the peer closed `stream`.
+    /// True when the peer closed `stream` (until a new connection is attached).
     pub fn is_closed(&self, stream: StreamKind) -> bool {
         self.closed[index(stream)]
     }
 
-    /// Handles a completion if it is one of ours (`Ok(Some)`), or hands it back (`Err`).
+    /// True when `stream` has a connection.
+    pub fn is_attached(&self, stream: StreamKind) -> bool {
+        self.socks[index(stream)].is_some()
+    }
+
+    /// Handles a completion if it is one of ours (`Ok(Ok)`), or hands it back (`Ok(Err)`).
     pub fn on_completion(
         &mut self,
         ring: &mut Ring,
@@ -207,20 +290,29 @@ impl RingStreams {
             return self.on_recv(ring, i, completion).map(Ok);
         }
         if let Some(i) = TAG_SEND.iter().position(|&t| t == tag) {
-            self.in_flight[i] -= 1;
-            let stream = kind(i);
-            let sent = completion.result.map_err(|source| StreamError::Io {
-                op: "send",
-                stream,
-                source,
-            })?;
-            self.bytes_sent[i] += sent as u64;
-            if let Some(vec) = completion.buf.and_then(Buf::into_vec) {
-                self.free_send[i].push(vec);
-            }
-            return Ok(Ok(StreamEvent::Sent(stream, sent as u64)));
+            return self.on_sent(i, completion).map(Ok);
         }
         Ok(Err(completion))
+    }
+
+    /// A send finished: its buffer goes back to the free list whatever the result.
+    fn on_sent(&mut self, i: usize, completion: Completion) -> Result<StreamEvent, StreamError> {
+        self.in_flight[i] = self.in_flight[i].saturating_sub(1);
+        let stream = kind(i);
+        if let Some(vec) = completion.buf.and_then(Buf::into_vec) {
+            self.free_send[i].push(vec);
+        }
+        match completion.result {
+            Ok(sent) => {
+                self.bytes_sent[i] += sent as u64;
+                Ok(StreamEvent::Sent(stream, sent as u64))
+            }
+            Err(e) if is_connection_gone(&e) => {
+                self.closed[i] = true;
+                Ok(StreamEvent::Closed(stream))
+            }
+            Err(source) => Err(StreamError::Io { op: "send", stream, source }),
+        }
     }
 
     fn on_recv(
@@ -230,9 +322,10 @@ impl RingStreams {
         completion: Completion,
     ) -> Result<StreamEvent, StreamError> {
         let stream = kind(i);
+        self.recv_armed[i] = false;
         let n = match completion.result {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) if is_connection_gone(&e) => 0,
             Err(source) => return Err(StreamError::Io { op: "recv", stream, source }),
         };
         let mut buf = completion.buf.unwrap_or_else(|| Buf::with_capacity(RECV_BUF_BYTES));
@@ -243,15 +336,102 @@ impl RingStreams {
         self.bytes_received[i] += n as u64;
         self.readers[i].push_bytes(buf.as_slice());
         buf.clear();
-        ring.recv(self.fds[i], buf, TAG_RECV[i])
-            .map_err(|r| StreamError::Ring { stream, source: r.error })?;
+        self.arm_recv(ring, i, buf)?;
         Ok(StreamEvent::Received(stream))
+    }
+
+    fn arm_recv(&mut self, ring: &mut Ring, i: usize, buf: Buf) -> Result<(), StreamError> {
+        ring.recv(self.fds[i], buf, TAG_RECV[i])
+            .map_err(|r| StreamError::Ring { stream: kind(i), source: r.error })?;
+        self.recv_armed[i] = true;
+        Ok(())
     }
 
     /// The next complete frame received on `stream`, if any.
     pub fn next_frame(&mut self, stream: StreamKind) -> Result<Option<Frame<'_>>, StreamError> {
-        self.readers[index(stream)]
+        let frame = self.readers[index(stream)]
             .next_frame()
-            .map_err(|source| StreamError::Wire { stream, source })
+            .map_err(|source| StreamError::Wire { stream, source })?;
+        self.frames_received += u64::from(frame.is_some());
+        Ok(frame)
+    }
+
+    /// Takes `stream`'s connection off the ring and gives it back. Its receive and sends are
+    /// cancelled and every completion is reaped before this returns, so each send buffer is
+    /// back on the free list and no buffer is freed while the kernel holds it. Bytes received
+    /// but not yet framed are dropped; a send cut by the cancel may leave a partial frame on
+    /// the old connection, which is why it is meant for a connection being replaced.
+    /// Completions of other operations stay in the ring's ready queue for the caller. A
+    /// zero-copy send comes back only once the kernel has let go of its pages (after the
+    /// peer acknowledged them, or on loopback read or closed): if that takes longer than a
+    /// few seconds the connection stays attached and [`StreamError::DetachStuck`] says so.
+    pub fn detach(
+        &mut self,
+        ring: &mut Ring,
+        stream: StreamKind,
+    ) -> Result<TcpStream, StreamError> {
+        let i = index(stream);
+        if self.socks[i].is_none() {
+            return Err(StreamError::Detached { stream });
+        }
+        let fd = self.fds[i];
+        ring.cancel_fd(fd).map_err(|source| StreamError::Ring { stream, source })?;
+        let deadline = Instant::now() + DETACH_WAIT;
+        loop {
+            while let Some(c) = ring.take_completion(|t| t == TAG_RECV[i] || t == TAG_SEND[i]) {
+                self.reap_detached(i, c);
+            }
+            let in_flight = self.in_flight[i] + usize::from(self.recv_armed[i]);
+            if in_flight == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StreamError::DetachStuck { stream, in_flight });
+            }
+            ring.submit_and_wait(1, Some(Duration::from_millis(10)))
+                .map_err(|source| StreamError::Ring { stream, source })?;
+        }
+        ring.forget_fd(fd);
+        self.fds[i] = NO_FD;
+        self.readers[i] = FrameReader::new(self.limits);
+        self.closed[i] = true;
+        self.socks[i].take().ok_or(StreamError::Detached { stream })
+    }
+
+    /// Accounts for one completion of a stream being detached; its frames are not read.
+    fn reap_detached(&mut self, i: usize, completion: Completion) {
+        if completion.tag == TAG_RECV[i] {
+            self.recv_armed[i] = false;
+            if let Ok(n) = completion.result {
+                self.bytes_received[i] += n as u64;
+            }
+            return;
+        }
+        self.in_flight[i] = self.in_flight[i].saturating_sub(1);
+        if let Ok(n) = completion.result {
+            self.bytes_sent[i] += n as u64;
+        }
+        if let Some(vec) = completion.buf.and_then(Buf::into_vec) {
+            self.free_send[i].push(vec);
+        }
+    }
+
+    /// Joins `sock` to the running session as `stream`'s connection: a receive is armed on it
+    /// and its frame reader starts clean. Frames the engine queued meanwhile go out on it.
+    pub fn attach(
+        &mut self,
+        ring: &mut Ring,
+        stream: StreamKind,
+        sock: TcpStream,
+    ) -> Result<(), StreamError> {
+        let i = index(stream);
+        if self.socks[i].is_some() {
+            return Err(StreamError::Attached { stream });
+        }
+        self.fds[i] = sock.as_raw_fd();
+        self.socks[i] = Some(sock);
+        self.readers[i] = FrameReader::new(self.limits);
+        self.closed[i] = false;
+        self.arm_recv(ring, i, Buf::with_capacity(RECV_BUF_BYTES))
     }
 }

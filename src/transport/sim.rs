@@ -9,6 +9,9 @@
 //! segment (reordering across streams), disconnects (by probability per send, at a time, or
 //! after a byte count), and bit flips in delivered bytes (which the frame CRC must catch).
 //!
+//! After a drop, [`SimNet::reconnect`] opens a new connection for both streams (what was in
+//! flight on the old one is lost), so a recovery can be simulated too.
+//!
 //! Every run is a function of its seed. [`run_seeded`] prints `SIM SEED=<n>` when the run
 //! panics, and [`SEED_ENV`] (`HYBRIDMIG_SIM_SEED`) replays that seed.
 
@@ -66,7 +69,7 @@ pub struct SimFaults {
     pub disconnect_probability: f64,
     /// Drop the connection at this virtual time.
     pub disconnect_at_us: Option<u64>,
-    /// Drop the connection once this many bytes (both streams, both ways) were sent.
+    /// Drop the connection once this many bytes (both streams, both ways) were sent on it.
     pub disconnect_after_bytes: Option<u64>,
     /// Probability that a delivered byte has one bit flipped.
     pub corrupt_byte_probability: f64,
@@ -131,6 +134,9 @@ pub enum SimError {
         /// Bytes of the refused send.
         len_bytes: usize,
     },
+    /// A reconnect was asked for while the connection is up.
+    #[error("simulated connection is up: nothing to reconnect")]
+    StillConnected,
 }
 
 /// Counters of what the simulator did.
@@ -152,6 +158,8 @@ pub struct SimStats {
     pub bytes_corrupted: u64,
     /// Segments dropped because the link went down first.
     pub segments_dropped: u64,
+    /// Reconnections after a drop.
+    pub reconnects: u64,
 }
 
 #[derive(Debug)]
@@ -193,6 +201,8 @@ pub struct SimNet {
     tail_us: [[u64; 2]; 2],
     /// Set once a drop is decided; sends fail from then on.
     down: Option<DisconnectCause>,
+    /// `stats.bytes_sent` when the current connection opened.
+    bytes_at_connect: u64,
     stats: SimStats,
 }
 
@@ -208,6 +218,7 @@ impl SimNet {
             queue: BinaryHeap::new(),
             tail_us: [[0; 2]; 2],
             down: None,
+            bytes_at_connect: 0,
             stats: SimStats::default(),
         };
         if let Some(at_us) = net.faults.disconnect_at_us {
@@ -259,7 +270,7 @@ impl SimNet {
         } else {
             self.faults
                 .disconnect_after_bytes
-                .filter(|limit| self.stats.bytes_sent + bytes.len() as u64 > *limit)
+                .filter(|limit| self.connection_bytes() + bytes.len() as u64 > *limit)
                 .map(|_| DisconnectCause::AfterBytes)
         };
         if let Some(cause) = cut {
@@ -270,6 +281,34 @@ impl SimNet {
         self.stats.segments_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         self.push(arrival_us, SimEvent::Deliver { to: from.peer(), stream, bytes: bytes.to_vec() });
+        Ok(())
+    }
+
+    /// Bytes sent on the current connection.
+    fn connection_bytes(&self) -> u64 {
+        self.stats.bytes_sent - self.bytes_at_connect
+    }
+
+    /// Opens a new connection for both streams after a drop: whatever was still in flight on
+    /// the old one is lost (as a pending drop is), and sends work again from now on, in order
+    /// within each stream. A time-based drop still ahead stays scheduled. Uses no randomness,
+    /// so a seed replays the same sequence across reconnects.
+    pub fn reconnect(&mut self) -> Result<(), SimError> {
+        if self.down.is_none() {
+            return Err(SimError::StillConnected);
+        }
+        let now_us = self.now_us;
+        let lost =
+            self.queue.iter().filter(|s| matches!(s.event, SimEvent::Deliver { .. })).count();
+        self.queue.retain(|s| {
+            s.time_us > now_us
+                && matches!(s.event, SimEvent::Disconnected { cause: DisconnectCause::AtTime, .. })
+        });
+        self.stats.segments_dropped += lost as u64;
+        self.down = None;
+        self.tail_us = [[now_us; 2]; 2];
+        self.bytes_at_connect = self.stats.bytes_sent;
+        self.stats.reconnects += 1;
         Ok(())
     }
 

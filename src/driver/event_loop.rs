@@ -1,0 +1,312 @@
+//! The event loop both drivers share: one io_uring thread that waits on completions and a
+//! periodic tick, and hands each completion to the side's [`Wing`].
+//!
+//! Data enters as ring completions (socket receives and send completions, turned into
+//! [`StreamEvent`]s by [`RingStreams`], and the wing's own operations such as userfaultfd
+//! reads) and leaves as sends the wing queues in [`Wing::step`]. The loop fails only when
+//! nothing has moved for [`LoopOptions::progress_timeout`]: no byte either way, no frame.
+//! Urgent work comes first: [`serve_urgent_now`] lets a wing in the middle of long work (a
+//! bulk buffer being encoded, a page window being placed) pick the urgent stream's and its own
+//! urgent completions out of the ring before the rest.
+
+use super::{DriverError, WingPhase};
+use crate::metrics::mono_ns;
+use crate::ring::{Completion, Ring};
+use crate::transport::ring_streams::{RingStreams, StreamEvent};
+use crate::transport::tcp::StreamPair;
+use crate::wire::{Limits, StreamKind};
+use std::time::Duration;
+
+/// Submission queue entries of a driver's ring.
+const RING_ENTRIES: u32 = 256;
+
+/// Tunables of the shared loop.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Period of the wing's tick hook (also the longest single wait).
+    pub tick: Duration,
+    /// Fail after this long without progress.
+    pub progress_timeout: Duration,
+    /// Ask for real-time priority for the loop's thread (needs CAP_SYS_NICE).
+    pub prioritize_thread: bool,
+    /// Which side runs the loop, for the log.
+    pub name: &'static str,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(10),
+            progress_timeout: Duration::from_secs(600),
+            prioritize_thread: true,
+            name: "driver",
+        }
+    }
+}
+
+/// The ring and the two streams on it. The ring is declared first so it is dropped first: its
+/// drop cancels what is in flight while the streams' sockets are still open.
+#[derive(Debug)]
+pub struct LoopIo {
+    /// The loop's io_uring.
+    pub ring: Ring,
+    /// The bulk and urgent streams.
+    pub streams: RingStreams,
+}
+
+impl LoopIo {
+    /// A ring with both streams of `pair` on it, each with `send_bufs` send buffers of
+    /// `send_buf_bytes`.
+    pub fn new(
+        pair: &StreamPair,
+        send_bufs: usize,
+        send_buf_bytes: usize,
+    ) -> Result<LoopIo, DriverError> {
+        let mut ring = Ring::new(RING_ENTRIES).map_err(DriverError::ring("io_uring setup"))?;
+        let streams =
+            RingStreams::new(&mut ring, pair, send_bufs, send_buf_bytes, Limits::default())?;
+        Ok(LoopIo { ring, streams })
+    }
+
+    /// Submits queued operations without waiting.
+    pub fn submit(&mut self) -> Result<(), DriverError> {
+        self.ring.submit().map(drop).map_err(DriverError::ring("io_uring submit"))
+    }
+}
+
+/// What the loop does after a wing's step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The migration is over on this side: leave the loop.
+    Done,
+    /// Wait for a completion or the tick.
+    Wait,
+    /// Every send buffer is in the kernel: wait, and tell the wing how long the link held it
+    /// ([`Wing::on_link_wait`]).
+    WaitOnLink,
+}
+
+/// One side's engine-specific steps, plugged into the shared loop.
+pub trait Wing {
+    /// The engine's phase, for errors.
+    fn phase(&self) -> WingPhase;
+
+    /// Runs every [`LoopOptions::tick`] (the caller's hook).
+    fn tick(&mut self);
+
+    /// Queues what the engine has to send; says whether the loop is done.
+    fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError>;
+
+    /// A stream event other than [`StreamEvent::Closed`].
+    fn on_event(&mut self, io: &mut LoopIo, event: StreamEvent) -> Result<(), DriverError>;
+
+    /// The peer closed `stream`. The streams survive it; by default this side fails with
+    /// [`DriverError::PeerClosed`] unless [`Wing::closed_is_fine`].
+    fn on_closed(&mut self, _io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
+        if self.closed_is_fine() {
+            return Ok(());
+        }
+        Err(DriverError::PeerClosed { stream, phase: self.phase() })
+    }
+
+    /// True once a closed stream no longer matters (this side's work is over).
+    fn closed_is_fine(&self) -> bool {
+        false
+    }
+
+    /// A completion of the wing's own operations (tags from
+    /// [`crate::transport::ring_streams::FIRST_CALLER_TAG`] up).
+    fn on_other(&mut self, _io: &mut LoopIo, _completion: Completion) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// The wing's own tags that [`serve_urgent_now`] serves ahead of bulk work.
+    fn urgent_tags(&self) -> &[u64] {
+        &[]
+    }
+
+    /// The loop waited `_wait_ns` with every send buffer in the kernel.
+    fn on_link_wait(&mut self, _wait_ns: u64) {}
+}
+
+/// Runs `wing` until its step says [`Next::Done`].
+pub fn run<W: Wing>(wing: &mut W, io: &mut LoopIo, opts: &LoopOptions) -> Result<(), DriverError> {
+    if opts.prioritize_thread && !crate::ring::prioritize_this_thread() {
+        tracing::info!("{} event loop runs at normal priority (no CAP_SYS_NICE)", opts.name);
+    }
+    let tick_ns = opts.tick.as_nanos() as u64;
+    let timeout_ns = opts.progress_timeout.as_nanos() as u64;
+    let mut next_tick = 0u64;
+    let (mut last_marker, mut last_progress_ns) = (io.streams.progress_marker(), mono_ns());
+    loop {
+        let now = mono_ns();
+        if now >= next_tick {
+            wing.tick();
+            next_tick = now + tick_ns;
+        }
+        let marker = io.streams.progress_marker();
+        if marker != last_marker {
+            (last_marker, last_progress_ns) = (marker, now);
+        } else if now.saturating_sub(last_progress_ns) > timeout_ns {
+            let idle_secs = opts.progress_timeout.as_secs();
+            return Err(DriverError::NoProgress { idle_secs, phase: wing.phase() });
+        }
+        match wing.step(io)? {
+            Next::Done => return Ok(()),
+            Next::WaitOnLink => wait_on_link(wing, io, opts.tick)?,
+            Next::Wait => {
+                io.ring
+                    .submit_and_wait(1, Some(opts.tick))
+                    .map_err(DriverError::ring("io_uring wait"))?;
+            }
+        }
+        while let Some(completion) = io.ring.next_completion() {
+            dispatch(wing, io, completion)?;
+        }
+    }
+}
+
+/// Hands one completion to the wing: a stream event, a closed stream, or its own.
+pub fn dispatch<W: Wing>(
+    wing: &mut W,
+    io: &mut LoopIo,
+    completion: Completion,
+) -> Result<(), DriverError> {
+    match io.streams.on_completion(&mut io.ring, completion)? {
+        Ok(StreamEvent::Closed(stream)) => wing.on_closed(io, stream),
+        Ok(event) => wing.on_event(io, event),
+        Err(completion) => wing.on_other(io, completion),
+    }
+}
+
+/// Serves the urgent stream's completions (receives, and sends that free a buffer for the
+/// next answer) and the wing's urgent tags ahead of everything else ready; true when any
+/// was served. The submit is a system call on purpose: entering the kernel runs the ring's
+/// task work, which is what posts a waiting urgent completion.
+pub fn serve_urgent_now<W: Wing>(wing: &mut W, io: &mut LoopIo) -> Result<bool, DriverError> {
+    io.submit()?;
+    let recv_tag = io.streams.recv_tag(StreamKind::Urgent);
+    let send_tag = io.streams.send_tag(StreamKind::Urgent);
+    let mut served = false;
+    loop {
+        let extra = wing.urgent_tags();
+        let wanted = |tag: u64| tag == recv_tag || tag == send_tag || extra.contains(&tag);
+        let Some(completion) = io.ring.take_completion(wanted) else { break };
+        dispatch(wing, io, completion)?;
+        served = true;
+    }
+    Ok(served)
+}
+
+/// Waits with every send buffer in the kernel, and tells the wing how long that took. The
+/// sends go in first, timed apart from the wait: on loopback and veth a send delivers its
+/// packets inside the call, which is the loop's own work, not a wait on the link.
+fn wait_on_link<W: Wing>(wing: &mut W, io: &mut LoopIo, tick: Duration) -> Result<(), DriverError> {
+    if io.ring.submit().map_err(DriverError::ring("io_uring submit"))? > 0 {
+        return Ok(()); // a send finished inside the call: no wait
+    }
+    let from_ns = mono_ns();
+    io.ring.submit_and_wait(1, Some(tick)).map_err(DriverError::ring("io_uring wait"))?;
+    wing.on_link_wait(mono_ns().saturating_sub(from_ns));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A wing that sends nothing and is done after `done_after_ns`.
+    struct Idle {
+        started_ns: u64,
+        done_after_ns: u64,
+    }
+
+    impl Wing for Idle {
+        fn phase(&self) -> WingPhase {
+            WingPhase::Source(crate::source::Phase::Setup)
+        }
+        fn tick(&mut self) {}
+        fn step(&mut self, _io: &mut LoopIo) -> Result<Next, DriverError> {
+            let done = mono_ns() - self.started_ns >= self.done_after_ns;
+            Ok(if done { Next::Done } else { Next::Wait })
+        }
+        fn on_event(&mut self, io: &mut LoopIo, event: StreamEvent) -> Result<(), DriverError> {
+            if let StreamEvent::Received(stream) = event {
+                // Raw bytes, not frames: dropping the reader's error keeps the test small.
+                let _ = io.streams.next_frame(stream);
+            }
+            Ok(())
+        }
+    }
+
+    fn pair() -> (StreamPair, [TcpStream; 2]) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = || {
+            let far = TcpStream::connect(addr).expect("connect");
+            (listener.accept().expect("accept").0, far)
+        };
+        let ((bulk, far_bulk), (urgent, far_urgent)) = (connect(), connect());
+        let session = crate::session::SessionParams {
+            version: crate::wire::VERSION_CURRENT,
+            session_id: 1,
+            mode: crate::wire::MigrationMode::Postcopy,
+            intent: crate::session::SessionIntent::New,
+            regions: Vec::new(),
+            page_size: 4096,
+        };
+        (StreamPair { bulk, urgent, session }, [far_bulk, far_urgent])
+    }
+
+    fn opts(progress_timeout_ms: u64) -> LoopOptions {
+        LoopOptions {
+            progress_timeout: Duration::from_millis(progress_timeout_ms),
+            prioritize_thread: false,
+            ..LoopOptions::default()
+        }
+    }
+
+    #[test]
+    fn fails_only_after_the_progress_deadline_without_progress() {
+        let (pair, _far) = pair();
+        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
+        let err = run(&mut wing, &mut io, &opts(100)).expect_err("nothing moves");
+        assert!(matches!(err, DriverError::NoProgress { .. }), "{err}");
+        assert!(mono_ns() - wing.started_ns >= 100_000_000);
+    }
+
+    #[test]
+    fn bytes_arriving_keep_the_loop_alive_past_the_deadline() {
+        let (pair, [mut far_bulk, _far_urgent]) = pair();
+        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let feeder = std::thread::spawn(move || {
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(20));
+                if far_bulk.write_all(&[0u8; 8]).is_err() {
+                    break;
+                }
+            }
+        });
+        // Done after 400 ms, four deadlines of 100 ms, with a byte every 20 ms meanwhile.
+        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: 400_000_000 };
+        run(&mut wing, &mut io, &opts(100)).expect("progress keeps it alive");
+        feeder.join().expect("feeder");
+    }
+
+    #[test]
+    fn a_closed_stream_is_a_typed_peer_closed_error() {
+        let (pair, far) = pair();
+        drop(far);
+        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
+        let err = run(&mut wing, &mut io, &opts(5_000)).expect_err("the peer closed");
+        let DriverError::PeerClosed { stream, .. } = err else { panic!("{err}") };
+        // The streams survive it: the dead connection comes off, ready for a new one.
+        assert!(io.streams.is_closed(stream));
+        io.streams.detach(&mut io.ring, stream).expect("detach the closed stream");
+        assert!(!io.streams.is_attached(stream));
+    }
+}
