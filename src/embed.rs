@@ -2,5 +2,6 @@
 //! both engines find it.
 
 pub use crate::ports::vm::{
-    host_addr_of, layout_of, page_of_host_addr, EmbedError, GuestPages, HostRegion, MigratableVm,
+    host_addr_of, layout_of, page_of_host_addr, DestVm, EmbedError, GuestPages, HostRegion,
+    MigratableVm,
 };

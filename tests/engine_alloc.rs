@@ -5,7 +5,7 @@
 //! One test in this binary, so that no other test allocates on the counted thread meanwhile.
 
 use hybridmig::dest::DestEngine;
-use hybridmig::ports::{MigratableVm, PageSink, SinkError};
+use hybridmig::ports::{DestVm, EmbedError, MigratableVm, PageSink, SinkError};
 use hybridmig::session::{SessionIntent, SessionParams};
 use hybridmig::sim::{SimGuestSpec, SimVm};
 use hybridmig::source::{SourceConfig, SourceEngine};
@@ -79,6 +79,15 @@ impl PageSink for NullSink {
         Ok(())
     }
     fn wake(&mut self, _first: u64, _count: u64) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+impl DestVm for NullSink {
+    fn restore_state(&mut self, _blob: &[u8]) -> Result<(), EmbedError> {
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), EmbedError> {
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! stream pair arrives with the session the handshake opened, which gives the mode.
 
 use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
-use super::sink::UffdSink;
+use super::sink::{UffdSink, UffdVm};
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Wing};
@@ -101,7 +101,7 @@ pub fn run_dest(
     }
     let mut engine = DestEngine::new(layout.clone(), &pair.session);
     engine.set_place_chunk(opts.place_chunk_pages);
-    let mut io = LoopIo::new(pair, SEND_BUFS, SEND_BUF_BYTES)?;
+    let mut io = LoopIo::new(pair, crate::session::Role::Acceptor, SEND_BUFS, SEND_BUF_BYTES)?;
     arm_uffd_read(
         &mut io.ring,
         &uffd,
@@ -214,7 +214,7 @@ impl DestWing<'_, '_> {
     /// meanwhile, so the push never holds a vCPU's fault behind more than one chunk.
     fn on_received(&mut self, io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
         while let Some(frame) = io.streams.next_frame(stream)? {
-            let event = self.engine.on_frame(stream, frame, &mut self.ctx.sink())?;
+            let event = self.engine.on_frame(stream, frame, &mut self.ctx.port())?;
             if let Some(event) = event {
                 self.ctx.on_event(event)?;
             }
@@ -276,13 +276,14 @@ impl Ctx<'_> {
         UffdSink::new(self.uffd, self.regions, self.layout)
     }
 
+    /// The VM port for a frame: placing pages, restoring the state, resuming.
+    fn port(&mut self) -> UffdVm<'_> {
+        UffdVm::new(UffdSink::new(self.uffd, self.regions, self.layout), &mut *self.vm)
+    }
+
     fn on_event(&mut self, event: DestEvent) -> Result<(), DriverError> {
         match event {
-            DestEvent::Resume(blob) => {
-                self.vm.restore_state(&blob)?;
-                self.vm.resume()?;
-                self.run.resume_ns = mono_ns();
-            }
+            DestEvent::Resumed => self.run.resume_ns = mono_ns(),
             DestEvent::Complete => {}
         }
         Ok(())

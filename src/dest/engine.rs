@@ -2,8 +2,8 @@
 //!
 //! Inputs: frames from the two streams, and page faults (a guest page the running VM touched
 //! while it is missing). Outputs: fault requests on the urgent stream, acknowledgements and
-//! DoneAck on the bulk stream, pages handed to a [`PageSink`], and [`DestEvent`]s telling the
-//! driver when to restore the state and resume the guest.
+//! DoneAck on the bulk stream, pages handed to a [`PageSink`], the state restored and the guest
+//! resumed through the [`DestVm`] port, and [`DestEvent`]s telling the driver what happened.
 //!
 //! Residency of each page: *present* (placed here), *requested* (a fault request is in
 //! flight), or missing. After the switch-over the *need set* says which missing pages must come
@@ -12,7 +12,7 @@
 use super::DestError;
 use crate::memory::{Layout, PAGE_SIZE};
 use crate::metrics::LatencyHistogram;
-use crate::ports::{memory_digest, zero_page_crc, Clock, MonoClock, PageSink};
+use crate::ports::{memory_digest, zero_page_crc, Clock, DestVm, MonoClock, PageSink};
 use crate::session::SessionParams;
 use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
@@ -27,8 +27,8 @@ use residency::Residency;
 /// What the driver must do after a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestEvent {
-    /// Restore this state blob and resume the guest now.
-    Resume(Vec<u8>),
+    /// The state was restored and the guest resumed here (through [`DestVm`]).
+    Resumed,
     /// Every page is here and the digests matched: the source is no longer needed.
     Complete,
 }
@@ -254,8 +254,9 @@ impl DestEngine {
         &mut self,
         stream: StreamKind,
         frame: wire::Frame<'_>,
-        sink: &mut dyn PageSink,
+        vm: &mut dyn DestVm,
     ) -> Result<Option<DestEvent>, DestError> {
+        let sink: &mut dyn PageSink = vm;
         let unexpected = |frame: &wire::FrameBody<'_>, phase| DestError::UnexpectedFrame {
             stream,
             frame: frame.frame_type(),
@@ -294,7 +295,7 @@ impl DestEngine {
                 Ok(None)
             }
             wire::FrameBody::VmState(blob) if self.phase == DestPhase::PreSwitch => {
-                self.on_state(blob)
+                self.on_state(blob, vm)
             }
             wire::FrameBody::Done(done) if self.phase != DestPhase::PreSwitch => {
                 self.stats.source_digest = done.memory_digest;
@@ -345,12 +346,20 @@ impl DestEngine {
         Ok(())
     }
 
-    fn on_state(&mut self, blob: &[u8]) -> Result<Option<DestEvent>, DestError> {
+    /// Restores the state and resumes the guest: from here on it runs on this side.
+    fn on_state(
+        &mut self,
+        blob: &[u8],
+        vm: &mut dyn DestVm,
+    ) -> Result<Option<DestEvent>, DestError> {
         self.stats.state_received_ns = self.clock.now_ns();
         tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
+        vm.restore_state(blob)?;
+        // Running before the resume: a vCPU's first fault must find the engine ready for it.
         self.residency.start_running();
         self.phase = DestPhase::Running;
-        Ok(Some(DestEvent::Resume(blob.to_vec())))
+        vm.resume()?;
+        Ok(Some(DestEvent::Resumed))
     }
 
     /// A vCPU touched missing page `page`.
@@ -490,6 +499,8 @@ mod tests {
         placed: Vec<(u64, u64)>,
         zeroed: Vec<(u64, u64)>,
         woken: Vec<(u64, u64)>,
+        restored: Option<Vec<u8>>,
+        resumed: bool,
     }
 
     impl PageSink for Recorder {
@@ -509,6 +520,18 @@ mod tests {
         }
         fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
             self.woken.push((first, count));
+            Ok(())
+        }
+    }
+
+    impl DestVm for Recorder {
+        fn restore_state(&mut self, blob: &[u8]) -> Result<(), crate::ports::EmbedError> {
+            self.restored = Some(blob.to_vec());
+            Ok(())
+        }
+        fn resume(&mut self) -> Result<(), crate::ports::EmbedError> {
+            assert!(self.restored.is_some(), "resumed before the state was restored");
+            self.resumed = true;
             Ok(())
         }
     }
@@ -543,6 +566,8 @@ mod tests {
         wire::encode_frame(&mut out, wire::VERSION_CURRENT, &body, &limits).expect("state");
         feed(&mut dest, StreamKind::Bulk, &out, sink);
         assert_eq!(dest.phase(), DestPhase::Running);
+        assert_eq!(sink.restored.as_deref(), Some(&b"state"[..]), "the engine restored the state");
+        assert!(sink.resumed, "the engine resumed the guest through its port");
         dest
     }
 

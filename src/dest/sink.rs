@@ -7,7 +7,7 @@
 
 use super::uffd::{Placed, Uffd, UffdError};
 use crate::memory::{Layout, PAGE_SIZE};
-use crate::ports::{host_addr_of, HostRegion};
+use crate::ports::{host_addr_of, DestVm, EmbedError, HostRegion, MigratableVm};
 pub use crate::ports::{PageSink, SinkError};
 
 /// Host address of `first`, checked.
@@ -156,5 +156,46 @@ impl PageSink for UffdSink<'_> {
             count,
             source: Box::new(source),
         })
+    }
+}
+
+/// The destination's real [`DestVm`]: pages through userfaultfd, state and resume through the
+/// VMM.
+pub struct UffdVm<'a> {
+    sink: UffdSink<'a>,
+    vm: &'a mut dyn MigratableVm,
+}
+
+impl<'a> UffdVm<'a> {
+    /// The port over `vm`, whose memory `sink` places into.
+    pub fn new(sink: UffdSink<'a>, vm: &'a mut dyn MigratableVm) -> Self {
+        Self { sink, vm }
+    }
+}
+
+impl PageSink for UffdVm<'_> {
+    fn place(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.sink.place(first, data)
+    }
+    fn place_zero(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        self.sink.place_zero(first, count)
+    }
+    fn overwrite(&mut self, first: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.sink.overwrite(first, data)
+    }
+    fn discard(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        self.sink.discard(first, count)
+    }
+    fn wake(&mut self, first: u64, count: u64) -> Result<(), SinkError> {
+        self.sink.wake(first, count)
+    }
+}
+
+impl DestVm for UffdVm<'_> {
+    fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError> {
+        self.vm.restore_state(blob)
+    }
+    fn resume(&mut self) -> Result<(), EmbedError> {
+        self.vm.resume()
     }
 }

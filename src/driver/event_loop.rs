@@ -12,6 +12,7 @@
 use super::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
 use crate::ring::{Completion, Ring};
+use crate::session::Role;
 use crate::transport::ring_streams::{RingStreams, StreamEvent};
 use crate::transport::tcp::StreamPair;
 use crate::wire::{Limits, StreamKind};
@@ -57,14 +58,18 @@ pub struct LoopIo {
 impl LoopIo {
     /// A ring with both streams of `pair` on it, each with `send_bufs` send buffers of
     /// `send_buf_bytes`.
+    /// Every frame received is checked by the session's [`crate::session::FrameGate`] for
+    /// `role` before the wing sees it.
     pub fn new(
         pair: &StreamPair,
+        role: Role,
         send_bufs: usize,
         send_buf_bytes: usize,
     ) -> Result<LoopIo, DriverError> {
         let mut ring = Ring::new(RING_ENTRIES).map_err(DriverError::ring("io_uring setup"))?;
-        let streams =
+        let mut streams =
             RingStreams::new(&mut ring, pair, send_bufs, send_buf_bytes, Limits::default())?;
+        streams.guard(role, pair.session.version);
         Ok(LoopIo { ring, streams })
     }
 
@@ -271,7 +276,7 @@ mod tests {
     #[test]
     fn fails_only_after_the_progress_deadline_without_progress() {
         let (pair, _far) = pair();
-        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
         let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
         let err = run(&mut wing, &mut io, &opts(100)).expect_err("nothing moves");
         assert!(matches!(err, DriverError::NoProgress { .. }), "{err}");
@@ -281,7 +286,7 @@ mod tests {
     #[test]
     fn bytes_arriving_keep_the_loop_alive_past_the_deadline() {
         let (pair, [mut far_bulk, _far_urgent]) = pair();
-        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
         let feeder = std::thread::spawn(move || {
             for _ in 0..30 {
                 std::thread::sleep(Duration::from_millis(20));
@@ -300,7 +305,7 @@ mod tests {
     fn a_closed_stream_is_a_typed_peer_closed_error() {
         let (pair, far) = pair();
         drop(far);
-        let mut io = LoopIo::new(&pair, 1, 1024).expect("io");
+        let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
         let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
         let err = run(&mut wing, &mut io, &opts(5_000)).expect_err("the peer closed");
         let DriverError::PeerClosed { stream, .. } = err else { panic!("{err}") };

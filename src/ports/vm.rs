@@ -163,6 +163,17 @@ pub trait MigratableVm {
     }
 }
 
+/// The destination's VM port: where received pages go, and the two effects the switch-over
+/// has on the VM. The destination engine calls it itself, as the source engine calls
+/// [`MigratableVm`] to pause and save, so both engines act on their VM the same way and a
+/// simulated run goes through the same calls as a real one.
+pub trait DestVm: super::PageSink {
+    /// Loads the state blob the source saved (before [`DestVm::resume`]).
+    fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError>;
+    /// Starts the vCPUs here: from now on a missing page they touch is a network fault.
+    fn resume(&mut self) -> Result<(), EmbedError>;
+}
+
 /// The dense page layout of a VM's regions.
 pub fn layout_of(regions: &[HostRegion]) -> Result<Layout, EmbedError> {
     let spans: Vec<(u64, u64)> = regions.iter().map(|r| (r.guest_phys, r.size_bytes)).collect();

@@ -22,7 +22,9 @@ pub use trace::{TraceHash, TraceKind};
 
 use crate::dest::{DestEngine, DestError, DestEvent, DestPhase};
 use crate::memory::{PageBitmap, PAGE_SIZE};
-use crate::ports::{layout_of, MigratableVm, PageSink, SinkError, VirtualClock};
+use crate::ports::{
+    layout_of, DestVm, EmbedError, MigratableVm, PageSink, SinkError, VirtualClock,
+};
 use crate::session::{FrameGate, Role};
 use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
@@ -277,6 +279,15 @@ impl PageSink for SimSink<'_> {
     }
 }
 
+impl DestVm for SimSink<'_> {
+    fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError> {
+        self.vm.restore_state(blob)
+    }
+    fn resume(&mut self) -> Result<(), EmbedError> {
+        self.vm.resume()
+    }
+}
+
 /// Loop iterations between two bulk frames (the link's rate).
 const BULK_EVERY_STEPS: u64 = 4;
 
@@ -468,11 +479,9 @@ impl<'s> World<'s> {
                 Side::Dest => {
                     let mut sink =
                         SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
-                    if let Some(DestEvent::Resume(blob)) =
+                    if let Some(DestEvent::Resumed) =
                         self.dest.on_frame(stream, frame, &mut sink)?
                     {
-                        self.dst_vm.restore_state(&blob).map_err(SourceError::from)?;
-                        self.dst_vm.resume().map_err(SourceError::from)?;
                         self.dest_running = true;
                         self.trace.event(TraceKind::Resume, self.net.now_us(), &[]);
                     }

@@ -52,7 +52,12 @@ pub fn run_source(
     opts: &SourceDriverOptions,
     on_tick: &mut dyn FnMut(&SourceEngine),
 ) -> Result<SourceStats, DriverError> {
-    let mut io = LoopIo::new(pair, opts.bulk_in_flight, opts.bulk_buf_bytes)?;
+    let mut io = LoopIo::new(
+        pair,
+        crate::session::Role::Initiator,
+        opts.bulk_in_flight,
+        opts.bulk_buf_bytes,
+    )?;
     engine.start(vm)?;
     let loop_opts = LoopOptions {
         tick: opts.tick,

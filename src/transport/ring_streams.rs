@@ -12,6 +12,7 @@
 //! stay with the engine; bytes in flight on the old connection are lost with it.
 
 use crate::ring::{Buf, Completion, Ring, RingError};
+use crate::session::{FrameGate, Role};
 use crate::wire::{Frame, FrameReader, Limits, StreamKind, WireError};
 use std::io;
 use std::net::TcpStream;
@@ -147,6 +148,8 @@ pub struct RingStreams {
     pub bytes_sent: [u64; 2],
     frames_received: u64,
     closed: [bool; 2],
+    /// Per-stream order checks after the handshake, once [`RingStreams::guard`] set them.
+    gates: Option<[FrameGate; 2]>,
 }
 
 impl std::fmt::Debug for RingStreams {
@@ -182,6 +185,7 @@ impl RingStreams {
             bytes_sent: [0; 2],
             frames_received: 0,
             closed: [false; 2],
+            gates: None,
         };
         for (stream, sock) in [(StreamKind::Bulk, &pair.bulk), (StreamKind::Urgent, &pair.urgent)] {
             let own = sock.try_clone().map_err(|source| StreamError::Io {
@@ -347,11 +351,26 @@ impl RingStreams {
         Ok(())
     }
 
-    /// The next complete frame received on `stream`, if any.
+    /// From now on every frame received passes a [`FrameGate`] for `role` and the session's
+    /// `version` before [`RingStreams::next_frame`] returns it. The gates outlive a
+    /// detach and attach: the session, not the connection, decides what may come next.
+    pub fn guard(&mut self, role: Role, version: u16) {
+        self.gates = Some(
+            [StreamKind::Bulk, StreamKind::Urgent]
+                .map(|stream| FrameGate::new(role, stream, version)),
+        );
+    }
+
+    /// The next complete frame received on `stream`, if any (checked by its gate, if set).
     pub fn next_frame(&mut self, stream: StreamKind) -> Result<Option<Frame<'_>>, StreamError> {
         let frame = self.readers[index(stream)]
             .next_frame()
             .map_err(|source| StreamError::Wire { stream, source })?;
+        if let (Some(frame), Some(gates)) = (&frame, &mut self.gates) {
+            gates[index(stream)]
+                .check(frame)
+                .map_err(|source| StreamError::Wire { stream, source })?;
+        }
         self.frames_received += u64::from(frame.is_some());
         Ok(frame)
     }
