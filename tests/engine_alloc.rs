@@ -140,14 +140,14 @@ impl Pair {
                     StreamKind::Urgent => self.source.poll_urgent(&mut self.buf),
                 };
                 moved |= produced;
-                self.to_dest(stream);
+                self.deliver_to_dest(stream);
                 self.buf.clear();
                 let produced = match stream {
                     StreamKind::Bulk => self.dest.poll_bulk(&mut self.buf),
                     StreamKind::Urgent => self.dest.poll_urgent(&mut self.buf),
                 };
                 moved |= produced;
-                self.to_source(stream);
+                self.deliver_to_source(stream);
             }
             if !moved {
                 return;
@@ -155,7 +155,7 @@ impl Pair {
         }
     }
 
-    fn to_dest(&mut self, stream: StreamKind) {
+    fn deliver_to_dest(&mut self, stream: StreamKind) {
         let limits = wire::Limits::default();
         let mut at = 0;
         while at < self.buf.len() {
@@ -165,7 +165,7 @@ impl Pair {
         }
     }
 
-    fn to_source(&mut self, stream: StreamKind) {
+    fn deliver_to_source(&mut self, stream: StreamKind) {
         let limits = wire::Limits::default();
         let mut at = 0;
         while at < self.buf.len() {

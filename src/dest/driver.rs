@@ -9,7 +9,8 @@ use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
 use super::sink::{UffdSink, UffdVm};
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
-use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Wing};
+use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
+use crate::driver::schedule::{self, DestSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
 use crate::ports::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
@@ -170,7 +171,7 @@ impl Wing for DestWing<'_, '_> {
     }
 
     fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError> {
-        flush(self.engine, io)?;
+        schedule::dest_flush(&mut Turn { wing: &mut *self, io: &mut *io })?;
         if self.engine.phase() == DestPhase::Complete && io.streams.in_flight(StreamKind::Bulk) == 0
         {
             return Ok(Next::Done);
@@ -184,8 +185,7 @@ impl Wing for DestWing<'_, '_> {
             StreamEvent::Sent(StreamKind::Urgent, _) => {
                 // A buffer is free again: fault requests queued behind it leave now, not
                 // after the loop has worked through every bulk receive that is ready.
-                flush(self.engine, io)?;
-                io.submit()
+                schedule::dest_after_faults(&mut Turn { wing: self, io })
             }
             StreamEvent::Sent(..) | StreamEvent::Closed(_) => Ok(()),
         }
@@ -208,26 +208,16 @@ impl Wing for DestWing<'_, '_> {
 }
 
 impl DestWing<'_, '_> {
-    /// Handles every complete frame received on `stream`. Between two bulk frames, and
-    /// between the chunks of one (placing a whole window is long enough to hold a fault; a chunk
-    /// is one page while a fault answer is awaited), it serves any fault that arrived
-    /// meanwhile, so the push never holds a vCPU's fault behind more than one chunk.
+    /// Handles every complete frame received on `stream`; after each bulk frame the shared
+    /// schedule serves faults and places a large window in chunks.
     fn on_received(&mut self, io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
         while let Some(frame) = io.streams.next_frame(stream)? {
             let event = self.engine.on_frame(stream, frame, &mut self.ctx.port())?;
             if let Some(event) = event {
                 self.ctx.on_event(event)?;
             }
-            if stream == StreamKind::Bulk && self.engine.phase() == DestPhase::Running {
-                // A system call per bulk frame, on purpose (see serve_urgent_now): peeking at
-                // the shared completion queue without it left faults waiting longer.
-                event_loop::serve_urgent_now(self, io)?;
-                while self.engine.placing() {
-                    if let Some(event) = self.engine.place_more(&mut self.ctx.sink())? {
-                        self.ctx.on_event(event)?;
-                    }
-                    event_loop::serve_urgent_now(self, io)?;
-                }
+            if stream == StreamKind::Bulk {
+                schedule::dest_after_bulk_frame(&mut Turn { wing: &mut *self, io: &mut *io })?;
             }
         }
         if stream == StreamKind::Urgent {
@@ -251,9 +241,7 @@ impl DestWing<'_, '_> {
         let mut buf = buf;
         buf.clear();
         arm_uffd_read(&mut io.ring, self.ctx.uffd, buf)?;
-        flush(self.engine, io)?;
-        // Submit now: the fault request must leave before the loop goes back to placing.
-        io.submit()
+        schedule::dest_after_faults(&mut Turn { wing: self, io })
     }
 }
 
@@ -305,26 +293,22 @@ fn on_uffd_messages(
     Ok(())
 }
 
-/// Sends whatever the engine queued: urgent first.
-fn flush(engine: &mut DestEngine, io: &mut LoopIo) -> Result<(), DriverError> {
-    for stream in [StreamKind::Urgent, StreamKind::Bulk] {
-        while let Some(mut frames) = io.streams.take_send_buf(stream) {
-            let produced = match stream {
-                StreamKind::Urgent => {
-                    while engine.poll_urgent(&mut frames) {}
-                    !frames.is_empty()
-                }
-                StreamKind::Bulk => {
-                    while engine.poll_bulk(&mut frames) {}
-                    !frames.is_empty()
-                }
-            };
-            if !produced {
-                io.streams.put_back(stream, frames);
-                break;
-            }
-            io.streams.send(&mut io.ring, stream, frames)?;
-        }
+impl<'l, 'c> DestSide for Turn<'_, DestWing<'l, 'c>> {
+    fn engine(&mut self) -> &mut DestEngine {
+        self.wing.engine
     }
-    Ok(())
+
+    fn place_chunk(&mut self) -> Result<(), DriverError> {
+        let wing = &mut *self.wing;
+        if let Some(event) = wing.engine.place_more(&mut wing.ctx.sink())? {
+            wing.ctx.on_event(event)?;
+        }
+        Ok(())
+    }
+
+    /// A system call, on purpose (see [`event_loop::serve_urgent_now`]): peeking at the shared
+    /// completion queue without it left faults waiting longer.
+    fn serve_urgent(&mut self) -> Result<(), DriverError> {
+        event_loop::serve_urgent_now(self.wing, self.io).map(drop)
+    }
 }

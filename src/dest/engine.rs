@@ -422,6 +422,11 @@ impl DestEngine {
     }
 
     fn count_window(&mut self, stream: StreamKind) -> Result<(), DestError> {
+        if self.phase == DestPhase::Complete {
+            // A fault answer that crossed the DoneAck: its pages were here already, and the
+            // source, which has stopped reading, must get nothing after the DoneAck.
+            return Ok(());
+        }
         let i = stream.index();
         self.windows_received[i] += 1;
         if self.windows_received[i] % ACK_EVERY_WINDOWS == 0 {

@@ -9,6 +9,7 @@
 //! bulk buffer being encoded, a page window being placed) pick the urgent stream's and its own
 //! urgent completions out of the ring before the rest.
 
+use super::schedule::Outlet;
 use super::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
 use crate::ring::{Completion, Ring};
@@ -132,6 +133,35 @@ pub trait Wing {
 
     /// The loop waited `_wait_ns` with every send buffer in the kernel.
     fn on_link_wait(&mut self, _wait_ns: u64) {}
+}
+
+/// One turn's view of a wing and its I/O: what the shared scheduling ([`super::schedule`])
+/// works through on the real path.
+pub struct Turn<'a, W> {
+    /// The side's wing.
+    pub wing: &'a mut W,
+    /// Its ring and streams.
+    pub io: &'a mut LoopIo,
+}
+
+impl<W: Wing> Outlet for Turn<'_, W> {
+    type Error = DriverError;
+
+    fn take_buf(&mut self, stream: StreamKind) -> Option<Vec<u8>> {
+        self.io.streams.take_send_buf(stream)
+    }
+
+    fn put_back(&mut self, stream: StreamKind, buf: Vec<u8>) {
+        self.io.streams.put_back(stream, buf);
+    }
+
+    fn send(&mut self, stream: StreamKind, buf: Vec<u8>) -> Result<(), DriverError> {
+        Ok(self.io.streams.send(&mut self.io.ring, stream, buf)?)
+    }
+
+    fn push_now(&mut self) -> Result<(), DriverError> {
+        self.io.submit()
+    }
 }
 
 /// Runs `wing` until its step says [`Next::Done`].

@@ -4,10 +4,12 @@
 //! [`event_loop`] is the one io_uring loop both sides share: thread priority, the progress
 //! deadline, the periodic tick and the urgent-first service. The source's and destination's
 //! drivers ([`crate::source::driver`], [`crate::dest::driver`]) plug their engine's steps into
-//! it as a [`event_loop::Wing`]. Everything that fails on the way up comes out as one
+//! it as a [`event_loop::Wing`], and do their work in the order [`schedule`] gives, which the
+//! simulator follows too. Everything that fails on the way up comes out as one
 //! [`DriverError`], each variant carrying its typed source.
 
 pub mod event_loop;
+pub mod schedule;
 
 use crate::dest::{DestError, DestPhase};
 use crate::ring::RingError;

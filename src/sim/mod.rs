@@ -15,12 +15,14 @@
 
 mod guest;
 pub mod seeds;
+mod sides;
 mod trace;
 
 pub use guest::{SimGuestSpec, SimVm};
 pub use trace::{TraceHash, TraceKind};
 
 use crate::dest::{DestEngine, DestError, DestEvent, DestPhase};
+use crate::driver::schedule;
 use crate::memory::{PageBitmap, PAGE_SIZE};
 use crate::ports::{
     layout_of, DestVm, EmbedError, MigratableVm, PageSink, SinkError, VirtualClock,
@@ -29,6 +31,7 @@ use crate::session::{FrameGate, Role};
 use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
 use crate::wire::{FrameReader, FrameType, Limits, MigrationMode, StreamKind};
+use sides::{DestTurn, SourceTurn};
 use std::sync::Arc;
 
 /// Errors of a simulated migration (typed, like the real ones).
@@ -298,6 +301,9 @@ const STEP_US: u64 = 2;
 /// of a real link, which make a sender wait while the receiver does not read.
 const SEND_WINDOW_BYTES: u64 = 1 << 20;
 
+/// Bytes of a simulated bulk buffer: one frame each, so the link paces frame by frame.
+const SIM_BULK_BUF_BYTES: usize = 1;
+
 /// Loop iterations a run may take at most.
 const STEP_BUDGET: u64 = 4_000_000;
 
@@ -422,17 +428,13 @@ impl<'s> World<'s> {
         // destination.
         if self.dest_running {
             self.step_dest_guest()?;
+            schedule::dest_after_faults(&mut DestTurn(self))?;
         } else if !self.src_vm.paused && self.src_vm.steps < self.spec.steps_total {
             // A guest that finished its steps idles, as the unmigrated run does.
             self.src_vm.run_steps(1);
         }
         self.pump_source(iteration % BULK_EVERY_STEPS == 0)?;
-        if self.dest.placing() {
-            // One chunk per turn: guest steps, faults and fault answers come in between.
-            let mut sink = SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
-            self.dest.place_more(&mut sink)?;
-        }
-        self.pump_dest()?;
+        schedule::dest_flush(&mut DestTurn(self))?;
         self.net.advance_to(now_us);
         let stats = self.net.stats();
         self.peak_link_bytes =
@@ -456,9 +458,7 @@ impl<'s> World<'s> {
                     if (to, stream) == (Side::Dest, StreamKind::Bulk) {
                         self.bulk_in_flight_bytes -= bytes.len() as u64;
                     }
-                    let words = [to as u64, stream as u64, bytes.len() as u64];
-                    self.trace.event(TraceKind::Deliver, at_us, &words);
-                    self.trace.event(TraceKind::Deliver, at_us, &[crc32fast::hash(&bytes).into()]);
+                    self.trace_delivery(at_us, to, stream, &bytes);
                     self.receive(to, stream, &bytes)?;
                 }
                 SimEvent::Disconnected { .. } => return Err(SimRunError::Disconnected { at_us }),
@@ -467,25 +467,32 @@ impl<'s> World<'s> {
         Ok(())
     }
 
+    /// Records one delivered segment in the trace.
+    fn trace_delivery(&mut self, at_us: u64, to: Side, stream: StreamKind, bytes: &[u8]) {
+        let crc = u64::from(crc32fast::hash(bytes));
+        let words = [to as u64, stream as u64, bytes.len() as u64, crc];
+        self.trace.event(TraceKind::Deliver, at_us, &words);
+    }
+
+    /// Hands a segment to a side's frame reader, and each frame, once its gate passed it, to
+    /// the engine; after a bulk frame the destination follows the shared schedule.
     fn receive(&mut self, to: Side, stream: StreamKind, bytes: &[u8]) -> Result<(), SimRunError> {
-        let reader = &mut self.readers[to_index(to, stream)];
-        let gate = &mut self.gates[to_index(to, stream)];
-        reader.push_bytes(bytes);
+        let at = to_index(to, stream);
+        self.readers[at].push_bytes(bytes);
         let bad = |source| SimRunError::Wire { side: to, stream, source };
-        while let Some(frame) = reader.next_frame().map_err(bad)? {
-            gate.check(&frame).map_err(bad)?;
-            match to {
-                Side::Source => self.source.on_frame(stream, frame, &mut self.src_vm)?,
-                Side::Dest => {
-                    let mut sink =
-                        SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
-                    if let Some(DestEvent::Resumed) =
-                        self.dest.on_frame(stream, frame, &mut sink)?
-                    {
-                        self.dest_running = true;
-                        self.trace.event(TraceKind::Resume, self.net.now_us(), &[]);
-                    }
-                }
+        while let Some(frame) = self.readers[at].next_frame().map_err(bad)? {
+            self.gates[at].check(&frame).map_err(bad)?;
+            if to == Side::Source {
+                self.source.on_frame(stream, frame, &mut self.src_vm)?;
+                continue;
+            }
+            let mut sink = SimSink { vm: &mut self.dst_vm, placed_twice: &mut self.placed_twice };
+            if let Some(DestEvent::Resumed) = self.dest.on_frame(stream, frame, &mut sink)? {
+                self.dest_running = true;
+                self.trace.event(TraceKind::Resume, self.net.now_us(), &[]);
+            }
+            if stream == StreamKind::Bulk {
+                schedule::dest_after_bulk_frame(&mut DestTurn(self))?;
             }
         }
         Ok(())
@@ -519,30 +526,24 @@ impl<'s> World<'s> {
         Ok(())
     }
 
+    /// The source's turn, in the shared schedule's order: urgent frames, then one bulk buffer
+    /// of one frame if this is a bulk turn and the send window has room.
     fn pump_source(&mut self, bulk_turn: bool) -> Result<(), SimRunError> {
-        while self.source.poll_urgent(&mut self.out) {}
-        self.send(Side::Source, StreamKind::Urgent)?;
-        if !bulk_turn || self.bulk_in_flight_bytes >= SEND_WINDOW_BYTES {
-            return Ok(());
+        let window_open = bulk_turn && self.bulk_in_flight_bytes < SEND_WINDOW_BYTES;
+        if window_open {
+            // The link, not the engine, sets the pace: the source waited on it since the last
+            // bulk turn.
+            self.source.on_link_wait((BULK_EVERY_STEPS - 1) * STEP_US * 1000);
         }
-        // One bulk frame per bulk turn: the link, not the engine, sets the pace, so the source
-        // waited on it since the last turn.
-        self.source.on_link_wait((BULK_EVERY_STEPS - 1) * STEP_US * 1000);
-        self.source.poll_bulk(&mut self.out, &mut self.src_vm)?;
-        let len = self.out.len() as u64;
-        if self.planted_drop() {
-            self.trace.event(TraceKind::Planted, self.net.now_us(), &[len]);
-            self.out.clear();
-        }
-        self.bulk_in_flight_bytes += self.out.len() as u64;
-        self.send(Side::Source, StreamKind::Bulk)?;
-        self.source.on_bulk_sent(len, self.net.now_us() * 1000 + 1);
+        let mut turn = SourceTurn { world: self, bulk_bufs: u32::from(window_open) };
+        schedule::source_urgent(&mut turn)?;
+        schedule::source_bulk(&mut turn, SIM_BULK_BUF_BYTES)?;
         Ok(())
     }
 
-    /// True when the frame in `out` is the PageWindow [`Plant::DropPageWindow`] drops.
-    fn planted_drop(&mut self) -> bool {
-        if self.out.get(6) != Some(&(FrameType::PageWindow as u8)) {
+    /// True when `buf` is the PageWindow frame [`Plant::DropPageWindow`] drops.
+    fn planted_drop(&mut self, buf: &[u8]) -> bool {
+        if buf.get(6) != Some(&(FrameType::PageWindow as u8)) {
             return false;
         }
         let nth = self.bulk_windows;
@@ -550,21 +551,16 @@ impl<'s> World<'s> {
         matches!(self.spec.plant, Some(Plant::DropPageWindow { nth: n }) if n == nth)
     }
 
-    fn pump_dest(&mut self) -> Result<(), SimRunError> {
-        while self.dest.poll_urgent(&mut self.out) {}
-        self.send(Side::Dest, StreamKind::Urgent)?;
-        while self.dest.poll_bulk(&mut self.out) {}
-        self.send(Side::Dest, StreamKind::Bulk)
+    /// Takes back the scratch buffer, emptied.
+    fn put_back(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.out = buf;
     }
 
-    fn send(&mut self, from: Side, stream: StreamKind) -> Result<(), SimRunError> {
-        if !self.out.is_empty() {
-            self.net
-                .send(from, stream, &self.out)
-                .map_err(|_| SimRunError::Disconnected { at_us: self.net.now_us() })?;
-            self.out.clear();
-        }
-        Ok(())
+    fn send(&mut self, from: Side, stream: StreamKind, buf: Vec<u8>) -> Result<(), SimRunError> {
+        let sent = if buf.is_empty() { Ok(()) } else { self.net.send(from, stream, &buf) };
+        self.put_back(buf);
+        sent.map_err(|_| SimRunError::Disconnected { at_us: self.net.now_us() })
     }
 
     fn finish(mut self, reference: &SimVm) -> Result<SimOutcome, SimRunError> {

@@ -5,9 +5,10 @@
 //! urgent frames the moment the engine has them, and serve fault requests that arrive while a
 //! bulk buffer is being filled. The caller's tick hook samples the guest's progress.
 
-use super::config::{Phase, SourceStats};
+use super::config::SourceStats;
 use super::engine::SourceEngine;
-use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Wing};
+use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
+use crate::driver::schedule::{self, SourceSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
 use crate::ports::MigratableVm;
@@ -91,8 +92,10 @@ impl Wing for SourceWing<'_> {
     }
 
     fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError> {
-        self.fill_urgent(io)?;
-        let waits_on_link = self.fill_bulk(io)?;
+        let buf_bytes = self.bulk_buf_bytes;
+        let mut turn = Turn { wing: &mut *self, io: &mut *io };
+        schedule::source_urgent(&mut turn)?;
+        let waits_on_link = schedule::source_bulk(&mut turn, buf_bytes)?;
         if self.engine.is_finished()
             && io.streams.in_flight(StreamKind::Bulk) == 0
             && io.streams.in_flight(StreamKind::Urgent) == 0
@@ -126,66 +129,14 @@ impl Wing for SourceWing<'_> {
     }
 }
 
-impl SourceWing<'_> {
-    /// Sends every urgent frame the engine has (each in its own buffer while buffers last).
-    fn fill_urgent(&mut self, io: &mut LoopIo) -> Result<(), DriverError> {
-        let mut queued = false;
-        while let Some(mut frames) = io.streams.take_send_buf(StreamKind::Urgent) {
-            while self.engine.poll_urgent(&mut frames) {}
-            if frames.is_empty() {
-                io.streams.put_back(StreamKind::Urgent, frames);
-                break;
-            }
-            io.streams.send(&mut io.ring, StreamKind::Urgent, frames)?;
-            queued = true;
-        }
-        if queued {
-            // Into the kernel now: the loop may go on to encode a bulk buffer first (a few
-            // hundred microseconds with lz4), and the answer must not wait in the queue.
-            io.submit()?;
-            tracing::trace!(at_ns = mono_ns(), "source: urgent send submitted");
-        }
-        Ok(())
+impl<'w> SourceSide for Turn<'_, SourceWing<'w>> {
+    fn parts(&mut self) -> (&mut SourceEngine, &mut dyn MigratableVm) {
+        (&mut *self.wing.engine, &mut *self.wing.vm)
     }
 
-    /// Fills free bulk buffers with frames, up to about one buffer each. True when it stopped
-    /// for want of a buffer (every one is in the kernel, so the loop now waits on the link),
-    /// false when the engine had nothing more to send.
-    fn fill_bulk(&mut self, io: &mut LoopIo) -> Result<bool, DriverError> {
-        while let Some(mut frames) = io.streams.take_send_buf(StreamKind::Bulk) {
-            let phase_before = self.engine.phase();
-            let mut resume_now = false;
-            while frames.len() < self.bulk_buf_bytes
-                && self.engine.poll_bulk(&mut frames, self.vm)?
-            {
-                if self.engine.phase() == Phase::Push {
-                    if phase_before != Phase::Push {
-                        // The state was just encoded: the destination resumes when it
-                        // arrives, so it leaves now, not behind a buffer of pushed pages.
-                        resume_now = true;
-                        break;
-                    }
-                    self.serve_urgent_now(io)?;
-                }
-            }
-            if frames.is_empty() {
-                io.streams.put_back(StreamKind::Bulk, frames);
-                return Ok(false);
-            }
-            io.streams.send(&mut io.ring, StreamKind::Bulk, frames)?;
-            if resume_now {
-                io.submit()?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// Serves fault requests that arrived while a bulk buffer was being filled (encoding one
-    /// takes up to a few hundred microseconds with lz4), so a fault never waits for the push.
-    fn serve_urgent_now(&mut self, io: &mut LoopIo) -> Result<(), DriverError> {
-        if event_loop::serve_urgent_now(self, io)? {
-            self.fill_urgent(io)?;
-        }
-        Ok(())
+    /// Fault requests that arrived while a bulk buffer was being filled (encoding one takes up
+    /// to a few hundred microseconds with lz4).
+    fn serve_urgent(&mut self) -> Result<bool, DriverError> {
+        event_loop::serve_urgent_now(self.wing, self.io)
     }
 }

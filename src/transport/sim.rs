@@ -370,6 +370,40 @@ impl SimNet {
         }
     }
 
+    /// The earliest segment for `to` on `stream` due by `now_us`, taken ahead of other
+    /// streams' segments (as a receiver that serves one socket first does). None when there is
+    /// none, or when a drop comes first.
+    pub fn take_due(&mut self, to: Side, stream: StreamKind, now_us: u64) -> Option<Vec<u8>> {
+        let mut passed = Vec::new();
+        let mut found = None;
+        while let Some(top) = self.queue.peek() {
+            if top.time_us > now_us {
+                break;
+            }
+            let Some(next) = self.queue.pop() else { break };
+            match &next.event {
+                SimEvent::Deliver { to: t, stream: s, .. } if (*t, *s) == (to, stream) => {
+                    found = Some(next);
+                    break;
+                }
+                SimEvent::Deliver { .. } => passed.push(next),
+                SimEvent::Disconnected { .. } => {
+                    passed.push(next);
+                    break;
+                }
+            }
+        }
+        self.queue.extend(passed);
+        let Scheduled { time_us, event: SimEvent::Deliver { mut bytes, .. }, .. } = found? else {
+            return None;
+        };
+        self.now_us = self.now_us.max(time_us);
+        self.corrupt(&mut bytes);
+        self.stats.segments_delivered += 1;
+        self.stats.bytes_delivered += bytes.len() as u64;
+        Some(bytes)
+    }
+
     /// Flips one random bit in each byte chosen with `corrupt_byte_probability`.
     fn corrupt(&mut self, bytes: &mut [u8]) {
         let p = self.faults.corrupt_byte_probability;
