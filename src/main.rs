@@ -338,6 +338,8 @@ fn sim(a: SimArgs) -> Result<()> {
             "passed": report.passed,
             "failed": failed,
             "corruption_caught": report.corruption_caught,
+            "recoveries": report.recoveries,
+            "multi_recovery_runs": report.multi_recovery_runs,
             "failures": failures,
         });
         if let Some(hash) = report.trace_hash {
@@ -351,6 +353,10 @@ fn sim(a: SimArgs) -> Result<()> {
         if let Some(hash) = report.trace_hash {
             println!("trace_hash {hash:#018x}");
         }
+        println!(
+            "{} recoveries ({} runs with two or more), {} runs caught a corrupted frame",
+            report.recoveries, report.multi_recovery_runs, report.corruption_caught
+        );
         println!("{} passed, {} failed", report.passed, failed);
     }
     if failed > 0 {

@@ -31,6 +31,19 @@ fn two_thousand_seeds_pass() {
     eprintln!("2000 seeds in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// Lost connections are in the mix, and they recover: 2,000 seeds see hundreds of recoveries,
+/// some runs more than one (a failure during a recovery), and every run still ends exact.
+#[test]
+fn disconnects_recover_and_double_failures_too() {
+    let report = json(&sim(&["--seeds", "2000", "--from", "20001", "--json"]));
+    assert_eq!(report["failed"], 0, "{report}");
+    let recoveries = report["recoveries"].as_u64().expect("recoveries");
+    let multi = report["multi_recovery_runs"].as_u64().expect("multi_recovery_runs");
+    assert!(recoveries >= 200, "too few recoveries to mean anything: {report}");
+    assert!(multi >= 20, "too few runs with a second failure: {report}");
+    assert!(report["corruption_caught"].as_u64().unwrap_or(0) > 0, "{report}");
+}
+
 #[test]
 fn a_seed_replays_the_same_trace() {
     for seed in ["5", "1292", "4242"] {

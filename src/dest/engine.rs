@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 mod placement;
+mod recovery;
 mod residency;
 
 use placement::Placing;
@@ -72,6 +73,8 @@ pub struct DestStats {
     pub memory_digest: u64,
     /// The source's digest from Done.
     pub source_digest: u64,
+    /// Connections that replaced a lost one.
+    pub recoveries: u64,
 }
 
 /// The destination state machine. See the module docs.
@@ -297,6 +300,16 @@ impl DestEngine {
             wire::FrameBody::VmState(blob) if self.phase == DestPhase::PreSwitch => {
                 self.on_state(blob, vm)
             }
+            wire::FrameBody::Done(done) if self.phase == DestPhase::Complete => {
+                // The first DoneAck was lost with a connection: answer the repeated Done,
+                // acknowledging every window first, as the first time.
+                self.stats.source_digest = done.memory_digest;
+                for stream in StreamKind::ALL {
+                    self.queue_ack(stream);
+                }
+                self.queue_done_ack(&done);
+                Ok(None)
+            }
             wire::FrameBody::Done(done) if self.phase != DestPhase::PreSwitch => {
                 self.stats.source_digest = done.memory_digest;
                 self.done = Some(done);
@@ -397,6 +410,11 @@ impl DestEngine {
         let now_ns = self.clock.now_ns();
         tracing::trace!(page, at_ns = now_ns, "destination: fault request");
         self.fault_started_ns.insert(page, now_ns);
+        self.queue_fault_request(page, vcpu)
+    }
+
+    /// Queues a fault request for `page` with a fresh request id.
+    fn queue_fault_request(&mut self, page: u64, vcpu: u32) -> Result<(), DestError> {
         let (region, page_in_region) =
             self.layout.locate(page).ok_or(DestError::FaultOutsideMemory { page })?;
         let request = wire::FaultRequest {
@@ -422,14 +440,12 @@ impl DestEngine {
     }
 
     fn count_window(&mut self, stream: StreamKind) -> Result<(), DestError> {
-        if self.phase == DestPhase::Complete {
-            // A fault answer that crossed the DoneAck: its pages were here already, and the
-            // source, which has stopped reading, must get nothing after the DoneAck.
-            return Ok(());
-        }
         let i = stream.index();
         self.windows_received[i] += 1;
-        if self.windows_received[i] % ACK_EVERY_WINDOWS == 0 {
+        // After the DoneAck, a window is a fault answer that crossed it (its pages were here
+        // already), or a recovery's re-send: the source has stopped reading, or acknowledgements
+        // go with the repeated DoneAck.
+        if self.phase != DestPhase::Complete && self.windows_received[i] % ACK_EVERY_WINDOWS == 0 {
             self.queue_ack(stream);
         }
         Ok(())
@@ -455,6 +471,23 @@ impl DestEngine {
         let digest = memory_digest(&self.page_crc);
         self.stats.memory_digest = digest;
         self.stats.complete_ns = self.clock.now_ns();
+        // Everything received is acknowledged before the DoneAck.
+        for stream in StreamKind::ALL {
+            self.queue_ack(stream);
+        }
+        let verdict = self.queue_done_ack(&done);
+        self.phase = DestPhase::Complete;
+        tracing::info!(
+            digest,
+            matched = verdict == wire::DoneVerdict::Match,
+            "destination: every page present"
+        );
+        Some(DestEvent::Complete)
+    }
+
+    /// Queues the DoneAck answering `done`, with this side's digest; returns its verdict.
+    fn queue_done_ack(&mut self, done: &wire::Done) -> wire::DoneVerdict {
+        let digest = self.stats.memory_digest;
         let verdict = if digest == done.memory_digest {
             wire::DoneVerdict::Match
         } else {
@@ -468,23 +501,13 @@ impl DestEngine {
             },
             verdict,
         };
-        // Everything received is acknowledged before the DoneAck.
-        for stream in StreamKind::ALL {
-            self.queue_ack(stream);
-        }
         let mut out = Vec::new();
         if wire::encode_frame(&mut out, self.version, &wire::FrameBody::DoneAck(ack), &self.limits)
             .is_ok()
         {
             self.bulk_out.push_back(BulkFrame::Encoded(out));
         }
-        self.phase = DestPhase::Complete;
-        tracing::info!(
-            digest,
-            matched = verdict == wire::DoneVerdict::Match,
-            "destination: every page present"
-        );
-        Some(DestEvent::Complete)
+        verdict
     }
 
     /// True when the digests matched at completion.

@@ -4,7 +4,7 @@
 //! Frames must carry the negotiated version, travel on a stream allowed for their type (fault
 //! requests on urgent; state, dirty sets and Done/DoneAck on bulk) and go in the right
 //! direction (the destination never receives a `FaultRequest`, the source never a
-//! `PageWindow`). A second Hello, or anything after Done (destination) or DoneAck (source), is
+//! `PageWindow`; the source receives `DirtySet` only as a recovery report of missing pages). A second Hello, or anything after Done (destination) or DoneAck (source), is
 //! an error.
 
 use crate::wire::{Frame, FrameType, StreamKind, WireError};
@@ -31,6 +31,12 @@ impl FrameGate {
     /// A gate for `stream` of a session opened with `version`, on the `role` side.
     pub fn new(role: Role, stream: StreamKind, version: u16) -> Self {
         Self { role, stream, version, finished: false }
+    }
+
+    /// The gate for a new connection of the same session: after a recovery the peer may
+    /// repeat Done or DoneAck, so the end seen on the old connection is forgotten.
+    pub fn reopened(self) -> Self {
+        Self { finished: false, ..self }
     }
 
     /// True once Done (destination) or DoneAck (source) passed.
@@ -70,7 +76,13 @@ impl FrameGate {
             }
             Role::Initiator => (
                 "source",
-                matches!(got, FrameType::FaultRequest | FrameType::DoneAck | FrameType::Control),
+                matches!(
+                    got,
+                    FrameType::FaultRequest
+                        | FrameType::DoneAck
+                        | FrameType::Control
+                        | FrameType::DirtySet
+                ),
             ),
         };
         if !receives {

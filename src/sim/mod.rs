@@ -190,6 +190,12 @@ pub struct SimOutcome {
     pub peak_link_bytes: u64,
     /// Guest memory in bytes (the memory bound's base).
     pub guest_bytes: u64,
+    /// New connections that replaced a lost one (each disconnect, or refused frame, one).
+    pub recoveries: u64,
+    /// Frames the codec refused (a corrupted CRC), each of which broke its connection.
+    pub frames_refused: u64,
+    /// Pages the source sent again after a recovery report.
+    pub pages_resent: u64,
 }
 
 /// Bytes the link may hold beyond the guest's memory: a few frames per stream in flight, each
@@ -304,6 +310,13 @@ const SEND_WINDOW_BYTES: u64 = 1 << 20;
 /// Bytes of a simulated bulk buffer: one frame each, so the link paces frame by frame.
 const SIM_BULK_BUF_BYTES: usize = 1;
 
+/// Virtual time a reader may hold part of a frame with no byte arriving before the connection
+/// counts as broken.
+const PARTIAL_FRAME_US: u64 = 50_000;
+
+/// Virtual time from a lost connection to its replacement (the redial and handshake).
+const RECONNECT_US: u64 = 2_000;
+
 /// Loop iterations a run may take at most.
 const STEP_BUDGET: u64 = 4_000_000;
 
@@ -331,6 +344,16 @@ struct World<'s> {
     bulk_windows: u64,
     /// Bulk bytes the source sent and the destination has not read yet.
     bulk_in_flight_bytes: u64,
+    /// When the connection dropped, until a new one is up.
+    down_since_us: Option<u64>,
+    /// Bytes sent on lost connections and never delivered.
+    link_bytes_lost: u64,
+    /// When each reader last received bytes.
+    last_rx_us: [u64; 4],
+    /// New connections that replaced a lost one.
+    recoveries: u64,
+    /// Frames the codec refused (each broke its connection).
+    frames_refused: u64,
 }
 
 /// Runs one simulated migration and checks it against an unmigrated run.
@@ -377,8 +400,7 @@ impl<'s> World<'s> {
         // One virtual clock for both engines: every timing decision follows from the seed.
         let clock = VirtualClock::new();
         let mut net = SimNet::new(spec.seed, spec.faults.clone());
-        let session =
-            crate::session::sim::open(&mut net, &cfg, &src_vm.regions(), &dst_vm.regions())?;
+        let session = open_session(&mut net, &cfg, &src_vm, &dst_vm)?;
         let source =
             SourceEngine::new(cfg, &session.source, &src_vm)?.with_clock(Arc::new(clock.clone()));
         let mut dest =
@@ -403,6 +425,11 @@ impl<'s> World<'s> {
             peak_link_bytes: 0,
             bulk_windows: 0,
             bulk_in_flight_bytes: 0,
+            down_since_us: None,
+            link_bytes_lost: 0,
+            last_rx_us: [0; 4],
+            recoveries: 0,
+            frames_refused: 0,
         })
     }
 
@@ -433,14 +460,22 @@ impl<'s> World<'s> {
             // A guest that finished its steps idles, as the unmigrated run does.
             self.src_vm.run_steps(1);
         }
-        self.pump_source(iteration % BULK_EVERY_STEPS == 0)?;
-        schedule::dest_flush(&mut DestTurn(self))?;
+        if let Some(since_us) = self.down_since_us {
+            if now_us.max(self.net.now_us()) >= since_us + RECONNECT_US {
+                self.reconnect(now_us)?;
+            }
+        }
+        if self.down_since_us.is_none() {
+            self.pump_source(iteration % BULK_EVERY_STEPS == 0)?;
+            schedule::dest_flush(&mut DestTurn(self))?;
+        }
         self.net.advance_to(now_us);
         let stats = self.net.stats();
-        self.peak_link_bytes =
-            self.peak_link_bytes.max(stats.bytes_sent.saturating_sub(stats.bytes_delivered));
+        let held = stats.bytes_sent.saturating_sub(stats.bytes_delivered + self.link_bytes_lost);
+        self.peak_link_bytes = self.peak_link_bytes.max(held);
         if !self.stalled(now_us) {
             self.deliver_due(now_us)?;
+            self.check_partial_frames(now_us);
         }
         Ok(self.source.is_finished() && self.dest.phase() == DestPhase::Complete)
     }
@@ -461,10 +496,30 @@ impl<'s> World<'s> {
                     self.trace_delivery(at_us, to, stream, &bytes);
                     self.receive(to, stream, &bytes)?;
                 }
-                SimEvent::Disconnected { .. } => return Err(SimRunError::Disconnected { at_us }),
+                SimEvent::Disconnected { .. } => self.link_lost(at_us),
             }
         }
         Ok(())
+    }
+
+    /// A frame begun and not finished for [`PARTIAL_FRAME_US`] (a length garbled upward
+    /// waits for bytes that never come) means a broken connection, as the reader's CRC would
+    /// for other damage.
+    fn check_partial_frames(&mut self, now_us: u64) {
+        if self.down_since_us.is_some() {
+            return;
+        }
+        for at in 0..self.readers.len() {
+            let waiting = self.readers[at].buffered_bytes() > 0;
+            if !waiting || now_us < self.last_rx_us[at] + PARTIAL_FRAME_US {
+                continue;
+            }
+            tracing::debug!(at, "sim: a frame never finished, the connection is dropped");
+            self.frames_refused += 1;
+            self.net.break_now();
+            self.link_lost(now_us);
+            return;
+        }
     }
 
     /// Records one delivered segment in the trace.
@@ -479,8 +534,22 @@ impl<'s> World<'s> {
     fn receive(&mut self, to: Side, stream: StreamKind, bytes: &[u8]) -> Result<(), SimRunError> {
         let at = to_index(to, stream);
         self.readers[at].push_bytes(bytes);
+        self.last_rx_us[at] = self.net.now_us();
         let bad = |source| SimRunError::Wire { side: to, stream, source };
-        while let Some(frame) = self.readers[at].next_frame().map_err(bad)? {
+        loop {
+            let frame = match self.readers[at].next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    // A frame the codec refuses (a CRC that does not match) is never used: the
+                    // connection counts as broken, and recovery re-sends what it carried.
+                    tracing::debug!(%error, "sim: bad frame, the connection is dropped");
+                    self.frames_refused += 1;
+                    self.net.break_now();
+                    self.link_lost(self.net.now_us());
+                    return Ok(());
+                }
+            };
             self.gates[at].check(&frame).map_err(bad)?;
             if to == Side::Source {
                 self.source.on_frame(stream, frame, &mut self.src_vm)?;
@@ -557,10 +626,42 @@ impl<'s> World<'s> {
         self.out = buf;
     }
 
+    /// Sends `buf`; on a link that drops, the bytes are lost with it, as TCP's would be.
     fn send(&mut self, from: Side, stream: StreamKind, buf: Vec<u8>) -> Result<(), SimRunError> {
-        let sent = if buf.is_empty() { Ok(()) } else { self.net.send(from, stream, &buf) };
+        if !buf.is_empty() && self.net.send(from, stream, &buf).is_err() {
+            self.link_lost(self.net.now_us());
+        }
         self.put_back(buf);
-        sent.map_err(|_| SimRunError::Disconnected { at_us: self.net.now_us() })
+        Ok(())
+    }
+
+    /// The connection dropped (or a side found it broken): both ends stop sending until a new
+    /// one is up, [`RECONNECT_US`] later; the guest keeps running where it runs.
+    fn link_lost(&mut self, at_us: u64) {
+        if self.down_since_us.is_none() {
+            self.down_since_us = Some(at_us);
+            self.trace.event(TraceKind::Disconnect, at_us, &[]);
+        }
+    }
+
+    /// A new connection replaces the lost one: clean frame readers, reopened gates, and each
+    /// engine told (the destination reports what it holds, the source waits for it).
+    fn reconnect(&mut self, now_us: u64) -> Result<(), SimRunError> {
+        self.down_since_us = None;
+        if self.net.is_down() {
+            self.net.reconnect().map_err(|_| SimRunError::Disconnected { at_us: now_us })?;
+        }
+        self.readers = [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default()));
+        self.gates = self.gates.map(FrameGate::reopened);
+        self.bulk_in_flight_bytes = 0;
+        // What the old connection still held is gone, and no longer on the link.
+        let stats = self.net.stats();
+        self.link_bytes_lost = stats.bytes_sent - stats.bytes_delivered;
+        self.recoveries += 1;
+        self.trace.event(TraceKind::Reconnect, now_us, &[]);
+        self.source.on_reconnect();
+        self.dest.on_reconnect()?;
+        Ok(())
     }
 
     fn finish(mut self, reference: &SimVm) -> Result<SimOutcome, SimRunError> {
@@ -589,7 +690,39 @@ impl<'s> World<'s> {
             unanswered,
             peak_link_bytes: self.peak_link_bytes,
             guest_bytes: self.dst_vm.total_pages() * PAGE_SIZE as u64,
+            recoveries: self.recoveries,
+            frames_refused: self.frames_refused,
+            pages_resent: self.source.stats().pages_resent,
         })
+    }
+}
+
+/// Handshake attempts before a run gives up on its link.
+const HANDSHAKE_ATTEMPTS: u32 = 8;
+
+/// Opens the session, dialling again when the link drops (or garbles a Hello) during the
+/// handshake, as the real source re-dials.
+fn open_session(
+    net: &mut SimNet,
+    cfg: &SourceConfig,
+    src_vm: &SimVm,
+    dst_vm: &SimVm,
+) -> Result<crate::session::sim::SimSession, SimRunError> {
+    use crate::session::sim::{open, SimHandshakeError};
+    let mut attempt = 1;
+    loop {
+        match open(net, cfg, &src_vm.regions(), &dst_vm.regions()) {
+            Err(SimHandshakeError::Disconnected { .. } | SimHandshakeError::Wire { .. })
+                if attempt < HANDSHAKE_ATTEMPTS =>
+            {
+                attempt += 1;
+                if !net.is_down() {
+                    net.break_now();
+                }
+                net.reconnect().map_err(|_| SimRunError::Disconnected { at_us: net.now_us() })?;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

@@ -15,8 +15,9 @@ use crate::wire::MigrationMode;
 pub enum SeedVerdict {
     /// Finished, exact, every check held.
     Exact,
-    /// A corrupted frame was caught by the codec (the run stops there: recovery is not in the
-    /// mix yet), and nothing corrupt was used.
+    /// A corrupted frame reached an engine's own decoder, which refused it (the run stops
+    /// there), and nothing corrupt was used. Frames the reader's CRC refuses break the
+    /// connection instead, and the run recovers.
     CorruptionCaught,
     /// A check failed or the run errored: the text says which.
     Failed(String),
@@ -33,6 +34,10 @@ pub struct SeedResult {
     pub trace_hash: u64,
     /// How it ended.
     pub verdict: SeedVerdict,
+    /// New connections after a lost one.
+    pub recoveries: u64,
+    /// Frames refused by the reader's CRC (each broke its connection).
+    pub frames_refused: u64,
 }
 
 impl SeedResult {
@@ -53,6 +58,10 @@ pub struct SeedReport {
     pub failures: Vec<SeedResult>,
     /// Runs in which a corrupted frame was caught.
     pub corruption_caught: u64,
+    /// Recoveries (new connections after a lost one) over all runs.
+    pub recoveries: u64,
+    /// Runs with at least two recoveries.
+    pub multi_recovery_runs: u64,
     /// The trace hash when exactly one seed ran.
     pub trace_hash: Option<u64>,
 }
@@ -115,20 +124,36 @@ fn faults_for(rng: &mut SimRng) -> SimFaults {
     if rng.chance(0.1) {
         f.corrupt_byte_probability = [5e-7, 2e-6, 5e-6][rng.range_inclusive(0, 2) as usize];
     }
+    // Lost connections, recovered: at a random send (several per run at the higher rates, so
+    // some fall during a recovery), or at a set time.
+    if rng.chance(0.3) {
+        f.disconnect_probability = [2e-4, 1e-3, 4e-3][rng.range_inclusive(0, 2) as usize];
+    }
+    if rng.chance(0.15) {
+        f.disconnect_at_us = Some(rng.range_inclusive(1_000, 80_000));
+    }
     f
 }
 
 /// Runs seed `seed`, with an optional planted fault, and judges it.
 pub fn run_seed(seed: u64, plant: Option<Plant>) -> SeedResult {
-    let spec = SimRun { plant, ..spec_for_seed(seed) };
+    let mut spec = SimRun { plant, ..spec_for_seed(seed) };
+    if plant.is_some() {
+        // A recovery re-sends every unacknowledged window and would rightly repair the planted
+        // loss: a planted run keeps its link up (a corrupted frame may still break it).
+        spec.faults.disconnect_probability = 0.0;
+        spec.faults.disconnect_at_us = None;
+    }
     let corrupting = spec.faults.corrupt_byte_probability > 0.0;
     let (trace_hash, result) = run_traced(&spec);
+    let recoveries = result.as_ref().map_or(0, |o| o.recoveries);
+    let caught = result.as_ref().map_or(0, |o| o.frames_refused);
     let verdict = match result {
         Ok(outcome) => judge(&outcome),
         Err(e) if corrupting && caught_by_codec(&e) => SeedVerdict::CorruptionCaught,
         Err(e) => SeedVerdict::Failed(e.to_string()),
     };
-    SeedResult { seed, mode: spec.mode, trace_hash, verdict }
+    SeedResult { seed, mode: spec.mode, trace_hash, verdict, recoveries, frames_refused: caught }
 }
 
 fn judge(outcome: &SimOutcome) -> SeedVerdict {
@@ -161,9 +186,11 @@ pub fn run_seeds(
     for seed in from..from.saturating_add(count) {
         let result = run_seed(seed, plant);
         progress(&result);
-        if result.verdict == SeedVerdict::CorruptionCaught {
+        if result.verdict == SeedVerdict::CorruptionCaught || result.frames_refused > 0 {
             report.corruption_caught += 1;
         }
+        report.recoveries += result.recoveries;
+        report.multi_recovery_runs += u64::from(result.recoveries >= 2);
         if count == 1 {
             report.trace_hash = Some(result.trace_hash);
         }

@@ -30,6 +30,10 @@ pub enum TraceKind {
     Finished = 4,
     /// A planted fault fired: what it dropped.
     Planted = 5,
+    /// The connection dropped.
+    Disconnect = 6,
+    /// A new connection replaced it.
+    Reconnect = 7,
 }
 
 impl Default for TraceHash {

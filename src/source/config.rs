@@ -212,4 +212,10 @@ pub struct SourceStats {
     /// is repeated, at most 3 in all, while more than 64 sent pages went stale during it.
     #[serde(default)]
     pub drain_ms: f64,
+    /// Connections that replaced a lost one.
+    #[serde(default)]
+    pub recoveries: u64,
+    /// Pages sent again because the destination's recovery report named them missing.
+    #[serde(default)]
+    pub pages_resent: u64,
 }

@@ -41,6 +41,7 @@ mod ledger;
 mod live;
 mod live_state;
 mod outbox;
+mod recovery;
 mod rounds;
 mod switchover;
 mod zeroscan;
@@ -92,6 +93,8 @@ pub struct SourceEngine {
     push_from_ns: u64,
     /// The digest sent in `Done`, which the DoneAck must match.
     done_digest: u64,
+    /// Present from a new connection until the destination's report is whole.
+    recovery: Option<recovery::Recovery>,
 }
 
 /// Stale pages left after a drain above which they are named and drained again rather than
@@ -150,6 +153,7 @@ impl SourceEngine {
             acks: AckLog::default(),
             push_from_ns: 0,
             done_digest: 0,
+            recovery: None,
         })
     }
 
@@ -200,6 +204,10 @@ impl SourceEngine {
         match frame.body {
             wire::FrameBody::FaultRequest(req) => self.on_fault_request(&req),
             wire::FrameBody::DoneAck(ack) => self.on_done_ack(&ack),
+            wire::FrameBody::DirtySet(set) => self.on_missing(&set),
+            wire::FrameBody::Control(c) if c.kind == wire::ControlKind::Resume => {
+                self.on_report_end(c.value)
+            }
             wire::FrameBody::Control(c) => {
                 self.on_control(&c);
                 Ok(())
@@ -280,6 +288,9 @@ impl SourceEngine {
         if let Some(error) = self.outbox.take_failure() {
             return Err(error);
         }
+        if self.recovery.is_some() {
+            return Ok(false); // what goes next depends on the destination's report
+        }
         let before = out.len();
         let produced = match self.phase {
             Phase::Setup | Phase::AwaitDoneAck | Phase::Finished => false,
@@ -296,6 +307,9 @@ impl SourceEngine {
     /// allocated per fault (`out` grows only while it is smaller than an answer). An answer
     /// that cannot be encoded is reported by the next `poll_bulk`.
     pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.recovery.is_some() {
+            return false;
+        }
         let before = out.len();
         let mut first_of_answer = true;
         while let Some(run) = self.outbox.next_answer_run(first_of_answer) {

@@ -352,8 +352,8 @@ impl RingStreams {
     }
 
     /// From now on every frame received passes a [`FrameGate`] for `role` and the session's
-    /// `version` before [`RingStreams::next_frame`] returns it. The gates outlive a
-    /// detach and attach: the session, not the connection, decides what may come next.
+    /// `version` before [`RingStreams::next_frame`] returns it. A gate outlives a detach, and
+    /// an attach reopens it (see [`FrameGate::reopened`]).
     pub fn guard(&mut self, role: Role, version: u16) {
         self.gates = Some(
             [StreamKind::Bulk, StreamKind::Urgent]
@@ -451,6 +451,10 @@ impl RingStreams {
         self.socks[i] = Some(sock);
         self.readers[i] = FrameReader::new(self.limits);
         self.closed[i] = false;
+        if let Some(gates) = &mut self.gates {
+            // A resumed session may repeat what the lost connection carried (Done, DoneAck).
+            gates[i] = gates[i].reopened();
+        }
         self.arm_recv(ring, i, Buf::with_capacity(RECV_BUF_BYTES))
     }
 }

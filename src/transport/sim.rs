@@ -289,6 +289,18 @@ impl SimNet {
         self.stats.bytes_sent - self.bytes_at_connect
     }
 
+    /// Drops the connection now, as a side that found it broken (a frame that failed its CRC)
+    /// would: what is in flight is lost, and sends fail until [`SimNet::reconnect`].
+    pub fn break_now(&mut self) {
+        if self.down.is_none() {
+            self.down = Some(DisconnectCause::Random);
+            self.stats.segments_dropped += self.queue.len() as u64;
+            self.queue.retain(|s| {
+                matches!(s.event, SimEvent::Disconnected { cause: DisconnectCause::AtTime, .. })
+            });
+        }
+    }
+
     /// Opens a new connection for both streams after a drop: whatever was still in flight on
     /// the old one is lost (as a pending drop is), and sends work again from now on, in order
     /// within each stream. A time-based drop still ahead stays scheduled. Uses no randomness,

@@ -137,7 +137,8 @@ impl DoneAck {
 pub enum ControlKind {
     /// Stop sending (e.g. the peer is reconnecting); `value` is engine-defined.
     Pause = 1,
-    /// Resume sending from sequence `seq` (re-send what was in flight after a lost connection).
+    /// After a lost connection, the destination's report is complete: the DirtySet frames
+    /// before it named every page missing there; `value` holds the `RESUME_DEST_*` bits.
     Resume = 2,
     /// Everything up to and including `seq` arrived.
     Ack = 3,
@@ -146,6 +147,12 @@ pub enum ControlKind {
     /// Answer to `Ping`.
     Pong = 5,
 }
+
+/// Bit of a destination's `Resume` value: the guest runs on the destination (the state
+/// arrived and it resumed).
+pub const RESUME_DEST_RUNNING: u64 = 1;
+/// Bit of a destination's `Resume` value: every page is there and its DoneAck went out.
+pub const RESUME_DEST_COMPLETE: u64 = 2;
 
 /// A generic control frame (pause / resume / ack / ping), for connection recovery and flow
 /// control.

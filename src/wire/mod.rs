@@ -53,7 +53,10 @@ mod pages;
 mod reader;
 mod window;
 
-pub use control::{Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest};
+pub use control::{
+    Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest, RESUME_DEST_COMPLETE,
+    RESUME_DEST_RUNNING,
+};
 pub use dirty::{encode_dirty_set, DirtyFormat, DirtyRuns, DirtySetRef, DirtyStats, PageRun};
 pub use error::WireError;
 pub use frame::{decode_frame, encode_frame, Frame, FrameBody};

@@ -125,4 +125,19 @@ impl Residency {
         let need = self.need.get_or_insert_with(|| std::mem::take(spare));
         self.outstanding = need.count_and_not(present);
     }
+
+    /// The pages of `first..first + count` not present here, as bitmap words re-based to
+    /// page 0 (what a recovery report names).
+    pub(super) fn missing_words(&self, first: u64, count: u64) -> Vec<u64> {
+        let mut words = vec![0u64; count.div_ceil(64) as usize];
+        for i in (0..count).filter(|&i| !self.present.get(first + i)) {
+            words[(i / 64) as usize] |= 1 << (i % 64);
+        }
+        words
+    }
+
+    /// Pages with a fault request in flight.
+    pub(super) fn requested(&self) -> impl Iterator<Item = u64> + '_ {
+        self.requested.iter_ones()
+    }
 }

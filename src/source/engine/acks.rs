@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 struct Unacked {
     seq: u64,
     /// The window's first page; kept for re-sending after a lost connection.
-    #[allow(dead_code)]
     first: u64,
     count: u32,
 }
@@ -51,6 +50,16 @@ impl AckLog {
             self.pages_now -= u64::from(window.count);
             log.pop_front();
         }
+    }
+
+    /// Empties the log (a connection was lost) and returns every window it held, as (first
+    /// page, page count): what may not have arrived.
+    pub(super) fn take_unacked(&mut self) -> Vec<(u64, u32)> {
+        let windows =
+            self.unacked.iter_mut().flat_map(|log| log.drain(..)).map(|w| (w.first, w.count));
+        let taken = windows.collect();
+        *self = Self::default();
+        taken
     }
 
     /// Pages sent on `stream` and not yet acknowledged.

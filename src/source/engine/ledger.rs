@@ -170,6 +170,32 @@ impl PageLedger {
         self.invalidate.clear_all();
     }
 
+    /// After a lost connection: every page believed delivered that `missing` names (the
+    /// destination lacks it) is no longer valid there and is queued again. Returns how many.
+    pub(super) fn reconcile(&mut self, missing: &PageBitmap) -> u64 {
+        let mut lost = 0;
+        for page in missing.iter_ones() {
+            if self.valid.clear(page) {
+                self.pending.set(page);
+                lost += 1;
+            }
+        }
+        lost
+    }
+
+    /// Pages `first..first + count` went in a window that may not have arrived: the
+    /// destination's copy is in doubt, so they go again. Returns how many were valid.
+    pub(super) fn doubt(&mut self, first: u64, count: u32) -> u64 {
+        let mut doubted = 0;
+        for page in first..first + u64::from(count) {
+            if self.valid.clear(page) {
+                self.pending.set(page);
+                doubted += 1;
+            }
+        }
+        doubted
+    }
+
     /// The digest of every page as last sent (for `Done`).
     pub(super) fn digest(&self) -> u64 {
         memory_digest(&self.page_crc)

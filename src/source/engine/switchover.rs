@@ -31,6 +31,23 @@ impl SwitchPlan {
         plan
     }
 
+    /// The plan again after a lost connection, the guest paused here and not running on the
+    /// destination: a converged pre-copy sends what the destination lacks, then every mode
+    /// sends the need set and the state. Downtime pages of the hybrid modes were a saving,
+    /// not a need, and are left to the push.
+    pub(super) fn again(mode: MigrationMode, precopy_fallback: bool) -> Self {
+        use SwitchItem::{NeedSet, Pages, State};
+        match mode {
+            MigrationMode::Precopy if !precopy_fallback => Self::new(&[Pages, NeedSet, State]),
+            _ => Self::new(&[NeedSet, State]),
+        }
+    }
+
+    /// True when the plan sends pages before the need set.
+    pub(super) fn sends_pages(&self) -> bool {
+        self.items[..self.len].contains(&SwitchItem::Pages)
+    }
+
     fn front(&self) -> Option<SwitchItem> {
         self.items[..self.len].get(self.next).copied()
     }
