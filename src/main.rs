@@ -215,7 +215,7 @@ struct MigrationArgs {
 /// Options about time on the link and without progress, shared by `migrate`, `source` and
 /// `dest`.
 #[derive(clap::Args, Clone)]
-struct LivenessArgs {
+struct TimeArgs {
     /// A stream whose peer leaves data or keepalive probes unacknowledged this long fails
     /// with a timeout (TCP_USER_TIMEOUT plus keepalive on both streams); 0 keeps the kernel's
     /// defaults.
@@ -228,7 +228,7 @@ struct LivenessArgs {
     progress_timeout_s: u64,
 }
 
-impl LivenessArgs {
+impl TimeArgs {
     fn liveness(&self) -> Option<Duration> {
         (self.liveness_ms > 0).then(|| Duration::from_millis(self.liveness_ms))
     }
@@ -258,7 +258,7 @@ struct MigrateArgs {
     #[arg(long, value_parser = parse_hex)]
     expected_digest: Option<u64>,
     #[command(flatten)]
-    time: LivenessArgs,
+    time: TimeArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -277,7 +277,7 @@ struct SourceArgs {
     #[arg(long)]
     session: Option<u64>,
     #[command(flatten)]
-    time: LivenessArgs,
+    time: TimeArgs,
     /// Print PROGRESS lines on stderr (for a parent's progress bar and liveness watch).
     #[arg(long)]
     progress_lines: bool,
@@ -301,7 +301,7 @@ struct DestArgs {
     #[arg(long, default_value_t = 2000)]
     handshake_timeout_ms: u64,
     #[command(flatten)]
-    time: LivenessArgs,
+    time: TimeArgs,
     /// Print PROGRESS lines on stderr (for a parent's liveness watch).
     #[arg(long)]
     progress_lines: bool,

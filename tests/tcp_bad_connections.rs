@@ -103,7 +103,7 @@ fn every_kind_of_bad_connection_is_dropped_and_the_real_source_pairs_at_once() {
     assert_eq!(verdict(version), Verdict::Reject(RejectReason::Version));
     assert_eq!(verdict(layout), Verdict::Reject(RejectReason::LayoutMismatch));
 
-    let mut dropped = l.take_dropped();
+    let dropped = l.take_dropped();
     let find = |peer| &dropped.iter().find(|d| d.peer == peer).expect("dropped").reason;
     let e = find(local(&garbage));
     let bad_magic =

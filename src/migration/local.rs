@@ -155,7 +155,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         "--progress-lines".into(),
         "--json".into(),
     ];
-    dest_args.extend(liveness_args(m));
+    dest_args.extend(time_args(m));
     dest_args.extend(config_args(&m.cfg));
     let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
     let mut dest_out = BufReader::new(
@@ -183,13 +183,13 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         "--progress-lines".into(),
         "--json".into(),
     ];
-    src_args.extend(liveness_args(m));
+    src_args.extend(time_args(m));
     if m.adaptive_window {
         src_args.push("--adaptive-window".into());
     }
     src_args.extend(config_args(&m.cfg));
     let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);
-    let watch = Liveness::new(m.progress_timeout + PARENT_PROGRESS_MARGIN);
+    let watch = ProgressSeen::new(m.progress_timeout + PARENT_PROGRESS_MARGIN);
     let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source", watch.clone());
     let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination", watch.clone());
     let src_out = source_stdout(&mut source.0)?;
@@ -212,7 +212,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
 }
 
 /// The options both hosts take about time: liveness and the progress timeout.
-fn liveness_args(m: &LocalMigration) -> Vec<String> {
+fn time_args(m: &LocalMigration) -> Vec<String> {
     let liveness_ms = m.liveness.map_or(0, |l| l.as_millis().max(1) as u64);
     vec![
         "--liveness-ms".into(),
@@ -225,12 +225,12 @@ fn liveness_args(m: &LocalMigration) -> Vec<String> {
 /// When either host last showed progress: a `PROGRESS` line that differs from its previous
 /// one (pages moved, guest ops, phase).
 #[derive(Clone)]
-struct Liveness {
+struct ProgressSeen {
     last_progress_ns: Arc<AtomicU64>,
     limit: Duration,
 }
 
-impl Liveness {
+impl ProgressSeen {
     fn new(limit: Duration) -> Self {
         Self { last_progress_ns: Arc::new(AtomicU64::new(crate::metrics::mono_ns())), limit }
     }
@@ -292,7 +292,7 @@ fn forward_stderr(
     err: Option<std::process::ChildStderr>,
     bar: bool,
     host: &'static str,
-    watch: Liveness,
+    watch: ProgressSeen,
 ) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let Some(err) = err else { return String::new() };
@@ -335,7 +335,7 @@ fn forward_stderr(
 fn wait_json(
     child: &mut Guard,
     host: &'static str,
-    watch: &Liveness,
+    watch: &ProgressSeen,
     stdout: std::thread::JoinHandle<String>,
     stderr: std::thread::JoinHandle<String>,
 ) -> Result<String, MigrationError> {
