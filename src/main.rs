@@ -212,6 +212,32 @@ struct MigrationArgs {
     push_delay_ms: u64,
 }
 
+/// Options about time on the link and without progress, shared by `migrate`, `source` and
+/// `dest`.
+#[derive(clap::Args, Clone)]
+struct TimeArgs {
+    /// A stream whose peer leaves data or keepalive probes unacknowledged this long fails
+    /// with a timeout (TCP_USER_TIMEOUT plus keepalive on both streams); 0 keeps the kernel's
+    /// defaults.
+    #[arg(long, default_value_t = 2000)]
+    liveness_ms: u64,
+    /// Fail after this many seconds without progress (no byte moved, no frame; after the
+    /// migration, the destination's guest ops standing still). There is no limit on total
+    /// time. `--timeout-s` is an older name for it.
+    #[arg(long, alias = "timeout-s", default_value_t = 600)]
+    progress_timeout_s: u64,
+}
+
+impl TimeArgs {
+    fn liveness(&self) -> Option<Duration> {
+        (self.liveness_ms > 0).then(|| Duration::from_millis(self.liveness_ms))
+    }
+
+    fn progress_timeout(&self) -> Duration {
+        Duration::from_secs(self.progress_timeout_s.max(1))
+    }
+}
+
 #[derive(clap::Args)]
 struct MigrateArgs {
     #[command(flatten)]
@@ -231,9 +257,8 @@ struct MigrateArgs {
     /// Digest of an unmigrated run, if known (skips the reference run).
     #[arg(long, value_parser = parse_hex)]
     expected_digest: Option<u64>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 900)]
-    timeout_s: u64,
+    #[command(flatten)]
+    time: TimeArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -251,7 +276,9 @@ struct SourceArgs {
     /// Session id of the two connections (random when absent).
     #[arg(long)]
     session: Option<u64>,
-    /// Print PROGRESS lines on stderr (for a parent's progress bar).
+    #[command(flatten)]
+    time: TimeArgs,
+    /// Print PROGRESS lines on stderr (for a parent's progress bar and liveness watch).
     #[arg(long)]
     progress_lines: bool,
     /// Print the report as one JSON object.
@@ -266,9 +293,18 @@ struct DestArgs {
     /// Address to listen on (host:port; port 0 picks one).
     #[arg(long)]
     listen: std::net::SocketAddr,
-    /// Seconds to wait for the source.
+    /// Seconds to wait for the source. Connections that cannot join a session (garbage, a
+    /// port probe, a silent or refused peer) are dropped with a warning meanwhile.
     #[arg(long, default_value_t = 120)]
     accept_timeout_s: u64,
+    /// Time each connection has to send its whole Hello, ms.
+    #[arg(long, default_value_t = 2000)]
+    handshake_timeout_ms: u64,
+    #[command(flatten)]
+    time: TimeArgs,
+    /// Print PROGRESS lines on stderr (for a parent's liveness watch).
+    #[arg(long)]
+    progress_lines: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -292,8 +328,13 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> Result<()> {
+    // Warnings show by default: a dropped connection says who and why.
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+        .from_env_lossy();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
@@ -420,7 +461,8 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         listen: a.listen,
         expected_digest: a.expected_digest,
         progress: !a.json && std::io::stderr().is_terminal(),
-        timeout: Duration::from_secs(a.timeout_s),
+        progress_timeout: a.time.progress_timeout(),
+        liveness: a.time.liveness(),
     };
     let report = migrate_local(&m).context("migration failed")?;
     if a.json {
@@ -463,6 +505,8 @@ fn source(a: SourceArgs) -> Result<()> {
             .session
             .unwrap_or_else(|| hybridmig::metrics::mono_ns() ^ u64::from(std::process::id())),
         progress_lines: a.progress_lines,
+        liveness: a.time.liveness(),
+        progress_timeout: a.time.progress_timeout(),
     };
     let report = run_source_host(&opts).context("source failed")?;
     if a.json {
@@ -479,7 +523,10 @@ fn dest(a: DestArgs) -> Result<()> {
         cfg: a.guest.config(),
         listen: a.listen,
         accept_timeout: Duration::from_secs(a.accept_timeout_s),
-        finish_timeout: Duration::from_secs(600),
+        handshake_timeout: Duration::from_millis(a.handshake_timeout_ms.max(1)),
+        liveness: a.time.liveness(),
+        progress_timeout: a.time.progress_timeout(),
+        progress_lines: a.progress_lines,
     };
     let report = run_dest_host(&opts, |addr| {
         println!("LISTENING {addr}");

@@ -81,11 +81,32 @@ fn pairs_in_any_order_and_interleaved_sessions() {
     assert_eq!(second.session_id(), 1);
 }
 
+/// The reason the listener gave for dropping the connection from `client`'s address.
+fn dropped_reason(l: &mut PairListener, client: &TcpStream) -> TcpError {
+    let me = client.local_addr().expect("client addr");
+    let mut dropped = l.take_dropped();
+    let at = dropped.iter().position(|d| d.peer == me);
+    dropped.swap_remove(at.unwrap_or_else(|| panic!("{me} was not dropped: {dropped:?}"))).reason
+}
+
+/// Accepts until `n` connections have been dropped (or the wait ends); none may pair.
+fn accept_until_dropped(l: &mut PairListener, n: u64) {
+    let started = std::time::Instant::now();
+    while l.dropped_total() < n && started.elapsed() < WAIT {
+        match l.accept_pair(Duration::from_millis(50)) {
+            Err(TcpError::Timeout { .. }) => {}
+            other => panic!("expected nothing to pair, got {other:?}"),
+        }
+    }
+    assert_eq!(l.dropped_total(), n, "dropped connections");
+}
+
 #[test]
-fn bad_hellos_are_typed_errors() {
+fn bad_hellos_are_dropped_with_typed_reasons() {
     let (mut l, addr) = listener();
-    let _bad = raw_connect(addr, b"GET / HTTP/1.1\r\n");
-    let err = l.accept_pair(WAIT).expect_err("bad magic");
+    let bad = raw_connect(addr, b"GET / HTTP/1.1\r\n");
+    accept_until_dropped(&mut l, 1);
+    let err = dropped_reason(&mut l, &bad);
     assert!(
         matches!(err.session_error(), Some(SessionError::Wire(WireError::BadMagic { .. }))),
         "{err}"
@@ -95,8 +116,9 @@ fn bad_hellos_are_typed_errors() {
     unknown[HEADER_LEN + 10] = 9; // the stream byte
     let crc = crc32fast::hash(&unknown[HEADER_LEN..]);
     unknown[12..16].copy_from_slice(&crc.to_be_bytes());
-    let _u = raw_connect(addr, &unknown);
-    let err = l.accept_pair(WAIT).expect_err("unknown stream kind");
+    let u = raw_connect(addr, &unknown);
+    accept_until_dropped(&mut l, 2);
+    let err = dropped_reason(&mut l, &u);
     assert!(
         matches!(
             err.session_error(),
@@ -107,20 +129,25 @@ fn bad_hellos_are_typed_errors() {
 
     let bulk = hello(6, StreamKind::Bulk);
     let _d1 = raw_connect(addr, &bulk);
-    let _d2 = raw_connect(addr, &bulk);
-    let err = l.accept_pair(WAIT).expect_err("duplicate");
+    let err = l.accept_pair(Duration::from_millis(200)).expect_err("half open");
+    assert!(matches!(err, TcpError::Timeout { half_open: 1, dropped: 2, .. }), "{err}");
+    let d2 = raw_connect(addr, &bulk);
+    accept_until_dropped(&mut l, 3);
+    let err = dropped_reason(&mut l, &d2);
     assert!(
         matches!(err, TcpError::DuplicateStream { session_id: 6, kind: StreamKind::Bulk, .. }),
         "{err}"
     );
 
-    let _o = raw_connect(addr, &hello(8, StreamKind::Urgent));
-    let err = l.accept_session(7, WAIT).expect_err("other session");
+    let o = raw_connect(addr, &hello(8, StreamKind::Urgent));
+    let err = l.accept_session(7, Duration::from_millis(300)).expect_err("other session");
+    assert!(matches!(err, TcpError::Timeout { dropped: 4, .. }), "{err}");
+    let err = dropped_reason(&mut l, &o);
     assert!(matches!(err, TcpError::UnexpectedSession { expected: 7, got: 8, .. }), "{err}");
 }
 
 #[test]
-fn half_open_session_times_out() {
+fn half_open_session_times_out_and_a_silent_peer_is_dropped() {
     let options =
         TcpOptions { handshake_timeout: Duration::from_millis(100), ..TcpOptions::default() };
     let mut l =
@@ -128,11 +155,16 @@ fn half_open_session_times_out() {
     let addr = l.local_addr().expect("addr");
     let _only_bulk = raw_connect(addr, &hello(3, StreamKind::Bulk));
     let err = l.accept_pair(Duration::from_millis(150)).expect_err("timeout");
-    assert!(matches!(err, TcpError::Timeout { half_open: 1, .. }), "{err}");
-    // A silent peer: the Hello read times out with a typed error.
-    let _silent = TcpStream::connect(addr).expect("connect");
-    let err = l.accept_pair(WAIT).expect_err("silent peer");
-    assert!(matches!(err, TcpError::HandshakeIo { .. }), "{err}");
+    assert!(matches!(err, TcpError::Timeout { half_open: 1, dropped: 0, .. }), "{err}");
+    // A silent peer: dropped on its own handshake deadline, with a typed timeout.
+    let silent = TcpStream::connect(addr).expect("connect");
+    let err = l.accept_pair(Duration::from_millis(400)).expect_err("nothing pairs");
+    assert!(matches!(err, TcpError::Timeout { half_open: 1, dropped: 1, .. }), "{err}");
+    let reason = dropped_reason(&mut l, &silent);
+    assert!(
+        matches!(reason, TcpError::HandshakeTimeout { timeout_ms: 100, received_bytes: 0, .. }),
+        "{reason}"
+    );
 }
 
 #[test]

@@ -115,7 +115,8 @@ pub struct BenchSpec {
     pub seed: u64,
     /// vCPUs.
     pub vcpus: u32,
-    /// Time limit of one migration, s.
+    /// A migration is given up after this long without progress (no page moved, no guest op),
+    /// s; there is no limit on its total time.
     pub timeout_s: u64,
     /// Path of `bench-env/netns` (default: found from the working directory or the crate).
     pub netns_script: Option<String>,
@@ -395,7 +396,8 @@ pub fn run_bench(
                             listen: None,
                             expected_digest: Some(digest),
                             progress: false,
-                            timeout: Duration::from_secs(spec.timeout_s),
+                            progress_timeout: Duration::from_secs(spec.timeout_s),
+                            liveness: Some(crate::transport::tcp::DEFAULT_LIVENESS),
                         };
                         let run = one_run(&m, profile, rep);
                         bar.finished(&run);

@@ -2,13 +2,14 @@
 //! tracks its working set and migrates it; the destination host receives it and runs it to
 //! the end of its ops.
 
+use super::progress::{wait_guest_finished, FinishingGuest};
 use super::report::{DestReport, SourceReport};
 use super::MigrationError;
 use crate::dest::driver::{run_dest, DestDriverOptions};
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::{EmbedError, HostRegion, MigratableVm};
-use crate::session::{wire_regions, AcceptorConfig, Offer};
+use crate::session::{wire_regions, AcceptorConfig, Initiator, Offer};
 use crate::source::driver::{run_source, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
@@ -127,9 +128,23 @@ pub struct SourceHostOptions {
     pub push_delay_ms: u64,
     /// Session id of the two connections.
     pub session_id: u64,
-    /// Print `PROGRESS` lines on stderr for a parent's progress bar.
+    /// Print `PROGRESS` lines on stderr for a parent's progress bar and liveness watch.
     pub progress_lines: bool,
+    /// How long a silent peer may go unnoticed on either stream (`None`: the kernel's
+    /// defaults); see [`tcp::TcpOptions::liveness`].
+    pub liveness: Option<Duration>,
+    /// The driver fails after this long without progress (no byte moved, no frame).
+    pub progress_timeout: Duration,
 }
+
+/// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops. A parent
+/// (`hybridmig migrate`) draws its progress bar from it and treats a change in it as progress.
+fn progress_line(phase: &str, pages: u64, total: u64, ops: u64) {
+    eprintln!("PROGRESS {phase} {pages} {total} {ops}");
+}
+
+/// Period of `PROGRESS` lines.
+const PROGRESS_LINE_NS: u64 = 100_000_000;
 
 /// Sampling window of the working-set tracker (page-table Accessed bits).
 const WS_WINDOW: Duration = Duration::from_millis(100);
@@ -173,10 +188,15 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let tracks = matches!(opts.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
     let (mut tracking, mut last_window) = (false, 0u64);
     let mut window = PageBitmap::new(pages);
+    let mut last_progress = 0u64;
     while mono_ns() < migrate_at {
         std::thread::sleep(SAMPLE);
         let now = mono_ns();
         report.timeline.record(now, vm.ops_done());
+        if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
+            last_progress = now;
+            progress_line("Before", 0, pages, vm.ops_done());
+        }
         if tracks && !tracking && now >= track_from {
             report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
             (tracking, last_window) = (true, now);
@@ -207,28 +227,30 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     }
     let mut guest = KvmGuest::new(&mut vm);
     let offer = Offer::new(opts.session_id, opts.mode, wire_regions(&guest.regions()));
-    let pair = tcp::connect(opts.connect, offer)?;
+    let tcp_options = tcp::TcpOptions { liveness: opts.liveness, ..tcp::TcpOptions::default() };
+    let pair = tcp::connect_with(opts.connect, Initiator::new(offer), &tcp_options)?;
     let mut engine = SourceEngine::new(cfg, &pair.session, &guest)?;
     let mut timeline = std::mem::take(&mut report.timeline);
     let ops_source = OpsReader::new(&guest);
     let progress_lines = opts.progress_lines;
-    let mut last_progress = 0u64;
-    let stats =
-        run_source(&mut engine, &mut guest, &pair, &SourceDriverOptions::default(), &mut |e| {
-            let now = mono_ns();
-            if e.stats().pause_ns == 0 {
-                timeline.record(now, ops_source.ops());
-            }
-            if progress_lines && now - last_progress > 100_000_000 {
-                last_progress = now;
-                eprintln!(
-                    "PROGRESS {:?} {} {}",
-                    e.phase(),
-                    e.pages_sent(),
-                    e.layout().total_pages()
-                );
-            }
-        })?;
+    let driver_options =
+        SourceDriverOptions { progress_timeout: opts.progress_timeout, ..Default::default() };
+    let stats = run_source(&mut engine, &mut guest, &pair, &driver_options, &mut |e| {
+        let now = mono_ns();
+        if e.stats().pause_ns == 0 {
+            timeline.record(now, ops_source.ops());
+        }
+        if progress_lines && now - last_progress > PROGRESS_LINE_NS {
+            last_progress = now;
+            let ops = ops_source.ops();
+            progress_line(
+                &format!("{:?}", e.phase()),
+                e.pages_sent(),
+                e.layout().total_pages(),
+                ops,
+            );
+        }
+    })?;
     report.timeline = timeline;
     report.ops_at_pause = ops_source.ops();
     report.stats = stats;
@@ -275,10 +297,20 @@ pub struct DestHostOptions {
     pub cfg: VmConfig,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// How long to wait for the source to connect.
+    /// How long to wait for the source to connect (connections that cannot join a session
+    /// are dropped meanwhile and do not end the wait).
     pub accept_timeout: Duration,
-    /// How long the guest may take to finish its ops after the migration.
-    pub finish_timeout: Duration,
+    /// Time each connection has to send its whole Hello.
+    pub handshake_timeout: Duration,
+    /// How long a silent peer may go unnoticed on either stream (`None`: the kernel's
+    /// defaults).
+    pub liveness: Option<Duration>,
+    /// The driver fails after this long without progress, and so does the wait for the guest
+    /// to finish its ops after the migration (its ops counter standing still); a guest that
+    /// keeps moving is waited for however long it takes.
+    pub progress_timeout: Duration,
+    /// Print `PROGRESS` lines on stderr for a parent's liveness watch.
+    pub progress_lines: bool,
 }
 
 /// Receives the guest, runs it to the end of its ops, returns the destination's report.
@@ -289,7 +321,12 @@ pub fn run_dest_host(
 ) -> Result<DestReport, MigrationError> {
     let mut vm = Vm::new_incoming(&opts.cfg)?;
     let accept = AcceptorConfig::new(wire_regions(&KvmGuest::new(&mut vm).regions()));
-    let mut listener = tcp::listen(opts.listen, accept)?;
+    let tcp_options = tcp::TcpOptions {
+        liveness: opts.liveness,
+        handshake_timeout: opts.handshake_timeout,
+        ..tcp::TcpOptions::default()
+    };
+    let mut listener = tcp::PairListener::bind(opts.listen, tcp_options, accept)?;
     on_listening(
         listener
             .local_addr()
@@ -301,24 +338,51 @@ pub fn run_dest_host(
     let mut guest = KvmGuest::new(&mut vm);
     let ops_source = OpsReader::new(&guest);
     let counter_pages = ops_source.pages(&guest);
-    let run = run_dest(&mut guest, &pair, &DestDriverOptions::default(), &mut |e| {
+    let driver_options =
+        DestDriverOptions { progress_timeout: opts.progress_timeout, ..Default::default() };
+    let mut last_progress = 0u64;
+    let run = run_dest(&mut guest, &pair, &driver_options, &mut |e| {
         let running =
             matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
-        if running && counter_pages.iter().all(|&p| e.is_present(p)) {
-            timeline.record(mono_ns(), ops_source.ops());
+        let counters_here = running && counter_pages.iter().all(|&p| e.is_present(p));
+        let now = mono_ns();
+        if counters_here {
+            timeline.record(now, ops_source.ops());
+        }
+        if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
+            last_progress = now;
+            let ops = if counters_here { ops_source.ops() } else { 0 };
+            let phase = format!("{:?}", e.phase());
+            progress_line(&phase, e.stats().pages_placed, e.layout().total_pages(), ops);
         }
     })?;
     report.run = run;
-    let deadline = mono_ns() + opts.finish_timeout.as_nanos() as u64;
-    while mono_ns() < deadline {
-        if let Some(digest) = vm.wait_finished(SAMPLE)? {
-            report.guest_digest = Some(digest);
-            report.guest_finished_ns = mono_ns();
-            break;
-        }
-        timeline.record(mono_ns(), vm.ops_done());
-    }
+    let total = vm.total_pages();
+    let mut finishing = FinishingVm(&mut vm);
+    let digest =
+        wait_guest_finished(&mut finishing, opts.progress_timeout, SAMPLE, &mut |now, ops| {
+            timeline.record(now, ops);
+            if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
+                last_progress = now;
+                progress_line("Finishing", total, total, ops);
+            }
+        })?;
+    report.guest_digest = Some(digest);
+    report.guest_finished_ns = mono_ns();
     timeline.record(mono_ns(), vm.ops_done());
     report.timeline = timeline;
     Ok(report)
+}
+
+/// The destination's guest, running to the end of its ops.
+struct FinishingVm<'a>(&'a mut Vm);
+
+impl FinishingGuest for FinishingVm<'_> {
+    fn wait_finished(&mut self, wait: Duration) -> Result<Option<u64>, MigrationError> {
+        Ok(self.0.wait_finished(wait)?)
+    }
+
+    fn ops_done(&self) -> u64 {
+        self.0.ops_done()
+    }
 }

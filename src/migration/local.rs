@@ -6,6 +6,10 @@
 //! 3. A source process (`hybridmig source`) starts the guest, migrates it after
 //!    `migrate_after_ms`, and reports.
 //! 4. The two JSON reports merge into one [`MigrationReport`].
+//!
+//! There is no deadline on the whole run: both children print `PROGRESS` lines (pages moved,
+//! guest ops), and the run is given up only when neither line changed for the progress
+//! timeout (plus a margin, so a child's own typed error about what stalled comes first).
 
 use super::report::{hex, DestReport, MigrationReport, SourceReport};
 use super::MigrationError;
@@ -14,7 +18,9 @@ use crate::vm::{run_local, VmConfig};
 use crate::wire::MigrationMode;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What `hybridmig migrate` was asked to do.
 #[derive(Debug, Clone)]
@@ -46,9 +52,21 @@ pub struct LocalMigration {
     pub expected_digest: Option<u64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
-    /// Whole-run time limit.
-    pub timeout: Duration,
+    /// Both hosts fail after this long without progress, and the run is given up when
+    /// neither host showed progress for this long (there is no limit on total time).
+    pub progress_timeout: Duration,
+    /// How long a silent peer may go unnoticed on either stream (`None`: the kernel's
+    /// defaults).
+    pub liveness: Option<Duration>,
 }
+
+/// The parent waits this much longer than the children's progress timeout, so that a stalled
+/// child reports what stalled before the parent gives it up.
+const PARENT_PROGRESS_MARGIN: Duration = Duration::from_secs(10);
+
+/// The destination waits for the source this long beyond the source's run before the
+/// migration (the source's start, its guest's set-up).
+const ACCEPT_SLACK_S: u64 = 120;
 
 /// The command-line arguments that recreate `cfg` in a child process.
 pub fn config_args(cfg: &VmConfig) -> Vec<String> {
@@ -128,8 +146,16 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         None => unmigrated_digest(&m.cfg)?,
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
-    let mut dest_args: Vec<String> =
-        vec!["dest".into(), "--listen".into(), listen.to_string(), "--json".into()];
+    let mut dest_args: Vec<String> = vec![
+        "dest".into(),
+        "--listen".into(),
+        listen.to_string(),
+        "--accept-timeout-s".into(),
+        (m.migrate_after_ms / 1000 + ACCEPT_SLACK_S).to_string(),
+        "--progress-lines".into(),
+        "--json".into(),
+    ];
+    dest_args.extend(time_args(m));
     dest_args.extend(config_args(&m.cfg));
     let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
     let mut dest_out = BufReader::new(
@@ -154,22 +180,21 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         m.push_delay_ms.to_string(),
         "--session".into(),
         session_id.to_string(),
+        "--progress-lines".into(),
         "--json".into(),
     ];
-    if m.progress {
-        src_args.push("--progress-lines".into());
-    }
+    src_args.extend(time_args(m));
     if m.adaptive_window {
         src_args.push("--adaptive-window".into());
     }
     src_args.extend(config_args(&m.cfg));
     let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);
-    let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source");
-    let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination");
-    let deadline = Instant::now() + m.timeout;
+    let watch = ProgressSeen::new(m.progress_timeout + PARENT_PROGRESS_MARGIN);
+    let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source", watch.clone());
+    let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination", watch.clone());
     let src_out = source_stdout(&mut source.0)?;
-    let src_json = wait_json(&mut source, "source", deadline, src_out, src_err)?;
-    let dst_json = wait_json(&mut dest, "destination", deadline, read_all(dest_out), dst_err)?;
+    let src_json = wait_json(&mut source, "source", &watch, src_out, src_err)?;
+    let dst_json = wait_json(&mut dest, "destination", &watch, read_all(dest_out), dst_err)?;
     let src: SourceReport = serde_json::from_str(&src_json)
         .map_err(|e| MigrationError::BadReport { host: "source", detail: e.to_string() })?;
     let dst: DestReport = serde_json::from_str(&dst_json)
@@ -186,7 +211,43 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     Ok(report)
 }
 
-/// Kills the child if the migration is abandoned (error or timeout).
+/// The options both hosts take about time: liveness and the progress timeout.
+fn time_args(m: &LocalMigration) -> Vec<String> {
+    let liveness_ms = m.liveness.map_or(0, |l| l.as_millis().max(1) as u64);
+    vec![
+        "--liveness-ms".into(),
+        liveness_ms.to_string(),
+        "--progress-timeout-s".into(),
+        m.progress_timeout.as_secs().max(1).to_string(),
+    ]
+}
+
+/// When either host last showed progress: a `PROGRESS` line that differs from its previous
+/// one (pages moved, guest ops, phase).
+#[derive(Clone)]
+struct ProgressSeen {
+    last_progress_ns: Arc<AtomicU64>,
+    limit: Duration,
+}
+
+impl ProgressSeen {
+    fn new(limit: Duration) -> Self {
+        Self { last_progress_ns: Arc::new(AtomicU64::new(crate::metrics::mono_ns())), limit }
+    }
+
+    fn progressed(&self) {
+        self.last_progress_ns.store(crate::metrics::mono_ns(), Ordering::Relaxed);
+    }
+
+    /// Seconds without progress, once more than the limit.
+    fn stalled_s(&self) -> Option<u64> {
+        let last = self.last_progress_ns.load(Ordering::Relaxed);
+        let idle = Duration::from_nanos(crate::metrics::mono_ns().saturating_sub(last));
+        (idle > self.limit).then_some(idle.as_secs())
+    }
+}
+
+/// Kills the child if the migration is abandoned (error or no progress).
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -225,11 +286,13 @@ fn read_all<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Strin
     })
 }
 
-/// Forwards a child's stderr; `PROGRESS` lines drive a progress bar when `bar` is set.
+/// Forwards a child's stderr; `PROGRESS` lines count as progress when they change, and drive
+/// a progress bar when `bar` is set.
 fn forward_stderr(
     err: Option<std::process::ChildStderr>,
     bar: bool,
     host: &'static str,
+    watch: ProgressSeen,
 ) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let Some(err) = err else { return String::new() };
@@ -243,21 +306,23 @@ fn forward_stderr(
             );
             pb
         });
-        let mut tail = String::new();
+        let (mut tail, mut last_progress) = (String::new(), String::new());
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if let (Some(pb), Some(rest)) = (&progress, line.strip_prefix("PROGRESS ")) {
-                let parts: Vec<&str> = rest.split_whitespace().collect();
-                if let [phase, sent, total] = parts[..] {
-                    pb.set_length(total.parse().unwrap_or(1));
-                    pb.set_position(sent.parse().unwrap_or(0));
-                    pb.set_message(phase.to_string());
-                }
-                continue;
-            }
-            if !line.starts_with("PROGRESS ") {
+            let Some(rest) = line.strip_prefix("PROGRESS ") else {
                 eprintln!("[{host}] {line}");
                 tail.push_str(&line);
                 tail.push('\n');
+                continue;
+            };
+            if rest != last_progress {
+                watch.progressed();
+                last_progress = rest.to_string();
+            }
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(pb), [phase, sent, total, ..]) = (&progress, &parts[..]) {
+                pb.set_length(total.parse().unwrap_or(1));
+                pb.set_position(sent.parse().unwrap_or(0));
+                pb.set_message(phase.to_string());
             }
         }
         if let Some(pb) = progress {
@@ -270,7 +335,7 @@ fn forward_stderr(
 fn wait_json(
     child: &mut Guard,
     host: &'static str,
-    deadline: Instant,
+    watch: &ProgressSeen,
     stdout: std::thread::JoinHandle<String>,
     stderr: std::thread::JoinHandle<String>,
 ) -> Result<String, MigrationError> {
@@ -282,8 +347,8 @@ fn wait_json(
         {
             break status;
         }
-        if Instant::now() > deadline {
-            return Err(MigrationError::HostTimeout { host });
+        if let Some(idle_s) = watch.stalled_s() {
+            return Err(MigrationError::HostNoProgress { host, idle_s });
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -6,6 +6,7 @@ pub mod delayline;
 pub mod host;
 pub mod local;
 pub mod netns;
+pub mod progress;
 pub mod report;
 
 pub use host::{run_dest_host, run_source_host, DestHostOptions, KvmGuest, SourceHostOptions};
@@ -57,11 +58,28 @@ pub enum MigrationError {
         /// The last line it printed on stderr.
         detail: String,
     },
-    /// A host process did not finish in time.
-    #[error("the {host} process did not finish in time")]
-    HostTimeout {
-        /// Which host.
+    /// Neither host process showed progress (pages moved, guest ops) for the progress
+    /// timeout while this one was still running.
+    #[error(
+        "the {host} process was given up: neither host showed progress (pages moved or guest \
+         ops) for {idle_s} s"
+    )]
+    HostNoProgress {
+        /// The host still running.
         host: &'static str,
+        /// Seconds without progress.
+        idle_s: u64,
+    },
+    /// The destination's guest stopped making progress before it finished its ops.
+    #[error(
+        "the guest made no progress for {idle_ms} ms before finishing (its ops counter stayed \
+         at {ops_done})"
+    )]
+    GuestNoProgress {
+        /// The guest's ops, unchanged all that time.
+        ops_done: u64,
+        /// Time without progress, ms.
+        idle_ms: u64,
     },
     /// A host's report could not be read.
     #[error("the {host} report is unreadable: {detail}")]

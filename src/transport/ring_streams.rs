@@ -68,6 +68,22 @@ pub enum StreamError {
         /// The OS error.
         source: io::Error,
     },
+    /// The kernel gave up on the connection (ETIMEDOUT): data or keepalive probes went
+    /// unacknowledged for the connection's liveness (TCP_USER_TIMEOUT), so the peer or the
+    /// path between is gone.
+    #[error(
+        "the {stream:?} stream timed out ({op}): no acknowledgement from the peer for {}",
+        describe_user_timeout(*.user_timeout_ms)
+    )]
+    TimedOut {
+        /// `send` or `recv`.
+        op: &'static str,
+        /// Which stream.
+        stream: StreamKind,
+        /// The connection's TCP_USER_TIMEOUT in ms; 0 when it had none (the kernel's own
+        /// retransmission limit ended it).
+        user_timeout_ms: u64,
+    },
     /// The bytes received do not form valid frames.
     #[error("{stream:?} stream: {source}")]
     Wire {
@@ -120,6 +136,13 @@ fn kind(index: usize) -> StreamKind {
         StreamKind::Bulk
     } else {
         StreamKind::Urgent
+    }
+}
+
+fn describe_user_timeout(user_timeout_ms: u64) -> String {
+    match user_timeout_ms {
+        0 => "the kernel's retransmission limit (no liveness was set)".to_string(),
+        ms => format!("{ms} ms"),
     }
 }
 
@@ -315,7 +338,7 @@ impl RingStreams {
                 self.closed[i] = true;
                 Ok(StreamEvent::Closed(stream))
             }
-            Err(source) => Err(StreamError::Io { op: "send", stream, source }),
+            Err(source) => Err(self.io_error(i, "send", source)),
         }
     }
 
@@ -330,7 +353,7 @@ impl RingStreams {
         let n = match completion.result {
             Ok(n) => n,
             Err(e) if is_connection_gone(&e) => 0,
-            Err(source) => return Err(StreamError::Io { op: "recv", stream, source }),
+            Err(source) => return Err(self.io_error(i, "recv", source)),
         };
         let mut buf = completion.buf.unwrap_or_else(|| Buf::with_capacity(RECV_BUF_BYTES));
         if n == 0 {
@@ -342,6 +365,19 @@ impl RingStreams {
         buf.clear();
         self.arm_recv(ring, i, buf)?;
         Ok(StreamEvent::Received(stream))
+    }
+
+    /// The error of a failed send or receive; a timeout names the liveness that expired.
+    fn io_error(&self, i: usize, op: &'static str, source: io::Error) -> StreamError {
+        let stream = kind(i);
+        if source.raw_os_error() != Some(libc::ETIMEDOUT) {
+            return StreamError::Io { op, stream, source };
+        }
+        let user_timeout = self.socks[i]
+            .as_ref()
+            .and_then(|s| socket2::SockRef::from(s).tcp_user_timeout().ok().flatten());
+        let user_timeout_ms = user_timeout.map_or(0, |t| t.as_millis() as u64);
+        StreamError::TimedOut { op, stream, user_timeout_ms }
     }
 
     fn arm_recv(&mut self, ring: &mut Ring, i: usize, buf: Buf) -> Result<(), StreamError> {

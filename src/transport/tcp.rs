@@ -2,28 +2,37 @@
 //!
 //! The connector opens both connections (bulk first) and runs the session layer's
 //! [`Initiator`] on each: it sends the Hello and waits, with a timeout, for the HelloAck. The
-//! listener accepts connections in any order, reads each one's Hello (with a timeout), pairs
-//! the two halves of a session by the session id the Hello carries, and answers each with the
-//! HelloAck of that session's [`Acceptor`]: an accept, or a reject that names the reason before
-//! the connection closes. What leaves is a [`StreamPair`] of plain blocking
+//! listener ([`PairListener`], in `tcp/listener.rs`) accepts connections in any order, reads
+//! each one's Hello without blocking (a connection that sends nothing, garbage, or half a Hello
+//! never holds up another), pairs the two halves of a session by the session id the Hello
+//! carries, and answers each with the HelloAck of that session's [`Acceptor`]: an accept, or a
+//! reject that names the reason before the connection closes. A connection that cannot join a
+//! session is dropped with one warning naming its peer and the reason, and the listener goes
+//! on waiting for the real source. What leaves is a [`StreamPair`] of plain blocking
 //! `std::net::TcpStream`s with the [`SessionParams`] both sides agreed on: the engines may
 //! drive them with blocking I/O (tests) or hand their fds to the io_uring driver. No byte past
-//! the handshake is read, so nothing is left buffered on the side. Works on any address,
+//! the handshake is read, so nothing is left buffered on the side. Every connection gets the
+//! liveness settings of `tcp/liveness.rs` (TCP_USER_TIMEOUT and keepalive), so a silent peer
+//! surfaces as a timed-out stream within [`TcpOptions::liveness`]. Works on any address,
 //! including one inside a network namespace the caller already entered.
 
+mod handshake;
+mod listener;
+mod liveness;
+
+pub use listener::{listen, DroppedConnection, PairListener};
+pub use liveness::{liveness_of, set_liveness, KeepaliveSettings, LivenessReport};
+
 use super::StreamKind;
-use crate::session::{
-    handshake_frame_len, refuse, Acceptor, AcceptorConfig, Answer, Authenticator, Initiator,
-    NoAuth, Offer, SessionError, SessionParams,
-};
-use crate::wire::{decode_frame, FrameBody, Limits, RejectReason, HEADER_LEN};
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use crate::session::{Initiator, Offer, SessionError, SessionParams};
+use handshake::read_handshake_frame;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+#[cfg(doc)]
+use crate::session::Acceptor;
 
 /// Errors of the TCP transport; each names the address, stream or peer concerned.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +69,8 @@ pub enum TcpError {
         /// The OS error.
         source: io::Error,
     },
-    /// Sending or receiving a handshake frame failed (closed early, or timed out).
+    /// Sending or receiving a handshake frame failed (an OS error other than a timeout or a
+    /// close, which have variants of their own).
     #[error("the handshake with {peer} failed while it {doing}: {source}")]
     HandshakeIo {
         /// The peer.
@@ -69,6 +79,43 @@ pub enum TcpError {
         doing: &'static str,
         /// The OS error.
         source: io::Error,
+    },
+    /// The peer sent no whole handshake frame within the handshake timeout.
+    #[error(
+        "the handshake with {peer} timed out while it {doing}: no whole frame within \
+         {timeout_ms} ms ({received_bytes} bytes received)"
+    )]
+    HandshakeTimeout {
+        /// The peer.
+        peer: SocketAddr,
+        /// "was waited on for its Hello", ...
+        doing: &'static str,
+        /// The handshake timeout.
+        timeout_ms: u64,
+        /// Bytes of the frame that did arrive.
+        received_bytes: usize,
+    },
+    /// The peer closed the connection before a whole handshake frame (a port probe closes
+    /// after 0 bytes).
+    #[error(
+        "{peer} closed the connection while it {doing}, after {received_bytes} bytes of the frame"
+    )]
+    HandshakeClosed {
+        /// The peer.
+        peer: SocketAddr,
+        /// "was waited on for its Hello", ...
+        doing: &'static str,
+        /// Bytes of the frame that did arrive.
+        received_bytes: usize,
+    },
+    /// More connections were reading their Hello than the listener keeps at once; the oldest
+    /// was dropped to make room.
+    #[error("{peer} was dropped: {limit} connections were in the handshake at once")]
+    TooManyHandshakes {
+        /// The connection dropped.
+        peer: SocketAddr,
+        /// [`TcpOptions::max_handshakes`].
+        limit: usize,
     },
     /// The handshake itself failed: refused by the destination, refused here, or malformed.
     /// (The message holds the session layer's in full, so it is not chained as a source.)
@@ -100,12 +147,17 @@ pub enum TcpError {
         peer: SocketAddr,
     },
     /// No complete pair arrived in time.
-    #[error("no complete stream pair within {waited_ms} ms ({half_open} half-open sessions)")]
+    #[error(
+        "no complete stream pair within {waited_ms} ms ({half_open} half-open sessions, \
+         {dropped} connections dropped)"
+    )]
     Timeout {
         /// How long we waited.
         waited_ms: u64,
         /// Sessions with only one stream so far.
         half_open: usize,
+        /// Connections dropped while waiting (see [`PairListener::dropped`]).
+        dropped: u64,
     },
 }
 
@@ -126,27 +178,39 @@ pub struct TcpOptions {
     pub send_buffer_bytes: Option<usize>,
     /// SO_RCVBUF, if set (set before connect/listen so window scaling can use it).
     pub recv_buffer_bytes: Option<usize>,
-    /// TCP keepalive idle time and probe interval, if set.
-    pub keepalive: Option<Duration>,
+    /// How long a peer may leave sent data (or keepalive probes) unacknowledged before the
+    /// connection fails with a timeout: TCP_USER_TIMEOUT, with keepalive probes so an idle
+    /// connection is checked too (see [`KeepaliveSettings`]). `None` keeps the kernel's
+    /// defaults (minutes of retransmissions, no keepalive).
+    pub liveness: Option<Duration>,
     /// Bound on each connect.
     pub connect_timeout: Duration,
-    /// Bound on each handshake frame read or written (a peer's Hello after accept; the
-    /// HelloAck after our Hello).
+    /// Time a connection has to deliver its whole handshake frame (the listener: a peer's
+    /// Hello, counted from the accept; the connector: the HelloAck after our Hello). Each
+    /// accepted connection has its own deadline, so a silent one never delays another.
     pub handshake_timeout: Duration,
     /// Sessions with one stream open that the listener keeps at most; a Hello that would open
     /// one more is refused as busy.
     pub max_half_open_sessions: usize,
+    /// Connections the listener reads Hellos from at once; one more drops the oldest.
+    pub max_handshakes: usize,
 }
+
+/// The default of [`TcpOptions::liveness`] and of the CLI's `--liveness-ms`.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(2);
+/// The default of [`TcpOptions::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for TcpOptions {
     fn default() -> TcpOptions {
         TcpOptions {
             send_buffer_bytes: None,
             recv_buffer_bytes: None,
-            keepalive: Some(Duration::from_secs(10)),
+            liveness: Some(DEFAULT_LIVENESS),
             connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_half_open_sessions: 16,
+            max_handshakes: 64,
         }
     }
 }
@@ -196,9 +260,8 @@ fn apply_buffers(sock: &Socket, options: &TcpOptions) -> Result<(), TcpError> {
 fn apply_connected(stream: &TcpStream, options: &TcpOptions) -> Result<(), TcpError> {
     // Fault requests are tiny and latency-bound: never let Nagle hold them back.
     sockopt("TCP_NODELAY", stream.set_nodelay(true))?;
-    if let Some(idle) = options.keepalive {
-        let ka = TcpKeepalive::new().with_time(idle).with_interval(idle);
-        sockopt("SO_KEEPALIVE", SockRef::from(stream).set_tcp_keepalive(&ka))?;
+    if let Some(liveness) = options.liveness {
+        set_liveness(stream, liveness)?;
     }
     Ok(())
 }
@@ -268,9 +331,12 @@ fn connect_one(
     apply_kind(&stream, kind, addr)?;
     let session_err = |error| TcpError::Session { peer: addr, error };
     let hello = initiator.hello(kind).map_err(session_err)?;
-    set_handshake_timeouts(&stream, addr, Some(options.handshake_timeout))?;
-    (&stream).write_all(&hello).map_err(io_err(addr, "was sent our Hello"))?;
-    let ack = read_handshake_frame(&stream, addr, "was waited on for its HelloAck")?;
+    let timeout = options.handshake_timeout;
+    set_handshake_timeouts(&stream, addr, Some(timeout))?;
+    (&stream)
+        .write_all(&hello)
+        .map_err(|source| handshake::classify(addr, "was sent our Hello", timeout, 0, source))?;
+    let ack = read_handshake_frame(&stream, addr, "was waited on for its HelloAck", timeout)?;
     initiator.on_bytes(kind, &ack).map_err(session_err)?;
     set_handshake_timeouts(&stream, addr, None)?;
     Ok(stream)
@@ -290,241 +356,4 @@ fn set_handshake_timeouts(
     stream.set_nonblocking(false).map_err(&err)?;
     stream.set_read_timeout(timeout).map_err(&err)?;
     stream.set_write_timeout(timeout).map_err(&err)
-}
-
-/// Reads exactly one handshake frame (not a byte more) from `stream`.
-fn read_handshake_frame(
-    stream: &TcpStream,
-    peer: SocketAddr,
-    doing: &'static str,
-) -> Result<Vec<u8>, TcpError> {
-    let mut header = [0u8; HEADER_LEN];
-    (&*stream).read_exact(&mut header).map_err(io_err(peer, doing))?;
-    let total = handshake_frame_len(&header, &Limits::default())
-        .map_err(|error| TcpError::Session { peer, error })?;
-    let mut frame = vec![0u8; total];
-    frame[..HEADER_LEN].copy_from_slice(&header);
-    (&*stream).read_exact(&mut frame[HEADER_LEN..]).map_err(io_err(peer, doing))?;
-    Ok(frame)
-}
-
-/// Binds a [`PairListener`] on `addr` with default options, for a VM laid out as `accept`
-/// says.
-pub fn listen(addr: SocketAddr, accept: AcceptorConfig) -> Result<PairListener, TcpError> {
-    PairListener::bind(addr, TcpOptions::default(), accept)
-}
-
-/// A session with at least one stream open: its acceptor and the streams so far.
-#[derive(Debug)]
-struct Half {
-    acceptor: Acceptor,
-    bulk: Option<TcpStream>,
-    urgent: Option<TcpStream>,
-}
-
-impl Half {
-    fn slot(&mut self, kind: StreamKind) -> &mut Option<TcpStream> {
-        match kind {
-            StreamKind::Bulk => &mut self.bulk,
-            StreamKind::Urgent => &mut self.urgent,
-        }
-    }
-}
-
-/// Accepts connections, runs the acceptor's handshake on each, and pairs them by session id.
-#[derive(Debug)]
-pub struct PairListener {
-    listener: TcpListener,
-    options: TcpOptions,
-    accept: AcceptorConfig,
-    auth: Arc<dyn Authenticator>,
-    pending: HashMap<u64, Half>,
-}
-
-impl PairListener {
-    /// Binds and listens on `addr` (port 0 picks a free port); Hellos are checked against
-    /// `accept`.
-    pub fn bind(
-        addr: SocketAddr,
-        options: TcpOptions,
-        accept: AcceptorConfig,
-    ) -> Result<PairListener, TcpError> {
-        let err = |source| TcpError::Listen { addr, source };
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(err)?;
-        sock.set_reuse_address(true).map_err(err)?;
-        // Accepted sockets inherit the buffer sizes of the listener.
-        apply_buffers(&sock, &options)?;
-        sock.bind(&addr.into()).map_err(err)?;
-        sock.listen(16).map_err(err)?;
-        Ok(PairListener {
-            listener: sock.into(),
-            options,
-            accept,
-            auth: Arc::new(NoAuth),
-            pending: HashMap::new(),
-        })
-    }
-
-    /// Checks the Hellos' tokens with `auth` (the default sends and accepts none).
-    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    fn acceptor(&self) -> Acceptor {
-        Acceptor::new(self.accept.clone()).with_authenticator(self.auth.clone())
-    }
-
-    /// The bound address (with the real port).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Waits for any session to complete its pair.
-    pub fn accept_pair(&mut self, timeout: Duration) -> Result<StreamPair, TcpError> {
-        self.accept_until(None, timeout)
-    }
-
-    /// Waits for the pair of `session_id`; a connection of another session is an error.
-    pub fn accept_session(
-        &mut self,
-        session_id: u64,
-        timeout: Duration,
-    ) -> Result<StreamPair, TcpError> {
-        self.accept_until(Some(session_id), timeout)
-    }
-
-    fn accept_until(
-        &mut self,
-        expected: Option<u64>,
-        timeout: Duration,
-    ) -> Result<StreamPair, TcpError> {
-        let started = Instant::now();
-        loop {
-            if let Some(pair) = self.take_complete(expected) {
-                return Ok(pair);
-            }
-            let remaining = timeout.saturating_sub(started.elapsed());
-            if remaining.is_zero() || !wait_readable(&self.listener, remaining)? {
-                return Err(TcpError::Timeout {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    half_open: self.pending.len(),
-                });
-            }
-            let (stream, peer) =
-                self.listener.accept().map_err(|source| TcpError::Accept { source })?;
-            self.on_connection(stream, peer, expected)?;
-        }
-    }
-
-    /// Reads a new connection's Hello, answers it, and files the stream under its session.
-    fn on_connection(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        expected: Option<u64>,
-    ) -> Result<(), TcpError> {
-        set_handshake_timeouts(&stream, peer, Some(self.options.handshake_timeout))?;
-        let hello = read_handshake_frame(&stream, peer, "was waited on for its Hello")?;
-        let Some((session_id, kind)) = hello_key(&hello) else {
-            // Undecodable: a fresh acceptor answers with a reject where it can (another
-            // version, another page size) and names the error.
-            let answer = self.acceptor().on_hello_bytes(None, &hello);
-            return Err(self.reply_refused(&stream, peer, answer));
-        };
-        if let Some(want) = expected.filter(|w| *w != session_id) {
-            let detail = format!("this destination waits for session {want:#x}");
-            self.reply(
-                &stream,
-                peer,
-                &refuse(session_id, kind, RejectReason::UnknownSession, detail),
-            );
-            return Err(TcpError::UnexpectedSession { expected: want, got: session_id, peer });
-        }
-        if !self.pending.contains_key(&session_id)
-            && self.pending.len() >= self.options.max_half_open_sessions
-        {
-            let detail = format!("{} sessions are half open already", self.pending.len());
-            let answer = refuse(session_id, kind, RejectReason::Busy, detail);
-            return Err(self.reply_refused(&stream, peer, answer));
-        }
-        let fresh = self.acceptor();
-        let half = self.pending.entry(session_id).or_insert_with(|| Half {
-            acceptor: fresh,
-            bulk: None,
-            urgent: None,
-        });
-        let duplicate = half.slot(kind).is_some();
-        let answer = half.acceptor.on_hello_bytes(None, &hello);
-        if half.acceptor.open_streams() == 0 {
-            self.pending.remove(&session_id);
-        }
-        if duplicate {
-            self.reply(&stream, peer, &answer);
-            return Err(TcpError::DuplicateStream { session_id, kind, peer });
-        }
-        if answer.outcome.is_err() {
-            return Err(self.reply_refused(&stream, peer, answer));
-        }
-        self.reply(&stream, peer, &answer);
-        set_handshake_timeouts(&stream, peer, None)?;
-        apply_connected(&stream, &self.options)?;
-        apply_kind(&stream, kind, peer)?;
-        if let Some(half) = self.pending.get_mut(&session_id) {
-            *half.slot(kind) = Some(stream);
-        }
-        Ok(())
-    }
-
-    /// Sends `answer`'s HelloAck; a peer that is gone by now changes nothing here.
-    fn reply(&self, stream: &TcpStream, peer: SocketAddr, answer: &Answer) {
-        if let Err(e) = (&*stream).write_all(&answer.reply) {
-            tracing::debug!(%peer, error = %e, "could not send the HelloAck");
-        }
-    }
-
-    /// Sends a refusal and turns it into the error the caller returns.
-    fn reply_refused(&self, stream: &TcpStream, peer: SocketAddr, answer: Answer) -> TcpError {
-        self.reply(stream, peer, &answer);
-        let error = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
-        TcpError::Session { peer, error }
-    }
-
-    fn take_complete(&mut self, expected: Option<u64>) -> Option<StreamPair> {
-        let session_id = *self.pending.iter().find_map(|(id, half)| {
-            let complete = half.bulk.is_some() && half.urgent.is_some();
-            (complete && expected.is_none_or(|want| want == *id)).then_some(id)
-        })?;
-        let half = self.pending.remove(&session_id)?;
-        let session = half.acceptor.params().ok()?;
-        Some(StreamPair { bulk: half.bulk?, urgent: half.urgent?, session })
-    }
-}
-
-/// The session id and stream of a Hello that decodes.
-fn hello_key(frame: &[u8]) -> Option<(u64, StreamKind)> {
-    match decode_frame(frame, &Limits::default()) {
-        Ok((frame, _)) => match frame.body {
-            FrameBody::Hello(hello) => Some((hello.session_id, hello.stream)),
-            _ => None,
-        },
-        Err(_) => None,
-    }
-}
-
-/// Waits until the listener has a connection to accept; false on timeout.
-fn wait_readable(listener: &TcpListener, timeout: Duration) -> Result<bool, TcpError> {
-    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let timeout_ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd on a descriptor the listener keeps open during the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    if n < 0 {
-        let source = io::Error::last_os_error();
-        if source.kind() == io::ErrorKind::Interrupted {
-            return Ok(true);
-        }
-        return Err(TcpError::Accept { source });
-    }
-    Ok(n > 0)
 }
