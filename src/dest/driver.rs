@@ -10,6 +10,7 @@ use super::sink::UffdSink;
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Wing};
+use crate::driver::inject::Injection;
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
 use crate::ports::{layout_of, page_of_host_addr, HostRegion, MigratableVm};
@@ -40,6 +41,8 @@ pub struct DestDriverOptions {
     /// Pages of a background window placed between two looks for faults, once the guest
     /// runs (see [`DestEngine::set_place_chunk`]; 0 places whole windows).
     pub place_chunk_pages: u32,
+    /// Faults to inject ([`crate::driver::inject`]); `None` in a real migration.
+    pub inject: Option<Injection>,
 }
 
 impl Default for DestDriverOptions {
@@ -50,6 +53,7 @@ impl Default for DestDriverOptions {
             progress_timeout: shared.progress_timeout,
             prioritize_thread: shared.prioritize_thread,
             place_chunk_pages: 8,
+            inject: None,
         }
     }
 }
@@ -117,6 +121,7 @@ pub fn run_dest(
         progress_timeout: opts.progress_timeout,
         prioritize_thread: opts.prioritize_thread,
         name: "destination",
+        inject: opts.inject.clone(),
     };
     event_loop::run(&mut wing, &mut io, &loop_opts)?;
     let run = finish_run(wing.ctx.run, &engine, &io)?;
@@ -204,6 +209,14 @@ impl Wing for DestWing<'_, '_> {
 
     fn urgent_tags(&self) -> &[u64] {
         &[TAG_UFFD]
+    }
+
+    fn switchover_ns(&self) -> Option<u64> {
+        Some(self.engine.stats().state_received_ns).filter(|&ns| ns > 0)
+    }
+
+    fn resume_ns(&self) -> Option<u64> {
+        Some(self.ctx.run.resume_ns).filter(|&ns| ns > 0)
     }
 }
 

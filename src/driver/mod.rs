@@ -8,6 +8,7 @@
 //! [`DriverError`], each variant carrying its typed source.
 
 pub mod event_loop;
+pub mod inject;
 
 use crate::dest::{DestError, DestPhase};
 use crate::ring::RingError;
