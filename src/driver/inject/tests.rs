@@ -49,9 +49,12 @@ fn side_prefixes_parse() {
     assert_eq!(plan.specs.len(), 2);
 }
 
+/// Whether an error is the one a bad spec should give.
+type IsExpected = fn(&InjectError) -> bool;
+
 #[test]
 fn bad_specs_say_which_and_why() {
-    let cases: &[(&str, fn(&InjectError) -> bool)] = &[
+    let cases: &[(&str, IsExpected)] = &[
         ("", |e| matches!(e, InjectError::Empty { .. })),
         ("corrupt@3,,refuse-reconnect", |e| matches!(e, InjectError::Empty { .. })),
         ("corrupt@3,", |e| matches!(e, InjectError::Empty { .. })),
