@@ -163,12 +163,13 @@ fn structure_pages(vm: &Vm) -> Vec<u64> {
 }
 
 /// Runs the guest, migrates it, and returns the source's report. The source VM is paused at
-/// the switch-over and never resumed; it is dropped once the destination confirmed.
+/// the switch-over and, once handed over, never resumed; it is dropped once the destination
+/// confirmed.
 ///
 /// A failure before the hand-over ([`SourceEngine::handed_over`]) cancels the migration: the
 /// guest is resumed if the switch-over had paused it, runs to the end of its ops here, and the
-/// report says `outcome: cancelled` with its digest ([`super::cancel`]). A failure after the
-/// hand-over is an error: the destination may be running the guest.
+/// report says `outcome: cancelled` with its digest. A failure after the hand-over is an
+/// error: the destination may be running the guest.
 pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, MigrationError> {
     let mut vm = Vm::new(&opts.cfg)?;
     let mut report = SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() };
