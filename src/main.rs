@@ -2,11 +2,12 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hybridmig::driver::inject::{InjectPlan, Side};
 use hybridmig::migration::bench::{run_bench, BenchSpec};
 use hybridmig::migration::delayline::{run_delay_line, DelayLineConfig};
 use hybridmig::migration::{
     migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
-    MigrationReport, SourceHostOptions,
+    MigrationReport, Outcome, SourceHostOptions, EXIT_CANCELLED,
 };
 use hybridmig::source::{CompressionPolicy, LivePass};
 use hybridmig::vm::{parse_size, run_local, RunReport, VmConfig, WorkloadKind, WorkloadSpec};
@@ -262,6 +263,10 @@ struct MigrateArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Inject faults (tests and drills): SPEC[,SPEC...], each optionally prefixed `src:` or
+    /// `dst:` to pick the host, e.g. `dst:disconnect@start+40,refuse-reconnect` (docs/cli.md).
+    #[arg(long, value_name = "SPECS", value_parser = parse_inject)]
+    inject: Option<InjectPlan>,
 }
 
 #[derive(clap::Args)]
@@ -284,6 +289,10 @@ struct SourceArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Inject faults (tests and drills): SPEC[,SPEC...], e.g. `disconnect@start+40`,
+    /// `stall@switchover+0:50`, `corrupt@20`, `refuse-reconnect` (docs/cli.md).
+    #[arg(long, value_name = "SPECS", value_parser = parse_inject)]
+    inject: Option<InjectPlan>,
 }
 
 #[derive(clap::Args)]
@@ -308,6 +317,10 @@ struct DestArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Inject faults (tests and drills): SPEC[,SPEC...], e.g. `disconnect@start+40`,
+    /// `stall@switchover+0:50`, `corrupt@20`, `refuse-reconnect` (docs/cli.md).
+    #[arg(long, value_name = "SPECS", value_parser = parse_inject)]
+    inject: Option<InjectPlan>,
 }
 
 fn parse_compression(s: &str) -> Result<CompressionPolicy, String> {
@@ -317,6 +330,10 @@ fn parse_compression(s: &str) -> Result<CompressionPolicy, String> {
         "off" => Ok(CompressionPolicy::Off),
         _ => Err(format!("unknown compression `{s}` (auto, on, off)")),
     }
+}
+
+fn parse_inject(s: &str) -> Result<InjectPlan, String> {
+    InjectPlan::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_hex(s: &str) -> Result<u64, String> {
@@ -463,12 +480,17 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         progress: !a.json && std::io::stderr().is_terminal(),
         progress_timeout: a.time.progress_timeout(),
         liveness: a.time.liveness(),
+        inject: a.inject,
     };
     let report = migrate_local(&m).context("migration failed")?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_migration(&report);
+    }
+    if report.verified {
+        // Cancelled, the guest safe and exact on the source: neither success nor failure.
+        exit_if_cancelled(report.outcome)?;
     }
     if !report.verified {
         anyhow::bail!(
@@ -481,6 +503,15 @@ fn migrate(a: MigrateArgs) -> Result<()> {
 }
 
 fn print_migration(r: &MigrationReport) {
+    if r.outcome == Outcome::Cancelled {
+        println!(
+            "cancelled before the hand-over, the guest finished on the source: {}",
+            r.cancel_reason.as_deref().unwrap_or("?")
+        );
+        if let Some(why) = &r.dest_cancel_reason {
+            println!("destination: {why}");
+        }
+    }
     println!("{}", r.summary_line());
     println!(
         "digest {} expected {} -> {}",
@@ -507,13 +538,29 @@ fn source(a: SourceArgs) -> Result<()> {
         progress_lines: a.progress_lines,
         liveness: a.time.liveness(),
         progress_timeout: a.time.progress_timeout(),
+        inject: a.inject.map(|p| p.only_for(Side::Source)).transpose()?,
     };
     let report = run_source_host(&opts).context("source failed")?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
+    } else if report.outcome == Outcome::Cancelled {
+        println!(
+            "source cancelled, the guest finished here: digest={} reason: {}",
+            report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default(),
+            report.cancel_reason.as_deref().unwrap_or("?")
+        );
     } else {
         let s = &report.stats;
         println!("source done: mode={} rounds={} pages_zero={} pages_raw={} pages_lz4={} bytes_bulk={} bytes_urgent={} faults_served={}", report.mode, s.rounds, s.pages_zero, s.pages_raw, s.pages_lz4, s.bytes_bulk, s.bytes_urgent, s.faults_served);
+    }
+    exit_if_cancelled(report.outcome)
+}
+
+/// A host whose migration was cancelled has printed its report; its exit status says so.
+fn exit_if_cancelled(outcome: Outcome) -> Result<()> {
+    if outcome == Outcome::Cancelled {
+        std::io::stdout().flush()?;
+        std::process::exit(EXIT_CANCELLED);
     }
     Ok(())
 }
@@ -527,6 +574,7 @@ fn dest(a: DestArgs) -> Result<()> {
         liveness: a.time.liveness(),
         progress_timeout: a.time.progress_timeout(),
         progress_lines: a.progress_lines,
+        inject: a.inject.map(|p| p.only_for(Side::Dest)).transpose()?,
     };
     let report = run_dest_host(&opts, |addr| {
         println!("LISTENING {addr}");
@@ -535,6 +583,8 @@ fn dest(a: DestArgs) -> Result<()> {
     .context("destination failed")?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
+    } else if report.outcome == Outcome::Cancelled {
+        println!("destination cancelled: {}", report.cancel_reason.as_deref().unwrap_or("?"));
     } else {
         let d = &report.run;
         println!(
@@ -545,7 +595,7 @@ fn dest(a: DestArgs) -> Result<()> {
             report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default()
         );
     }
-    Ok(())
+    exit_if_cancelled(report.outcome)
 }
 
 fn delay_line(a: DelayLineArgs) -> Result<()> {

@@ -10,6 +10,7 @@ use super::sink::{UffdSink, UffdVm};
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
+use crate::driver::inject::Injection;
 use crate::driver::schedule::{self, DestSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -41,6 +42,8 @@ pub struct DestDriverOptions {
     /// Pages of a background window placed between two looks for faults, once the guest
     /// runs (see [`DestEngine::set_place_chunk`]; 0 places whole windows).
     pub place_chunk_pages: u32,
+    /// Faults to inject ([`crate::driver::inject`]); `None` in a real migration.
+    pub inject: Option<Injection>,
 }
 
 impl Default for DestDriverOptions {
@@ -51,6 +54,7 @@ impl Default for DestDriverOptions {
             progress_timeout: shared.progress_timeout,
             prioritize_thread: shared.prioritize_thread,
             place_chunk_pages: 8,
+            inject: None,
         }
     }
 }
@@ -118,6 +122,7 @@ pub fn run_dest(
         progress_timeout: opts.progress_timeout,
         prioritize_thread: opts.prioritize_thread,
         name: "destination",
+        inject: opts.inject.clone(),
     };
     event_loop::run(&mut wing, &mut io, &loop_opts)?;
     let run = finish_run(wing.ctx.run, &engine, &io)?;
@@ -204,6 +209,14 @@ impl Wing for DestWing<'_, '_> {
 
     fn urgent_tags(&self) -> &[u64] {
         &[TAG_UFFD]
+    }
+
+    fn switchover_ns(&self) -> Option<u64> {
+        Some(self.engine.stats().state_received_ns).filter(|&ns| ns > 0)
+    }
+
+    fn resume_ns(&self) -> Option<u64> {
+        Some(self.ctx.run.resume_ns).filter(|&ns| ns > 0)
     }
 }
 

@@ -7,8 +7,10 @@
 //! nothing has moved for [`LoopOptions::progress_timeout`]: no byte either way, no frame.
 //! Urgent work comes first: [`serve_urgent_now`] lets a wing in the middle of long work (a
 //! bulk buffer being encoded, a page window being placed) pick the urgent stream's and its own
-//! urgent completions out of the ring before the rest.
+//! urgent completions out of the ring before the rest. A fault-injection plan
+//! ([`super::inject`]), when given, is checked at the top of every loop turn.
 
+use super::inject::{Injection, Injector};
 use super::schedule::Outlet;
 use super::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -33,6 +35,8 @@ pub struct LoopOptions {
     pub prioritize_thread: bool,
     /// Which side runs the loop, for the log.
     pub name: &'static str,
+    /// Faults to inject (tests and drills); `None` costs one check a turn.
+    pub inject: Option<Injection>,
 }
 
 impl Default for LoopOptions {
@@ -42,6 +46,7 @@ impl Default for LoopOptions {
             progress_timeout: Duration::from_secs(600),
             prioritize_thread: true,
             name: "driver",
+            inject: None,
         }
     }
 }
@@ -133,6 +138,18 @@ pub trait Wing {
 
     /// The loop waited `_wait_ns` with every send buffer in the kernel.
     fn on_link_wait(&mut self, _wait_ns: u64) {}
+
+    /// When this side saw the switch-over (mono ns), for `switchover+MS` injection points:
+    /// the source's pause; on the destination, the state's arrival.
+    fn switchover_ns(&self) -> Option<u64> {
+        None
+    }
+
+    /// When this side saw the resume (mono ns), for `resume+MS` injection points: the
+    /// destination's resume; on the source, the hand-over (the state queued for sending).
+    fn resume_ns(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One turn's view of a wing and its I/O: what the shared scheduling ([`super::schedule`])
@@ -173,11 +190,20 @@ pub fn run<W: Wing>(wing: &mut W, io: &mut LoopIo, opts: &LoopOptions) -> Result
     let timeout_ns = opts.progress_timeout.as_nanos() as u64;
     let mut next_tick = 0u64;
     let (mut last_marker, mut last_progress_ns) = (io.streams.progress_marker(), mono_ns());
+    let mut injector =
+        opts.inject.as_ref().map(|plan| Injector::start(plan, mono_ns(), &mut io.streams));
     loop {
         let now = mono_ns();
         if now >= next_tick {
             wing.tick();
             next_tick = now + tick_ns;
+        }
+        if let Some(injector) = injector.as_mut() {
+            if stalls(injector, wing, io, now, opts.tick)? {
+                // A stall of this side's own making is not the peer's lack of progress.
+                last_progress_ns = mono_ns();
+                continue;
+            }
         }
         let marker = io.streams.progress_marker();
         if marker != last_marker {
@@ -199,6 +225,23 @@ pub fn run<W: Wing>(wing: &mut W, io: &mut LoopIo, opts: &LoopOptions) -> Result
             dispatch(wing, io, completion)?;
         }
     }
+}
+
+/// Fires the injections due now; true when this side stalls, after sleeping up to one tick
+/// of the stall (no completion handled, no send queued).
+fn stalls<W: Wing>(
+    injector: &mut Injector,
+    wing: &W,
+    io: &mut LoopIo,
+    now: u64,
+    tick: Duration,
+) -> Result<bool, DriverError> {
+    let left_ns = injector.turn(now, wing.switchover_ns(), wing.resume_ns(), &mut io.streams)?;
+    if left_ns == 0 {
+        return Ok(false);
+    }
+    std::thread::sleep(Duration::from_nanos(left_ns).min(tick));
+    Ok(true)
 }
 
 /// Hands one completion to the wing: a stream event, a closed stream, or its own.
@@ -249,6 +292,7 @@ fn wait_on_link<W: Wing>(wing: &mut W, io: &mut LoopIo, tick: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::inject::{InjectLog, InjectPlan, Side};
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
@@ -256,6 +300,12 @@ mod tests {
     struct Idle {
         started_ns: u64,
         done_after_ns: u64,
+        /// When the first stream event came (mono ns; 0 before).
+        first_event_ns: u64,
+    }
+
+    fn idle(done_after_ns: u64) -> Idle {
+        Idle { started_ns: mono_ns(), done_after_ns, first_event_ns: 0 }
     }
 
     impl Wing for Idle {
@@ -268,6 +318,9 @@ mod tests {
             Ok(if done { Next::Done } else { Next::Wait })
         }
         fn on_event(&mut self, io: &mut LoopIo, event: StreamEvent) -> Result<(), DriverError> {
+            if self.first_event_ns == 0 {
+                self.first_event_ns = mono_ns();
+            }
             if let StreamEvent::Received(stream) = event {
                 // Raw bytes, not frames: dropping the reader's error keeps the test small.
                 let _ = io.streams.next_frame(stream);
@@ -307,7 +360,7 @@ mod tests {
     fn fails_only_after_the_progress_deadline_without_progress() {
         let (pair, _far) = pair();
         let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
-        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
+        let mut wing = idle(u64::MAX);
         let err = run(&mut wing, &mut io, &opts(100)).expect_err("nothing moves");
         assert!(matches!(err, DriverError::NoProgress { .. }), "{err}");
         assert!(mono_ns() - wing.started_ns >= 100_000_000);
@@ -326,7 +379,7 @@ mod tests {
             }
         });
         // Done after 400 ms, four deadlines of 100 ms, with a byte every 20 ms meanwhile.
-        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: 400_000_000 };
+        let mut wing = idle(400_000_000);
         run(&mut wing, &mut io, &opts(100)).expect("progress keeps it alive");
         feeder.join().expect("feeder");
     }
@@ -336,12 +389,56 @@ mod tests {
         let (pair, far) = pair();
         drop(far);
         let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
-        let mut wing = Idle { started_ns: mono_ns(), done_after_ns: u64::MAX };
+        let mut wing = idle(u64::MAX);
         let err = run(&mut wing, &mut io, &opts(5_000)).expect_err("the peer closed");
         let DriverError::PeerClosed { stream, .. } = err else { panic!("{err}") };
         // The streams survive it: the dead connection comes off, ready for a new one.
         assert!(io.streams.is_closed(stream));
         io.streams.detach(&mut io.ring, stream).expect("detach the closed stream");
         assert!(!io.streams.is_attached(stream));
+    }
+
+    fn injecting(progress_timeout_ms: u64, spec: &str) -> (LoopOptions, InjectLog) {
+        let plan = InjectPlan::parse(spec).expect("spec").only_for(Side::Source).expect("side");
+        let injection = Injection::new(Side::Source, plan);
+        let log = injection.log.clone();
+        (LoopOptions { inject: Some(injection), ..opts(progress_timeout_ms) }, log)
+    }
+
+    #[test]
+    fn an_injected_disconnect_closes_this_side_at_its_point() {
+        let (pair, _far) = pair();
+        let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
+        let mut wing = idle(u64::MAX);
+        let (opts, log) = injecting(5_000, "disconnect-bulk@start+50");
+        let err = run(&mut wing, &mut io, &opts).expect_err("the bulk stream was shut down");
+        let DriverError::PeerClosed { stream, .. } = err else { panic!("{err}") };
+        assert_eq!(stream, StreamKind::Bulk);
+        let elapsed_ms = (mono_ns() - wing.started_ns) / 1_000_000;
+        assert!((50..1_000).contains(&elapsed_ms), "closed after {elapsed_ms} ms");
+        let injected = log.entries();
+        assert_eq!(injected.len(), 1);
+        assert_eq!(injected[0].what, "disconnect-bulk@start+50");
+        // Checked every loop turn: the tick is 10 ms.
+        assert!((50.0..80.0).contains(&injected[0].at_ms), "{injected:?}");
+    }
+
+    #[test]
+    fn a_stall_handles_nothing_and_is_not_a_lack_of_progress() {
+        let (pair, [mut far_bulk, _far_urgent]) = pair();
+        let mut io = LoopIo::new(&pair, Role::Acceptor, 1, 1024).expect("io");
+        let feeder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            far_bulk.write_all(&[0u8; 8]).expect("write during the stall");
+            far_bulk
+        });
+        // The stall outlasts the progress deadline; the loop is done 100 ms after it ends.
+        let mut wing = idle(300_000_000);
+        let (opts, log) = injecting(150, "stall@start+0:200");
+        run(&mut wing, &mut io, &opts).expect("a stall is not a lack of progress");
+        let _far_bulk = feeder.join().expect("feeder");
+        let first_event_ms = (wing.first_event_ns - wing.started_ns) / 1_000_000;
+        assert!(first_event_ms >= 199, "an event was handled {first_event_ms} ms in, mid-stall");
+        assert_eq!(log.entries().len(), 1);
     }
 }

@@ -9,6 +9,7 @@
 //! [`DriverError`], each variant carrying its typed source.
 
 pub mod event_loop;
+pub mod inject;
 pub mod schedule;
 
 use crate::dest::{DestError, DestPhase};

@@ -398,6 +398,7 @@ pub fn run_bench(
                             progress: false,
                             progress_timeout: Duration::from_secs(spec.timeout_s),
                             liveness: Some(crate::transport::tcp::DEFAULT_LIVENESS),
+                            inject: None,
                         };
                         let run = one_run(&m, profile, rep);
                         bar.finished(&run);
@@ -419,6 +420,11 @@ pub fn run_bench(
 fn one_run(m: &LocalMigration, profile: &str, rep: u32) -> BenchRun {
     let outcome = migrate_local(m);
     let (verified, error, report) = match outcome {
+        // A cancelled run kept the guest safe on the source, but nothing was migrated.
+        Ok(r) if r.outcome == super::Outcome::Cancelled => {
+            let why = format!("cancelled: {}", r.cancel_reason.as_deref().unwrap_or("?"));
+            (false, Some(why), Some(r))
+        }
         Ok(r) => (r.verified, None, Some(r)),
         Err(e) => (false, Some(e.to_string()), None),
     };

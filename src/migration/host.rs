@@ -6,6 +6,7 @@ use super::progress::{wait_guest_finished, FinishingGuest};
 use super::report::{DestReport, SourceReport};
 use super::MigrationError;
 use crate::dest::driver::{run_dest, DestDriverOptions};
+use crate::driver::inject::{Injection, Side, SidePlan};
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::{EmbedError, HostRegion, MigratableVm};
@@ -100,7 +101,12 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm.restore_state(&state).map_err(vm_err("restore_state"))
     }
 
+    /// Starts a new guest's vCPUs, or restarts those a switch-over paused (a cancelled
+    /// migration's source guest runs on); harmless on a running guest.
     fn resume(&mut self) -> Result<(), EmbedError> {
+        if self.vm.is_started() {
+            return self.vm.resume().map_err(vm_err("resume"));
+        }
         self.vm.start().map_err(vm_err("resume"))
     }
 }
@@ -135,6 +141,8 @@ pub struct SourceHostOptions {
     pub liveness: Option<Duration>,
     /// The driver fails after this long without progress (no byte moved, no frame).
     pub progress_timeout: Duration,
+    /// Faults to inject (`--inject`); `None` in a real migration.
+    pub inject: Option<SidePlan>,
 }
 
 /// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops. A parent
@@ -170,15 +178,40 @@ fn structure_pages(vm: &Vm) -> Vec<u64> {
 }
 
 /// Runs the guest, migrates it, and returns the source's report. The source VM is paused at
-/// the switch-over and never resumed; it is dropped once the destination confirmed.
+/// the switch-over and, once handed over, never resumed; it is dropped once the destination
+/// confirmed.
+///
+/// A failure before the hand-over ([`SourceEngine::handed_over`]) cancels the migration: the
+/// guest is resumed if the switch-over had paused it, runs to the end of its ops here, and the
+/// report says `outcome: cancelled` with its digest. A failure after the hand-over is an
+/// error: the destination may be running the guest.
 pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, MigrationError> {
     let mut vm = Vm::new(&opts.cfg)?;
     let mut report = SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() };
+    vm.start()?;
+    let cfg = warm_up(&mut vm, opts, &mut report)?;
+    let injection = opts.inject.clone().map(|plan| Injection::new(Side::Source, plan));
+    let mut handed_over = false;
+    let result = migrate_guest(&mut vm, opts, cfg, &mut report, &injection, &mut handed_over);
+    report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
+    match result {
+        Ok(()) => Ok(report),
+        Err(error) if !handed_over => super::cancel::cancel_source(&mut vm, report, &error),
+        Err(error) => Err(error),
+    }
+}
+
+/// The guest's run before the migration: its undisturbed rate, and (hybrid modes) its working
+/// set from the Accessed-bit tracker. Returns the engine's configuration.
+fn warm_up(
+    vm: &mut Vm,
+    opts: &SourceHostOptions,
+    report: &mut SourceReport,
+) -> Result<SourceConfig, MigrationError> {
     let pages = vm.total_pages();
     // Accessed bits see reads too, so one touch in the tracking period makes a page a
     // candidate; pages are ranked by how many windows touched them.
     let mut tracker = WorkingSetTracker::new(pages, 1);
-    vm.start()?;
     let started = mono_ns();
     let migrate_at = started + opts.migrate_after_ms * 1_000_000;
     // Track the working set over the last 90% of the pre-migration run; the first 10% gives
@@ -221,11 +254,24 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     cfg.push_delay_ms = opts.push_delay_ms;
     cfg.true_hot_set = vm.hot_pages();
     if tracks {
-        let structures = structure_pages(&vm);
+        let structures = structure_pages(vm);
         let estimate = tracker.estimate((pages / 4).saturating_sub(structures.len() as u64));
         cfg.working_set = structures.into_iter().chain(estimate).collect();
     }
-    let mut guest = KvmGuest::new(&mut vm);
+    Ok(cfg)
+}
+
+/// Connects, migrates, and fills the report; `handed_over` says, also on failure, whether the
+/// destination may already run the guest.
+fn migrate_guest(
+    vm: &mut Vm,
+    opts: &SourceHostOptions,
+    cfg: SourceConfig,
+    report: &mut SourceReport,
+    injection: &Option<Injection>,
+    handed_over: &mut bool,
+) -> Result<(), MigrationError> {
+    let mut guest = KvmGuest::new(vm);
     let offer = Offer::new(opts.session_id, opts.mode, wire_regions(&guest.regions()));
     let tcp_options = tcp::TcpOptions { liveness: opts.liveness, ..tcp::TcpOptions::default() };
     let pair = tcp::connect_with(opts.connect, Initiator::new(offer), &tcp_options)?;
@@ -233,9 +279,13 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let mut timeline = std::mem::take(&mut report.timeline);
     let ops_source = OpsReader::new(&guest);
     let progress_lines = opts.progress_lines;
-    let driver_options =
-        SourceDriverOptions { progress_timeout: opts.progress_timeout, ..Default::default() };
-    let stats = run_source(&mut engine, &mut guest, &pair, &driver_options, &mut |e| {
+    let mut last_progress = 0u64;
+    let driver_opts = SourceDriverOptions {
+        progress_timeout: opts.progress_timeout,
+        inject: injection.clone(),
+        ..Default::default()
+    };
+    let result = run_source(&mut engine, &mut guest, &pair, &driver_opts, &mut |e| {
         let now = mono_ns();
         if e.stats().pause_ns == 0 {
             timeline.record(now, ops_source.ops());
@@ -250,12 +300,20 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
                 ops,
             );
         }
-    })?;
+    });
+    *handed_over = engine.handed_over();
     report.timeline = timeline;
+    let stats = match result {
+        Ok(stats) => stats,
+        Err(error) => {
+            report.stats = engine.stats().clone();
+            return Err(error.into());
+        }
+    };
     report.ops_at_pause = ops_source.ops();
     report.stats = stats;
-    report.ops_at_release = vm.ops_done();
-    Ok(report)
+    report.ops_at_release = guest.vm.ops_done();
+    Ok(())
 }
 
 /// Reads the guest's op counters from memory without borrowing the VM (the driver holds it).
@@ -311,10 +369,14 @@ pub struct DestHostOptions {
     pub progress_timeout: Duration,
     /// Print `PROGRESS` lines on stderr for a parent's liveness watch.
     pub progress_lines: bool,
+    /// Faults to inject (`--inject`); `None` in a real migration.
+    pub inject: Option<SidePlan>,
 }
 
 /// Receives the guest, runs it to the end of its ops, returns the destination's report.
-/// `on_listening` gets the bound address before the first accept.
+/// `on_listening` gets the bound address before the first accept. A migration that fails
+/// before the guest was allowed to run here is cancelled: everything is freed and the report
+/// says `outcome: cancelled`.
 pub fn run_dest_host(
     opts: &DestHostOptions,
     on_listening: impl FnOnce(SocketAddr),
@@ -338,10 +400,14 @@ pub fn run_dest_host(
     let mut guest = KvmGuest::new(&mut vm);
     let ops_source = OpsReader::new(&guest);
     let counter_pages = ops_source.pages(&guest);
-    let driver_options =
-        DestDriverOptions { progress_timeout: opts.progress_timeout, ..Default::default() };
+    let injection = opts.inject.clone().map(|plan| Injection::new(Side::Dest, plan));
+    let driver_opts = DestDriverOptions {
+        progress_timeout: opts.progress_timeout,
+        inject: injection.clone(),
+        ..Default::default()
+    };
     let mut last_progress = 0u64;
-    let run = run_dest(&mut guest, &pair, &driver_options, &mut |e| {
+    let result = run_dest(&mut guest, &pair, &driver_opts, &mut |e| {
         let running =
             matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
         let counters_here = running && counter_pages.iter().all(|&p| e.is_present(p));
@@ -355,8 +421,17 @@ pub fn run_dest_host(
             let phase = format!("{:?}", e.phase());
             progress_line(&phase, e.stats().pages_placed, e.layout().total_pages(), ops);
         }
-    })?;
-    report.run = run;
+    });
+    report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
+    report.run = match result {
+        Ok(run) => run,
+        // The guest never ran here: the source still has it. Free everything and say so.
+        Err(error) if !vm.is_started() => {
+            drop(pair);
+            return Ok(super::cancel::cancelled_dest(report, &error));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let total = vm.total_pages();
     let mut finishing = FinishingVm(&mut vm);
     let digest =

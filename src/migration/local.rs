@@ -5,14 +5,17 @@
 //!    network namespace, on that namespace's address) and says where on its first stdout line.
 //! 3. A source process (`hybridmig source`) starts the guest, migrates it after
 //!    `migrate_after_ms`, and reports.
-//! 4. The two JSON reports merge into one [`MigrationReport`].
+//! 4. The two JSON reports merge into one [`MigrationReport`]. A host that cancelled the
+//!    migration exits with [`EXIT_CANCELLED`] and still prints its report; a cancel before the
+//!    hand-over leaves the guest on the source, and the merged report says so.
 //!
 //! There is no deadline on the whole run: both children print `PROGRESS` lines (pages moved,
 //! guest ops), and the run is given up only when neither line changed for the progress
 //! timeout (plus a margin, so a child's own typed error about what stalled comes first).
 
-use super::report::{hex, DestReport, MigrationReport, SourceReport};
-use super::MigrationError;
+use super::report::{hex, DestReport, MigrationReport, Outcome, SourceReport};
+use super::{MigrationError, EXIT_CANCELLED};
+use crate::driver::inject::{InjectPlan, Side};
 use crate::source::{CompressionPolicy, LivePass};
 use crate::vm::{run_local, VmConfig};
 use crate::wire::MigrationMode;
@@ -21,6 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long the destination may take to exit once the source has cancelled.
+const DEST_AFTER_CANCEL: Duration = Duration::from_secs(10);
 
 /// What `hybridmig migrate` was asked to do.
 #[derive(Debug, Clone)]
@@ -58,6 +64,8 @@ pub struct LocalMigration {
     /// How long a silent peer may go unnoticed on either stream (`None`: the kernel's
     /// defaults).
     pub liveness: Option<Duration>,
+    /// Faults to inject (`--inject`); each host gets its side's part.
+    pub inject: Option<InjectPlan>,
 }
 
 /// The parent waits this much longer than the children's progress timeout, so that a stalled
@@ -157,6 +165,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     ];
     dest_args.extend(time_args(m));
     dest_args.extend(config_args(&m.cfg));
+    dest_args.extend(inject_args(m.inject.as_ref(), Side::Dest));
     let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
     let mut dest_out = BufReader::new(
         dest.0.stdout.take().ok_or(MigrationError::ChildOutput { host: "destination" })?,
@@ -188,19 +197,31 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         src_args.push("--adaptive-window".into());
     }
     src_args.extend(config_args(&m.cfg));
+    src_args.extend(inject_args(m.inject.as_ref(), Side::Source));
     let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);
     let watch = ProgressSeen::new(m.progress_timeout + PARENT_PROGRESS_MARGIN);
     let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source", watch.clone());
     let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination", watch.clone());
     let src_out = source_stdout(&mut source.0)?;
-    let src_json = wait_json(&mut source, "source", &watch, src_out, src_err)?;
-    let dst_json = wait_json(&mut dest, "destination", &watch, read_all(dest_out), dst_err)?;
-    let src: SourceReport = serde_json::from_str(&src_json)
-        .map_err(|e| MigrationError::BadReport { host: "source", detail: e.to_string() })?;
-    let dst: DestReport = serde_json::from_str(&dst_json)
-        .map_err(|e| MigrationError::BadReport { host: "destination", detail: e.to_string() })?;
-    let mut report =
-        MigrationReport::merge(&src, &dst, expected, [dst.run.sent_bulk, dst.run.sent_urgent]);
+    let src_exit = wait_host(&mut source, "source", &watch, src_out, src_err)?;
+    let src: SourceReport = parse_report(&src_exit, "source")?;
+    let cancelled = src.outcome == Outcome::Cancelled;
+    // After a cancel the destination has nothing left to wait for, so it gets little time.
+    let after_cancel = ProgressSeen::new(DEST_AFTER_CANCEL);
+    let dst_watch = if cancelled { &after_cancel } else { &watch };
+    let dst_exit = wait_host(&mut dest, "destination", dst_watch, read_all(dest_out), dst_err);
+    let mut report = if cancelled {
+        // The destination never ran the guest; its report says why it stopped, if it could.
+        let dst = dst_exit.and_then(|exit| parse_report::<DestReport>(&exit, "destination"));
+        let mut report = MigrationReport::merge_cancelled(&src, dst.as_ref().ok(), expected);
+        if let Err(e) = dst {
+            report.dest_cancel_reason = Some(e.to_string());
+        }
+        report
+    } else {
+        let dst: DestReport = parse_report(&dst_exit?, "destination")?;
+        MigrationReport::merge(&src, &dst, expected, [dst.run.sent_bulk, dst.run.sent_urgent])
+    };
     let w = &m.cfg.workload;
     report.workload = w.kind.name().to_string();
     report.mem_bytes = m.cfg.mem_bytes;
@@ -332,13 +353,21 @@ fn forward_stderr(
     })
 }
 
-fn wait_json(
+/// How a host process ended: its exit status and what it printed.
+struct HostExit {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Waits for a host process to end (or the deadline to pass).
+fn wait_host(
     child: &mut Guard,
     host: &'static str,
     watch: &ProgressSeen,
     stdout: std::thread::JoinHandle<String>,
     stderr: std::thread::JoinHandle<String>,
-) -> Result<String, MigrationError> {
+) -> Result<HostExit, MigrationError> {
     let status = loop {
         if let Some(status) = child
             .0
@@ -352,15 +381,36 @@ fn wait_json(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
-    if !status.success() {
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(MigrationError::HostFailed { host, status: status.to_string(), detail: last });
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(HostExit { status, stdout, stderr })
+}
+
+/// The host's JSON report: it exited with success or [`EXIT_CANCELLED`] (a cancelled
+/// migration's host still reports); any other status is a failure named by its last line.
+fn parse_report<T: serde::de::DeserializeOwned>(
+    exit: &HostExit,
+    host: &'static str,
+) -> Result<T, MigrationError> {
+    if !exit.status.success() && exit.status.code() != Some(EXIT_CANCELLED) {
+        let last = exit.stderr.lines().last().unwrap_or("").to_string();
+        let status = exit.status.to_string();
+        return Err(MigrationError::HostFailed { host, status, detail: last });
     }
-    out.lines()
+    let json = exit
+        .stdout
+        .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .map(str::to_string)
-        .ok_or(MigrationError::BadReport { host, detail: "no JSON report on stdout".into() })
+        .ok_or(MigrationError::BadReport { host, detail: "no JSON report on stdout".into() })?;
+    serde_json::from_str(json)
+        .map_err(|e| MigrationError::BadReport { host, detail: e.to_string() })
+}
+
+/// `--inject VALUE` for the host on `side`, when the plan gives it anything to do.
+fn inject_args(plan: Option<&InjectPlan>, side: Side) -> Vec<String> {
+    match plan.map(|p| p.for_side(side)) {
+        Some(part) if !part.is_empty() => vec!["--inject".into(), part.to_string()],
+        _ => Vec::new(),
+    }
 }

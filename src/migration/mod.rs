@@ -2,6 +2,7 @@
 //! host, the local two-process run behind `hybridmig migrate`, and the merged report.
 
 pub mod bench;
+mod cancel;
 pub mod delayline;
 pub mod host;
 pub mod local;
@@ -11,7 +12,11 @@ pub mod report;
 
 pub use host::{run_dest_host, run_source_host, DestHostOptions, KvmGuest, SourceHostOptions};
 pub use local::{migrate_local, unmigrated_digest, LocalMigration};
-pub use report::{DestReport, MigrationReport, SourceReport};
+pub use report::{DestReport, GuestSite, MigrationReport, Outcome, SourceReport};
+
+/// Exit status of a `hybridmig` process whose migration was cancelled before the hand-over
+/// (it still prints its report): 0 is a completed migration, 1 a failure.
+pub const EXIT_CANCELLED: i32 = 3;
 
 /// Errors of a whole migration.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,9 @@ pub enum MigrationError {
         /// Why.
         detail: String,
     },
+    /// The source guest could not be resumed after a cancelled migration.
+    #[error("resuming the source guest after the migration was cancelled: {0}")]
+    ResumeAfterCancel(#[source] crate::ports::EmbedError),
     /// A host's output pipe was missing.
     #[error("no output pipe from the {host} process")]
     ChildOutput {

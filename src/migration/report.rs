@@ -1,9 +1,32 @@
 //! What each host reports, and the merged report of a migration.
 
 use crate::dest::driver::DestRun;
+use crate::driver::inject::Injected;
 use crate::metrics::{degradation_pct, ms_between, ProgressTimeline};
 use crate::source::SourceStats;
 use serde::{Deserialize, Serialize};
+
+/// How a migration ended, in the names QEMU's operators know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The guest moved: the destination runs it, the source released it.
+    #[default]
+    Completed,
+    /// Called off before the hand-over: the source guest ran on, the destination freed all.
+    Cancelled,
+}
+
+/// Which host ran the guest to the end of its ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestSite {
+    /// The source (the migration was cancelled).
+    Source,
+    /// The destination.
+    #[default]
+    Destination,
+}
 
 /// The source host's report (one JSON line on the source process's stdout).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -27,6 +50,24 @@ pub struct SourceReport {
     /// Pages of the workload's true write-hot set (hotcold; 0 for the others).
     #[serde(default)]
     pub write_hot_pages: u64,
+    /// Completed, or cancelled before the hand-over.
+    #[serde(default)]
+    pub outcome: Outcome,
+    /// Why the migration was cancelled (the error, as displayed).
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    /// When it was cancelled (mono ns; 0 unless cancelled).
+    #[serde(default)]
+    pub cancelled_ns: u64,
+    /// Cancelled: the guest's own digest when it finished its ops here.
+    #[serde(default)]
+    pub guest_digest: Option<u64>,
+    /// Cancelled: when the guest finished here (mono ns).
+    #[serde(default)]
+    pub guest_finished_ns: u64,
+    /// Faults this host injected (`--inject`).
+    #[serde(default)]
+    pub injected: Vec<Injected>,
 }
 
 /// The destination host's report.
@@ -40,6 +81,15 @@ pub struct DestReport {
     pub guest_digest: Option<u64>,
     /// When the guest finished (mono ns).
     pub guest_finished_ns: u64,
+    /// Completed, or cancelled before the guest was allowed to run here.
+    #[serde(default)]
+    pub outcome: Outcome,
+    /// Why it was cancelled (the error, as displayed).
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    /// Faults this host injected (`--inject`).
+    #[serde(default)]
+    pub injected: Vec<Injected>,
 }
 
 /// The merged report of one migration (the `--json` object of `hybridmig migrate`).
@@ -47,6 +97,24 @@ pub struct DestReport {
 pub struct MigrationReport {
     /// Migration mode.
     pub mode: String,
+    /// Completed, or cancelled before the hand-over (the guest then finished on the source).
+    #[serde(default)]
+    pub outcome: Outcome,
+    /// Where the guest ran to the end of its ops.
+    #[serde(default)]
+    pub guest_finished_on: GuestSite,
+    /// Cancelled: the source's error, as displayed.
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    /// Cancelled: the destination's error, as displayed (or how its process failed).
+    #[serde(default)]
+    pub dest_cancel_reason: Option<String>,
+    /// Cancelled: from the migration's start to the cancel (ms).
+    #[serde(default)]
+    pub cancelled_at_ms: f64,
+    /// Faults injected with `--inject`, by both hosts.
+    #[serde(default)]
+    pub injected: Vec<Injected>,
     /// Workload name.
     pub workload: String,
     /// Workload memory in bytes.
@@ -239,6 +307,50 @@ impl MigrationReport {
             pause_at_ms: ms_between(start, s.pause_ns),
             resume_at_ms: ms_between(start, d.resume_ns),
             done_at_ms: ms_between(start, s.finished_ns),
+            injected: src.injected.iter().chain(&dst.injected).cloned().collect(),
+            ..MigrationReport::default()
+        }
+    }
+
+    /// The report of a migration the source cancelled before the hand-over: the guest ran to
+    /// the end of its ops on the source, and `verified` says that its digest matches
+    /// `expected` and that the destination (when it reported) never ran it.
+    pub fn merge_cancelled(src: &SourceReport, dst: Option<&DestReport>, expected: u64) -> Self {
+        let s = &src.stats;
+        // A cancel before the engine started (no connection) has no start: count from it.
+        let start = if s.start_ns > 0 { s.start_ns } else { src.cancelled_ns };
+        let dest_ran = dst.is_some_and(|d| d.run.resume_ns > 0);
+        let dest_injected = dst.map(|d| d.injected.as_slice()).unwrap_or_default();
+        MigrationReport {
+            mode: src.mode.clone(),
+            outcome: Outcome::Cancelled,
+            guest_finished_on: GuestSite::Source,
+            cancel_reason: src.cancel_reason.clone(),
+            dest_cancel_reason: dst.and_then(|d| d.cancel_reason.clone()),
+            cancelled_at_ms: ms_between(start, src.cancelled_ns),
+            injected: src.injected.iter().chain(dest_injected).cloned().collect(),
+            total_ms: ms_between(start, src.cancelled_ns),
+            rounds: s.rounds,
+            pages_zero: s.pages_zero,
+            pages_raw: s.pages_raw,
+            pages_lz4: s.pages_lz4,
+            stale_pages: s.stale_pages,
+            degradation_pct: degradation_pct(
+                &src.timeline,
+                start,
+                src.guest_finished_ns,
+                src.baseline_ops_per_sec,
+            ),
+            digest: hex(src.guest_digest.unwrap_or(0)),
+            digest_expected: hex(expected),
+            verified: src.guest_digest == Some(expected) && !dest_ran,
+            progress_buckets: src
+                .timeline
+                .buckets(start)
+                .into_iter()
+                .map(|(t, ops)| (ms_between(start, t), ops))
+                .collect(),
+            pause_at_ms: if s.pause_ns > 0 { ms_between(start, s.pause_ns) } else { 0.0 },
             ..MigrationReport::default()
         }
     }

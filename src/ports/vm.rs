@@ -105,8 +105,9 @@ impl GuestPages {
 ///
 /// On the source: `regions`, `start_dirty_log`, `harvest_dirty`, `pause`, `save_state`.
 /// On the destination: `regions` (mapped but untouched until the engine fills them),
-/// `restore_state` and `resume`. A source VM stays paused after `pause`: hybridmig never
-/// resumes it, so the guest never runs twice.
+/// `restore_state` and `resume`. A source VM stays paused after `pause` once the destination
+/// may run the guest ([`crate::source::SourceEngine::handed_over`]), so the guest never runs
+/// twice; only a migration cancelled before that point `resume`s it on the source.
 pub trait MigratableVm {
     /// The guest memory regions, in guest-physical order; stable for the VM's life.
     fn regions(&self) -> Vec<HostRegion>;
@@ -145,7 +146,9 @@ pub trait MigratableVm {
     fn save_state(&mut self) -> Result<Vec<u8>, EmbedError>;
     /// Restores a blob made by `save_state` (destination, before `resume`).
     fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError>;
-    /// Starts (or restarts) the vCPUs.
+    /// Starts (or restarts) the vCPUs: on the destination after `restore_state`; on the
+    /// source after a cancel before the hand-over, where it must restart a guest `pause`
+    /// stopped and leave a running one as it is.
     fn resume(&mut self) -> Result<(), EmbedError>;
     /// Sets in `out` the pages of `first..first + count` known to read as zero without
     /// reading them (never touched private anonymous memory, for example), and returns

@@ -8,6 +8,7 @@
 use super::config::SourceStats;
 use super::engine::SourceEngine;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
+use crate::driver::inject::Injection;
 use crate::driver::schedule::{self, SourceSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -30,6 +31,8 @@ pub struct SourceDriverOptions {
     pub progress_timeout: Duration,
     /// Ask for real-time priority for the loop's thread.
     pub prioritize_thread: bool,
+    /// Faults to inject ([`crate::driver::inject`]); `None` in a real migration.
+    pub inject: Option<Injection>,
 }
 
 impl Default for SourceDriverOptions {
@@ -41,6 +44,7 @@ impl Default for SourceDriverOptions {
             tick: shared.tick,
             progress_timeout: shared.progress_timeout,
             prioritize_thread: shared.prioritize_thread,
+            inject: None,
         }
     }
 }
@@ -65,6 +69,7 @@ pub fn run_source(
         progress_timeout: opts.progress_timeout,
         prioritize_thread: opts.prioritize_thread,
         name: "source",
+        inject: opts.inject.clone(),
     };
     let mut wing = SourceWing { engine, vm, on_tick, bulk_buf_bytes: opts.bulk_buf_bytes };
     event_loop::run(&mut wing, &mut io, &loop_opts)?;
@@ -126,6 +131,14 @@ impl Wing for SourceWing<'_> {
 
     fn on_link_wait(&mut self, wait_ns: u64) {
         self.engine.on_link_wait(wait_ns);
+    }
+
+    fn switchover_ns(&self) -> Option<u64> {
+        Some(self.engine.stats().pause_ns).filter(|&ns| ns > 0)
+    }
+
+    fn resume_ns(&self) -> Option<u64> {
+        Some(self.engine.stats().state_sent_ns).filter(|&ns| ns > 0)
     }
 }
 

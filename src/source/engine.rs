@@ -95,6 +95,9 @@ pub struct SourceEngine {
     done_digest: u64,
     /// Present from a new connection until the destination's report is whole.
     recovery: Option<recovery::Recovery>,
+    /// The frame that lets the destination run the guest has been queued (see
+    /// [`SourceEngine::handed_over`]).
+    handed_over: bool,
 }
 
 /// Stale pages left after a drain above which they are named and drained again rather than
@@ -154,6 +157,7 @@ impl SourceEngine {
             push_from_ns: 0,
             done_digest: 0,
             recovery: None,
+            handed_over: false,
         })
     }
 
@@ -171,6 +175,14 @@ impl SourceEngine {
     /// Current phase.
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// True once the frame that lets the destination run the guest has been queued for
+    /// sending (today the VmState). Before it, the source is authoritative: a failure cancels
+    /// the migration and the source guest runs on. From it on, the destination may run the
+    /// guest, so the source must never resume its own copy, whatever fails.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
     }
 
     /// True once DoneAck matched: the source VM may be released (never resumed).

@@ -13,7 +13,8 @@
 
 use crate::ring::{Buf, Completion, Ring, RingError};
 use crate::session::{FrameGate, Role};
-use crate::wire::{Frame, FrameReader, Limits, StreamKind, WireError};
+use crate::wire::HEADER_LEN;
+use crate::wire::{parse_header, Frame, FrameReader, FrameType, Limits, StreamKind, WireError};
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
@@ -61,7 +62,7 @@ pub enum StreamError {
     /// A send or receive failed.
     #[error("{op} on the {stream:?} stream: {source}")]
     Io {
-        /// `send`, `recv` or `clone`.
+        /// `send`, `recv`, `clone` or `shutdown`.
         op: &'static str,
         /// Which stream.
         stream: StreamKind,
@@ -154,6 +155,56 @@ fn is_connection_gone(e: &io::Error) -> bool {
     )
 }
 
+/// A bulk frame the send path corrupted (fault injection, see
+/// [`RingStreams::corrupt_bulk_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorruptedFrame {
+    /// Its number among the bulk frames with a payload this side sent (from 1).
+    pub nth: u64,
+    /// Its type.
+    pub frame_type: FrameType,
+    /// When it was corrupted (mono ns).
+    pub at_ns: u64,
+}
+
+/// Counts bulk frames with a payload as they are sent and flips a byte of the `nth`.
+#[derive(Debug)]
+struct CorruptHook {
+    nth: u64,
+    seen: u64,
+    done: bool,
+    corrupted: Option<CorruptedFrame>,
+}
+
+impl CorruptHook {
+    /// Walks the whole frames of a send buffer (the drivers encode only whole frames into
+    /// one); a header that does not parse ends the walk, since nothing after it can be found.
+    fn on_send(&mut self, buf: &mut [u8], limits: &Limits) {
+        let mut at = 0;
+        while !self.done && at + HEADER_LEN <= buf.len() {
+            let Ok(info) = parse_header(&buf[at..], limits) else { return };
+            let len = info.payload_len as usize;
+            let end = at + HEADER_LEN + len;
+            if end > buf.len() {
+                return;
+            }
+            if len > 0 {
+                self.seen += 1;
+                if self.seen == self.nth {
+                    // The CRC in the header was computed over the original byte, so the
+                    // receiver's check must fail on this frame.
+                    buf[at + HEADER_LEN + len / 2] ^= 0xFF;
+                    self.done = true;
+                    let at_ns = crate::metrics::mono_ns();
+                    let frame_type = info.frame_type;
+                    self.corrupted = Some(CorruptedFrame { nth: self.nth, frame_type, at_ns });
+                }
+            }
+            at = end;
+        }
+    }
+}
+
 /// The two streams of a migration on one ring.
 pub struct RingStreams {
     /// Each stream's connection (a duplicate of the caller's socket, so the caller's pair
@@ -173,6 +224,8 @@ pub struct RingStreams {
     closed: [bool; 2],
     /// Per-stream order checks after the handshake, once [`RingStreams::guard`] set them.
     gates: Option<[FrameGate; 2]>,
+    /// Fault injection only: `None` unless a plan corrupts a bulk frame.
+    corrupt: Option<CorruptHook>,
 }
 
 impl std::fmt::Debug for RingStreams {
@@ -209,6 +262,7 @@ impl RingStreams {
             frames_received: 0,
             closed: [false; 2],
             gates: None,
+            corrupt: None,
         };
         for (stream, sock) in [(StreamKind::Bulk, &pair.bulk), (StreamKind::Urgent, &pair.urgent)] {
             let own = sock.try_clone().map_err(|source| StreamError::Io {
@@ -245,9 +299,12 @@ impl RingStreams {
         &mut self,
         ring: &mut Ring,
         stream: StreamKind,
-        frames: Vec<u8>,
+        mut frames: Vec<u8>,
     ) -> Result<(), StreamError> {
         let i = index(stream);
+        if let (Some(hook), StreamKind::Bulk) = (self.corrupt.as_mut(), stream) {
+            hook.on_send(&mut frames, &self.limits);
+        }
         if self.socks[i].is_none() {
             self.free_send[i].push(frames);
             return Err(StreamError::Detached { stream });
@@ -294,6 +351,29 @@ impl RingStreams {
     /// urgent frame, so it is picked out of the ring first too).
     pub fn send_tag(&self, stream: StreamKind) -> u64 {
         TAG_SEND[index(stream)]
+    }
+
+    /// Fault injection: flip one byte in the payload of the `nth` bulk frame with a payload
+    /// sent from now on (counting from 1), after its CRC was computed, so that the
+    /// receiver's CRC check fails on it. [`RingStreams::take_corrupted`] says when it happened.
+    pub fn corrupt_bulk_frame(&mut self, nth: u64) {
+        self.corrupt = Some(CorruptHook { nth, seen: 0, done: false, corrupted: None });
+    }
+
+    /// The frame [`RingStreams::corrupt_bulk_frame`] corrupted, once, after it was.
+    pub fn take_corrupted(&mut self) -> Option<CorruptedFrame> {
+        self.corrupt.as_mut().and_then(|hook| hook.corrupted.take())
+    }
+
+    /// Shuts `stream`'s connection down both ways (shutdown(2), fault injection): this side's
+    /// receive then ends and the peer sees the connection close, as when a link breaks.
+    pub fn shutdown(&self, stream: StreamKind) -> Result<(), StreamError> {
+        let sock = self.socks[index(stream)].as_ref().ok_or(StreamError::Detached { stream })?;
+        sock.shutdown(std::net::Shutdown::Both).map_err(|source| StreamError::Io {
+            op: "shutdown",
+            stream,
+            source,
+        })
     }
 
     /// True when the peer closed `stream` (until a new connection is attached).
@@ -492,5 +572,57 @@ impl RingStreams {
             gates[i] = gates[i].reopened();
         }
         self.arm_recv(ring, i, Buf::with_capacity(RECV_BUF_BYTES))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode_frame, FrameBody, VERSION_CURRENT};
+
+    /// A send buffer of `blobs` VmState frames (an empty blob makes a frame with no payload).
+    fn buffer(blobs: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blob in blobs {
+            let body = FrameBody::VmState(blob);
+            encode_frame(&mut out, VERSION_CURRENT, &body, &Limits::default()).expect("encode");
+        }
+        out
+    }
+
+    /// The index of the first frame of `bytes` whose CRC check fails, if any.
+    fn first_bad_frame(bytes: &[u8]) -> Option<usize> {
+        let mut reader = FrameReader::new(Limits::default());
+        reader.push_bytes(bytes);
+        for i in 0.. {
+            match reader.next_frame() {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(WireError::CrcMismatch { .. }) => return Some(i),
+                Err(e) => panic!("frame {i}: {e}"),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_nth_frame_with_a_payload_fails_its_crc_check() {
+        let mut hook = CorruptHook { nth: 3, seen: 0, done: false, corrupted: None };
+        // Frames with no payload are not counted: the third with one is frame 3 of the second
+        // buffer (index 3 there: empty, payload 2, empty, payload 3).
+        let mut first = buffer(&[b"one", b""]);
+        hook.on_send(&mut first, &Limits::default());
+        assert_eq!(first_bad_frame(&first), None);
+        assert!(hook.corrupted.is_none());
+        let mut second = buffer(&[b"", b"two", b"", b"three", b"four"]);
+        hook.on_send(&mut second, &Limits::default());
+        assert_eq!(first_bad_frame(&second), Some(3));
+        let corrupted = hook.corrupted.take().expect("recorded");
+        assert_eq!((corrupted.nth, corrupted.frame_type), (3, FrameType::VmState));
+        // Once only.
+        let mut third = buffer(&[b"five"]);
+        hook.on_send(&mut third, &Limits::default());
+        assert_eq!(first_bad_frame(&third), None);
+        assert!(hook.corrupted.is_none());
     }
 }

@@ -259,6 +259,11 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether [`Vm::start`] has run (the vCPUs exist and run unless paused or finished).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
     /// Pauses every vCPU (each completes its pending I/O first); returns the pause latency:
     /// from the request to the last vCPU's acknowledgement.
     pub fn pause(&mut self) -> Result<Duration, VmError> {

@@ -29,3 +29,17 @@ pub fn reference_digest<S: AsRef<std::ffi::OsStr>>(guest_args: &[S]) -> String {
     let out = Command::new(BIN).arg("run").args(guest_args).arg("--json").output().expect("run");
     json_of(out, "reference run")["digest"].as_str().expect("digest").to_string()
 }
+
+/// The exit code and the last JSON object of a command that may end in a non-zero code on
+/// purpose (`migrate` exits 3 when it cancelled); panics with its output when it printed none.
+pub fn code_and_json(out: Output, what: &str) -> (Option<i32>, Value) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
+        panic!(
+            "{what} ({}): no JSON in {stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), serde_json::from_str(line).expect("JSON report"))
+}

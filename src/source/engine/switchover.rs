@@ -151,6 +151,7 @@ impl SourceEngine {
                         &self.limits,
                     )?;
                     self.stats.state_sent_ns = self.now_ns();
+                    self.handed_over = true;
                     self.pop_switch_item();
                     self.enter_push();
                     return Ok(true);
