@@ -149,6 +149,10 @@ fn migrate_unpaced(bed: &Bed, guest: &[&str], ops: &str, mode_args: &[&str], wha
         .args(["--src-netns", &bed.src, "--dst-netns", &bed.dst])
         .args(["--listen", &format!("{DST_ADDR}:0")])
         .args(["--expected-digest", &expected, "--timeout-s", "180", "--json"])
+        // Both callers saturate lan100m with the push: its drop-tail queue then drops the pure
+        // ACKs of the other direction often enough that TCP_USER_TIMEOUT ends healthy
+        // connections, even at 10 s (docs/protocol.md, liveness): the kernel's defaults here.
+        .args(["--liveness-ms", "0"])
         .output()
         .expect("migrate");
     let report = json_of(out, what);
