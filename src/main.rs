@@ -227,6 +227,10 @@ struct TimeArgs {
     /// time. `--timeout-s` is an older name for it.
     #[arg(long, alias = "timeout-s", default_value_t = 600)]
     progress_timeout_s: u64,
+    /// After a lost connection, the source dials again and the destination waits for it, for
+    /// at most this many seconds (each side keeps its half meanwhile); 0 gives up at once.
+    #[arg(long, default_value_t = 60)]
+    recover_timeout_s: u64,
 }
 
 impl TimeArgs {
@@ -236,6 +240,10 @@ impl TimeArgs {
 
     fn progress_timeout(&self) -> Duration {
         Duration::from_secs(self.progress_timeout_s.max(1))
+    }
+
+    fn recover_timeout(&self) -> Option<Duration> {
+        (self.recover_timeout_s > 0).then(|| Duration::from_secs(self.recover_timeout_s))
     }
 }
 
@@ -479,6 +487,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         expected_digest: a.expected_digest,
         progress: !a.json && std::io::stderr().is_terminal(),
         progress_timeout: a.time.progress_timeout(),
+        recover_timeout: a.time.recover_timeout(),
         liveness: a.time.liveness(),
         inject: a.inject,
     };
@@ -538,6 +547,7 @@ fn source(a: SourceArgs) -> Result<()> {
         progress_lines: a.progress_lines,
         liveness: a.time.liveness(),
         progress_timeout: a.time.progress_timeout(),
+        recover_timeout: a.time.recover_timeout(),
         inject: a.inject.map(|p| p.only_for(Side::Source)).transpose()?,
     };
     let report = run_source_host(&opts).context("source failed")?;
@@ -573,6 +583,7 @@ fn dest(a: DestArgs) -> Result<()> {
         handshake_timeout: Duration::from_millis(a.handshake_timeout_ms.max(1)),
         liveness: a.time.liveness(),
         progress_timeout: a.time.progress_timeout(),
+        recover_timeout: a.time.recover_timeout(),
         progress_lines: a.progress_lines,
         inject: a.inject.map(|p| p.only_for(Side::Dest)).transpose()?,
     };

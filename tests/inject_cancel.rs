@@ -107,7 +107,7 @@ fn a_disconnect_in_the_switch_over_resumes_the_paused_guest() {
     let expected = reference_digest(&guest_args());
     // Hybrid-paper sends the working set (the 64 MiB hot set here) in the downtime, before the
     // state: many loop turns after the pause, and the point is checked at the top of each.
-    let inject = "src:disconnect-bulk@switchover+0";
+    let inject = "src:disconnect-bulk@switchover+0,refuse-reconnect";
     let (code, r) = migrate("hybrid-paper", inject, &expected);
     check_cancelled(code, &r, inject);
     assert!(r["pause_at_ms"].as_f64().unwrap_or(0.0) > 0.0, "the guest was never paused: {r}");
@@ -116,14 +116,15 @@ fn a_disconnect_in_the_switch_over_resumes_the_paused_guest() {
 }
 
 /// A page window corrupted after its CRC was computed is caught by the destination's CRC
-/// check, which names it; before the hand-over that cancels.
+/// check, which names it; before the hand-over, with no reconnect allowed, that cancels.
 #[test]
 fn a_corrupt_frame_is_caught_by_the_crc_and_cancels() {
     if !ready("a_corrupt_frame_is_caught_by_the_crc_and_cancels") {
         return;
     }
     let expected = reference_digest(&guest_args());
-    let (code, r) = migrate("hybrid", "corrupt@40", &expected);
+    // Without refuse-reconnect the broken connection would be recovered (tests/recovery.rs).
+    let (code, r) = migrate("hybrid", "corrupt@40,refuse-reconnect", &expected);
     check_cancelled(code, &r, "corrupt@40");
     let dest_reason = r["dest_cancel_reason"].as_str().unwrap_or("");
     assert!(dest_reason.contains("CRC mismatch"), "the destination said: {dest_reason}");

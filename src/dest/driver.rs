@@ -11,6 +11,7 @@ use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
+use crate::driver::recovery::{is_recoverable, reconnect, Recovery, RecoveryCount};
 use crate::driver::schedule::{self, DestSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -82,6 +83,9 @@ pub struct DestRun {
     pub sent_bulk: u64,
     /// Bytes this host sent on the urgent stream (fault requests).
     pub sent_urgent: u64,
+    /// Time from each lost connection to its replacement, summed (ms).
+    #[serde(default)]
+    pub recovery_ms: f64,
 }
 
 fn uffd_err(what: &'static str) -> impl FnOnce(super::uffd::UffdError) -> DriverError {
@@ -95,6 +99,19 @@ pub fn run_dest(
     pair: &StreamPair,
     opts: &DestDriverOptions,
     on_tick: &mut dyn FnMut(&DestEngine),
+) -> Result<DestRun, DriverError> {
+    run_dest_recovering(vm, pair, opts, on_tick, None)
+}
+
+/// [`run_dest`], where a lost connection is replaced through `recovery` (the destination
+/// accepts the source's resume): every placed page stays, vCPUs that touch a missing page wait,
+/// and the migration goes on once the source knows what is here.
+pub fn run_dest_recovering(
+    vm: &mut dyn MigratableVm,
+    pair: &StreamPair,
+    opts: &DestDriverOptions,
+    on_tick: &mut dyn FnMut(&DestEngine),
+    mut recovery: Option<Recovery<'_>>,
 ) -> Result<DestRun, DriverError> {
     let regions = vm.regions();
     let layout = layout_of(&regions).map_err(DestError::from)?;
@@ -124,8 +141,24 @@ pub fn run_dest(
         name: "destination",
         inject: opts.inject.clone(),
     };
-    event_loop::run(&mut wing, &mut io, &loop_opts)?;
-    let run = finish_run(wing.ctx.run, &engine, &io)?;
+    let mut injector = event_loop::start_injector(&mut io, &loop_opts);
+    let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
+    let mut count = RecoveryCount::default();
+    loop {
+        let error = match event_loop::run_with(&mut wing, &mut io, &loop_opts, &mut injector) {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
+        else {
+            return Err(error);
+        };
+        count.recovery_ms += reconnect(&mut io, recovery, error)?;
+        count.recoveries += 1;
+        wing.engine.on_reconnect()?;
+    }
+    let mut run = finish_run(wing.ctx.run, &engine, &io)?;
+    run.recovery_ms = count.recovery_ms;
     // The guest keeps running here without this loop: every page still missing is a zero page
     // (the need set is complete), so hand the memory back to the kernel's own fault path.
     // Unregistering also wakes any vCPU whose fault message was not read yet.

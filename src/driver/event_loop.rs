@@ -183,6 +183,23 @@ impl<W: Wing> Outlet for Turn<'_, W> {
 
 /// Runs `wing` until its step says [`Next::Done`].
 pub fn run<W: Wing>(wing: &mut W, io: &mut LoopIo, opts: &LoopOptions) -> Result<(), DriverError> {
+    let mut injector = start_injector(io, opts);
+    run_with(wing, io, opts, &mut injector)
+}
+
+/// The injector of `opts`' plan, armed on `io`'s streams (None without a plan). A driver that
+/// runs the loop again after a recovery keeps it, so each injection fires once.
+pub fn start_injector(io: &mut LoopIo, opts: &LoopOptions) -> Option<Injector> {
+    opts.inject.as_ref().map(|plan| Injector::start(plan, mono_ns(), &mut io.streams))
+}
+
+/// [`run`] with the injector kept by the caller.
+pub fn run_with<W: Wing>(
+    wing: &mut W,
+    io: &mut LoopIo,
+    opts: &LoopOptions,
+    injector: &mut Option<Injector>,
+) -> Result<(), DriverError> {
     if opts.prioritize_thread && !crate::ring::prioritize_this_thread() {
         tracing::info!("{} event loop runs at normal priority (no CAP_SYS_NICE)", opts.name);
     }
@@ -190,8 +207,6 @@ pub fn run<W: Wing>(wing: &mut W, io: &mut LoopIo, opts: &LoopOptions) -> Result
     let timeout_ns = opts.progress_timeout.as_nanos() as u64;
     let mut next_tick = 0u64;
     let (mut last_marker, mut last_progress_ns) = (io.streams.progress_marker(), mono_ns());
-    let mut injector =
-        opts.inject.as_ref().map(|plan| Injector::start(plan, mono_ns(), &mut io.streams));
     loop {
         let now = mono_ns();
         if now >= next_tick {

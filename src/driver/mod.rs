@@ -10,6 +10,7 @@
 
 pub mod event_loop;
 pub mod inject;
+pub mod recovery;
 pub mod schedule;
 
 use crate::dest::{DestError, DestPhase};
@@ -86,6 +87,17 @@ pub enum DriverError {
         /// Where this side was.
         phase: WingPhase,
     },
+    /// A connection was lost and no new one came within the recovery timeout; each side keeps
+    /// what it holds.
+    #[error("no new connection within {waited_ms} ms after: {cause}; last attempt: {last}")]
+    RecoveryFailed {
+        /// Time spent waiting for one.
+        waited_ms: u64,
+        /// What ended the old connection.
+        cause: Box<DriverError>,
+        /// What the last attempt met.
+        last: Box<crate::transport::tcp::TcpError>,
+    },
     /// Nothing moved for the whole progress deadline: no byte sent or received, no frame.
     #[error("no progress for {idle_secs} s in {phase}")]
     NoProgress {
@@ -97,6 +109,17 @@ pub enum DriverError {
 }
 
 impl DriverError {
+    /// The phase the failure happened in, when it says.
+    pub fn phase(&self) -> Option<WingPhase> {
+        match self {
+            DriverError::PeerClosed { phase, .. } | DriverError::NoProgress { phase, .. } => {
+                Some(*phase)
+            }
+            DriverError::RecoveryFailed { cause, .. } => cause.phase(),
+            _ => None,
+        }
+    }
+
     /// A ring error of the loop, named by what the loop was doing.
     pub fn ring(what: &'static str) -> impl FnOnce(RingError) -> DriverError {
         move |source| DriverError::Ring { what, source }

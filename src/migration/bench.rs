@@ -397,6 +397,7 @@ pub fn run_bench(
                             expected_digest: Some(digest),
                             progress: false,
                             progress_timeout: Duration::from_secs(spec.timeout_s),
+                            recover_timeout: Some(Duration::from_secs(60)),
                             liveness: Some(crate::transport::tcp::DEFAULT_LIVENESS),
                             inject: None,
                         };

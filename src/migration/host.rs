@@ -5,13 +5,14 @@
 use super::progress::{wait_guest_finished, FinishingGuest};
 use super::report::{DestReport, SourceReport};
 use super::MigrationError;
-use crate::dest::driver::{run_dest, DestDriverOptions};
+use crate::dest::driver::{run_dest_recovering, DestDriverOptions};
 use crate::driver::inject::{Injection, Side, SidePlan};
+use crate::driver::recovery::Recovery;
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::{EmbedError, HostRegion, MigratableVm};
-use crate::session::{wire_regions, AcceptorConfig, Initiator, Offer};
-use crate::source::driver::{run_source, SourceDriverOptions};
+use crate::session::{wire_regions, AcceptorConfig, Initiator, Offer, SessionIntent};
+use crate::source::driver::{run_source_recovering, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
 use crate::transport::tcp;
@@ -141,6 +142,8 @@ pub struct SourceHostOptions {
     pub liveness: Option<Duration>,
     /// The driver fails after this long without progress (no byte moved, no frame).
     pub progress_timeout: Duration,
+    /// How long a lost connection may take to be replaced (`None`: it ends the migration).
+    pub recover_timeout: Option<Duration>,
     /// Faults to inject (`--inject`); `None` in a real migration.
     pub inject: Option<SidePlan>,
 }
@@ -274,6 +277,7 @@ fn migrate_guest(
     let mut guest = KvmGuest::new(vm);
     let offer = Offer::new(opts.session_id, opts.mode, wire_regions(&guest.regions()));
     let tcp_options = tcp::TcpOptions { liveness: opts.liveness, ..tcp::TcpOptions::default() };
+    let resume = Offer { intent: SessionIntent::Resume, ..offer.clone() };
     let pair = tcp::connect_with(opts.connect, Initiator::new(offer), &tcp_options)?;
     let mut engine = SourceEngine::new(cfg, &pair.session, &guest)?;
     let mut timeline = std::mem::take(&mut report.timeline);
@@ -285,7 +289,9 @@ fn migrate_guest(
         inject: injection.clone(),
         ..Default::default()
     };
-    let result = run_source(&mut engine, &mut guest, &pair, &driver_opts, &mut |e| {
+    let mut redial = |timeout| tcp::redial(opts.connect, &resume, &tcp_options, timeout);
+    let recovery = opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut redial, timeout });
+    let mut on_tick = |e: &SourceEngine| {
         let now = mono_ns();
         if e.stats().pause_ns == 0 {
             timeline.record(now, ops_source.ops());
@@ -300,7 +306,9 @@ fn migrate_guest(
                 ops,
             );
         }
-    });
+    };
+    let result =
+        run_source_recovering(&mut engine, &mut guest, &pair, &driver_opts, &mut on_tick, recovery);
     *handed_over = engine.handed_over();
     report.timeline = timeline;
     let stats = match result {
@@ -367,6 +375,8 @@ pub struct DestHostOptions {
     /// to finish its ops after the migration (its ops counter standing still); a guest that
     /// keeps moving is waited for however long it takes.
     pub progress_timeout: Duration,
+    /// How long a lost connection may take to be replaced (`None`: it ends the migration).
+    pub recover_timeout: Option<Duration>,
     /// Print `PROGRESS` lines on stderr for a parent's liveness watch.
     pub progress_lines: bool,
     /// Faults to inject (`--inject`); `None` in a real migration.
@@ -407,7 +417,11 @@ pub fn run_dest_host(
         ..Default::default()
     };
     let mut last_progress = 0u64;
-    let result = run_dest(&mut guest, &pair, &driver_opts, &mut |e| {
+    let session_id = pair.session.session_id;
+    let mut reaccept = |timeout| listener.accept_session(session_id, timeout);
+    let recovery =
+        opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
+    let mut on_tick = |e: &crate::dest::DestEngine| {
         let running =
             matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
         let counters_here = running && counter_pages.iter().all(|&p| e.is_present(p));
@@ -421,7 +435,8 @@ pub fn run_dest_host(
             let phase = format!("{:?}", e.phase());
             progress_line(&phase, e.stats().pages_placed, e.layout().total_pages(), ops);
         }
-    });
+    };
+    let result = run_dest_recovering(&mut guest, &pair, &driver_opts, &mut on_tick, recovery);
     report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
     report.run = match result {
         Ok(run) => run,

@@ -61,6 +61,8 @@ pub struct LocalMigration {
     /// Both hosts fail after this long without progress, and the run is given up when
     /// neither host showed progress for this long (there is no limit on total time).
     pub progress_timeout: Duration,
+    /// How long a lost connection may take to be replaced (`None`: it ends the migration).
+    pub recover_timeout: Option<Duration>,
     /// How long a silent peer may go unnoticed on either stream (`None`: the kernel's
     /// defaults).
     pub liveness: Option<Duration>,
@@ -240,6 +242,8 @@ fn time_args(m: &LocalMigration) -> Vec<String> {
         liveness_ms.to_string(),
         "--progress-timeout-s".into(),
         m.progress_timeout.as_secs().max(1).to_string(),
+        "--recover-timeout-s".into(),
+        m.recover_timeout.map_or(0, |t| t.as_secs().max(1)).to_string(),
     ]
 }
 

@@ -97,6 +97,15 @@ pub struct DestReport {
 pub struct MigrationReport {
     /// Migration mode.
     pub mode: String,
+    /// Lost connections replaced by a new one (the source's count; each side counts each).
+    #[serde(default)]
+    pub recoveries: u64,
+    /// Time from each lost connection to its replacement, summed, the longer side's (ms).
+    #[serde(default)]
+    pub recovery_ms: f64,
+    /// Pages the source sent again after recoveries (unacknowledged, or missing there).
+    #[serde(default)]
+    pub pages_resent: u64,
     /// Completed, or cancelled before the hand-over (the guest then finished on the source).
     #[serde(default)]
     pub outcome: Outcome,
@@ -256,6 +265,9 @@ impl MigrationReport {
         let end = s.finished_ns.max(d.stats.complete_ns);
         MigrationReport {
             mode: src.mode.clone(),
+            recoveries: s.recoveries.max(d.stats.recoveries),
+            recovery_ms: s.recovery_ms.max(d.recovery_ms),
+            pages_resent: s.pages_resent,
             total_ms: ms_between(start, s.finished_ns),
             downtime_ms: ms_between(s.pause_ns, d.resume_ns),
             bytes_bulk: s.bytes_bulk + dest_sent[0],

@@ -9,6 +9,7 @@ use super::config::SourceStats;
 use super::engine::SourceEngine;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
+use crate::driver::recovery::{is_recoverable, reconnect, Recovery, RecoveryCount};
 use crate::driver::schedule::{self, SourceSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -49,13 +50,27 @@ impl Default for SourceDriverOptions {
     }
 }
 
-/// Drives `engine` to the end of the migration; `on_tick` runs every `opts.tick`.
+/// Drives `engine` to the end of the migration; `on_tick` runs every `opts.tick`. A lost
+/// connection ends it (see [`run_source_recovering`]).
 pub fn run_source(
     engine: &mut SourceEngine,
     vm: &mut dyn MigratableVm,
     pair: &StreamPair,
     opts: &SourceDriverOptions,
     on_tick: &mut dyn FnMut(&SourceEngine),
+) -> Result<SourceStats, DriverError> {
+    run_source_recovering(engine, vm, pair, opts, on_tick, None)
+}
+
+/// [`run_source`], where a lost connection is replaced through `recovery` (the source dials
+/// again) and the migration goes on from where the destination stands.
+pub fn run_source_recovering(
+    engine: &mut SourceEngine,
+    vm: &mut dyn MigratableVm,
+    pair: &StreamPair,
+    opts: &SourceDriverOptions,
+    on_tick: &mut dyn FnMut(&SourceEngine),
+    mut recovery: Option<Recovery<'_>>,
 ) -> Result<SourceStats, DriverError> {
     let mut io = LoopIo::new(
         pair,
@@ -72,8 +87,24 @@ pub fn run_source(
         inject: opts.inject.clone(),
     };
     let mut wing = SourceWing { engine, vm, on_tick, bulk_buf_bytes: opts.bulk_buf_bytes };
-    event_loop::run(&mut wing, &mut io, &loop_opts)?;
+    let mut injector = event_loop::start_injector(&mut io, &loop_opts);
+    let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
+    let mut count = RecoveryCount::default();
+    loop {
+        let error = match event_loop::run_with(&mut wing, &mut io, &loop_opts, &mut injector) {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
+        else {
+            return Err(error);
+        };
+        count.recovery_ms += reconnect(&mut io, recovery, error)?;
+        count.recoveries += 1;
+        wing.engine.on_reconnect();
+    }
     let mut stats = wing.engine.stats().clone();
+    stats.recovery_ms = count.recovery_ms;
     stats.bytes_bulk = io.streams.bytes_sent[0];
     stats.bytes_urgent = io.streams.bytes_sent[1];
     Ok(stats)

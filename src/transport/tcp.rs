@@ -315,6 +315,31 @@ pub fn connect_with(
     Ok(StreamPair { bulk, urgent, session })
 }
 
+/// Dials `addr` again and again, resuming the session `offer` names, until a pair opens or
+/// `timeout` has passed (then the last attempt's error). The destination may still be noticing
+/// that the old connection died, or may be unreachable for a while (a partition).
+pub fn redial(
+    addr: SocketAddr,
+    offer: &Offer,
+    options: &TcpOptions,
+    timeout: Duration,
+) -> Result<StreamPair, TcpError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match connect_with(addr, Initiator::new(offer.clone()), options) {
+            Ok(pair) => return Ok(pair),
+            Err(error) if std::time::Instant::now() >= deadline => return Err(error),
+            Err(error) => {
+                tracing::info!(%error, "redial failed; trying again");
+                std::thread::sleep(REDIAL_PAUSE);
+            }
+        }
+    }
+}
+
+/// Pause between two redials.
+const REDIAL_PAUSE: Duration = Duration::from_millis(100);
+
 fn connect_one(
     addr: SocketAddr,
     initiator: &mut Initiator,

@@ -1,0 +1,97 @@
+//! Replacing a lost connection on the real path: which failures a new connection cures, and
+//! swapping the connections under a running loop.
+//!
+//! The engines do the rest ([`crate::source::SourceEngine::on_reconnect`],
+//! [`crate::dest::DestEngine::on_reconnect`]). The ring stays: on the destination its armed
+//! userfaultfd read, and any fault message it already holds, carry over to the new connection.
+
+use super::event_loop::LoopIo;
+use super::DriverError;
+use crate::transport::ring_streams::StreamError;
+use crate::transport::tcp::{StreamPair, TcpError};
+use crate::wire::StreamKind;
+use std::time::Duration;
+
+/// How a side gets a new connection for its session: the source dials again, the destination
+/// accepts the source's resume. Called with the time it may take; errors are what the last
+/// attempt met.
+pub type Reconnect<'a> = &'a mut dyn FnMut(Duration) -> Result<StreamPair, TcpError>;
+
+/// A side's recovery settings.
+pub struct Recovery<'a> {
+    /// Gets the new connection.
+    pub reconnect: Reconnect<'a>,
+    /// How long a recovery may take before the side gives up.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Recovery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery").field("timeout", &self.timeout).finish()
+    }
+}
+
+/// What the recoveries of one run cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecoveryCount {
+    /// New connections that replaced a lost one.
+    pub recoveries: u64,
+    /// Time from each failure to its new connection, summed (ms).
+    pub recovery_ms: f64,
+}
+
+/// True for a failure of the connection itself, which a new one cures: the peer closed it or
+/// reset it, it timed out (liveness), nothing moved for the progress deadline, or a frame on
+/// it failed its check (a CRC mismatch is never used; what it carried is sent again). An
+/// engine's or the VM's failure is not.
+pub fn is_recoverable(error: &DriverError) -> bool {
+    match error {
+        DriverError::PeerClosed { .. } | DriverError::NoProgress { .. } => true,
+        DriverError::Stream(stream) => matches!(
+            stream,
+            StreamError::Io { .. } | StreamError::TimedOut { .. } | StreamError::Wire { .. }
+        ),
+        _ => false,
+    }
+}
+
+/// Takes both old connections off the ring (shut down first, so the peer sees them end even
+/// where another handle keeps the socket open) and puts `pair`'s on.
+pub fn swap_connections(io: &mut LoopIo, pair: StreamPair) -> Result<(), DriverError> {
+    for stream in StreamKind::ALL {
+        if io.streams.is_attached(stream) {
+            // Best effort: a connection the peer already reset cannot be shut down again.
+            let _ = io.streams.shutdown(stream);
+            drop(io.streams.detach(&mut io.ring, stream)?);
+        }
+    }
+    let StreamPair { bulk, urgent, .. } = pair;
+    io.streams.attach(&mut io.ring, StreamKind::Bulk, bulk)?;
+    io.streams.attach(&mut io.ring, StreamKind::Urgent, urgent)?;
+    io.submit()
+}
+
+/// Sheds the old connections and waits for new ones, for at most `recovery.timeout`.
+pub fn reconnect(
+    io: &mut LoopIo,
+    recovery: &mut Recovery<'_>,
+    cause: DriverError,
+) -> Result<f64, DriverError> {
+    let started = std::time::Instant::now();
+    tracing::warn!(%cause, "connection lost; recovering");
+    for stream in StreamKind::ALL {
+        if io.streams.is_attached(stream) {
+            let _ = io.streams.shutdown(stream);
+        }
+    }
+    let pair =
+        (recovery.reconnect)(recovery.timeout).map_err(|last| DriverError::RecoveryFailed {
+            waited_ms: started.elapsed().as_millis() as u64,
+            cause: Box::new(cause),
+            last: Box::new(last),
+        })?;
+    swap_connections(io, pair)?;
+    let recovery_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::warn!(recovery_ms, "new connection attached");
+    Ok(recovery_ms)
+}
