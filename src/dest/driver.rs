@@ -153,7 +153,8 @@ pub fn run_dest_recovering(
         else {
             return Err(error);
         };
-        count.recovery_ms += reconnect(&mut io, recovery, error)?;
+        let holding = || wing.engine.holding();
+        count.recovery_ms += reconnect(&mut io, recovery, error, holding)?;
         count.recoveries += 1;
         wing.engine.on_reconnect()?;
     }

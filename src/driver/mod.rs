@@ -89,10 +89,15 @@ pub enum DriverError {
     },
     /// A connection was lost and no new one came within the recovery timeout; each side keeps
     /// what it holds.
-    #[error("no new connection within {waited_ms} ms after: {cause}; last attempt: {last}")]
+    #[error(
+        "no new connection within {waited_ms} ms after: {cause}; last attempt: {last}; \
+         this side holds: {holding}"
+    )]
     RecoveryFailed {
         /// Time spent waiting for one.
         waited_ms: u64,
+        /// What this side keeps (the engine's account), for the operator.
+        holding: String,
         /// What ended the old connection.
         cause: Box<DriverError>,
         /// What the last attempt met.

@@ -71,11 +71,13 @@ pub fn swap_connections(io: &mut LoopIo, pair: StreamPair) -> Result<(), DriverE
     io.submit()
 }
 
-/// Sheds the old connections and waits for new ones, for at most `recovery.timeout`.
+/// Sheds the old connections and waits for new ones, for at most `recovery.timeout`; on
+/// failure the error says what this side holds (`holding`).
 pub fn reconnect(
     io: &mut LoopIo,
     recovery: &mut Recovery<'_>,
     cause: DriverError,
+    holding: impl FnOnce() -> String,
 ) -> Result<f64, DriverError> {
     let started = std::time::Instant::now();
     tracing::warn!(%cause, "connection lost; recovering");
@@ -87,6 +89,7 @@ pub fn reconnect(
     let pair =
         (recovery.reconnect)(recovery.timeout).map_err(|last| DriverError::RecoveryFailed {
             waited_ms: started.elapsed().as_millis() as u64,
+            holding: holding(),
             cause: Box::new(cause),
             last: Box::new(last),
         })?;

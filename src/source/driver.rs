@@ -99,7 +99,8 @@ pub fn run_source_recovering(
         else {
             return Err(error);
         };
-        count.recovery_ms += reconnect(&mut io, recovery, error)?;
+        let holding = || wing.engine.holding();
+        count.recovery_ms += reconnect(&mut io, recovery, error, holding)?;
         count.recoveries += 1;
         wing.engine.on_reconnect();
     }

@@ -9,6 +9,28 @@
 use super::*;
 
 impl DestEngine {
+    /// What this side keeps while no connection is up, for an operator.
+    pub fn holding(&self) -> String {
+        let total = self.layout.total_pages();
+        let missing: u64 = self
+            .layout
+            .regions()
+            .iter()
+            .map(|span| {
+                let words = self.residency.missing_words(span.first_page, span.pages());
+                words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>()
+            })
+            .sum();
+        format!(
+            "phase {:?}, {} of {total} pages here, {} needed pages still to come, {} vCPU \
+             faults waiting",
+            self.phase,
+            total - missing,
+            self.residency.outstanding(),
+            self.residency.requested().count()
+        )
+    }
+
     /// A new connection replaced the lost one (both streams, readers clean). What was queued
     /// for the old connection is dropped: its acknowledgements are superseded by the report,
     /// and every unanswered fault request is queued again.

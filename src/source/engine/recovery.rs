@@ -34,6 +34,21 @@ impl SourceEngine {
         tracing::info!(phase = ?self.phase, "source: new connection, waiting for the destination's report");
     }
 
+    /// What this side keeps while no connection is up, for an operator: where the guest is,
+    /// and what the destination has not confirmed.
+    pub fn holding(&self) -> String {
+        let guest = if self.stats.pause_ns == 0 { "running here" } else { "paused here" };
+        let unacked =
+            self.acks.unacked_pages(StreamKind::Bulk) + self.acks.unacked_pages(StreamKind::Urgent);
+        format!(
+            "the guest {guest} (phase {:?}), all {} pages of its memory; {} pages current on \
+             the destination as far as it confirmed, {unacked} sent and not acknowledged",
+            self.phase,
+            self.layout.total_pages(),
+            self.ledger.valid_count(),
+        )
+    }
+
     /// True while a new connection waits for the destination's report.
     pub fn recovering(&self) -> bool {
         self.recovery.is_some()
