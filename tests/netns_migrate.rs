@@ -433,3 +433,28 @@ fn a_partition_longer_than_the_recover_timeout_names_what_each_side_holds() {
     assert!(stderr.contains("this side holds: the guest paused here"), "{stderr}");
     assert!(stderr.contains("this side holds: phase Running"), "{stderr}");
 }
+
+/// Every mode on `lan1g-loss1` and `lan1g-loss5` (1% and 5% of packets dropped each way), three
+/// runs each: loss costs time, never a page. A loss that stalls a stream past the liveness
+/// time is a lost connection, which the migration recovers.
+#[test]
+fn every_mode_stays_exact_under_loss() {
+    let test = "every_mode_stays_exact_under_loss";
+    if !bed_can_run(test) {
+        return;
+    }
+    let expected = reference_digest();
+    for profile in ["lan1g-loss1", "lan1g-loss5"] {
+        let bed = Bed::new();
+        bed.up(profile);
+        for mode in ["precopy", "postcopy", "hybrid", "hybrid-paper"] {
+            for run in 1..=3 {
+                let report = migrate(&bed, &expected, profile, mode);
+                eprintln!(
+                    "{profile} {mode} run {run}: fault_us_p99={} recoveries={}",
+                    report["fault_us_p99"], report["recoveries"]
+                );
+            }
+        }
+    }
+}

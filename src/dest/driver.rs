@@ -24,6 +24,8 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 const TAG_UFFD: u64 = FIRST_CALLER_TAG;
+/// How long the destination waits, at the end, for the source to close the streams.
+const LINGER_FOR_SOURCE: Duration = Duration::from_secs(10);
 /// Send buffers per stream (acks and fault requests are small; a few let requests overlap).
 const SEND_BUFS: usize = 4;
 /// Bytes per send buffer.
@@ -160,6 +162,11 @@ pub fn run_dest_recovering(
     }
     let mut run = finish_run(wing.ctx.run, &engine, &io)?;
     run.recovery_ms = count.recovery_ms;
+    // The source lets go of the streams once it has the DoneAck; leaving first could reset a
+    // connection whose DoneAck is still in flight (a loss being repaired).
+    if let Ok(bulk) = io.streams.detach(&mut io.ring, StreamKind::Bulk) {
+        crate::transport::tcp::wait_for_peer_close(&bulk, LINGER_FOR_SOURCE);
+    }
     // The guest keeps running here without this loop: every page still missing is a zero page
     // (the need set is complete), so hand the memory back to the kernel's own fault path.
     // Unregistering also wakes any vCPU whose fault message was not read yet.

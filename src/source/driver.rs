@@ -161,6 +161,16 @@ impl Wing for SourceWing<'_> {
         self.engine.is_finished()
     }
 
+    /// Once Done is out, the destination needs nothing more on the urgent stream, and its
+    /// DoneAck comes on bulk: an urgent stream it closed first is not a lost connection.
+    fn on_closed(&mut self, _io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
+        let awaiting_ack = self.engine.phase() == crate::source::Phase::AwaitDoneAck;
+        if self.closed_is_fine() || (stream == StreamKind::Urgent && awaiting_ack) {
+            return Ok(());
+        }
+        Err(DriverError::PeerClosed { stream, phase: self.phase() })
+    }
+
     fn on_link_wait(&mut self, wait_ns: u64) {
         self.engine.on_link_wait(wait_ns);
     }

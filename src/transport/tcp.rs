@@ -337,6 +337,25 @@ pub fn redial(
     }
 }
 
+/// Waits until the peer closed `stream` (reading and dropping anything it still sends), or
+/// `limit` passed: the side that finishes first lingers, so its close never resets a
+/// connection the other side is still reading a last frame from.
+pub fn wait_for_peer_close(stream: &TcpStream, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut sink = [0u8; 4096];
+    let mut bulk = stream;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || bulk.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match std::io::Read::read(&mut bulk, &mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Pause between two redials.
 const REDIAL_PAUSE: Duration = Duration::from_millis(100);
 
