@@ -406,6 +406,7 @@ fn sim(a: SimArgs) -> Result<()> {
             "corruption_caught": report.corruption_caught,
             "recoveries": report.recoveries,
             "multi_recovery_runs": report.multi_recovery_runs,
+            "fault_retries": report.fault_retries,
             "failures": failures,
         });
         if let Some(hash) = report.trace_hash {

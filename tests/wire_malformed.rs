@@ -436,15 +436,13 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
             |e| matches!(e, WireError::VersionMismatch { got: 1, negotiated: 2, .. }),
         ),
         (
-            "fault request on the bulk stream",
-            FrameGate::new(Role::Initiator, StreamKind::Bulk, 2).check(&fault(2)),
+            "VM state on the urgent stream",
+            FrameGate::new(Role::Acceptor, StreamKind::Urgent, 2)
+                .check(&Frame { version: 2, body: FrameBody::VmState(b"state") }),
             |e| {
                 matches!(
                     e,
-                    WireError::WrongStream {
-                        got: FrameType::FaultRequest,
-                        stream: StreamKind::Bulk
-                    }
+                    WireError::WrongStream { got: FrameType::VmState, stream: StreamKind::Urgent }
                 )
             },
         ),

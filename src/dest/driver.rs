@@ -24,6 +24,8 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 const TAG_UFFD: u64 = FIRST_CALLER_TAG;
+/// How often the loop looks at its fault retries while a fault waits.
+const RETRY_LOOK: Duration = Duration::from_millis(1);
 /// How long the destination waits, at the end, for the source to close the streams.
 const LINGER_FOR_SOURCE: Duration = Duration::from_secs(10);
 /// Send buffers per stream (acks and fault requests are small; a few let requests overlap).
@@ -250,6 +252,10 @@ impl Wing for DestWing<'_, '_> {
 
     fn urgent_tags(&self) -> &[u64] {
         &[TAG_UFFD]
+    }
+
+    fn wait_limit(&self) -> Option<Duration> {
+        self.engine.faults_waiting().then_some(RETRY_LOOK)
     }
 
     fn switchover_ns(&self) -> Option<u64> {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 mod placement;
 mod recovery;
 mod residency;
+mod retry;
 
 use placement::Placing;
 use residency::Residency;
@@ -75,6 +76,12 @@ pub struct DestStats {
     pub source_digest: u64,
     /// Connections that replaced a lost one.
     pub recoveries: u64,
+    /// Fault requests asked again on bulk after no answer in time.
+    #[serde(default)]
+    pub fault_retries: u64,
+    /// The longest a vCPU waited for a page from the network (us).
+    #[serde(default)]
+    pub fault_us_max: u64,
 }
 
 /// The destination state machine. See the module docs.
@@ -111,6 +118,8 @@ pub struct DestEngine {
     done: Option<wire::Done>,
     /// Windows received per stream, acknowledged every [`ACK_EVERY_WINDOWS`].
     windows_received: [u64; 2],
+    /// Fault requests asked again, and the answer time that paces them.
+    retries: retry::Retries,
     stats: DestStats,
 }
 
@@ -131,6 +140,8 @@ enum BulkFrame {
     /// An acknowledgement or a Pong, encoded when polled, so that the acknowledgements of a
     /// stream of fault answers allocate nothing.
     Control(wire::Control),
+    /// A fault request asked again (see `retry`), encoded when polled.
+    FaultRequest(wire::FaultRequest),
 }
 
 /// Windows between two acknowledgements on a stream (the source keeps every unacknowledged
@@ -172,6 +183,7 @@ impl DestEngine {
             spare_decoded: Vec::new(),
             done: None,
             windows_received: [0; 2],
+            retries: retry::Retries::default(),
             stats: DestStats::default(),
         }
     }
@@ -237,6 +249,9 @@ impl DestEngine {
                 true
             }
             Some(BulkFrame::Control(c)) => self.encode_polled(out, &wire::FrameBody::Control(c)),
+            Some(BulkFrame::FaultRequest(r)) => {
+                self.encode_polled(out, &wire::FrameBody::FaultRequest(r))
+            }
         }
     }
 
@@ -415,17 +430,19 @@ impl DestEngine {
 
     /// Queues a fault request for `page` with a fresh request id.
     fn queue_fault_request(&mut self, page: u64, vcpu: u32) -> Result<(), DestError> {
-        let (region, page_in_region) =
-            self.layout.locate(page).ok_or(DestError::FaultOutsideMemory { page })?;
-        let request = wire::FaultRequest {
-            region,
-            page: page_in_region,
-            vcpu,
-            request_id: self.next_request_id,
-        };
-        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        let mut request =
+            self.fault_request_for(page).ok_or(DestError::FaultOutsideMemory { page })?;
+        request.vcpu = vcpu;
         self.fault_requests.push_back(request);
         Ok(())
+    }
+
+    /// A fault request for `page` with a fresh request id (None outside memory).
+    fn fault_request_for(&mut self, page: u64) -> Option<wire::FaultRequest> {
+        let (region, page_in_region) = self.layout.locate(page)?;
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        Some(wire::FaultRequest { region, page: page_in_region, vcpu: 0, request_id })
     }
 
     /// Answers a Ping with a Pong of the same sequence number: every frame before the Ping on

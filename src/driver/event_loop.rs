@@ -136,6 +136,12 @@ pub trait Wing {
         &[]
     }
 
+    /// The longest the loop may wait for a completion now, if shorter than the tick (the
+    /// destination, while a fault waits, must look at its retry times often).
+    fn wait_limit(&self) -> Option<Duration> {
+        None
+    }
+
     /// The loop waited `_wait_ns` with every send buffer in the kernel.
     fn on_link_wait(&mut self, _wait_ns: u64) {}
 
@@ -231,8 +237,9 @@ pub fn run_with<W: Wing>(
             Next::Done => return Ok(()),
             Next::WaitOnLink => wait_on_link(wing, io, opts.tick)?,
             Next::Wait => {
+                let wait = wing.wait_limit().map_or(opts.tick, |limit| limit.min(opts.tick));
                 io.ring
-                    .submit_and_wait(1, Some(opts.tick))
+                    .submit_and_wait(1, Some(wait))
                     .map_err(DriverError::ring("io_uring wait"))?;
             }
         }

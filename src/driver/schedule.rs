@@ -105,8 +105,10 @@ pub fn source_bulk<S: SourceSide>(side: &mut S, buf_bytes: usize) -> Result<bool
     Ok(true)
 }
 
-/// Sends what the destination engine queued: fault requests first, then acknowledgements.
+/// Sends what the destination engine queued: fault requests first, then acknowledgements and
+/// the requests it asks again on bulk.
 pub fn dest_flush<S: DestSide>(side: &mut S) -> Result<(), S::Error> {
+    side.engine().poll_retries();
     for stream in [StreamKind::Urgent, StreamKind::Bulk] {
         while let Some(mut frames) = side.take_buf(stream) {
             let engine = side.engine();

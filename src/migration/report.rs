@@ -106,6 +106,12 @@ pub struct MigrationReport {
     /// Pages the source sent again after recoveries (unacknowledged, or missing there).
     #[serde(default)]
     pub pages_resent: u64,
+    /// Fault requests asked again on bulk after no answer in time.
+    #[serde(default)]
+    pub fault_retries: u64,
+    /// The longest a vCPU waited for a page from the network (us).
+    #[serde(default)]
+    pub fault_us_max: u64,
     /// Completed, or cancelled before the hand-over (the guest then finished on the source).
     #[serde(default)]
     pub outcome: Outcome,
@@ -268,6 +274,8 @@ impl MigrationReport {
             recoveries: s.recoveries.max(d.stats.recoveries),
             recovery_ms: s.recovery_ms.max(d.recovery_ms),
             pages_resent: s.pages_resent,
+            fault_retries: d.stats.fault_retries,
+            fault_us_max: d.stats.fault_us_max,
             total_ms: ms_between(start, s.finished_ns),
             downtime_ms: ms_between(s.pause_ns, d.resume_ns),
             bytes_bulk: s.bytes_bulk + dest_sent[0],

@@ -61,7 +61,6 @@ impl FrameGate {
             });
         }
         let allowed_stream = match got {
-            FrameType::FaultRequest => self.stream == StreamKind::Urgent,
             FrameType::VmState | FrameType::DirtySet | FrameType::Done | FrameType::DoneAck => {
                 self.stream == StreamKind::Bulk
             }

@@ -196,6 +196,8 @@ pub struct SimOutcome {
     pub frames_refused: u64,
     /// Pages the source sent again after a recovery report.
     pub pages_resent: u64,
+    /// Fault requests the destination asked again on bulk.
+    pub fault_retries: u64,
 }
 
 /// Bytes the link may hold beyond the guest's memory: a few frames per stream in flight, each
@@ -693,6 +695,7 @@ impl<'s> World<'s> {
             recoveries: self.recoveries,
             frames_refused: self.frames_refused,
             pages_resent: self.source.stats().pages_resent,
+            fault_retries: self.dest.stats().fault_retries,
         })
     }
 }

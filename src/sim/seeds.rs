@@ -38,6 +38,8 @@ pub struct SeedResult {
     pub recoveries: u64,
     /// Frames refused by the reader's CRC (each broke its connection).
     pub frames_refused: u64,
+    /// Fault requests asked again on bulk.
+    pub fault_retries: u64,
 }
 
 impl SeedResult {
@@ -62,6 +64,8 @@ pub struct SeedReport {
     pub recoveries: u64,
     /// Runs with at least two recoveries.
     pub multi_recovery_runs: u64,
+    /// Fault requests asked again on bulk, over all runs.
+    pub fault_retries: u64,
     /// The trace hash when exactly one seed ran.
     pub trace_hash: Option<u64>,
 }
@@ -148,12 +152,21 @@ pub fn run_seed(seed: u64, plant: Option<Plant>) -> SeedResult {
     let (trace_hash, result) = run_traced(&spec);
     let recoveries = result.as_ref().map_or(0, |o| o.recoveries);
     let caught = result.as_ref().map_or(0, |o| o.frames_refused);
+    let fault_retries = result.as_ref().map_or(0, |o| o.fault_retries);
     let verdict = match result {
         Ok(outcome) => judge(&outcome),
         Err(e) if corrupting && caught_by_codec(&e) => SeedVerdict::CorruptionCaught,
         Err(e) => SeedVerdict::Failed(e.to_string()),
     };
-    SeedResult { seed, mode: spec.mode, trace_hash, verdict, recoveries, frames_refused: caught }
+    SeedResult {
+        seed,
+        mode: spec.mode,
+        trace_hash,
+        verdict,
+        recoveries,
+        frames_refused: caught,
+        fault_retries,
+    }
 }
 
 fn judge(outcome: &SimOutcome) -> SeedVerdict {
@@ -190,6 +203,7 @@ pub fn run_seeds(
             report.corruption_caught += 1;
         }
         report.recoveries += result.recoveries;
+        report.fault_retries += result.fault_retries;
         report.multi_recovery_runs += u64::from(result.recoveries >= 2);
         if count == 1 {
             report.trace_hash = Some(result.trace_hash);

@@ -218,6 +218,9 @@ pub struct SourceStats {
     /// Pages sent again because the destination's recovery report named them missing.
     #[serde(default)]
     pub pages_resent: u64,
+    /// Fault requests the destination asked again on bulk.
+    #[serde(default)]
+    pub fault_retries_served: u64,
     /// Time from each lost connection to its replacement, summed (ms; the driver's).
     #[serde(default)]
     pub recovery_ms: f64,

@@ -95,6 +95,8 @@ pub struct SourceEngine {
     done_digest: u64,
     /// Present from a new connection until the destination's report is whole.
     recovery: Option<recovery::Recovery>,
+    /// Answers to fault requests asked again on bulk, sent there ahead of the push.
+    bulk_answers: std::collections::VecDeque<outbox::AnswerRun>,
     /// The frame that lets the destination run the guest has been queued (see
     /// [`SourceEngine::handed_over`]).
     handed_over: bool,
@@ -157,6 +159,7 @@ impl SourceEngine {
             push_from_ns: 0,
             done_digest: 0,
             recovery: None,
+            bulk_answers: std::collections::VecDeque::new(),
             handed_over: false,
         })
     }
@@ -214,6 +217,11 @@ impl SourceEngine {
         _vm: &mut dyn MigratableVm,
     ) -> Result<(), SourceError> {
         match frame.body {
+            wire::FrameBody::FaultRequest(req)
+                if stream == StreamKind::Bulk && self.phase == Phase::Push =>
+            {
+                self.on_fault_retry(&req)
+            }
             wire::FrameBody::FaultRequest(req) => self.on_fault_request(&req),
             wire::FrameBody::DoneAck(ack) => self.on_done_ack(&ack),
             wire::FrameBody::DirtySet(set) => self.on_missing(&set),
@@ -308,7 +316,7 @@ impl SourceEngine {
             Phase::Setup | Phase::AwaitDoneAck | Phase::Finished => false,
             Phase::Rounds | Phase::WorkingSet => self.poll_pre_switch(out, vm)?,
             Phase::SwitchOver => self.poll_switch(out, vm)?,
-            Phase::Push => self.poll_push(out)?,
+            Phase::Push => self.poll_bulk_answer(out)? || self.poll_push(out)?,
         };
         self.stats.bytes_bulk += (out.len() - before) as u64;
         Ok(produced)

@@ -199,6 +199,8 @@ impl DestEngine {
         if self.residency.mark_present(page, self.phase == DestPhase::Running) {
             if let Some(start) = self.fault_started_ns.remove(&page) {
                 let latency_us = now_ns.saturating_sub(start) / 1000;
+                self.retries.answered(page, now_ns.saturating_sub(start));
+                self.stats.fault_us_max = self.stats.fault_us_max.max(latency_us);
                 tracing::trace!(
                     page,
                     latency_us,

@@ -59,6 +59,7 @@ impl DestEngine {
         };
         let resume = wire::Control { kind: wire::ControlKind::Resume, seq: 0, value };
         self.bulk_out.push_back(BulkFrame::Control(resume));
+        self.retries.restart(self.clock.now_ns());
         let waiting: Vec<u64> = self.residency.requested().collect();
         for page in waiting {
             self.queue_fault_request(page, 0)?;

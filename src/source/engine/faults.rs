@@ -57,6 +57,39 @@ impl SourceEngine {
         Ok(())
     }
 
+    /// A fault request asked again on bulk: the request or its answer is held up on the
+    /// urgent connection (TCP retransmitting a lost segment). The answer goes both ways: on
+    /// urgent, which is quick when it was the request that was lost (each direction of a
+    /// connection retransmits on its own), and on bulk ahead of the push, behind the push's
+    /// queue but not behind a lost answer. At most one bulk answer per page waits, and at most
+    /// [`BULK_ANSWERS_MAX`] in all.
+    pub(super) fn on_fault_retry(&mut self, req: &wire::FaultRequest) -> Result<(), SourceError> {
+        self.on_fault_request(req)?;
+        let page = self.layout.global(req.region, req.page, 1)?;
+        self.stats.fault_retries_served += 1;
+        let queued = self.bulk_answers.iter().any(|run| run.first == page);
+        if queued || self.bulk_answers.len() >= BULK_ANSWERS_MAX {
+            return Ok(());
+        }
+        let bytes = self.memory.pages(page, 1).ok_or(SourceError::PageOutOfRange { page })?;
+        self.ledger.mark_sent(page, bytes);
+        let compression = self.compression.in_force();
+        let request_id = Some(req.request_id);
+        self.bulk_answers.push_back(AnswerRun { first: page, count: 1, request_id, compression });
+        Ok(())
+    }
+
+    /// Encodes the next answer asked again on bulk; false when none waits.
+    pub(super) fn poll_bulk_answer(&mut self, out: &mut Vec<u8>) -> Result<bool, SourceError> {
+        let Some(run) = self.bulk_answers.pop_front() else {
+            return Ok(false);
+        };
+        self.encode_answer_run(out, run)?;
+        // Tracked as it enters the stream, so its sequence matches the destination's count.
+        self.track(StreamKind::Bulk, run.first, run.count);
+        Ok(true)
+    }
+
     /// Marks pages `first..first+count` sent on the urgent stream and queues them for
     /// `poll_urgent`, after checking everything their encoding will check.
     fn queue_answer_run(
@@ -109,6 +142,9 @@ impl SourceEngine {
         Ok(())
     }
 }
+
+/// Answers asked again on bulk that may wait at once (a vCPU has at most one fault).
+const BULK_ANSWERS_MAX: usize = 256;
 
 /// The window of `window` pages around `page`: a quarter before it, the rest after (guests
 /// mostly walk memory upwards), clipped to the page's region.

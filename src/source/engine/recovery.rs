@@ -27,6 +27,7 @@ impl SourceEngine {
         // of its pages, which its report would not name: those pages go again (a destination
         // that does not run the guest yet overwrites a present copy). Acknowledgement
         // sequences start again on the new connection.
+        self.bulk_answers.clear();
         for (first, count) in self.acks.take_unacked() {
             self.stats.pages_resent += self.ledger.doubt(first, count);
         }
