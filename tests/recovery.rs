@@ -148,3 +148,25 @@ fn a_corrupt_frame_is_refused_and_recovered() {
     assert!(r["recoveries"].as_u64().unwrap_or(0) >= 1, "{r}");
     assert!(r["pages_resent"].as_u64().unwrap_or(0) >= 1, "the corrupted pages were not resent");
 }
+
+/// The destination's memory stays within its guest's RAM plus a stated constant while the
+/// source stalls for 2 s after the resume (vCPUs wait on missing pages, nothing arrives):
+/// nothing queues without a bound while a peer is silent.
+#[test]
+fn a_stalled_source_keeps_the_destination_within_its_memory_bound() {
+    if !ready("a_stalled_source_keeps_the_destination_within_its_memory_bound") {
+        return;
+    }
+    /// Guest RAM of `guest_args` and the constant the destination may use beyond it (MiB).
+    const GUEST_MIB: f64 = 256.0;
+    const BOUND_OVER_GUEST_MIB: f64 = 64.0;
+    let expected = reference_digest(&guest_args());
+    let r = migrate("postcopy", "src:stall@resume+100:2000", &expected);
+    let rss_mib = r["dest_peak_rss_mb"].as_f64().expect("dest_peak_rss_mb");
+    eprintln!("destination peak RSS under a 2 s source stall: {rss_mib:.1} MiB");
+    assert!(rss_mib > 0.0, "no RSS measured: {r}");
+    assert!(
+        rss_mib <= GUEST_MIB + BOUND_OVER_GUEST_MIB,
+        "the destination used {rss_mib:.1} MiB for a {GUEST_MIB} MiB guest"
+    );
+}

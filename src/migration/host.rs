@@ -461,7 +461,18 @@ pub fn run_dest_host(
     report.guest_finished_ns = mono_ns();
     timeline.record(mono_ns(), vm.ops_done());
     report.timeline = timeline;
+    report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
+}
+
+/// This process's peak resident memory (VmHWM in /proc/self/status), 0 if unreadable.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// The destination's guest, running to the end of its ops.

@@ -90,6 +90,9 @@ pub struct DestReport {
     /// Faults this host injected (`--inject`).
     #[serde(default)]
     pub injected: Vec<Injected>,
+    /// The destination process's peak resident memory (VmHWM), guest memory included (bytes).
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
 }
 
 /// The merged report of one migration (the `--json` object of `hybridmig migrate`).
@@ -109,6 +112,9 @@ pub struct MigrationReport {
     /// Fault requests asked again on bulk after no answer in time.
     #[serde(default)]
     pub fault_retries: u64,
+    /// The destination process's peak resident memory, guest memory included (MiB).
+    #[serde(default)]
+    pub dest_peak_rss_mb: f64,
     /// The longest a vCPU waited for a page from the network (us).
     #[serde(default)]
     pub fault_us_max: u64,
@@ -275,6 +281,7 @@ impl MigrationReport {
             recovery_ms: s.recovery_ms.max(d.recovery_ms),
             pages_resent: s.pages_resent,
             fault_retries: d.stats.fault_retries,
+            dest_peak_rss_mb: dst.peak_rss_bytes as f64 / (1 << 20) as f64,
             fault_us_max: d.stats.fault_us_max,
             total_ms: ms_between(start, s.finished_ns),
             downtime_ms: ms_between(s.pause_ns, d.resume_ns),

@@ -14,6 +14,7 @@
 //! held on the link within a stated bound.
 
 mod guest;
+mod recovery;
 pub mod seeds;
 mod sides;
 mod trace;
@@ -31,6 +32,7 @@ use crate::session::{FrameGate, Role};
 use crate::source::{LivePass, SourceConfig, SourceEngine, SourceError};
 use crate::transport::sim::{Side, SimEvent, SimFaults, SimNet};
 use crate::wire::{FrameReader, FrameType, Limits, MigrationMode, StreamKind};
+use recovery::{open_session, RECONNECT_US};
 use sides::{DestTurn, SourceTurn};
 use std::sync::Arc;
 
@@ -312,13 +314,6 @@ const SEND_WINDOW_BYTES: u64 = 1 << 20;
 /// Bytes of a simulated bulk buffer: one frame each, so the link paces frame by frame.
 const SIM_BULK_BUF_BYTES: usize = 1;
 
-/// Virtual time a reader may hold part of a frame with no byte arriving before the connection
-/// counts as broken.
-const PARTIAL_FRAME_US: u64 = 50_000;
-
-/// Virtual time from a lost connection to its replacement (the redial and handshake).
-const RECONNECT_US: u64 = 2_000;
-
 /// Loop iterations a run may take at most.
 const STEP_BUDGET: u64 = 4_000_000;
 
@@ -504,26 +499,6 @@ impl<'s> World<'s> {
         Ok(())
     }
 
-    /// A frame begun and not finished for [`PARTIAL_FRAME_US`] (a length garbled upward
-    /// waits for bytes that never come) means a broken connection, as the reader's CRC would
-    /// for other damage.
-    fn check_partial_frames(&mut self, now_us: u64) {
-        if self.down_since_us.is_some() {
-            return;
-        }
-        for at in 0..self.readers.len() {
-            let waiting = self.readers[at].buffered_bytes() > 0;
-            if !waiting || now_us < self.last_rx_us[at] + PARTIAL_FRAME_US {
-                continue;
-            }
-            tracing::debug!(at, "sim: a frame never finished, the connection is dropped");
-            self.frames_refused += 1;
-            self.net.break_now();
-            self.link_lost(now_us);
-            return;
-        }
-    }
-
     /// Records one delivered segment in the trace.
     fn trace_delivery(&mut self, at_us: u64, to: Side, stream: StreamKind, bytes: &[u8]) {
         let crc = u64::from(crc32fast::hash(bytes));
@@ -637,35 +612,6 @@ impl<'s> World<'s> {
         Ok(())
     }
 
-    /// The connection dropped (or a side found it broken): both ends stop sending until a new
-    /// one is up, [`RECONNECT_US`] later; the guest keeps running where it runs.
-    fn link_lost(&mut self, at_us: u64) {
-        if self.down_since_us.is_none() {
-            self.down_since_us = Some(at_us);
-            self.trace.event(TraceKind::Disconnect, at_us, &[]);
-        }
-    }
-
-    /// A new connection replaces the lost one: clean frame readers, reopened gates, and each
-    /// engine told (the destination reports what it holds, the source waits for it).
-    fn reconnect(&mut self, now_us: u64) -> Result<(), SimRunError> {
-        self.down_since_us = None;
-        if self.net.is_down() {
-            self.net.reconnect().map_err(|_| SimRunError::Disconnected { at_us: now_us })?;
-        }
-        self.readers = [0, 1, 2, 3].map(|_| FrameReader::new(Limits::default()));
-        self.gates = self.gates.map(FrameGate::reopened);
-        self.bulk_in_flight_bytes = 0;
-        // What the old connection still held is gone, and no longer on the link.
-        let stats = self.net.stats();
-        self.link_bytes_lost = stats.bytes_sent - stats.bytes_delivered;
-        self.recoveries += 1;
-        self.trace.event(TraceKind::Reconnect, now_us, &[]);
-        self.source.on_reconnect();
-        self.dest.on_reconnect()?;
-        Ok(())
-    }
-
     fn finish(mut self, reference: &SimVm) -> Result<SimOutcome, SimRunError> {
         let now_us = self.net.now_us();
         self.trace.event(TraceKind::Finished, now_us, &[self.dest.stats().memory_digest]);
@@ -697,35 +643,6 @@ impl<'s> World<'s> {
             pages_resent: self.source.stats().pages_resent,
             fault_retries: self.dest.stats().fault_retries,
         })
-    }
-}
-
-/// Handshake attempts before a run gives up on its link.
-const HANDSHAKE_ATTEMPTS: u32 = 8;
-
-/// Opens the session, dialling again when the link drops (or garbles a Hello) during the
-/// handshake, as the real source re-dials.
-fn open_session(
-    net: &mut SimNet,
-    cfg: &SourceConfig,
-    src_vm: &SimVm,
-    dst_vm: &SimVm,
-) -> Result<crate::session::sim::SimSession, SimRunError> {
-    use crate::session::sim::{open, SimHandshakeError};
-    let mut attempt = 1;
-    loop {
-        match open(net, cfg, &src_vm.regions(), &dst_vm.regions()) {
-            Err(SimHandshakeError::Disconnected { .. } | SimHandshakeError::Wire { .. })
-                if attempt < HANDSHAKE_ATTEMPTS =>
-            {
-                attempt += 1;
-                if !net.is_down() {
-                    net.break_now();
-                }
-                net.reconnect().map_err(|_| SimRunError::Disconnected { at_us: net.now_us() })?;
-            }
-            other => return Ok(other?),
-        }
     }
 }
 
