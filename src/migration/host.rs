@@ -11,7 +11,7 @@ use crate::driver::recovery::Recovery;
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::{EmbedError, HostRegion, MigratableVm};
-use crate::session::{wire_regions, AcceptorConfig, Initiator, Offer, SessionIntent};
+use crate::session::{wire_regions, AcceptorConfig, Offer, SessionIntent};
 use crate::source::driver::{run_source_recovering, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
@@ -278,7 +278,10 @@ fn migrate_guest(
     let offer = Offer::new(opts.session_id, opts.mode, wire_regions(&guest.regions()));
     let tcp_options = tcp::TcpOptions { liveness: opts.liveness, ..tcp::TcpOptions::default() };
     let resume = Offer { intent: SessionIntent::Resume, ..offer.clone() };
-    let pair = tcp::connect_with(opts.connect, Initiator::new(offer), &tcp_options)?;
+    // Dialled until it opens (a Hello that loss holds up past the destination's handshake time
+    // is dropped there), within the recovery time; a refusal ends it at once.
+    let first_dial = opts.recover_timeout.unwrap_or(Duration::ZERO).max(FIRST_DIAL_MIN);
+    let pair = tcp::redial(opts.connect, &offer, &tcp_options, first_dial)?;
     let mut engine = SourceEngine::new(cfg, &pair.session, &guest)?;
     let mut timeline = std::mem::take(&mut report.timeline);
     let ops_source = OpsReader::new(&guest);
@@ -464,6 +467,9 @@ pub fn run_dest_host(
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
+
+/// The least time the source gives its first connection (redialled within it).
+const FIRST_DIAL_MIN: Duration = Duration::from_secs(10);
 
 /// This process's peak resident memory (VmHWM in /proc/self/status), 0 if unreadable.
 fn peak_rss_bytes() -> u64 {

@@ -315,9 +315,11 @@ pub fn connect_with(
     Ok(StreamPair { bulk, urgent, session })
 }
 
-/// Dials `addr` again and again, resuming the session `offer` names, until a pair opens or
-/// `timeout` has passed (then the last attempt's error). The destination may still be noticing
-/// that the old connection died, or may be unreachable for a while (a partition).
+/// Dials `addr` again and again, opening or resuming the session `offer` names, until a pair
+/// opens or `timeout` has passed (then the last attempt's error). The destination may still be
+/// noticing that the old connection died, be unreachable for a while (a partition), or have
+/// dropped a Hello that loss held up past its handshake time. A refusal (the destination
+/// rejected the Hello: wrong version, layout, session) is final and returned at once.
 pub fn redial(
     addr: SocketAddr,
     offer: &Offer,
@@ -329,6 +331,9 @@ pub fn redial(
         match connect_with(addr, Initiator::new(offer.clone()), options) {
             Ok(pair) => return Ok(pair),
             Err(error) if std::time::Instant::now() >= deadline => return Err(error),
+            Err(error) if error.session_error().and_then(|e| e.reject_reason()).is_some() => {
+                return Err(error)
+            }
             Err(error) => {
                 tracing::info!(%error, "redial failed; trying again");
                 std::thread::sleep(REDIAL_PAUSE);
