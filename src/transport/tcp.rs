@@ -318,8 +318,9 @@ pub fn connect_with(
 /// Dials `addr` again and again, opening or resuming the session `offer` names, until a pair
 /// opens or `timeout` has passed (then the last attempt's error). The destination may still be
 /// noticing that the old connection died, be unreachable for a while (a partition), or have
-/// dropped a Hello that loss held up past its handshake time. A refusal (the destination
-/// rejected the Hello: wrong version, layout, session) is final and returned at once.
+/// dropped a Hello that loss held up past its handshake time (and so refuse the other stream's
+/// as an unknown session, or be busy). A refusal no retry can change (version, layout, mode,
+/// authentication) is returned at once.
 pub fn redial(
     addr: SocketAddr,
     offer: &Offer,
@@ -331,9 +332,7 @@ pub fn redial(
         match connect_with(addr, Initiator::new(offer.clone()), options) {
             Ok(pair) => return Ok(pair),
             Err(error) if std::time::Instant::now() >= deadline => return Err(error),
-            Err(error) if error.session_error().and_then(|e| e.reject_reason()).is_some() => {
-                return Err(error)
-            }
+            Err(error) if is_final(&error) => return Err(error),
             Err(error) => {
                 tracing::info!(%error, "redial failed; trying again");
                 std::thread::sleep(REDIAL_PAUSE);
@@ -359,6 +358,13 @@ pub fn wait_for_peer_close(stream: &TcpStream, limit: Duration) {
             Ok(_) => {}
         }
     }
+}
+
+/// True for a refusal that dialling again cannot change.
+fn is_final(error: &TcpError) -> bool {
+    use crate::wire::RejectReason::{BadAuth, LayoutMismatch, Mode, Version};
+    let reason = error.session_error().and_then(SessionError::reject_reason);
+    matches!(reason, Some(BadAuth | Version | LayoutMismatch | Mode))
 }
 
 /// Pause between two redials.
