@@ -6,14 +6,14 @@
 
 mod cli_common;
 
-use cli_common::BIN;
+use cli_common::{wait_bounded, Killed, BIN};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use hybridmig::migration::{DestReport, MigrationReport, SourceReport};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Ops per second per vCPU: the guest is mid-run when the migration starts.
 const PACE: u64 = 150_000;
@@ -24,36 +24,6 @@ fn guest_args() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
-}
-
-/// Kills a child process when the test ends early.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits for `child` at most `limit`; its exit status, stdout and stderr.
-fn wait_bounded(mut child: Killed, limit: Duration) -> (std::process::ExitStatus, String, String) {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(started.elapsed() < limit, "the process did not end within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut s) = child.0.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.0.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
-    (status, out, err)
 }
 
 fn last_json(out: &str, what: &str) -> String {

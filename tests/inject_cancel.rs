@@ -7,7 +7,7 @@
 
 mod cli_common;
 
-use cli_common::{code_and_json, reference_digest, BIN};
+use cli_common::{code_and_json, reference_digest, seeded_points, BIN};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use serde_json::Value;
 use std::process::Command;
@@ -51,20 +51,6 @@ fn check_cancelled(code: Option<i32>, r: &Value, label: &str) {
     assert!(r["cancel_reason"].is_string(), "{label}: no cancel_reason");
 }
 
-/// A small seeded generator (splitmix64), so that a failing point can be replayed.
-fn points(seed: u64, count: usize) -> Vec<u64> {
-    let mut state = seed;
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            POINT_MS.start + (z ^ (z >> 31)) % (POINT_MS.end - POINT_MS.start)
-        })
-        .collect()
-}
-
 fn ready(test: &str) -> bool {
     require_kvm(test) && require_uffd(test)
 }
@@ -79,7 +65,7 @@ fn a_destination_disconnect_before_the_hand_over_cancels() {
     }
     let seed = std::env::var("HM_INJECT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
     let expected = reference_digest(&guest_args());
-    let points = points(seed, 5);
+    let points = seeded_points(seed, 5, POINT_MS);
     eprintln!("seed {seed} (HM_INJECT_SEED={seed} replays it): points {points:?} ms");
     // Three points in pre-copy's rounds, two in hybrid's live pass.
     for (i, at_ms) in points.into_iter().enumerate() {

@@ -8,7 +8,7 @@
 
 mod cli_common;
 
-use cli_common::{code_and_json, reference_digest, BIN};
+use cli_common::{code_and_json, reference_digest, seeded_points, BIN};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use serde_json::Value;
 use std::process::Command;
@@ -49,20 +49,6 @@ fn migrate(mode: &str, inject: &str, expected: &str) -> Value {
     r
 }
 
-/// A small seeded generator (splitmix64), so that a failing point can be replayed.
-fn points(seed: u64, count: usize, range: std::ops::Range<u64>) -> Vec<u64> {
-    let mut state = seed;
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            range.start + (z ^ (z >> 31)) % (range.end - range.start)
-        })
-        .collect()
-}
-
 fn seed() -> u64 {
     std::env::var("HM_RECOVERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(11)
 }
@@ -80,7 +66,7 @@ fn disconnects_after_the_resume_recover() {
     }
     let seed = seed();
     let expected = reference_digest(&guest_args());
-    let points = points(seed, 10, POINT_MS);
+    let points = seeded_points(seed, 10, POINT_MS);
     eprintln!("seed {seed} (HM_RECOVERY_SEED={seed} replays it): points {points:?} ms");
     let sides = ["src", "dst"];
     let kinds = ["disconnect", "disconnect-bulk", "disconnect-urgent"];

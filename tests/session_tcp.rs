@@ -6,7 +6,7 @@
 
 mod cli_common;
 
-use cli_common::BIN;
+use cli_common::{wait_bounded, Killed, BIN};
 use hybridmig::host_check::require_kvm;
 use hybridmig::session::{AcceptorConfig, Initiator, Offer, SessionError};
 use hybridmig::transport::tcp::{self, PairListener, TcpError};
@@ -16,7 +16,7 @@ use hybridmig::wire::{
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -139,37 +139,6 @@ fn a_refused_half_does_not_keep_a_slot() {
     let dropped = l.take_dropped();
     let err = &dropped[0].reason;
     assert_eq!(err.session_error().and_then(SessionError::reject_reason), Some(RejectReason::Busy));
-}
-
-/// Kills a child process when the test ends early.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits for `child` at most `limit`; its exit status, stdout and stderr.
-fn wait_bounded(mut child: Killed, limit: Duration) -> (std::process::ExitStatus, String, String) {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(started.elapsed() < limit, "the process did not end within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut s) = child.0.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.0.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
-    (status, out, err)
 }
 
 fn guest(mem: &str) -> [&str; 4] {

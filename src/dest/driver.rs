@@ -11,7 +11,7 @@ use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
-use crate::driver::recovery::{is_recoverable, reconnect, Recovery, RecoveryCount};
+use crate::driver::recovery::{run_recovering, Recovery, Resumable};
 use crate::driver::schedule::{self, DestSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -115,7 +115,7 @@ pub fn run_dest_recovering(
     pair: &StreamPair,
     opts: &DestDriverOptions,
     on_tick: &mut dyn FnMut(&DestEngine),
-    mut recovery: Option<Recovery<'_>>,
+    recovery: Option<Recovery<'_>>,
 ) -> Result<DestRun, DriverError> {
     let regions = vm.regions();
     let layout = layout_of(&regions).map_err(DestError::from)?;
@@ -145,23 +145,7 @@ pub fn run_dest_recovering(
         name: "destination",
         inject: opts.inject.clone(),
     };
-    let mut injector = event_loop::start_injector(&mut io, &loop_opts);
-    let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
-    let mut count = RecoveryCount::default();
-    loop {
-        let error = match event_loop::run_with(&mut wing, &mut io, &loop_opts, &mut injector) {
-            Ok(()) => break,
-            Err(error) => error,
-        };
-        let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
-        else {
-            return Err(error);
-        };
-        let holding = || wing.engine.holding();
-        count.recovery_ms += reconnect(&mut io, recovery, error, holding)?;
-        count.recoveries += 1;
-        wing.engine.on_reconnect()?;
-    }
+    let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
     let mut run = finish_run(wing.ctx.run, &engine, &io)?;
     run.recovery_ms = count.recovery_ms;
     // The source lets go of the streams once it has the DoneAck; leaving first could reset a
@@ -264,6 +248,16 @@ impl Wing for DestWing<'_, '_> {
 
     fn resume_ns(&self) -> Option<u64> {
         Some(self.ctx.run.resume_ns).filter(|&ns| ns > 0)
+    }
+}
+
+impl Resumable for DestWing<'_, '_> {
+    fn holding(&self) -> String {
+        self.engine.holding()
+    }
+
+    fn on_reconnect(&mut self) -> Result<(), DriverError> {
+        Ok(self.engine.on_reconnect()?)
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`crate::dest::DestEngine::on_reconnect`]). The ring stays: on the destination its armed
 //! userfaultfd read, and any fault message it already holds, carry over to the new connection.
 
-use super::event_loop::LoopIo;
+use super::event_loop::{self, LoopIo, LoopOptions, Wing};
 use super::DriverError;
 use crate::transport::ring_streams::StreamError;
 use crate::transport::tcp::{StreamPair, TcpError};
@@ -38,6 +38,41 @@ pub struct RecoveryCount {
     pub recoveries: u64,
     /// Time from each failure to its new connection, summed (ms).
     pub recovery_ms: f64,
+}
+
+/// A wing whose engine can go on over a new connection.
+pub trait Resumable: Wing {
+    /// What this side keeps while no connection is up (for the error if none comes).
+    fn holding(&self) -> String;
+    /// A new connection is attached: the engine resumes from where the peer stands.
+    fn on_reconnect(&mut self) -> Result<(), DriverError>;
+}
+
+/// Runs `wing` to its end, replacing each lost connection through `recovery` (none: a lost
+/// connection ends it, as it does when the injection plan refuses to reconnect). The injector
+/// lives across the runs, so each injected fault fires once.
+pub fn run_recovering<W: Resumable>(
+    wing: &mut W,
+    io: &mut LoopIo,
+    opts: &LoopOptions,
+    mut recovery: Option<Recovery<'_>>,
+) -> Result<RecoveryCount, DriverError> {
+    let mut injector = event_loop::start_injector(io, opts);
+    let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
+    let mut count = RecoveryCount::default();
+    loop {
+        let error = match event_loop::run_with(wing, io, opts, &mut injector) {
+            Ok(()) => return Ok(count),
+            Err(error) => error,
+        };
+        let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
+        else {
+            return Err(error);
+        };
+        count.recovery_ms += reconnect(io, recovery, error, || wing.holding())?;
+        count.recoveries += 1;
+        wing.on_reconnect()?;
+    }
 }
 
 /// True for a failure of the connection itself, which a new one cures: the peer closed it or

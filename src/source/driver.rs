@@ -9,7 +9,7 @@ use super::config::SourceStats;
 use super::engine::SourceEngine;
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
-use crate::driver::recovery::{is_recoverable, reconnect, Recovery, RecoveryCount};
+use crate::driver::recovery::{run_recovering, Recovery, Resumable};
 use crate::driver::schedule::{self, SourceSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -70,7 +70,7 @@ pub fn run_source_recovering(
     pair: &StreamPair,
     opts: &SourceDriverOptions,
     on_tick: &mut dyn FnMut(&SourceEngine),
-    mut recovery: Option<Recovery<'_>>,
+    recovery: Option<Recovery<'_>>,
 ) -> Result<SourceStats, DriverError> {
     let mut io = LoopIo::new(
         pair,
@@ -87,23 +87,7 @@ pub fn run_source_recovering(
         inject: opts.inject.clone(),
     };
     let mut wing = SourceWing { engine, vm, on_tick, bulk_buf_bytes: opts.bulk_buf_bytes };
-    let mut injector = event_loop::start_injector(&mut io, &loop_opts);
-    let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
-    let mut count = RecoveryCount::default();
-    loop {
-        let error = match event_loop::run_with(&mut wing, &mut io, &loop_opts, &mut injector) {
-            Ok(()) => break,
-            Err(error) => error,
-        };
-        let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
-        else {
-            return Err(error);
-        };
-        let holding = || wing.engine.holding();
-        count.recovery_ms += reconnect(&mut io, recovery, error, holding)?;
-        count.recoveries += 1;
-        wing.engine.on_reconnect();
-    }
+    let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
     let mut stats = wing.engine.stats().clone();
     stats.recovery_ms = count.recovery_ms;
     stats.bytes_bulk = io.streams.bytes_sent[0];
@@ -181,6 +165,17 @@ impl Wing for SourceWing<'_> {
 
     fn resume_ns(&self) -> Option<u64> {
         Some(self.engine.stats().state_sent_ns).filter(|&ns| ns > 0)
+    }
+}
+
+impl Resumable for SourceWing<'_> {
+    fn holding(&self) -> String {
+        self.engine.holding()
+    }
+
+    fn on_reconnect(&mut self) -> Result<(), DriverError> {
+        self.engine.on_reconnect();
+        Ok(())
     }
 }
 
