@@ -141,3 +141,29 @@ fn a_short_stall_still_completes() {
     let at_ms = injected[0]["at_ms"].as_f64().unwrap_or(0.0);
     assert!((20.0..40.0).contains(&at_ms), "the stall began at {at_ms} ms");
 }
+
+/// The destination's VMM refuses the state (`fail-load`): the destination answers `Loaded`
+/// with its refusal before it ever runs the guest, and the source cancels at once, with no
+/// recovery wait; its paused guest resumes and finishes exact. Pre-copy hands over after its
+/// rounds, post-copy right after the pause.
+#[test]
+fn a_state_that_does_not_load_cancels_at_once() {
+    if !ready("a_state_that_does_not_load_cancels_at_once") {
+        return;
+    }
+    let expected = reference_digest(&guest_args());
+    for mode in ["precopy", "postcopy"] {
+        let (code, r) = migrate(mode, "fail-load", &expected);
+        check_cancelled(code, &r, mode);
+        let reason = r["cancel_reason"].as_str().unwrap_or("");
+        assert!(reason.contains("could not load"), "{mode}: {reason}");
+        let dest_reason = r["dest_cancel_reason"].as_str().unwrap_or("");
+        assert!(dest_reason.contains("fail-load"), "{mode}: the destination said {dest_reason}");
+        let paused_ms = r["cancelled_at_ms"].as_f64().unwrap_or(f64::MAX)
+            - r["pause_at_ms"].as_f64().unwrap_or(0.0);
+        // A recovery would wait seconds for a destination that is gone; the refusal is a
+        // round trip.
+        assert!(paused_ms < 1000.0, "{mode}: the guest stayed paused {paused_ms} ms");
+        eprintln!("{mode}: cancelled {paused_ms:.2} ms after the pause: {reason}");
+    }
+}

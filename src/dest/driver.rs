@@ -204,9 +204,14 @@ impl Wing for DestWing<'_, '_> {
 
     fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError> {
         schedule::dest_flush(&mut Turn { wing: &mut *self, io: &mut *io })?;
-        if self.engine.phase() == DestPhase::Complete && io.streams.in_flight(StreamKind::Bulk) == 0
-        {
-            return Ok(Next::Done);
+        let flushed = io.streams.in_flight(StreamKind::Bulk) == 0;
+        match self.engine.phase() {
+            DestPhase::Complete if flushed => return Ok(Next::Done),
+            // The refusal is out: the source resumes its guest, and this side ends.
+            DestPhase::Refused if flushed => {
+                return Err(self.engine.take_refusal().unwrap_or(DestError::StateRefused).into());
+            }
+            _ => {}
         }
         Ok(Next::Wait)
     }
@@ -225,6 +230,18 @@ impl Wing for DestWing<'_, '_> {
 
     fn closed_is_fine(&self) -> bool {
         self.engine.phase() == DestPhase::Complete
+    }
+
+    /// After a refused state the source closes as soon as it read the refusal: the refusal,
+    /// not the closed stream, is why this side ends.
+    fn on_closed(&mut self, _io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
+        match self.engine.phase() {
+            DestPhase::Complete => Ok(()),
+            DestPhase::Refused => {
+                Err(self.engine.take_refusal().unwrap_or(DestError::StateRefused).into())
+            }
+            _ => Err(DriverError::PeerClosed { stream, phase: self.phase() }),
+        }
     }
 
     fn on_other(&mut self, io: &mut LoopIo, completion: Completion) -> Result<(), DriverError> {

@@ -40,10 +40,16 @@ pub enum DestEvent {
 pub enum DestPhase {
     /// Receiving pages before the switch-over.
     PreSwitch,
+    /// The state is restored and the guest paused here, waiting for the source's `Run`
+    /// (protocol version 3 on): the source is still authoritative.
+    Loaded,
     /// Guest running; pages arrive on demand and in the background.
     Running,
     /// Every page is here.
     Complete,
+    /// The state could not be loaded: the source heard so and keeps the guest; this side only
+    /// sends its refusal and ends ([`DestEngine::take_refusal`]).
+    Refused,
 }
 
 /// Counters and instants the destination reports.
@@ -120,6 +126,8 @@ pub struct DestEngine {
     windows_received: [u64; 2],
     /// Fault requests asked again, and the answer time that paces them.
     retries: retry::Retries,
+    /// Why the state did not load (phase [`DestPhase::Refused`]).
+    refusal: Option<DestError>,
     stats: DestStats,
 }
 
@@ -184,6 +192,7 @@ impl DestEngine {
             done: None,
             windows_received: [0; 2],
             retries: retry::Retries::default(),
+            refusal: None,
             stats: DestStats::default(),
         }
     }
@@ -315,6 +324,11 @@ impl DestEngine {
             wire::FrameBody::VmState(blob) if self.phase == DestPhase::PreSwitch => {
                 self.on_state(blob, vm)
             }
+            wire::FrameBody::Control(c)
+                if c.kind == wire::ControlKind::Run && self.phase == DestPhase::Loaded =>
+            {
+                self.run(vm)
+            }
             wire::FrameBody::Done(done) if self.phase == DestPhase::Complete => {
                 // The first DoneAck was lost with a connection: answer the repeated Done,
                 // acknowledging every window first, as the first time.
@@ -325,7 +339,9 @@ impl DestEngine {
                 self.queue_done_ack(&done);
                 Ok(None)
             }
-            wire::FrameBody::Done(done) if self.phase != DestPhase::PreSwitch => {
+            wire::FrameBody::Done(done)
+                if !matches!(self.phase, DestPhase::PreSwitch | DestPhase::Loaded) =>
+            {
                 self.stats.source_digest = done.memory_digest;
                 self.done = Some(done);
                 Ok(self.check_complete())
@@ -374,15 +390,46 @@ impl DestEngine {
         Ok(())
     }
 
-    /// Restores the state and resumes the guest: from here on it runs on this side.
+    /// Restores the state; from version 3 the guest waits for `Run`, and the source hears
+    /// `Loaded`. A version-2 source hands over with the state itself.
     fn on_state(
         &mut self,
         blob: &[u8],
         vm: &mut dyn DestVm,
     ) -> Result<Option<DestEvent>, DestError> {
         self.stats.state_received_ns = self.clock.now_ns();
-        tracing::info!(blob_bytes = blob.len(), "destination: state arrived, resuming the guest");
-        vm.restore_state(blob)?;
+        tracing::info!(blob_bytes = blob.len(), "destination: state arrived, restoring it");
+        if self.version < wire::VERSION_HAND_OVER {
+            vm.restore_state(blob)?;
+            return self.run(vm);
+        }
+        let value = match vm.restore_state(blob) {
+            Ok(()) => {
+                self.phase = DestPhase::Loaded;
+                0
+            }
+            Err(error) => {
+                // The source still holds the guest: tell it, so it resumes its copy at once
+                // instead of waiting out a recovery.
+                tracing::error!(%error, "destination: the state does not load; refusing it");
+                self.phase = DestPhase::Refused;
+                self.refusal = Some(error.into());
+                wire::LOADED_REFUSED
+            }
+        };
+        let loaded = wire::Control { kind: wire::ControlKind::Loaded, seq: 0, value };
+        self.bulk_out.push_back(BulkFrame::Control(loaded));
+        Ok(None)
+    }
+
+    /// Why the state was refused, once the phase is [`DestPhase::Refused`].
+    pub fn take_refusal(&mut self) -> Option<DestError> {
+        self.refusal.take()
+    }
+
+    /// The hand-over: the guest resumes here and from now on runs on this side.
+    fn run(&mut self, vm: &mut dyn DestVm) -> Result<Option<DestEvent>, DestError> {
+        tracing::info!("destination: hand-over, resuming the guest");
         // Running before the resume: a vCPU's first fault must find the engine ready for it.
         self.residency.start_running();
         self.phase = DestPhase::Running;
@@ -610,8 +657,27 @@ mod tests {
         let body = wire::FrameBody::VmState(b"state");
         wire::encode_frame(&mut out, wire::VERSION_CURRENT, &body, &limits).expect("state");
         feed(&mut dest, StreamKind::Bulk, &out, sink);
-        assert_eq!(dest.phase(), DestPhase::Running);
+        assert_eq!(dest.phase(), DestPhase::Loaded);
         assert_eq!(sink.restored.as_deref(), Some(&b"state"[..]), "the engine restored the state");
+        assert!(!sink.resumed, "the guest waits for the source's Run");
+        let mut answer = Vec::new();
+        assert!(dest.poll_bulk(&mut answer));
+        let (frame, _) = wire::decode_frame(&answer, &limits).expect("Loaded");
+        assert!(matches!(
+            frame.body,
+            wire::FrameBody::Control(c) if c.kind == wire::ControlKind::Loaded
+        ));
+        let mut out = Vec::new();
+        let run = wire::Control { kind: wire::ControlKind::Run, seq: 0, value: 0 };
+        wire::encode_frame(
+            &mut out,
+            wire::VERSION_CURRENT,
+            &wire::FrameBody::Control(run),
+            &limits,
+        )
+        .expect("run");
+        feed(&mut dest, StreamKind::Bulk, &out, sink);
+        assert_eq!(dest.phase(), DestPhase::Running);
         assert!(sink.resumed, "the engine resumed the guest through its port");
         dest
     }

@@ -56,6 +56,9 @@ pub enum DestError {
     /// The VMM failed.
     #[error(transparent)]
     Vm(#[from] crate::ports::EmbedError),
+    /// The state did not load (the VMM's error was reported once, when it happened).
+    #[error("the guest's state did not load here; the source keeps the guest")]
+    StateRefused,
     /// The memory digest did not match the source's.
     #[error(
         "memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}"

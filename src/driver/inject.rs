@@ -12,7 +12,7 @@
 //!  spec   = [side ":"] fault
 //!  side   = "src" | "dst"
 //!  fault  = "disconnect@" point | "disconnect-bulk@" point | "disconnect-urgent@" point
-//!         | "stall@" point ":" MS | "corrupt@" N | "refuse-reconnect"
+//!         | "stall@" point ":" MS | "corrupt@" N | "refuse-reconnect" | "fail-load"
 //!  point  = ("start" | "switchover" | "resume") ["+" MS]
 //! ```
 
@@ -132,6 +132,9 @@ pub enum Fault {
     },
     /// This side will not accept or dial a new connection after a disconnect.
     RefuseReconnect,
+    /// The destination's VMM refuses the state it is sent (as a state from an incompatible
+    /// host would be refused).
+    FailLoad,
 }
 
 impl Fault {
@@ -143,6 +146,7 @@ impl Fault {
                 &[Side::Source, Side::Dest]
             }
             Fault::Timed(TimedFault::Stall { .. }) | Fault::Corrupt { .. } => &[Side::Source],
+            Fault::FailLoad => &[Side::Dest],
         }
     }
 }
@@ -182,12 +186,18 @@ pub struct SidePlan {
     /// Set by `refuse-reconnect`: after a disconnect this side must not accept or dial a new
     /// connection. The recovery code reads it; nothing else does.
     pub refuse_reconnect: bool,
+    /// Set by `fail-load`: the destination's VMM refuses the state. The host's VM adapter
+    /// reads it.
+    pub fail_load: bool,
 }
 
 impl SidePlan {
     /// True when the plan injects nothing and refuses nothing.
     pub fn is_empty(&self) -> bool {
-        self.timed.is_empty() && self.corrupt_bulk_frame.is_none() && !self.refuse_reconnect
+        self.timed.is_empty()
+            && self.corrupt_bulk_frame.is_none()
+            && !self.refuse_reconnect
+            && !self.fail_load
     }
 }
 
@@ -217,7 +227,7 @@ pub enum InjectError {
         got: String,
     },
     /// The fault's name is unknown.
-    #[error("--inject spec `{spec}`: unknown fault `{got}` (disconnect, disconnect-bulk, disconnect-urgent, stall, corrupt, refuse-reconnect)")]
+    #[error("--inject spec `{spec}`: unknown fault `{got}` (disconnect, disconnect-bulk, disconnect-urgent, stall, corrupt, refuse-reconnect, fail-load)")]
     UnknownFault {
         /// The spec.
         spec: String,
@@ -364,6 +374,7 @@ fn side_plan<'a>(specs: impl Iterator<Item = &'a InjectSpec>) -> SidePlan {
             Fault::Timed(fault) => plan.timed.push(fault),
             Fault::Corrupt { nth } => plan.corrupt_bulk_frame = Some(nth),
             Fault::RefuseReconnect => plan.refuse_reconnect = true,
+            Fault::FailLoad => plan.fail_load = true,
         }
     }
     plan
@@ -394,6 +405,10 @@ fn parse_spec(text: &str) -> Result<InjectSpec, InjectError> {
             return Err(InjectError::UnexpectedArgument { spec: spec() })
         }
         "refuse-reconnect" => Fault::RefuseReconnect,
+        "fail-load" if arg.is_some() => {
+            return Err(InjectError::UnexpectedArgument { spec: spec() })
+        }
+        "fail-load" => Fault::FailLoad,
         "disconnect" | "disconnect-bulk" | "disconnect-urgent" => {
             let streams = match name {
                 "disconnect-bulk" => Streams::Bulk,
@@ -507,6 +522,7 @@ fn render(fault: &Fault) -> String {
         Fault::Timed(t) => t.to_string(),
         Fault::Corrupt { nth } => format!("corrupt@{nth}"),
         Fault::RefuseReconnect => "refuse-reconnect".to_string(),
+        Fault::FailLoad => "fail-load".to_string(),
     }
 }
 
@@ -520,6 +536,9 @@ impl fmt::Display for SidePlan {
         }
         if self.refuse_reconnect {
             parts.push(render(&Fault::RefuseReconnect));
+        }
+        if self.fail_load {
+            parts.push(render(&Fault::FailLoad));
         }
         f.write_str(&parts.join(","))
     }

@@ -81,10 +81,16 @@ pub fn source_bulk<S: SourceSide>(side: &mut S, buf_bytes: usize) -> Result<bool
             let (engine, vm) = side.parts();
             engine.poll_bulk(&mut frames, vm)?
         } {
+            if side.parts().0.awaits_loaded() {
+                // The state was just encoded: the destination loads it and answers, and
+                // nothing else may go before that answer, so it leaves now.
+                state_out = true;
+                break;
+            }
             if side.parts().0.phase() == Phase::Push {
                 if phase_before != Phase::Push {
-                    // The state was just encoded: the destination resumes when it arrives, so
-                    // it leaves now, not behind a buffer of pushed pages.
+                    // The hand-over was just encoded: the destination resumes when it arrives,
+                    // so it leaves now, not behind a buffer of pushed pages.
                     state_out = true;
                     break;
                 }

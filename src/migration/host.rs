@@ -24,6 +24,8 @@ use std::time::Duration;
 /// The built-in VMM seen through the engines' narrow interface.
 pub struct KvmGuest<'a> {
     vm: &'a mut Vm,
+    /// Refuse every state (the `fail-load` injection).
+    refuse_state: bool,
 }
 
 impl std::fmt::Debug for KvmGuest<'_> {
@@ -35,7 +37,14 @@ impl std::fmt::Debug for KvmGuest<'_> {
 impl<'a> KvmGuest<'a> {
     /// Wraps `vm`.
     pub fn new(vm: &'a mut Vm) -> Self {
-        Self { vm }
+        Self { vm, refuse_state: false }
+    }
+
+    /// Refuses every state it is asked to restore, as a VMM refuses a state from an
+    /// incompatible host: for drills of the cancelled hand-over (`--inject fail-load`).
+    pub fn refusing_state(mut self) -> Self {
+        self.refuse_state = true;
+        self
     }
 }
 
@@ -97,6 +106,13 @@ impl MigratableVm for KvmGuest<'_> {
     }
 
     fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError> {
+        if self.refuse_state {
+            tracing::warn!("injected: fail-load, the state is refused");
+            return Err(EmbedError::Vm {
+                op: "restore_state",
+                source: "the state was refused (injected fail-load)".into(),
+            });
+        }
         let state = VmState::from_blob(blob)
             .map_err(|e| EmbedError::Vm { op: "restore_state", source: Box::new(e) })?;
         self.vm.restore_state(&state).map_err(vm_err("restore_state"))
@@ -411,6 +427,9 @@ pub fn run_dest_host(
     let mut report = DestReport::default();
     let mut timeline = ProgressTimeline::default();
     let mut guest = KvmGuest::new(&mut vm);
+    if opts.inject.as_ref().is_some_and(|plan| plan.fail_load) {
+        guest = guest.refusing_state();
+    }
     let ops_source = OpsReader::new(&guest);
     let counter_pages = ops_source.pages(&guest);
     let injection = opts.inject.clone().map(|plan| Injection::new(Side::Dest, plan));

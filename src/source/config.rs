@@ -137,6 +137,10 @@ pub struct SourceStats {
     pub pause_ns: u64,
     /// When the VmState frame was handed to the driver (mono ns).
     pub state_sent_ns: u64,
+    /// When the `Run` command (the hand-over) was handed to the driver (mono ns; with a
+    /// version-2 peer, the VmState's instant).
+    #[serde(default)]
+    pub run_sent_ns: u64,
     /// When DoneAck arrived (mono ns).
     pub finished_ns: u64,
     /// Frame bytes produced for the bulk stream.

@@ -164,7 +164,7 @@ impl Wing for SourceWing<'_> {
     }
 
     fn resume_ns(&self) -> Option<u64> {
-        Some(self.engine.stats().state_sent_ns).filter(|&ns| ns > 0)
+        Some(self.engine.stats().run_sent_ns).filter(|&ns| ns > 0)
     }
 }
 

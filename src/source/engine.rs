@@ -100,6 +100,8 @@ pub struct SourceEngine {
     /// The frame that lets the destination run the guest has been queued (see
     /// [`SourceEngine::handed_over`]).
     handed_over: bool,
+    /// The destination answered `Loaded` to the state last sent: `Run` may go.
+    dest_loaded: bool,
 }
 
 /// Stale pages left after a drain above which they are named and drained again rather than
@@ -161,6 +163,7 @@ impl SourceEngine {
             recovery: None,
             bulk_answers: std::collections::VecDeque::new(),
             handed_over: false,
+            dest_loaded: false,
         })
     }
 
@@ -181,7 +184,7 @@ impl SourceEngine {
     }
 
     /// True once the frame that lets the destination run the guest has been queued for
-    /// sending (today the VmState). Before it, the source is authoritative: a failure cancels
+    /// sending (the `Run` command; the VmState with a version-2 peer). Before it, the source is authoritative: a failure cancels
     /// the migration and the source guest runs on. From it on, the destination may run the
     /// guest, so the source must never resume its own copy, whatever fails.
     pub fn handed_over(&self) -> bool {
@@ -227,6 +230,9 @@ impl SourceEngine {
             wire::FrameBody::DirtySet(set) => self.on_missing(&set),
             wire::FrameBody::Control(c) if c.kind == wire::ControlKind::Resume => {
                 self.on_report_end(c.value)
+            }
+            wire::FrameBody::Control(c) if c.kind == wire::ControlKind::Loaded => {
+                self.on_loaded(c.value)
             }
             wire::FrameBody::Control(c) => {
                 self.on_control(&c);

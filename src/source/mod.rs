@@ -59,4 +59,8 @@ pub enum SourceError {
         /// Destination digest.
         dest_digest: u64,
     },
+    /// The destination could not load the state it was sent and will not run the guest: the
+    /// migration is cancelled, and the guest resumes here.
+    #[error("the destination could not load the guest's state (its log names why); the migration is cancelled and the guest stays on the source")]
+    StateRefused,
 }

@@ -146,6 +146,12 @@ pub enum ControlKind {
     Ping = 4,
     /// Answer to `Ping`.
     Pong = 5,
+    /// The destination restored the state (from version 3): it holds the paused guest and
+    /// waits for `Run`. The source is still authoritative.
+    Loaded = 6,
+    /// The hand-over (from version 3): the destination resumes the guest. From the moment it
+    /// is sent, the source never resumes its own copy.
+    Run = 7,
 }
 
 /// Bit of a destination's `Resume` value: the guest runs on the destination (the state
@@ -153,6 +159,10 @@ pub enum ControlKind {
 pub const RESUME_DEST_RUNNING: u64 = 1;
 /// Bit of a destination's `Resume` value: every page is there and its DoneAck went out.
 pub const RESUME_DEST_COMPLETE: u64 = 2;
+
+/// Value of a `Loaded` control: the destination could not load the state and will not run
+/// the guest (0: loaded).
+pub const LOADED_REFUSED: u64 = 1;
 
 /// A generic control frame (pause / resume / ack / ping), for connection recovery and flow
 /// control.
@@ -181,6 +191,8 @@ impl Control {
             3 => ControlKind::Ack,
             4 => ControlKind::Ping,
             5 => ControlKind::Pong,
+            6 => ControlKind::Loaded,
+            7 => ControlKind::Run,
             got => return Err(WireError::InvalidField { field: "control.kind", got: got.into() }),
         };
         let seq = c.u64("control.seq")?;

@@ -12,9 +12,12 @@ use super::WireError;
 /// First four bytes of every frame: ASCII "HMIG".
 pub const MAGIC: u32 = 0x484D_4947;
 /// The newest protocol version this codec speaks (N).
-pub const VERSION_CURRENT: u16 = 2;
+pub const VERSION_CURRENT: u16 = 3;
 /// The oldest protocol version this codec still speaks (N-1).
-pub const VERSION_MIN: u16 = 1;
+pub const VERSION_MIN: u16 = 2;
+/// The first version whose switch-over hands the guest over with its own `Run` command, after
+/// the destination answered `Loaded` (before it, the destination resumed on the VmState).
+pub const VERSION_HAND_OVER: u16 = 3;
 /// Bytes in the frame header.
 pub const HEADER_LEN: usize = 16;
 

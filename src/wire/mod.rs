@@ -54,15 +54,15 @@ mod reader;
 mod window;
 
 pub use control::{
-    Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest, RESUME_DEST_COMPLETE,
-    RESUME_DEST_RUNNING,
+    Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest, LOADED_REFUSED,
+    RESUME_DEST_COMPLETE, RESUME_DEST_RUNNING,
 };
 pub use dirty::{encode_dirty_set, DirtyFormat, DirtyRuns, DirtySetRef, DirtyStats, PageRun};
 pub use error::WireError;
 pub use frame::{decode_frame, encode_frame, Frame, FrameBody};
 pub use header::{
     check_version, parse_header, FrameHeader, FrameType, HeaderInfo, Limits, FLAG_HELLO_RESUME,
-    FLAG_URGENT_ANSWER, HEADER_LEN, MAGIC, VERSION_CURRENT, VERSION_MIN,
+    FLAG_URGENT_ANSWER, HEADER_LEN, MAGIC, VERSION_CURRENT, VERSION_HAND_OVER, VERSION_MIN,
 };
 pub use hello::{
     check_regions, negotiate_version, Hello, HelloAck, MigrationMode, Region, RejectReason,

@@ -145,7 +145,7 @@ impl DestEngine {
         sink: &mut dyn PageSink,
     ) -> Result<(), DestError> {
         let count = (bytes.len() / PAGE_SIZE) as u32;
-        if present && self.phase != DestPhase::PreSwitch {
+        if present && !matches!(self.phase, DestPhase::PreSwitch | DestPhase::Loaded) {
             self.stats.pages_duplicate += u64::from(count);
             return Ok(());
         }

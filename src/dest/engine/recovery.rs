@@ -52,8 +52,13 @@ impl DestEngine {
             )?;
         }
         self.bulk_out.push_back(BulkFrame::Encoded(report));
+        if self.phase == DestPhase::Loaded {
+            // Not told to run: the restored state is forgotten, and the source sends the
+            // switch-over again (its need set is read only before a state).
+            self.phase = DestPhase::PreSwitch;
+        }
         let value = match self.phase {
-            DestPhase::PreSwitch => 0,
+            DestPhase::PreSwitch | DestPhase::Loaded | DestPhase::Refused => 0,
             DestPhase::Running => wire::RESUME_DEST_RUNNING,
             DestPhase::Complete => wire::RESUME_DEST_RUNNING | wire::RESUME_DEST_COMPLETE,
         };

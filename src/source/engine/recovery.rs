@@ -28,6 +28,9 @@ impl SourceEngine {
         // that does not run the guest yet overwrites a present copy). Acknowledgement
         // sequences start again on the new connection.
         self.bulk_answers.clear();
+        // A `Loaded` that came on the old connection is void: the destination forgets a
+        // restored state it was not told to run, and the state goes again.
+        self.dest_loaded = false;
         for (first, count) in self.acks.take_unacked() {
             self.stats.pages_resent += self.ledger.doubt(first, count);
         }
@@ -87,7 +90,7 @@ impl SourceEngine {
             Phase::Setup | Phase::Rounds | Phase::WorkingSet | Phase::Finished => {}
             Phase::SwitchOver | Phase::Push | Phase::AwaitDoneAck if !dest_runs => {
                 self.phase = Phase::SwitchOver;
-                let plan = SwitchPlan::again(self.cfg.mode, self.rounds.fallback());
+                let plan = SwitchPlan::again(self.cfg.mode, self.rounds.fallback(), self.version);
                 self.ledger.drop_pending();
                 if plan.sends_pages() {
                     self.ledger.queue_needed();

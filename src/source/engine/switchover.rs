@@ -1,7 +1,12 @@
 //! The switch-over: the guest pauses, and what must precede the destination's resume is
-//! queued as a plan (pages, need set, state) that lives only while the switch-over runs.
+//! queued as a plan (pages, need set, state, run) that lives only while the switch-over runs.
 //! `switch_over` makes the plan; `poll_switch` emits it, one frame per poll, and enters the
-//! push once the state is out.
+//! push once the hand-over is out.
+//!
+//! The hand-over is its own command (from protocol version 3): the state goes, the
+//! destination restores it and answers `Loaded`, and only then does `Run` go. So a state that
+//! fails to load, or a connection lost while it loads, leaves the source authoritative: the
+//! migration is recovered or cancelled, and the guest never runs on both hosts.
 
 use super::*;
 
@@ -14,20 +19,27 @@ enum SwitchItem {
     NeedSet,
     /// The VmState blob.
     State,
+    /// The `Run` command, once the destination answered `Loaded`.
+    Run,
 }
 
-/// The switch-over's plan: up to three items, emitted in order.
+/// The switch-over's plan: up to four items, emitted in order.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SwitchPlan {
-    items: [SwitchItem; 3],
+    items: [SwitchItem; 4],
     len: usize,
     next: usize,
 }
 
 impl SwitchPlan {
-    fn new(items: &[SwitchItem]) -> Self {
-        let mut plan = Self { items: [SwitchItem::State; 3], len: items.len().min(3), next: 0 };
-        plan.items[..plan.len].copy_from_slice(&items[..plan.len]);
+    /// `items`, then `Run` when the session's version has the separate hand-over.
+    fn new(items: &[SwitchItem], version: u16) -> Self {
+        let len = items.len().min(3);
+        let mut plan = Self { items: [SwitchItem::Run; 4], len, next: 0 };
+        plan.items[..len].copy_from_slice(&items[..len]);
+        if version >= wire::VERSION_HAND_OVER {
+            plan.len += 1;
+        }
         plan
     }
 
@@ -35,11 +47,13 @@ impl SwitchPlan {
     /// destination: a converged pre-copy sends what the destination lacks, then every mode
     /// sends the need set and the state. Downtime pages of the hybrid modes were a saving,
     /// not a need, and are left to the push.
-    pub(super) fn again(mode: MigrationMode, precopy_fallback: bool) -> Self {
+    pub(super) fn again(mode: MigrationMode, precopy_fallback: bool, version: u16) -> Self {
         use SwitchItem::{NeedSet, Pages, State};
         match mode {
-            MigrationMode::Precopy if !precopy_fallback => Self::new(&[Pages, NeedSet, State]),
-            _ => Self::new(&[NeedSet, State]),
+            MigrationMode::Precopy if !precopy_fallback => {
+                Self::new(&[Pages, NeedSet, State], version)
+            }
+            _ => Self::new(&[NeedSet, State], version),
         }
     }
 
@@ -103,7 +117,7 @@ impl SourceEngine {
                 &[Pages, NeedSet, State]
             }
         };
-        self.switch = Some(SwitchPlan::new(items));
+        self.switch = Some(SwitchPlan::new(items, self.version));
         Ok(())
     }
 
@@ -151,15 +165,60 @@ impl SourceEngine {
                         &self.limits,
                     )?;
                     self.stats.state_sent_ns = self.now_ns();
-                    self.handed_over = true;
+                    self.dest_loaded = false;
                     self.pop_switch_item();
-                    self.enter_push();
+                    if self.switch.as_ref().and_then(SwitchPlan::front).is_none() {
+                        // A version-2 peer resumes on the state itself.
+                        self.hand_over();
+                    }
+                    return Ok(true);
+                }
+                SwitchItem::Run => {
+                    if !self.dest_loaded {
+                        return Ok(false); // the destination is still loading the state
+                    }
+                    let run = wire::Control { kind: wire::ControlKind::Run, seq: 0, value: 0 };
+                    let body = wire::FrameBody::Control(run);
+                    wire::encode_frame(out, self.version, &body, &self.limits)?;
+                    self.pop_switch_item();
+                    self.hand_over();
                     return Ok(true);
                 }
             }
             self.pop_switch_item();
         }
         Ok(false)
+    }
+
+    /// The command that lets the destination run the guest is out: from here on the source
+    /// never resumes its copy, and the push begins.
+    fn hand_over(&mut self) {
+        self.stats.run_sent_ns = self.now_ns();
+        self.handed_over = true;
+        self.enter_push();
+    }
+
+    /// True while the state is out and the destination has not yet answered `Loaded`.
+    pub fn awaits_loaded(&self) -> bool {
+        self.switch.as_ref().and_then(SwitchPlan::front) == Some(SwitchItem::Run)
+            && !self.dest_loaded
+    }
+
+    /// The destination answered `Loaded`: it holds the state, and `Run` may go; or it could
+    /// not load it, which cancels the migration (the guest never left this host).
+    pub(super) fn on_loaded(&mut self, value: u64) -> Result<(), SourceError> {
+        if self.switch.as_ref().and_then(SwitchPlan::front) != Some(SwitchItem::Run) {
+            return Err(SourceError::UnexpectedFrame {
+                stream: StreamKind::Bulk,
+                frame: wire::FrameType::Control,
+                phase: self.phase,
+            });
+        }
+        if value & wire::LOADED_REFUSED != 0 {
+            return Err(SourceError::StateRefused);
+        }
+        self.dest_loaded = true;
+        Ok(())
     }
 
     fn pop_switch_item(&mut self) {
@@ -239,13 +298,29 @@ mod tests {
 
     #[test]
     fn the_plan_runs_in_order_once() {
-        let mut plan = SwitchPlan::new(&[SwitchItem::NeedSet, SwitchItem::State]);
+        let items = [SwitchItem::NeedSet, SwitchItem::State];
+        let mut plan = SwitchPlan::new(&items, wire::VERSION_HAND_OVER - 1);
         assert_eq!(plan.front(), Some(SwitchItem::NeedSet));
         plan.pop();
         assert_eq!(plan.front(), Some(SwitchItem::State));
         plan.pop();
         plan.pop();
         assert_eq!(plan.front(), None);
+    }
+
+    #[test]
+    fn from_the_hand_over_version_the_plan_ends_with_run() {
+        let mut plan = SwitchPlan::new(&[SwitchItem::State], wire::VERSION_HAND_OVER);
+        assert_eq!(plan.front(), Some(SwitchItem::State));
+        plan.pop();
+        assert_eq!(plan.front(), Some(SwitchItem::Run));
+        plan.pop();
+        assert_eq!(plan.front(), None);
+        let again = SwitchPlan::again(MigrationMode::Postcopy, false, wire::VERSION_CURRENT);
+        assert_eq!(
+            again.items[..again.len],
+            [SwitchItem::NeedSet, SwitchItem::State, SwitchItem::Run]
+        );
     }
 
     #[test]
