@@ -10,6 +10,7 @@ pub mod embed;
 pub mod host_check;
 pub mod memory;
 pub mod metrics;
+#[cfg(feature = "cli")]
 pub mod migration;
 pub mod ports;
 pub mod ring;
@@ -17,5 +18,6 @@ pub mod session;
 pub mod sim;
 pub mod source;
 pub mod transport;
+#[cfg(feature = "vmm")]
 pub mod vm;
 pub mod wire;

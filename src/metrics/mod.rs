@@ -5,6 +5,7 @@
 //! pause instant, read from the two processes' reports.
 
 mod histogram;
+#[cfg(feature = "cli")]
 pub mod plot;
 mod timeline;
 
