@@ -7,6 +7,7 @@
 
 use super::config::SourceStats;
 use super::engine::SourceEngine;
+use crate::control::{CancelRefusal, Control, Counters, View};
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
 use crate::driver::recovery::{run_recovering, Recovery, Resumable};
@@ -17,6 +18,7 @@ use crate::ports::MigratableVm;
 use crate::transport::ring_streams::StreamEvent;
 use crate::transport::tcp::StreamPair;
 use crate::wire::StreamKind;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Tunables of the source's event loop.
@@ -34,6 +36,8 @@ pub struct SourceDriverOptions {
     pub prioritize_thread: bool,
     /// Faults to inject ([`crate::driver::inject`]); `None` in a real migration.
     pub inject: Option<Injection>,
+    /// The control channel to publish to and take cancels from ([`crate::control`]).
+    pub control: Option<Arc<Control>>,
 }
 
 impl Default for SourceDriverOptions {
@@ -46,6 +50,7 @@ impl Default for SourceDriverOptions {
             progress_timeout: shared.progress_timeout,
             prioritize_thread: shared.prioritize_thread,
             inject: None,
+            control: None,
         }
     }
 }
@@ -85,6 +90,7 @@ pub fn run_source_recovering(
         prioritize_thread: opts.prioritize_thread,
         name: "source",
         inject: opts.inject.clone(),
+        control: opts.control.clone(),
     };
     let mut wing = SourceWing { engine, vm, on_tick, bulk_buf_bytes: opts.bulk_buf_bytes };
     let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
@@ -165,6 +171,30 @@ impl Wing for SourceWing<'_> {
 
     fn resume_ns(&self) -> Option<u64> {
         Some(self.engine.stats().state_sent_ns).filter(|&ns| ns > 0)
+    }
+
+    /// The source decides until the hand-over; after it the guest may run on the destination.
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        if self.engine.handed_over() {
+            return Err(CancelRefusal::HandedOver);
+        }
+        Ok(())
+    }
+
+    fn control_view(&self, io: &LoopIo) -> Option<View> {
+        let mut stats = self.engine.stats().clone();
+        stats.bytes_bulk = io.streams.bytes_sent[0];
+        stats.bytes_urgent = io.streams.bytes_sent[1];
+        Some(View {
+            phase: self.phase(),
+            handed_over: self.engine.handed_over(),
+            counters: Counters::Source(Box::new(stats)),
+            sent_bytes: io.streams.bytes_sent,
+            received_bytes: io.streams.bytes_received,
+            total_pages: self.engine.layout().total_pages(),
+            pages_moved: self.engine.pages_sent(),
+            vcpu_blocked_us: 0,
+        })
     }
 }
 
