@@ -52,16 +52,28 @@ pub(super) fn first_dial(
     }
 }
 
-/// A poisoned listener lock only means a recover hook panicked; the listener is still whole.
-pub(super) fn lock(listener: &Mutex<PairListener>) -> MutexGuard<'_, PairListener> {
-    listener.lock().unwrap_or_else(|p| p.into_inner())
+/// A listener bound by `migrate-recover`, waiting to replace the current one.
+pub(super) type NextListener = Arc<Mutex<Option<PairListener>>>;
+
+/// A poisoned lock only means a recover hook panicked; the listener in it is still whole.
+fn lock(next: &Mutex<Option<PairListener>>) -> MutexGuard<'_, Option<PairListener>> {
+    next.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Puts the listener `migrate-recover` bound in place of `listener` (which closes), if any.
+/// Called by the one thread that accepts, between two slices of its wait.
+pub(super) fn swap_in(listener: &mut PairListener, next: &Mutex<Option<PairListener>>) {
+    if let Some(fresh) = lock(next).take() {
+        *listener = fresh;
+    }
 }
 
 /// The destination's first pair, waited for at most `timeout` in slices; a cancel between two
 /// slices ends it (`Ok(None)`).
 pub(super) fn first_pair(
     control: Option<&Control>,
-    listener: &Mutex<PairListener>,
+    listener: &mut PairListener,
+    next: &Mutex<Option<PairListener>>,
     timeout: Duration,
 ) -> Result<Option<StreamPair>, MigrationError> {
     let started = Instant::now();
@@ -69,8 +81,9 @@ pub(super) fn first_pair(
         if cancel_taken(control) {
             return Ok(None);
         }
+        swap_in(listener, next);
         let slice = (started + timeout).saturating_duration_since(Instant::now());
-        match lock(listener).accept_pair(slice.min(RECONNECT_SLICE)) {
+        match listener.accept_pair(slice.min(RECONNECT_SLICE)) {
             Ok(pair) => return Ok(Some(pair)),
             Err(TcpError::Timeout { .. }) if slice > RECONNECT_SLICE => {}
             Err(TcpError::Timeout { half_open, dropped, .. }) => {
@@ -83,23 +96,25 @@ pub(super) fn first_pair(
 }
 
 /// Lets `migrate-recover` move the destination's listener: the new address is bound at once
-/// (an address that cannot be bound is the request's error) and the old listener closed.
+/// (an address that cannot be bound is the request's error), and the accepting thread puts it
+/// in place of the old one, which closes, before its next slice of waiting.
 pub(super) fn relisten_on_recover(
     control: Option<&Control>,
-    listener: &Arc<Mutex<PairListener>>,
     options: &TcpOptions,
     accept: &AcceptorConfig,
-) {
-    let Some(control) = control else { return };
-    let (listener, options, accept) = (listener.clone(), options.clone(), accept.clone());
+) -> NextListener {
+    let next = NextListener::default();
+    let Some(control) = control else { return next };
+    let (slot, options, accept) = (next.clone(), options.clone(), accept.clone());
     control.set_recover_hook(Box::new(move |addr| {
         let fresh = PairListener::bind(addr, options.clone(), accept.clone())?;
-        *lock(&listener) = fresh;
+        *lock(&slot) = Some(fresh);
         tracing::warn!(
             "destination: listening on {addr} for the source's resume (migrate-recover)"
         );
         Ok(())
     }));
+    next
 }
 
 /// Publishes the source's final status.

@@ -21,7 +21,7 @@ use crate::transport::tcp;
 use crate::vm::{DirtyBitmap, Vm, VmConfig, VmState};
 use crate::wire::MigrationMode;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The built-in VMM seen through the engines' narrow interface.
@@ -451,15 +451,15 @@ fn dest_host(
         handshake_timeout: opts.handshake_timeout,
         ..tcp::TcpOptions::default()
     };
-    let listener = tcp::PairListener::bind(opts.listen, tcp_options.clone(), accept.clone())?;
+    let mut listener = tcp::PairListener::bind(opts.listen, tcp_options.clone(), accept.clone())?;
     on_listening(
         listener
             .local_addr()
             .map_err(|source| MigrationError::Io { what: "listener address", source })?,
     );
-    let listener = Arc::new(Mutex::new(listener));
-    controlled::relisten_on_recover(control, &listener, &tcp_options, &accept);
-    let Some(pair) = controlled::first_pair(control, &listener, opts.accept_timeout)? else {
+    let next = controlled::relisten_on_recover(control, &tcp_options, &accept);
+    let first = controlled::first_pair(control, &mut listener, &next, opts.accept_timeout)?;
+    let Some(pair) = first else {
         let error = MigrationError::OperatorCancelled { before: "the source connected" };
         return Ok(super::cancel::cancelled_dest(DestReport::default(), &error));
     };
@@ -477,8 +477,11 @@ fn dest_host(
     };
     let mut last_progress = 0u64;
     let session_id = pair.session.session_id;
-    // Locked per slice, so a `migrate-recover` can swap the listener between two.
-    let mut reaccept = |timeout| controlled::lock(&listener).accept_session(session_id, timeout);
+    // A listener `migrate-recover` bound replaces this one between two slices.
+    let mut reaccept = |timeout| {
+        controlled::swap_in(&mut listener, &next);
+        listener.accept_session(session_id, timeout)
+    };
     let recovery =
         opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
     let mut on_tick = |e: &crate::dest::DestEngine| {
