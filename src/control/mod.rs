@@ -230,11 +230,13 @@ impl Control {
     pub fn finish(&self, status: MigrationStatus, reason: Option<String>) {
         {
             let mut p = lock(&self.published);
-            let again = p.ended && p.status == status;
             p.reason = reason.or(p.reason.take());
-            if !again {
+            if !p.ended {
                 p.ended_ns = crate::metrics::mono_ns();
                 p.ended = true;
+            }
+            // The driver's last view may have given this status already: no second event.
+            if p.status != status {
                 self.set_status(&mut p, status);
             }
         }
