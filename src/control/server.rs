@@ -318,6 +318,34 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_serves_clients_up_to_its_bound_and_goes_at_drop() {
+        let path = std::env::temp_dir().join(format!("hm-ctl-unit-{}.sock", std::process::id()));
+        // A stale socket file (nothing answers on it) is replaced.
+        drop(UnixListener::bind(&path).expect("a stale socket"));
+        let control = Arc::new(Control::new(super::super::Side::Destination));
+        let server = ControlServer::start(&path, control.clone()).expect("start");
+        let mode = std::fs::metadata(&path).expect("socket file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let taken = ControlServer::start(&path, control.clone()).expect_err("a live socket");
+        assert!(matches!(taken, ControlError::PathInUse { .. }), "{taken}");
+        let q = super::super::client::execute(&path, "query-migrate", None).expect("query");
+        assert_eq!(q["status"], "setup");
+        assert_eq!(q["side"], "destination");
+        let err = super::super::client::execute(&path, "nope", None).expect_err("unknown");
+        assert!(matches!(&err, ControlError::Remote { class, .. } if class == "CommandNotFound"));
+        let held: Vec<UnixStream> =
+            (0..MAX_CLIENTS).map(|_| UnixStream::connect(&path).expect("client")).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let err = super::super::client::execute(&path, "query-migrate", None).expect_err("full");
+        assert!(matches!(&err, ControlError::Remote { class, .. } if class == "TooManyClients"));
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        super::super::client::execute(&path, "query-migrate", None).expect("room again");
+        drop(server);
+        assert!(!path.exists(), "the socket file outlived the server");
+    }
+
+    #[test]
     fn answers_name_what_was_wrong_and_a_cancel_before_the_start_is_taken() {
         let control = Arc::new(Control::new(super::super::Side::Source));
         let class = |line: &str| {
