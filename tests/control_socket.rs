@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 const PACE: u64 = 100_000;
 /// About 2 s of guest time at the pace.
 const OPS: u64 = 200_000;
+/// The push cap set during the first test (bytes/s).
+const PUSH_CAP_BYTES_PER_S: u64 = 2_000_000;
 /// Longest any host process may run in these tests.
 const PROCESS_LIMIT: Duration = Duration::from_secs(60);
 
@@ -230,9 +232,11 @@ fn check_completed(
 
 /// Malformed lines, an unknown command, a bad argument and an over-long line each get a typed
 /// error, and the socket answers the next request. Then, during a hybrid migration whose
-/// post-copy lasts (push held 1.2 s, the cold part left to faults), queries show the counters growing, a cancel is refused on
-/// both hosts once the guest runs on the destination, and the events walk through the
-/// statuses to `completed`; the socket files are gone after the processes exit.
+/// post-copy lasts (push held 1.2 s, the cold part left to faults), queries show the counters
+/// growing, a push cap (`max-postcopy-bandwidth`) holds the push to its rate until lifted, a
+/// cancel is refused on both hosts once the guest runs on the destination, and the events
+/// walk through the statuses to `completed`; the socket files are gone after the processes
+/// exit.
 #[test]
 fn queries_errors_and_a_refused_cancel_during_a_migration() {
     if !ready("queries_errors_and_a_refused_cancel_during_a_migration") {
@@ -262,15 +266,35 @@ fn queries_errors_and_a_refused_cancel_during_a_migration() {
     assert!(q["total-time"].as_u64().is_some(), "{q}");
     assert!(q["ram"]["total"].as_u64().unwrap_or(0) >= 256 << 20, "{q}");
     assert_eq!(q["handed-over"], true, "{q}");
+    let since_resume = Instant::now();
+    // Cap the push (held until 1.2 s after the resume) at 2 MB/s.
+    let cap = json!({ "max-postcopy-bandwidth": PUSH_CAP_BYTES_PER_S });
+    assert_eq!(sc.execute("migrate-set-parameters", Some(cap.clone())), json!({ "return": {} }));
+    let params = sc.execute("query-migrate-parameters", None);
+    assert_eq!(params["return"]["max-postcopy-bandwidth"], PUSH_CAP_BYTES_PER_S, "{params}");
+    assert_eq!(class_of(&dc.execute("migrate-set-parameters", Some(cap))), "NotSupported");
     let refused = sc.execute("migrate-cancel", None);
     assert_eq!(class_of(&refused), "Refused", "{refused}");
     assert!(refused["error"]["desc"].as_str().unwrap_or("").contains("destination"), "{refused}");
     let refused = dc.execute("migrate-cancel", None);
     assert_eq!(class_of(&refused), "Refused", "{refused}");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1600).saturating_sub(since_resume.elapsed()));
     let q = sc.query();
     let later = q["ram"]["transferred"].as_u64().expect("ram.transferred");
     assert!(later > first, "ram.transferred did not grow: {first} then {later}: {q}");
+    // The push began 0.4 s ago: under the cap, bulk moves at most 2 MB/s (plus the two
+    // 64 KiB send buffers in flight and a view up to 100 ms old at each end).
+    let bulk_at = |q: &Value| q["counters"]["bytes_bulk"].as_u64().expect("bytes_bulk");
+    let before = bulk_at(&q);
+    std::thread::sleep(Duration::from_millis(500));
+    let q = sc.query();
+    let pushed = bulk_at(&q) - before;
+    assert_eq!(q["phase"], "Push", "the capped push ended: {q}");
+    let bound = PUSH_CAP_BYTES_PER_S * 7 / 10 + (256 << 10);
+    assert!(pushed <= bound, "{pushed} bytes pushed in 0.5 s under a 2 MB/s cap: {q}");
+    eprintln!("pushed {pushed} bytes in 0.5 s under a {PUSH_CAP_BYTES_PER_S} B/s cap");
+    let lift = Some(json!({ "max-postcopy-bandwidth": 0 }));
+    assert_eq!(sc.execute("migrate-set-parameters", lift), json!({ "return": {} }));
     let dq = dc.query();
     assert_eq!(dq["side"], "destination");
     assert!(dq["ram"]["postcopy-requests"].as_u64().unwrap_or(0) > 0, "no faults: {dq}");

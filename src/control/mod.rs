@@ -19,7 +19,7 @@ pub use status::{Counters, MigrationStatus, View};
 
 use crate::driver::WingPhase;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -106,6 +106,14 @@ pub enum ControlError {
     /// The destination could not listen on the address a recover request gave.
     #[error("migrate-recover: {0}")]
     RecoverListen(#[source] crate::transport::tcp::TcpError),
+    /// The command is served only on the other host.
+    #[error("{command} is served by the {serves:?} host only")]
+    OtherSide {
+        /// The command.
+        command: &'static str,
+        /// The host that serves it.
+        serves: Side,
+    },
     /// The server answered the client with an error object.
     #[error("{class}: {desc}")]
     Remote {
@@ -174,6 +182,8 @@ pub struct Control {
     cancel_turn: Mutex<()>,
     recover: Mutex<Recover>,
     subscribers: Mutex<Vec<SyncSender<String>>>,
+    /// The operator's cap on the source's background push, bytes per second (0: none).
+    push_cap_bytes_per_s: AtomicU64,
 }
 
 impl std::fmt::Debug for Control {
@@ -201,6 +211,7 @@ impl Control {
             cancel_turn: Mutex::new(()),
             recover: Mutex::new(Recover::default()),
             subscribers: Mutex::new(Vec::new()),
+            push_cap_bytes_per_s: AtomicU64::new(0),
         }
     }
 
@@ -384,6 +395,22 @@ impl Control {
             Ok(()) | Err(TrySendError::Full(_)) => true,
             Err(TrySendError::Disconnected(_)) => false,
         });
+    }
+
+    /// `migrate-set-parameters`' `max-postcopy-bandwidth`: caps the source's background push
+    /// at `bytes_per_s` from now on (0 lifts the cap). The source only.
+    pub fn set_push_cap(&self, bytes_per_s: u64) -> Result<(), ControlError> {
+        if self.side != Side::Source {
+            let command = "migrate-set-parameters";
+            return Err(ControlError::OtherSide { command, serves: Side::Source });
+        }
+        self.push_cap_bytes_per_s.store(bytes_per_s, Ordering::Release);
+        Ok(())
+    }
+
+    /// The cap on the background push, bytes per second (0: none); one atomic load.
+    pub fn push_cap(&self) -> u64 {
+        self.push_cap_bytes_per_s.load(Ordering::Acquire)
     }
 
     /// The phase last published, if any.

@@ -28,6 +28,13 @@ pub enum Command {
         /// The address `uri` named.
         addr: SocketAddr,
     },
+    /// Caps the source's background push (`max-postcopy-bandwidth`, bytes/s; 0: no cap).
+    SetParameters {
+        /// The cap.
+        max_postcopy_bandwidth: u64,
+    },
+    /// The parameters in force.
+    QueryParameters,
 }
 
 /// A request and the `id` to answer it with.
@@ -140,10 +147,25 @@ fn command(name: &str, mut args: Map<String, Value>) -> Result<Command, Protocol
             };
             Command::Recover { addr: parse_uri(&uri)? }
         }
+        "migrate-set-parameters" => {
+            let key = "max-postcopy-bandwidth";
+            let max_postcopy_bandwidth = match args.remove(key) {
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    invalid(name, format!("{key} {v} is not a whole number of bytes per second"))
+                })?,
+                None => return Err(invalid(name, format!("missing argument {key:?}"))),
+            };
+            Command::SetParameters { max_postcopy_bandwidth }
+        }
+        "query-migrate-parameters" => Command::QueryParameters,
         _ => return Err(ProtocolError::CommandNotFound { name: name.to_string() }),
     };
     if let Some(key) = args.keys().next() {
-        let known = if name == "migrate-recover" { "uri" } else { "none" };
+        let known = match name {
+            "migrate-recover" => "uri",
+            "migrate-set-parameters" => "max-postcopy-bandwidth",
+            _ => "none",
+        };
         let what = format!("unknown argument {key:?} (takes: {known})");
         return Err(invalid(name, what));
     }
@@ -239,6 +261,16 @@ mod tests {
             "InvalidParameter"
         );
         assert_eq!(class_of(r#"{"execute":"query-migrate","extra":1}"#), "InvalidRequest");
+        let r = parse_request(
+            br#"{"execute":"migrate-set-parameters","arguments":{"max-postcopy-bandwidth":1000}}"#,
+        )
+        .expect("set");
+        assert_eq!(r.command, Command::SetParameters { max_postcopy_bandwidth: 1000 });
+        let bad = r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":1}}"#;
+        assert_eq!(class_of(bad), "InvalidParameter");
+        let bad =
+            r#"{"execute":"migrate-set-parameters","arguments":{"max-postcopy-bandwidth":-1}}"#;
+        assert_eq!(class_of(bad), "InvalidParameter");
     }
 
     #[test]

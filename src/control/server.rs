@@ -234,6 +234,10 @@ pub fn answer(control: &Control, line: &[u8]) -> Option<String> {
         Command::QueryMigrate => Ok(control.query()),
         Command::Cancel => control.request_cancel(CANCEL_ANSWER_TIMEOUT).map(|()| json!({})),
         Command::Recover { addr } => control.request_recover(addr).map(|()| json!({})),
+        Command::SetParameters { max_postcopy_bandwidth } => {
+            control.set_push_cap(max_postcopy_bandwidth).map(|()| json!({}))
+        }
+        Command::QueryParameters => Ok(json!({ "max-postcopy-bandwidth": control.push_cap() })),
     };
     Some(match result {
         Ok(value) => protocol::return_line(value, id),
@@ -247,6 +251,7 @@ fn error_class(e: &ControlError) -> &'static str {
         ControlError::CancelRefused { .. } | ControlError::RecoverEnded { .. } => "Refused",
         ControlError::CancelNotAnswered { .. } => "Timeout",
         ControlError::RecoverListen(_) => "ListenFailed",
+        ControlError::OtherSide { .. } => "NotSupported",
         _ => "GenericError",
     }
 }

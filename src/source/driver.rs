@@ -92,7 +92,14 @@ pub fn run_source_recovering(
         inject: opts.inject.clone(),
         control: opts.control.clone(),
     };
-    let mut wing = SourceWing { engine, vm, on_tick, bulk_buf_bytes: opts.bulk_buf_bytes };
+    let mut wing = SourceWing {
+        engine,
+        vm,
+        on_tick,
+        bulk_buf_bytes: opts.bulk_buf_bytes,
+        control: opts.control.clone(),
+        push_cap: None,
+    };
     let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
     let mut stats = wing.engine.stats().clone();
     stats.recovery_ms = count.recovery_ms;
@@ -107,6 +114,30 @@ struct SourceWing<'a> {
     vm: &'a mut dyn MigratableVm,
     on_tick: &'a mut dyn FnMut(&SourceEngine),
     bulk_buf_bytes: usize,
+    control: Option<Arc<Control>>,
+    /// The operator's push cap in force: (since when, bulk bytes sent then, the cap).
+    push_cap: Option<(u64, u64, u64)>,
+}
+
+impl SourceWing<'_> {
+    /// True while the push has sent more on bulk, since the cap was set or the push began,
+    /// than the operator's cap (`migrate-set-parameters`) allows; fault answers on urgent are
+    /// never held. One atomic load a turn when no cap is set.
+    fn over_push_cap(&mut self, io: &LoopIo) -> bool {
+        let cap = self.control.as_deref().map_or(0, Control::push_cap);
+        if cap == 0 || self.engine.phase() != crate::source::Phase::Push {
+            self.push_cap = None;
+            return false;
+        }
+        let (now, sent) = (mono_ns(), io.streams.bytes_sent[0]);
+        let (from_ns, from_bytes, from_cap) = *self.push_cap.get_or_insert((now, sent, cap));
+        if from_cap != cap {
+            self.push_cap = Some((now, sent, cap));
+            return false;
+        }
+        let allowed = u128::from(cap) * u128::from(now.saturating_sub(from_ns)) / 1_000_000_000;
+        u128::from(sent.saturating_sub(from_bytes)) > allowed
+    }
 }
 
 impl Wing for SourceWing<'_> {
@@ -120,9 +151,10 @@ impl Wing for SourceWing<'_> {
 
     fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError> {
         let buf_bytes = self.bulk_buf_bytes;
+        let capped = self.over_push_cap(io);
         let mut turn = Turn { wing: &mut *self, io: &mut *io };
         schedule::source_urgent(&mut turn)?;
-        let waits_on_link = schedule::source_bulk(&mut turn, buf_bytes)?;
+        let waits_on_link = !capped && schedule::source_bulk(&mut turn, buf_bytes)?;
         if self.engine.is_finished()
             && io.streams.in_flight(StreamKind::Bulk) == 0
             && io.streams.in_flight(StreamKind::Urgent) == 0
