@@ -292,6 +292,7 @@ fn queries_errors_and_a_refused_cancel_during_a_migration() {
     assert_eq!(q["phase"], "Push", "the capped push ended: {q}");
     let bound = PUSH_CAP_BYTES_PER_S * 7 / 10 + (256 << 10);
     assert!(pushed <= bound, "{pushed} bytes pushed in 0.5 s under a 2 MB/s cap: {q}");
+    assert!(pushed > 0, "the push did not move under the cap: {q}");
     eprintln!("pushed {pushed} bytes in 0.5 s under a {PUSH_CAP_BYTES_PER_S} B/s cap");
     let lift = Some(json!({ "max-postcopy-bandwidth": 0 }));
     assert_eq!(sc.execute("migrate-set-parameters", lift), json!({ "return": {} }));
