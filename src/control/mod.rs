@@ -149,12 +149,6 @@ enum CancelSlot {
     Answered(Result<(), CancelRefusal>),
 }
 
-#[derive(Default)]
-struct Recover {
-    target: Option<SocketAddr>,
-    hook: Option<RecoverHook>,
-}
-
 /// What was last published, and the status it gave.
 #[derive(Debug, Default)]
 struct Published {
@@ -180,7 +174,11 @@ pub struct Control {
     cancel_answered: Condvar,
     /// Held by a cancel request from the start to its answer, so two never mix.
     cancel_turn: Mutex<()>,
-    recover: Mutex<Recover>,
+    /// The address of the last `migrate-recover`; the drivers read it.
+    recover_target: Mutex<Option<SocketAddr>>,
+    /// The destination's way to listen there; only request threads take it, so a bind never
+    /// holds up a driver.
+    recover_hook: Mutex<Option<RecoverHook>>,
     subscribers: Mutex<Vec<SyncSender<String>>>,
     /// The operator's cap on the source's background push, bytes per second (0: none).
     push_cap_bytes_per_s: AtomicU64,
@@ -209,7 +207,8 @@ impl Control {
             cancel: Mutex::new(CancelSlot::Idle),
             cancel_answered: Condvar::new(),
             cancel_turn: Mutex::new(()),
-            recover: Mutex::new(Recover::default()),
+            recover_target: Mutex::new(None),
+            recover_hook: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
             push_cap_bytes_per_s: AtomicU64::new(0),
         }
@@ -272,7 +271,7 @@ impl Control {
         }
         let Some(view) = p.view.as_ref() else { return };
         let recovering = self.recovering.load(Ordering::Acquire);
-        let asked = recovering && lock(&self.recover).target.is_some();
+        let asked = recovering && lock(&self.recover_target).is_some();
         let status = status::status_of(view.phase, view.handed_over, recovering, asked);
         if status != p.status || phase_changed {
             self.set_status(p, status);
@@ -288,7 +287,7 @@ impl Control {
     /// `query-migrate`'s answer (the `return` object).
     pub fn query(&self) -> serde_json::Value {
         let p = lock(&self.published);
-        let recover_to = lock(&self.recover).target;
+        let recover_to = *lock(&self.recover_target);
         status::query_json(
             self.side,
             p.status,
@@ -352,7 +351,7 @@ impl Control {
 
     /// Installs the destination's way to listen on a new address.
     pub fn set_recover_hook(&self, hook: RecoverHook) {
-        lock(&self.recover).hook = Some(hook);
+        *lock(&self.recover_hook) = Some(hook);
     }
 
     /// `migrate-recover`: the next connection (of this recovery, or of the next one if none
@@ -365,11 +364,10 @@ impl Control {
             }
         }
         {
-            let mut recover = lock(&self.recover);
-            if let Some(hook) = recover.hook.as_mut() {
+            if let Some(hook) = lock(&self.recover_hook).as_mut() {
                 hook(addr).map_err(ControlError::RecoverListen)?;
             }
-            recover.target = Some(addr);
+            *lock(&self.recover_target) = Some(addr);
         }
         let mut p = lock(&self.published);
         self.restatus(&mut p, false);
@@ -378,7 +376,7 @@ impl Control {
 
     /// The address a recover request gave, if any.
     pub fn recover_target(&self) -> Option<SocketAddr> {
-        lock(&self.recover).target
+        *lock(&self.recover_target)
     }
 
     /// A new receiver of event lines (at most 64 queued; a receiver that falls behind loses
