@@ -4,6 +4,7 @@
 //! [`vm`] runs the guest, [`wire`] encodes what crosses, [`ring`] drives io_uring,
 //! [`transport`] carries the bulk and urgent streams.
 
+pub mod control;
 pub mod dest;
 pub mod driver;
 pub mod embed;

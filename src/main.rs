@@ -1,7 +1,11 @@
 //! The hybridmig command line. Parsing and printing only; the work is in the library.
 
+#[path = "cli/control.rs"]
+mod control_cli;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use control_cli::control_server;
 use hybridmig::driver::inject::{InjectPlan, Side};
 use hybridmig::migration::bench::{run_bench, BenchSpec};
 use hybridmig::migration::delayline::{run_delay_line, DelayLineConfig};
@@ -40,6 +44,13 @@ enum Cmd {
     /// Run seeded simulated migrations (both engines, a synthetic guest, a faulty link) and
     /// check each against an unmigrated run; a failure prints the command that replays it.
     Sim(SimArgs),
+    /// Send one command to a host's control socket (`--control PATH`) and print the answer;
+    /// exits 1 on an error answer (docs/control.md).
+    #[command(alias = "ctl")]
+    Control(control_cli::ControlArgs),
+    /// Resume a migration over a new address: `migrate-recover` on a control socket (send it
+    /// to the destination first, so it listens there, then to the source).
+    Recover(control_cli::RecoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -294,6 +305,10 @@ struct SourceArgs {
     /// Print PROGRESS lines on stderr (for a parent's progress bar and liveness watch).
     #[arg(long)]
     progress_lines: bool,
+    /// Serve a control socket here (query-migrate, migrate-cancel, migrate-recover, events;
+    /// docs/control.md); removed at exit.
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -322,6 +337,10 @@ struct DestArgs {
     /// Print PROGRESS lines on stderr (for a parent's liveness watch).
     #[arg(long)]
     progress_lines: bool,
+    /// Serve a control socket here (query-migrate, migrate-cancel, migrate-recover, events;
+    /// docs/control.md); removed at exit.
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -370,6 +389,8 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => bench(a),
         Cmd::DelayLine(a) => delay_line(a),
         Cmd::Sim(a) => sim(a),
+        Cmd::Control(a) => control_cli::control(a),
+        Cmd::Recover(a) => control_cli::recover(a),
     }
 }
 
@@ -532,6 +553,7 @@ fn print_migration(r: &MigrationReport) {
 }
 
 fn source(a: SourceArgs) -> Result<()> {
+    let (control, server) = control_server(a.control.as_deref(), hybridmig::control::Side::Source)?;
     let opts = SourceHostOptions {
         cfg: a.guest.config(),
         connect: a.connect,
@@ -550,6 +572,7 @@ fn source(a: SourceArgs) -> Result<()> {
         progress_timeout: a.time.progress_timeout(),
         recover_timeout: a.time.recover_timeout(),
         inject: a.inject.map(|p| p.only_for(Side::Source)).transpose()?,
+        control,
     };
     let report = run_source_host(&opts).context("source failed")?;
     if a.json {
@@ -564,6 +587,7 @@ fn source(a: SourceArgs) -> Result<()> {
         let s = &report.stats;
         println!("source done: mode={} rounds={} pages_zero={} pages_raw={} pages_lz4={} bytes_bulk={} bytes_urgent={} faults_served={}", report.mode, s.rounds, s.pages_zero, s.pages_raw, s.pages_lz4, s.bytes_bulk, s.bytes_urgent, s.faults_served);
     }
+    drop(server); // removes the socket before an exit that skips destructors
     exit_if_cancelled(report.outcome)
 }
 
@@ -577,6 +601,8 @@ fn exit_if_cancelled(outcome: Outcome) -> Result<()> {
 }
 
 fn dest(a: DestArgs) -> Result<()> {
+    let (control, server) =
+        control_server(a.control.as_deref(), hybridmig::control::Side::Destination)?;
     let opts = DestHostOptions {
         cfg: a.guest.config(),
         listen: a.listen,
@@ -587,6 +613,7 @@ fn dest(a: DestArgs) -> Result<()> {
         recover_timeout: a.time.recover_timeout(),
         progress_lines: a.progress_lines,
         inject: a.inject.map(|p| p.only_for(Side::Dest)).transpose()?,
+        control,
     };
     let report = run_dest_host(&opts, |addr| {
         println!("LISTENING {addr}");
@@ -607,6 +634,7 @@ fn dest(a: DestArgs) -> Result<()> {
             report.guest_digest.map(|g| format!("{g:016x}")).unwrap_or_default()
         );
     }
+    drop(server); // removes the socket before an exit that skips destructors
     exit_if_cancelled(report.outcome)
 }
 

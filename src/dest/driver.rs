@@ -9,6 +9,7 @@ use super::engine::{DestEngine, DestEvent, DestPhase, DestStats};
 use super::sink::{UffdSink, UffdVm};
 use super::uffd::{Uffd, UffdEvent, UFFD_MSG_LEN_BYTES};
 use super::DestError;
+use crate::control::{CancelRefusal, Control, Counters, View};
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
 use crate::driver::recovery::{run_recovering, Recovery, Resumable};
@@ -21,6 +22,7 @@ use crate::transport::ring_streams::{StreamEvent, FIRST_CALLER_TAG};
 use crate::transport::tcp::StreamPair;
 use crate::wire::StreamKind;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 const TAG_UFFD: u64 = FIRST_CALLER_TAG;
@@ -49,6 +51,8 @@ pub struct DestDriverOptions {
     pub place_chunk_pages: u32,
     /// Faults to inject ([`crate::driver::inject`]); `None` in a real migration.
     pub inject: Option<Injection>,
+    /// The control channel to publish to and take cancels from ([`crate::control`]).
+    pub control: Option<Arc<Control>>,
 }
 
 impl Default for DestDriverOptions {
@@ -60,6 +64,7 @@ impl Default for DestDriverOptions {
             prioritize_thread: shared.prioritize_thread,
             place_chunk_pages: 8,
             inject: None,
+            control: None,
         }
     }
 }
@@ -144,6 +149,7 @@ pub fn run_dest_recovering(
         prioritize_thread: opts.prioritize_thread,
         name: "destination",
         inject: opts.inject.clone(),
+        control: opts.control.clone(),
     };
     let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
     let mut run = finish_run(wing.ctx.run, &engine, &io)?;
@@ -265,6 +271,31 @@ impl Wing for DestWing<'_, '_> {
 
     fn resume_ns(&self) -> Option<u64> {
         Some(self.ctx.run.resume_ns).filter(|&ns| ns > 0)
+    }
+
+    /// Only before the guest runs here: the state restores and the vCPUs start inside one
+    /// frame's handling, so the phase says it.
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        match self.engine.phase() {
+            DestPhase::PreSwitch if self.ctx.run.resume_ns == 0 => Ok(()),
+            _ => Err(CancelRefusal::GuestRunsHere),
+        }
+    }
+
+    fn control_view(&self, io: &LoopIo) -> Option<View> {
+        let mut stats = self.engine.stats().clone();
+        stats.bytes_bulk = io.streams.bytes_received[0];
+        stats.bytes_urgent = io.streams.bytes_received[1];
+        Some(View {
+            phase: self.phase(),
+            handed_over: self.engine.phase() != DestPhase::PreSwitch,
+            pages_moved: stats.pages_placed,
+            counters: Counters::Dest(Box::new(stats)),
+            sent_bytes: io.streams.bytes_sent,
+            received_bytes: io.streams.bytes_received,
+            total_pages: self.engine.layout().total_pages(),
+            vcpu_blocked_us: self.engine.fault_histogram().sum_us(),
+        })
     }
 }
 

@@ -13,16 +13,20 @@
 use super::inject::{Injection, Injector};
 use super::schedule::Outlet;
 use super::{DriverError, WingPhase};
+use crate::control::{CancelRefusal, Control, View};
 use crate::metrics::mono_ns;
 use crate::ring::{Completion, Ring};
 use crate::session::Role;
 use crate::transport::ring_streams::{RingStreams, StreamEvent};
 use crate::transport::tcp::StreamPair;
 use crate::wire::{Limits, StreamKind};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Submission queue entries of a driver's ring.
 const RING_ENTRIES: u32 = 256;
+/// Longest time between two views published to the control channel.
+const PUBLISH_NS: u64 = 100_000_000;
 
 /// Tunables of the shared loop.
 #[derive(Debug, Clone)]
@@ -37,6 +41,9 @@ pub struct LoopOptions {
     pub name: &'static str,
     /// Faults to inject (tests and drills); `None` costs one check a turn.
     pub inject: Option<Injection>,
+    /// The control channel this side publishes to and takes cancels from; `None` costs one
+    /// check a turn.
+    pub control: Option<Arc<Control>>,
 }
 
 impl Default for LoopOptions {
@@ -47,6 +54,7 @@ impl Default for LoopOptions {
             prioritize_thread: true,
             name: "driver",
             inject: None,
+            control: None,
         }
     }
 }
@@ -156,6 +164,51 @@ pub trait Wing {
     fn resume_ns(&self) -> Option<u64> {
         None
     }
+
+    /// Whether an operator's cancel may stop this side now, or why not.
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        Ok(())
+    }
+
+    /// What this side publishes to its control channel (None: nothing).
+    fn control_view(&self, _io: &LoopIo) -> Option<View> {
+        None
+    }
+}
+
+/// When the loop last published to the control channel, and in which phase.
+#[derive(Debug, Default)]
+struct Published {
+    at_ns: u64,
+    phase: Option<WingPhase>,
+}
+
+/// The control channel's part of a turn: an operator's cancel is answered here, on the thread
+/// that owns the engine (so the answer cannot race the hand-over), and a view is published at
+/// each phase change and every [`PUBLISH_NS`].
+fn control_turn<W: Wing>(
+    control: &Control,
+    wing: &W,
+    io: &LoopIo,
+    now: u64,
+    published: &mut Published,
+) -> Result<(), DriverError> {
+    if control.take_cancel_request(|| wing.may_cancel()) {
+        return Err(DriverError::Cancelled { phase: wing.phase() });
+    }
+    let phase = wing.phase();
+    if published.phase != Some(phase) || now.saturating_sub(published.at_ns) >= PUBLISH_NS {
+        publish(control, wing, io);
+        *published = Published { at_ns: now, phase: Some(phase) };
+    }
+    Ok(())
+}
+
+/// Publishes `wing`'s view now.
+pub fn publish<W: Wing>(control: &Control, wing: &W, io: &LoopIo) {
+    if let Some(view) = wing.control_view(io) {
+        control.publish(view);
+    }
 }
 
 /// One turn's view of a wing and its I/O: what the shared scheduling ([`super::schedule`])
@@ -213,11 +266,15 @@ pub fn run_with<W: Wing>(
     let timeout_ns = opts.progress_timeout.as_nanos() as u64;
     let mut next_tick = 0u64;
     let (mut last_marker, mut last_progress_ns) = (io.streams.progress_marker(), mono_ns());
+    let mut published = Published::default();
     loop {
         let now = mono_ns();
         if now >= next_tick {
             wing.tick();
             next_tick = now + tick_ns;
+        }
+        if let Some(control) = opts.control.as_deref() {
+            control_turn(control, wing, io, now, &mut published)?;
         }
         if let Some(injector) = injector.as_mut() {
             if stalls(injector, wing, io, now, opts.tick)? {

@@ -103,6 +103,13 @@ pub enum DriverError {
         /// What the last attempt met.
         last: Box<crate::transport::tcp::TcpError>,
     },
+    /// An operator cancelled the migration through the control channel (`migrate-cancel`),
+    /// before the hand-over.
+    #[error("cancelled by the operator (migrate-cancel) in {phase}")]
+    Cancelled {
+        /// Where this side was.
+        phase: WingPhase,
+    },
     /// Nothing moved for the whole progress deadline: no byte sent or received, no frame.
     #[error("no progress for {idle_secs} s in {phase}")]
     NoProgress {
@@ -117,9 +124,9 @@ impl DriverError {
     /// The phase the failure happened in, when it says.
     pub fn phase(&self) -> Option<WingPhase> {
         match self {
-            DriverError::PeerClosed { phase, .. } | DriverError::NoProgress { phase, .. } => {
-                Some(*phase)
-            }
+            DriverError::PeerClosed { phase, .. }
+            | DriverError::NoProgress { phase, .. }
+            | DriverError::Cancelled { phase } => Some(*phase),
             DriverError::RecoveryFailed { cause, .. } => cause.phase(),
             _ => None,
         }

@@ -7,15 +7,21 @@
 
 use super::event_loop::{self, LoopIo, LoopOptions, Wing};
 use super::DriverError;
+use crate::control::Control;
 use crate::transport::ring_streams::StreamError;
 use crate::transport::tcp::{StreamPair, TcpError};
 use crate::wire::StreamKind;
 use std::time::Duration;
 
 /// How a side gets a new connection for its session: the source dials again, the destination
-/// accepts the source's resume. Called with the time it may take; errors are what the last
-/// attempt met.
+/// accepts the source's resume. Called with the time it may take, again and again in slices of
+/// at most [`RECONNECT_SLICE`] (so an operator's cancel or new address is taken between two);
+/// errors are what the last attempt met. It returns an error before its time is up only for a
+/// failure no retry can change (a refusal of the session), which ends the recovery.
 pub type Reconnect<'a> = &'a mut dyn FnMut(Duration) -> Result<StreamPair, TcpError>;
+
+/// Longest single call of a [`Reconnect`].
+pub const RECONNECT_SLICE: Duration = Duration::from_millis(250);
 
 /// A side's recovery settings.
 pub struct Recovery<'a> {
@@ -60,16 +66,29 @@ pub fn run_recovering<W: Resumable>(
     let mut injector = event_loop::start_injector(io, opts);
     let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
     let mut count = RecoveryCount::default();
+    let control = opts.control.as_deref();
     loop {
         let error = match event_loop::run_with(wing, io, opts, &mut injector) {
-            Ok(()) => return Ok(count),
+            Ok(()) => {
+                if let Some(control) = control {
+                    event_loop::publish(control, wing, io);
+                }
+                return Ok(count);
+            }
             Err(error) => error,
         };
         let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
         else {
             return Err(error);
         };
-        count.recovery_ms += reconnect(io, recovery, error, || wing.holding())?;
+        if let Some(control) = control {
+            control.set_recovering(true);
+        }
+        let reconnected = reconnect(io, recovery, error, &*wing, control);
+        if let Some(control) = control {
+            control.set_recovering(false);
+        }
+        count.recovery_ms += reconnected?;
         count.recoveries += 1;
         wing.on_reconnect()?;
     }
@@ -107,12 +126,14 @@ pub fn swap_connections(io: &mut LoopIo, pair: StreamPair) -> Result<(), DriverE
 }
 
 /// Sheds the old connections and waits for new ones, for at most `recovery.timeout`; on
-/// failure the error says what this side holds (`holding`).
-pub fn reconnect(
+/// failure the error says what this side holds ([`Resumable::holding`]). Between two slices of
+/// the wait, an operator's cancel on `control` is answered as the loop answers it.
+pub fn reconnect<W: Resumable>(
     io: &mut LoopIo,
     recovery: &mut Recovery<'_>,
     cause: DriverError,
-    holding: impl FnOnce() -> String,
+    wing: &W,
+    control: Option<&Control>,
 ) -> Result<f64, DriverError> {
     let started = std::time::Instant::now();
     tracing::warn!(%cause, "connection lost; recovering");
@@ -121,13 +142,27 @@ pub fn reconnect(
             let _ = io.streams.shutdown(stream);
         }
     }
-    let pair =
-        (recovery.reconnect)(recovery.timeout).map_err(|last| DriverError::RecoveryFailed {
-            waited_ms: started.elapsed().as_millis() as u64,
-            holding: holding(),
-            cause: Box::new(cause),
-            last: Box::new(last),
-        })?;
+    let deadline = started + recovery.timeout;
+    let pair = loop {
+        if control.is_some_and(|c| c.take_cancel_request(|| wing.may_cancel())) {
+            return Err(DriverError::Cancelled { phase: wing.phase() });
+        }
+        let slice_from = std::time::Instant::now();
+        let slice = deadline.saturating_duration_since(slice_from).min(RECONNECT_SLICE);
+        let last = match (recovery.reconnect)(slice) {
+            Ok(pair) => break pair,
+            Err(last) => last,
+        };
+        let now = std::time::Instant::now();
+        if now >= deadline || now < slice_from + slice {
+            return Err(DriverError::RecoveryFailed {
+                waited_ms: started.elapsed().as_millis() as u64,
+                holding: wing.holding(),
+                cause: Box::new(cause),
+                last: Box::new(last),
+            });
+        }
+    };
     swap_connections(io, pair)?;
     let recovery_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::warn!(recovery_ms, "new connection attached");

@@ -2,9 +2,11 @@
 //! tracks its working set and migrates it; the destination host receives it and runs it to
 //! the end of its ops.
 
+use super::controlled::{self, cancel_taken, dial_target};
 use super::progress::{wait_guest_finished, FinishingGuest};
 use super::report::{DestReport, SourceReport};
 use super::MigrationError;
+use crate::control::{Control, MigrationStatus};
 use crate::dest::driver::{run_dest_recovering, DestDriverOptions};
 use crate::driver::inject::{Injection, Side, SidePlan};
 use crate::driver::recovery::Recovery;
@@ -19,6 +21,7 @@ use crate::transport::tcp;
 use crate::vm::{DirtyBitmap, Vm, VmConfig, VmState};
 use crate::wire::MigrationMode;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The built-in VMM seen through the engines' narrow interface.
@@ -162,6 +165,8 @@ pub struct SourceHostOptions {
     pub recover_timeout: Option<Duration>,
     /// Faults to inject (`--inject`); `None` in a real migration.
     pub inject: Option<SidePlan>,
+    /// The control channel ([`crate::control`]): status, cancel, a new address to recover to.
+    pub control: Option<Arc<Control>>,
 }
 
 /// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops. A parent
@@ -204,18 +209,41 @@ fn structure_pages(vm: &Vm) -> Vec<u64> {
 /// guest is resumed if the switch-over had paused it, runs to the end of its ops here, and the
 /// report says `outcome: cancelled` with its digest. A failure after the hand-over is an
 /// error: the destination may be running the guest.
+///
+/// With a control channel, an operator's cancel is taken before the hand-over the same way,
+/// and the final status (completed, cancelled, failed) is published there at the end.
 pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, MigrationError> {
+    let control = opts.control.as_deref();
+    let result = source_host(opts, control);
+    controlled::source_ended(control, result)
+}
+
+fn source_host(
+    opts: &SourceHostOptions,
+    control: Option<&Control>,
+) -> Result<SourceReport, MigrationError> {
     let mut vm = Vm::new(&opts.cfg)?;
     let mut report = SourceReport { mode: opts.mode.to_string(), ..SourceReport::default() };
     vm.start()?;
-    let cfg = warm_up(&mut vm, opts, &mut report)?;
+    let cfg = match warm_up(&mut vm, opts, &mut report) {
+        Ok(cfg) => cfg,
+        Err(error @ MigrationError::OperatorCancelled { .. }) => {
+            return super::cancel::cancel_source(&mut vm, report, &error);
+        }
+        Err(error) => return Err(error),
+    };
     let injection = opts.inject.clone().map(|plan| Injection::new(Side::Source, plan));
     let mut handed_over = false;
     let result = migrate_guest(&mut vm, opts, cfg, &mut report, &injection, &mut handed_over);
     report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
     match result {
         Ok(()) => Ok(report),
-        Err(error) if !handed_over => super::cancel::cancel_source(&mut vm, report, &error),
+        Err(error) if !handed_over => {
+            if let Some(control) = control {
+                control.finish(MigrationStatus::Cancelled, Some(error.to_string()));
+            }
+            super::cancel::cancel_source(&mut vm, report, &error)
+        }
         Err(error) => Err(error),
     }
 }
@@ -242,6 +270,9 @@ fn warm_up(
     let mut window = PageBitmap::new(pages);
     let mut last_progress = 0u64;
     while mono_ns() < migrate_at {
+        if cancel_taken(opts.control.as_deref()) {
+            return Err(MigrationError::OperatorCancelled { before: "the migration started" });
+        }
         std::thread::sleep(SAMPLE);
         let now = mono_ns();
         report.timeline.record(now, vm.ops_done());
@@ -297,7 +328,8 @@ fn migrate_guest(
     // Dialled until it opens (a Hello that loss holds up past the destination's handshake time
     // is dropped there), within the recovery time; a refusal ends it at once.
     let first_dial = opts.recover_timeout.unwrap_or(Duration::ZERO).max(FIRST_DIAL_MIN);
-    let pair = tcp::redial(opts.connect, &offer, &tcp_options, first_dial)?;
+    let control = opts.control.as_deref();
+    let pair = controlled::first_dial(control, opts.connect, &offer, &tcp_options, first_dial)?;
     let mut engine = SourceEngine::new(cfg, &pair.session, &guest)?;
     let mut timeline = std::mem::take(&mut report.timeline);
     let ops_source = OpsReader::new(&guest);
@@ -306,9 +338,12 @@ fn migrate_guest(
     let driver_opts = SourceDriverOptions {
         progress_timeout: opts.progress_timeout,
         inject: injection.clone(),
+        control: opts.control.clone(),
         ..Default::default()
     };
-    let mut redial = |timeout| tcp::redial(opts.connect, &resume, &tcp_options, timeout);
+    // Each slice dials the operator's address once `migrate-recover` gave one.
+    let mut redial =
+        |timeout| tcp::redial(dial_target(control, opts.connect), &resume, &tcp_options, timeout);
     let recovery = opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut redial, timeout });
     let mut on_tick = |e: &SourceEngine| {
         let now = mono_ns();
@@ -400,14 +435,29 @@ pub struct DestHostOptions {
     pub progress_lines: bool,
     /// Faults to inject (`--inject`); `None` in a real migration.
     pub inject: Option<SidePlan>,
+    /// The control channel ([`crate::control`]): status, cancel, a new address to listen on.
+    pub control: Option<Arc<Control>>,
 }
 
 /// Receives the guest, runs it to the end of its ops, returns the destination's report.
 /// `on_listening` gets the bound address before the first accept. A migration that fails
 /// before the guest was allowed to run here is cancelled: everything is freed and the report
 /// says `outcome: cancelled`.
+///
+/// With a control channel, an operator's cancel is taken until the guest runs here, a
+/// `migrate-recover` moves the listener to its address, and the final status is published.
 pub fn run_dest_host(
     opts: &DestHostOptions,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<DestReport, MigrationError> {
+    let control = opts.control.as_deref();
+    let result = dest_host(opts, control, on_listening);
+    controlled::dest_ended(control, result)
+}
+
+fn dest_host(
+    opts: &DestHostOptions,
+    control: Option<&Control>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<DestReport, MigrationError> {
     let mut vm = Vm::new_incoming(&opts.cfg)?;
@@ -417,13 +467,18 @@ pub fn run_dest_host(
         handshake_timeout: opts.handshake_timeout,
         ..tcp::TcpOptions::default()
     };
-    let mut listener = tcp::PairListener::bind(opts.listen, tcp_options, accept)?;
+    let mut listener = tcp::PairListener::bind(opts.listen, tcp_options.clone(), accept.clone())?;
     on_listening(
         listener
             .local_addr()
             .map_err(|source| MigrationError::Io { what: "listener address", source })?,
     );
-    let pair = listener.accept_pair(opts.accept_timeout)?;
+    let next = controlled::relisten_on_recover(control, &tcp_options, &accept);
+    let first = controlled::first_pair(control, &mut listener, &next, opts.accept_timeout)?;
+    let Some(pair) = first else {
+        let error = MigrationError::OperatorCancelled { before: "the source connected" };
+        return Ok(super::cancel::cancelled_dest(DestReport::default(), &error));
+    };
     let mut report = DestReport::default();
     let mut timeline = ProgressTimeline::default();
     let mut guest = KvmGuest::new(&mut vm);
@@ -436,11 +491,16 @@ pub fn run_dest_host(
     let driver_opts = DestDriverOptions {
         progress_timeout: opts.progress_timeout,
         inject: injection.clone(),
+        control: opts.control.clone(),
         ..Default::default()
     };
     let mut last_progress = 0u64;
     let session_id = pair.session.session_id;
-    let mut reaccept = |timeout| listener.accept_session(session_id, timeout);
+    // A listener `migrate-recover` bound replaces this one between two slices.
+    let mut reaccept = |timeout| {
+        controlled::swap_in(&mut listener, &next);
+        listener.accept_session(session_id, timeout)
+    };
     let recovery =
         opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
     let mut on_tick = |e: &crate::dest::DestEngine| {
@@ -469,6 +529,10 @@ pub fn run_dest_host(
         }
         Err(error) => return Err(error.into()),
     };
+    // Completed: the guest is whole here and runs on to the end of its ops.
+    if let Some(control) = control {
+        control.finish(MigrationStatus::Completed, None);
+    }
     let total = vm.total_pages();
     let mut finishing = FinishingVm(&mut vm);
     let digest =

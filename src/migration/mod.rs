@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod cancel;
+mod controlled;
 pub mod delayline;
 pub mod host;
 pub mod local;
@@ -93,6 +94,12 @@ pub enum MigrationError {
         host: &'static str,
         /// Why.
         detail: String,
+    },
+    /// An operator cancelled the migration (`migrate-cancel`) before it began.
+    #[error("cancelled by the operator (migrate-cancel) before {before}")]
+    OperatorCancelled {
+        /// What had not happened yet.
+        before: &'static str,
     },
     /// The source guest could not be resumed after a cancelled migration.
     #[error("resuming the source guest after the migration was cancelled: {0}")]

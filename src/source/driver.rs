@@ -7,6 +7,7 @@
 
 use super::config::SourceStats;
 use super::engine::SourceEngine;
+use crate::control::{CancelRefusal, Control, Counters, View};
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
 use crate::driver::recovery::{run_recovering, Recovery, Resumable};
@@ -17,6 +18,7 @@ use crate::ports::MigratableVm;
 use crate::transport::ring_streams::StreamEvent;
 use crate::transport::tcp::StreamPair;
 use crate::wire::StreamKind;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Tunables of the source's event loop.
@@ -34,6 +36,8 @@ pub struct SourceDriverOptions {
     pub prioritize_thread: bool,
     /// Faults to inject ([`crate::driver::inject`]); `None` in a real migration.
     pub inject: Option<Injection>,
+    /// The control channel to publish to and take cancels from ([`crate::control`]).
+    pub control: Option<Arc<Control>>,
 }
 
 impl Default for SourceDriverOptions {
@@ -46,6 +50,7 @@ impl Default for SourceDriverOptions {
             progress_timeout: shared.progress_timeout,
             prioritize_thread: shared.prioritize_thread,
             inject: None,
+            control: None,
         }
     }
 }
@@ -85,8 +90,16 @@ pub fn run_source_recovering(
         prioritize_thread: opts.prioritize_thread,
         name: "source",
         inject: opts.inject.clone(),
+        control: opts.control.clone(),
     };
-    let mut wing = SourceWing { engine, vm, on_tick, bulk_buf_bytes: opts.bulk_buf_bytes };
+    let mut wing = SourceWing {
+        engine,
+        vm,
+        on_tick,
+        bulk_buf_bytes: opts.bulk_buf_bytes,
+        control: opts.control.clone(),
+        push_cap: None,
+    };
     let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
     let mut stats = wing.engine.stats().clone();
     stats.recovery_ms = count.recovery_ms;
@@ -101,6 +114,30 @@ struct SourceWing<'a> {
     vm: &'a mut dyn MigratableVm,
     on_tick: &'a mut dyn FnMut(&SourceEngine),
     bulk_buf_bytes: usize,
+    control: Option<Arc<Control>>,
+    /// The operator's push cap in force: (since when, bulk bytes sent then, the cap).
+    push_cap: Option<(u64, u64, u64)>,
+}
+
+impl SourceWing<'_> {
+    /// True while the push has sent more on bulk, since the cap was set or the push began,
+    /// than the operator's cap (`migrate-set-parameters`) allows; fault answers on urgent are
+    /// never held. One atomic load a turn when no cap is set.
+    fn over_push_cap(&mut self, io: &LoopIo) -> bool {
+        let cap = self.control.as_deref().map_or(0, Control::push_cap);
+        if cap == 0 || self.engine.phase() != crate::source::Phase::Push {
+            self.push_cap = None;
+            return false;
+        }
+        let (now, sent) = (mono_ns(), io.streams.bytes_sent[0]);
+        let (from_ns, from_bytes, from_cap) = *self.push_cap.get_or_insert((now, sent, cap));
+        if from_cap != cap {
+            self.push_cap = Some((now, sent, cap));
+            return false;
+        }
+        let allowed = u128::from(cap) * u128::from(now.saturating_sub(from_ns)) / 1_000_000_000;
+        u128::from(sent.saturating_sub(from_bytes)) > allowed
+    }
 }
 
 impl Wing for SourceWing<'_> {
@@ -114,9 +151,10 @@ impl Wing for SourceWing<'_> {
 
     fn step(&mut self, io: &mut LoopIo) -> Result<Next, DriverError> {
         let buf_bytes = self.bulk_buf_bytes;
+        let capped = self.over_push_cap(io);
         let mut turn = Turn { wing: &mut *self, io: &mut *io };
         schedule::source_urgent(&mut turn)?;
-        let waits_on_link = schedule::source_bulk(&mut turn, buf_bytes)?;
+        let waits_on_link = !capped && schedule::source_bulk(&mut turn, buf_bytes)?;
         if self.engine.is_finished()
             && io.streams.in_flight(StreamKind::Bulk) == 0
             && io.streams.in_flight(StreamKind::Urgent) == 0
@@ -165,6 +203,30 @@ impl Wing for SourceWing<'_> {
 
     fn resume_ns(&self) -> Option<u64> {
         Some(self.engine.stats().run_sent_ns).filter(|&ns| ns > 0)
+    }
+
+    /// The source decides until the hand-over; after it the guest may run on the destination.
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        if self.engine.handed_over() {
+            return Err(CancelRefusal::HandedOver);
+        }
+        Ok(())
+    }
+
+    fn control_view(&self, io: &LoopIo) -> Option<View> {
+        let mut stats = self.engine.stats().clone();
+        stats.bytes_bulk = io.streams.bytes_sent[0];
+        stats.bytes_urgent = io.streams.bytes_sent[1];
+        Some(View {
+            phase: self.phase(),
+            handed_over: self.engine.handed_over(),
+            counters: Counters::Source(Box::new(stats)),
+            sent_bytes: io.streams.bytes_sent,
+            received_bytes: io.streams.bytes_received,
+            total_pages: self.engine.layout().total_pages(),
+            pages_moved: self.engine.pages_sent(),
+            vcpu_blocked_us: 0,
+        })
     }
 }
 
