@@ -41,6 +41,9 @@ pub enum CancelRefusal {
     HandedOver,
     /// The destination runs the guest.
     GuestRunsHere,
+    /// The destination loaded the state and answered `Loaded`: the source may have handed
+    /// over, so only the source may cancel now.
+    StateLoaded,
     /// The migration already ended.
     Ended(MigrationStatus),
 }
@@ -51,6 +54,10 @@ impl std::fmt::Display for CancelRefusal {
             CancelRefusal::HandedOver => f.write_str(
                 "the source has handed the guest over and it runs on the destination; \
                  cancelling now could lose it (let it complete, or recover it)",
+            ),
+            CancelRefusal::StateLoaded => f.write_str(
+                "the guest's state was loaded here and the source may have handed it over; \
+                 only the source may cancel now (migrate-cancel on the source)",
             ),
             CancelRefusal::GuestRunsHere => f.write_str(
                 "the guest runs on the destination (this host); only a completed migration \

@@ -110,6 +110,9 @@ pub fn status_of(
         }
         WingPhase::Source(Phase::Finished) => MigrationStatus::Completed,
         WingPhase::Dest(DestPhase::PreSwitch) => MigrationStatus::Active,
+        // The state is here and the guest waits for the source's Run: QEMU's device phase.
+        WingPhase::Dest(DestPhase::Loaded) => MigrationStatus::Device,
+        WingPhase::Dest(DestPhase::Refused) => MigrationStatus::Failed,
         WingPhase::Dest(DestPhase::Running) => MigrationStatus::PostcopyActive,
         WingPhase::Dest(DestPhase::Complete) => MigrationStatus::Completed,
     }

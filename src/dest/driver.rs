@@ -277,6 +277,13 @@ impl Wing for DestWing<'_, '_> {
     /// frame's handling, so the phase says it.
     fn may_cancel(&self) -> Result<(), CancelRefusal> {
         match self.engine.phase() {
+            // A state loaded once was answered with `Loaded`, after which the source may hand
+            // over at any moment: from then on only the source decides.
+            DestPhase::PreSwitch | DestPhase::Loaded | DestPhase::Refused
+                if self.engine.stats().state_received_ns > 0 =>
+            {
+                Err(CancelRefusal::StateLoaded)
+            }
             DestPhase::PreSwitch if self.ctx.run.resume_ns == 0 => Ok(()),
             _ => Err(CancelRefusal::GuestRunsHere),
         }
