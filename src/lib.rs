@@ -8,6 +8,7 @@ pub mod control;
 pub mod dest;
 pub mod driver;
 pub mod embed;
+pub mod facade;
 pub mod host_check;
 pub mod memory;
 pub mod metrics;

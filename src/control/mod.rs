@@ -10,6 +10,7 @@
 //! A library user can hold the same `Arc<Control>` without any socket.
 
 pub mod client;
+pub mod connect;
 pub mod protocol;
 pub mod server;
 pub mod status;

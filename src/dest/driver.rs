@@ -122,10 +122,23 @@ pub fn run_dest_recovering(
     on_tick: &mut dyn FnMut(&DestEngine),
     recovery: Option<Recovery<'_>>,
 ) -> Result<DestRun, DriverError> {
-    let regions = vm.regions();
-    let layout = layout_of(&regions).map_err(DestError::from)?;
     let (uffd, _) = Uffd::open_with_features(super::uffd::UFFD_FEATURE_THREAD_ID)
         .map_err(uffd_err("userfaultfd open"))?;
+    run_dest_with_uffd(uffd, vm, pair, opts, on_tick, recovery)
+}
+
+/// [`run_dest_recovering`] on a userfaultfd the caller opened (its `UFFDIO_API` handshake
+/// done, see [`Uffd::from_owned_fd`]); the guest's regions are registered on it here.
+pub fn run_dest_with_uffd(
+    uffd: Uffd,
+    vm: &mut dyn MigratableVm,
+    pair: &StreamPair,
+    opts: &DestDriverOptions,
+    on_tick: &mut dyn FnMut(&DestEngine),
+    recovery: Option<Recovery<'_>>,
+) -> Result<DestRun, DriverError> {
+    let regions = vm.regions();
+    let layout = layout_of(&regions).map_err(DestError::from)?;
     for r in &regions {
         uffd.register(r.host_addr() as u64, r.size_bytes)
             .map_err(uffd_err("userfaultfd register"))?;

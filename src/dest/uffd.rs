@@ -420,6 +420,13 @@ impl Uffd {
         Ok(Uffd { fd })
     }
 
+    /// A userfaultfd the caller opened and on which it performed the `UFFDIO_API`
+    /// handshake (a VMM that opens its own, for example to keep the capability out of this
+    /// library's hands); it is closed when the returned value drops.
+    pub fn from_owned_fd(fd: std::os::fd::OwnedFd) -> Uffd {
+        Uffd { fd }
+    }
+
     /// Opens a userfaultfd and performs the `UFFDIO_API` handshake asking for `wanted`
     /// features, restricted to what the kernel supports (learnt on a throw-away probe fd,
     /// because the handshake can be done only once per fd).

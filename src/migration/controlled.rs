@@ -1,120 +1,31 @@
-//! The hosts' part of the control channel ([`crate::control`]) outside the event loop: a
-//! cancel before the first connection, the operator's address for the source's dials and the
-//! destination's listener, and the final status.
-//!
-//! While a driver runs, its loop answers cancels and publishes; before it (the guest's warm-up,
-//! the first dial, the wait for the source) the host answers, between slices of the wait.
+//! The hosts' part of the control channel ([`crate::control`]): the final status, and the
+//! library's connection helpers ([`crate::control::connect`]) with the hosts' errors.
 
 use super::report::{DestReport, Outcome, SourceReport};
 use super::MigrationError;
+use crate::control::connect::FirstConnectionError;
 use crate::control::{Control, MigrationStatus};
-use crate::driver::recovery::RECONNECT_SLICE;
-use crate::session::{AcceptorConfig, Offer};
-use crate::transport::tcp::{self, PairListener, StreamPair, TcpError, TcpOptions};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-/// True when an operator's cancel is waiting: it is accepted (nothing was handed over yet).
-pub(super) fn cancel_taken(control: Option<&Control>) -> bool {
-    control.is_some_and(|c| c.take_cancel_request(|| Ok(())))
-}
+pub(super) use crate::control::connect::{
+    cancel_taken, dial_target, first_pair, relisten_on_recover, swap_in,
+};
 
-/// Where the source dials: the address of the last `migrate-recover`, else `default`.
-pub(super) fn dial_target(control: Option<&Control>, default: SocketAddr) -> SocketAddr {
-    control.and_then(Control::recover_target).unwrap_or(default)
-}
-
-/// The source's first connection, dialled for at most `timeout` in slices, each to the
-/// current target; a cancel between two slices ends it.
+/// The source's first connection (see [`crate::control::connect::first_dial`]).
 pub(super) fn first_dial(
     control: Option<&Control>,
-    default: SocketAddr,
-    offer: &Offer,
-    options: &TcpOptions,
-    timeout: Duration,
-) -> Result<StreamPair, MigrationError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cancel_taken(control) {
-            return Err(MigrationError::OperatorCancelled { before: "the first connection" });
-        }
-        let from = Instant::now();
-        let slice = deadline.saturating_duration_since(from).min(RECONNECT_SLICE);
-        match tcp::redial(dial_target(control, default), offer, options, slice) {
-            Ok(pair) => return Ok(pair),
-            // Early: a refusal no retry changes (see `tcp::redial`).
-            Err(e) if Instant::now() >= deadline || Instant::now() < from + slice => {
-                return Err(e.into())
+    default: std::net::SocketAddr,
+    offer: &crate::session::Offer,
+    options: &crate::transport::tcp::TcpOptions,
+    timeout: std::time::Duration,
+) -> Result<crate::transport::tcp::StreamPair, MigrationError> {
+    crate::control::connect::first_dial(control, default, offer, options, timeout).map_err(|e| {
+        match e {
+            FirstConnectionError::Cancelled { before } => {
+                MigrationError::OperatorCancelled { before }
             }
-            Err(_) => {}
+            FirstConnectionError::Tcp(e) => e.into(),
         }
-    }
-}
-
-/// A listener bound by `migrate-recover`, waiting to replace the current one.
-pub(super) type NextListener = Arc<Mutex<Option<PairListener>>>;
-
-/// A poisoned lock only means a recover hook panicked; the listener in it is still whole.
-fn lock(next: &Mutex<Option<PairListener>>) -> MutexGuard<'_, Option<PairListener>> {
-    next.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Puts the listener `migrate-recover` bound in place of `listener` (which closes), if any.
-/// Called by the one thread that accepts, between two slices of its wait.
-pub(super) fn swap_in(listener: &mut PairListener, next: &Mutex<Option<PairListener>>) {
-    if let Some(fresh) = lock(next).take() {
-        *listener = fresh;
-    }
-}
-
-/// The destination's first pair, waited for at most `timeout` in slices; a cancel between two
-/// slices ends it (`Ok(None)`).
-pub(super) fn first_pair(
-    control: Option<&Control>,
-    listener: &mut PairListener,
-    next: &Mutex<Option<PairListener>>,
-    timeout: Duration,
-) -> Result<Option<StreamPair>, MigrationError> {
-    let started = Instant::now();
-    loop {
-        if cancel_taken(control) {
-            return Ok(None);
-        }
-        swap_in(listener, next);
-        let slice = (started + timeout).saturating_duration_since(Instant::now());
-        match listener.accept_pair(slice.min(RECONNECT_SLICE)) {
-            Ok(pair) => return Ok(Some(pair)),
-            Err(TcpError::Timeout { .. }) if slice > RECONNECT_SLICE => {}
-            Err(TcpError::Timeout { half_open, dropped, .. }) => {
-                let waited_ms = started.elapsed().as_millis() as u64;
-                return Err(TcpError::Timeout { waited_ms, half_open, dropped }.into());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Lets `migrate-recover` move the destination's listener: the new address is bound at once
-/// (an address that cannot be bound is the request's error), and the accepting thread puts it
-/// in place of the old one, which closes, before its next slice of waiting.
-pub(super) fn relisten_on_recover(
-    control: Option<&Control>,
-    options: &TcpOptions,
-    accept: &AcceptorConfig,
-) -> NextListener {
-    let next = NextListener::default();
-    let Some(control) = control else { return next };
-    let (slot, options, accept) = (next.clone(), options.clone(), accept.clone());
-    control.set_recover_hook(Box::new(move |addr| {
-        let fresh = PairListener::bind(addr, options.clone(), accept.clone())?;
-        *lock(&slot) = Some(fresh);
-        tracing::warn!(
-            "destination: listening on {addr} for the source's resume (migrate-recover)"
-        );
-        Ok(())
-    }));
-    next
+    })
 }
 
 /// Publishes the source's final status.

@@ -166,6 +166,50 @@ pub trait MigratableVm {
     }
 }
 
+/// Forwards every call, so a caller can hand over `&mut vm` or a boxed VM and keep its own.
+macro_rules! forward_migratable_vm {
+    ($($ty:ty),*) => {$(
+        impl<T: MigratableVm + ?Sized> MigratableVm for $ty {
+            fn regions(&self) -> Vec<HostRegion> {
+                (**self).regions()
+            }
+            fn start_dirty_log(&mut self) -> Result<(), EmbedError> {
+                (**self).start_dirty_log()
+            }
+            fn harvest_dirty(&mut self, out: &mut PageBitmap) -> Result<(), EmbedError> {
+                (**self).harvest_dirty(out)
+            }
+            fn arm_dirty_log(&mut self, first: u64, count: u64) -> Result<(), EmbedError> {
+                (**self).arm_dirty_log(first, count)
+            }
+            fn arm_dirty_log_pages(&mut self, pages: &PageBitmap) -> Result<(), EmbedError> {
+                (**self).arm_dirty_log_pages(pages)
+            }
+            fn pause(&mut self) -> Result<Duration, EmbedError> {
+                (**self).pause()
+            }
+            fn save_state(&mut self) -> Result<Vec<u8>, EmbedError> {
+                (**self).save_state()
+            }
+            fn restore_state(&mut self, blob: &[u8]) -> Result<(), EmbedError> {
+                (**self).restore_state(blob)
+            }
+            fn resume(&mut self) -> Result<(), EmbedError> {
+                (**self).resume()
+            }
+            fn untouched_pages(
+                &self,
+                first: u64,
+                count: u64,
+                out: &mut PageBitmap,
+            ) -> Result<bool, EmbedError> {
+                (**self).untouched_pages(first, count, out)
+            }
+        }
+    )*};
+}
+forward_migratable_vm!(&mut T, Box<T>);
+
 /// The destination's VM port: where received pages go, and the two effects the switch-over
 /// has on the VM. The destination engine calls it itself, as the source engine calls
 /// [`MigratableVm`] to pause and save, so both engines act on their VM the same way and a

@@ -37,7 +37,10 @@ use crate::session::Acceptor;
 /// Errors of the TCP transport; each names the address, stream or peer concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
-    /// Creating, binding or listening on the listening socket failed.
+    /// The source has no address to dial (its connections were given by the caller).
+    #[error("no address to dial for the recovery: give one (migrate-recover)")]
+    NoAddress,
+    /// Listening failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address.

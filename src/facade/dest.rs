@@ -1,0 +1,237 @@
+//! The destination side of the embedding API.
+
+use super::handle::MigrationHandle;
+use super::{FacadeError, Outcome};
+use crate::control::{connect, Control, MigrationStatus, Side};
+use crate::dest::driver::{run_dest_with_uffd, DestDriverOptions, DestRun};
+use crate::dest::uffd::{Uffd, UFFD_FEATURE_THREAD_ID};
+use crate::driver::recovery::Recovery;
+use crate::embed::MigratableVm;
+use crate::session::{wire_regions, AcceptorConfig};
+use crate::transport::tcp::{PairListener, StreamPair, TcpOptions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the destination's connections come from.
+#[derive(Debug)]
+enum Target {
+    /// Listen on this address (and accept the source's resume there, or where
+    /// [`MigrationHandle::recover`] says).
+    Listen(SocketAddr),
+    /// Connections the caller accepted; no recovery unless an address is given later.
+    Streams(Box<StreamPair>),
+}
+
+/// Builds the destination side of a migration. See the [module docs](super).
+#[derive(Debug)]
+pub struct DestBuilder {
+    target: Target,
+    tcp: TcpOptions,
+    driver: DestDriverOptions,
+    accept_timeout: Duration,
+    recover_timeout: Option<Duration>,
+    uffd: Option<Uffd>,
+    control: Arc<Control>,
+    on_listening: Option<std::sync::mpsc::SyncSender<SocketAddr>>,
+}
+
+/// How the destination side ended, with its VM.
+#[derive(Debug)]
+pub struct DestEnd<V> {
+    /// The VM, given back: after a completed migration its guest runs here, whole.
+    pub vm: V,
+    /// Completed, cancelled, or the error that ended it.
+    pub result: Result<Outcome, FacadeError>,
+    /// The counters and fault latencies (empty when no connection opened).
+    pub run: DestRun,
+}
+
+impl<V> DestEnd<V> {
+    /// True when the migration completed and the digests matched.
+    pub fn verified(&self) -> bool {
+        matches!(self.result, Ok(Outcome::Completed))
+    }
+}
+
+impl DestBuilder {
+    fn with(target: Target) -> Self {
+        let driver = DestDriverOptions { prioritize_thread: false, ..Default::default() };
+        Self {
+            target,
+            tcp: TcpOptions::default(),
+            driver,
+            accept_timeout: Duration::from_secs(600),
+            recover_timeout: Some(Duration::from_secs(60)),
+            uffd: None,
+            control: Arc::new(Control::new(Side::Destination)),
+            on_listening: None,
+        }
+    }
+
+    /// Listens on `addr` for the source (port 0: any free port, see [`Self::on_listening`]).
+    pub fn listen(addr: SocketAddr) -> Self {
+        Self::with(Target::Listen(addr))
+    }
+
+    /// Uses connections the caller accepted and handshook.
+    pub fn streams(pair: StreamPair) -> Self {
+        Self::with(Target::Streams(Box::new(pair)))
+    }
+
+    /// Sends the address actually bound (useful with port 0) once the listener is up.
+    pub fn on_listening(mut self, tx: std::sync::mpsc::SyncSender<SocketAddr>) -> Self {
+        self.on_listening = Some(tx);
+        self
+    }
+
+    /// Places pages and reads faults through this userfaultfd instead of opening one.
+    pub fn userfaultfd(mut self, uffd: Uffd) -> Self {
+        self.uffd = Some(uffd);
+        self
+    }
+
+    /// How long to wait for the source's first connection (default 10 minutes).
+    pub fn accept_timeout(mut self, timeout: Duration) -> Self {
+        self.accept_timeout = timeout;
+        self
+    }
+
+    /// How long a lost connection may take to come back (None: it ends the migration).
+    pub fn recover_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.recover_timeout = timeout;
+        self
+    }
+
+    /// Asks for real-time priority for the loop's thread (off by default: the caller decides).
+    pub fn realtime_priority(mut self, on: bool) -> Self {
+        self.driver.prioritize_thread = on;
+        self
+    }
+
+    /// The TCP options of the listener and its connections.
+    pub fn tcp_options(mut self, options: TcpOptions) -> Self {
+        self.tcp = options;
+        self
+    }
+
+    /// The control channel the migration will publish to.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// Starts receiving on a thread of its own and returns its handle.
+    pub fn spawn<V: MigratableVm + Send + 'static>(
+        self,
+        vm: V,
+    ) -> Result<MigrationHandle<DestEnd<V>>, FacadeError> {
+        let control = self.control.clone();
+        let events = control.subscribe();
+        let thread = std::thread::Builder::new()
+            .name("hybridmig-dest".into())
+            .spawn(move || Ok(self.run(vm)))
+            .map_err(|e| FacadeError::Thread(e.to_string()))?;
+        Ok(MigrationHandle::new(control, thread, events))
+    }
+
+    /// Receives the migration on the caller's thread, to its end.
+    pub fn run<V: MigratableVm>(self, mut vm: V) -> DestEnd<V> {
+        let control = self.control.clone();
+        let mut run = DestRun::default();
+        let result = self.receive(&mut vm, &mut run);
+        match &result {
+            Ok(Outcome::Completed) => control.finish(MigrationStatus::Completed, None),
+            Ok(Outcome::Cancelled { reason }) => {
+                control.finish(MigrationStatus::Cancelled, Some(reason.clone()))
+            }
+            Err(error) => control.finish(MigrationStatus::Failed, Some(error.to_string())),
+        }
+        DestEnd { vm, result, run }
+    }
+
+    fn receive(self, vm: &mut dyn MigratableVm, out: &mut DestRun) -> Result<Outcome, FacadeError> {
+        let control = Some(&*self.control);
+        let accept = AcceptorConfig::new(wire_regions(&vm.regions()));
+        let (pair, mut listener) = match self.target {
+            Target::Listen(addr) => {
+                let mut listener = PairListener::bind(addr, self.tcp.clone(), accept.clone())?;
+                if let (Some(tx), Ok(bound)) = (&self.on_listening, listener.local_addr()) {
+                    let _ = tx.try_send(bound);
+                }
+                let next = connect::relisten_on_recover(control, &self.tcp, &accept);
+                let first =
+                    connect::first_pair(control, &mut listener, &next, self.accept_timeout)?;
+                let Some(pair) = first else {
+                    return Ok(Outcome::Cancelled {
+                        reason: "cancelled before the source came".into(),
+                    });
+                };
+                (pair, Some((listener, next)))
+            }
+            Target::Streams(pair) => (*pair, None),
+        };
+        let uffd = match self.uffd {
+            Some(uffd) => uffd,
+            None => Uffd::open_with_features(UFFD_FEATURE_THREAD_ID)?.0,
+        };
+        let session_id = pair.session.session_id;
+        let mut reaccept = |timeout: Duration| match listener.as_mut() {
+            Some((listener, next)) => {
+                connect::swap_in(listener, next);
+                listener.accept_session(session_id, timeout)
+            }
+            None => {
+                std::thread::sleep(timeout);
+                Err(crate::transport::tcp::TcpError::NoAddress)
+            }
+        };
+        let recovery =
+            self.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
+        let opts = DestDriverOptions { control: Some(self.control.clone()), ..self.driver };
+        let mut watched = Watched { vm, resumed: false };
+        let result = run_dest_with_uffd(uffd, &mut watched, &pair, &opts, &mut |_| {}, recovery);
+        match result {
+            Ok(run) => {
+                *out = run;
+                Ok(Outcome::Completed)
+            }
+            // Never resumed here: the source still has the guest, and nothing here is needed.
+            Err(error) if !watched.resumed => Ok(Outcome::Cancelled { reason: error.to_string() }),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// The caller's VM, watched for the one call that tells whether the guest ever ran here.
+struct Watched<'a> {
+    vm: &'a mut dyn MigratableVm,
+    resumed: bool,
+}
+
+impl MigratableVm for Watched<'_> {
+    fn regions(&self) -> Vec<crate::embed::HostRegion> {
+        self.vm.regions()
+    }
+    fn start_dirty_log(&mut self) -> Result<(), crate::embed::EmbedError> {
+        self.vm.start_dirty_log()
+    }
+    fn harvest_dirty(
+        &mut self,
+        out: &mut crate::memory::PageBitmap,
+    ) -> Result<(), crate::embed::EmbedError> {
+        self.vm.harvest_dirty(out)
+    }
+    fn pause(&mut self) -> Result<Duration, crate::embed::EmbedError> {
+        self.vm.pause()
+    }
+    fn save_state(&mut self) -> Result<Vec<u8>, crate::embed::EmbedError> {
+        self.vm.save_state()
+    }
+    fn restore_state(&mut self, blob: &[u8]) -> Result<(), crate::embed::EmbedError> {
+        self.vm.restore_state(blob)
+    }
+    fn resume(&mut self) -> Result<(), crate::embed::EmbedError> {
+        self.resumed = true;
+        self.vm.resume()
+    }
+}

@@ -1,0 +1,103 @@
+//! The embedding API: build a migration, start it, and drive it through a handle.
+//!
+//! A VMM implements [`crate::embed::MigratableVm`] for its VM, then on the source host builds a
+//! [`SourceBuilder`] and on the destination host a [`DestBuilder`]. Each takes the VM, the
+//! configuration, the credential and where to connect (an address, a listener, or sockets the
+//! caller already connected), and either runs the migration on a thread the library starts
+//! ([`SourceBuilder::spawn`], [`DestBuilder::spawn`]) or on the caller's thread
+//! ([`SourceBuilder::run`], [`DestBuilder::run`]). The [`MigrationHandle`] gives the live
+//! status with every counter, a cancel, a recovery to a new address, and a stream of events;
+//! [`MigrationHandle::join`] gives the VM back with the outcome.
+//!
+//! The library never takes over more than the thread it runs on: real-time priority is the
+//! caller's choice ([`SourceBuilder::realtime_priority`]), and the destination can be handed
+//! its userfaultfd ([`DestBuilder::userfaultfd`]).
+//!
+//! ```no_run
+//! use hybridmig::facade::{DestBuilder, SourceBuilder};
+//! use hybridmig::source::SourceConfig;
+//! use hybridmig::wire::MigrationMode;
+//! # fn vms() -> (Box<dyn hybridmig::embed::MigratableVm + Send>, Box<dyn hybridmig::embed::MigratableVm + Send>) { unimplemented!() }
+//! # fn main() -> Result<(), hybridmig::facade::FacadeError> {
+//! let (source_vm, dest_vm) = vms();
+//! let listen = "127.0.0.1:7701".parse().expect("address");
+//! let dest = DestBuilder::listen(listen).spawn(dest_vm)?;
+//! let cfg = SourceConfig::new(MigrationMode::Hybrid, 42);
+//! let source = SourceBuilder::new(cfg).connect(listen).spawn(source_vm)?;
+//! for event in source.events().iter().take(1) {
+//!     println!("source is now {}", event.status);
+//! }
+//! let source_end = source.join()?;
+//! let dest_end = dest.join()?;
+//! assert!(dest_end.verified(), "{:?} / {:?}", source_end.result, dest_end.result);
+//! # Ok(()) }
+//! ```
+
+mod dest;
+mod handle;
+mod source;
+
+pub use dest::{DestBuilder, DestEnd};
+pub use handle::{MigrationEvent, MigrationHandle};
+pub use source::{SourceBuilder, SourceEnd};
+
+use crate::driver::DriverError;
+use crate::transport::tcp::TcpError;
+
+/// How a migration ended on one host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It completed: the guest runs on the destination and the digests matched.
+    Completed,
+    /// It was cancelled before the hand-over: the guest runs on the source.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Errors of the embedding API, typed all the way from the layer that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FacadeError {
+    /// Connecting, listening or the handshake failed before the migration started (the
+    /// source's guest was not touched).
+    #[error("connection: {0}")]
+    Tcp(#[from] TcpError),
+    /// The migration failed after the hand-over: both hosts keep their half, and the error
+    /// names what this one holds.
+    #[error("migration: {0}")]
+    Driver(#[from] DriverError),
+    /// The source engine could not be built from the VM.
+    #[error("source: {0}")]
+    Source(#[from] crate::source::SourceError),
+    /// The VM's regions do not form a valid layout.
+    #[error("vm: {0}")]
+    Vm(#[from] crate::ports::EmbedError),
+    /// The VM failed to resume after a cancel: the guest is paused on the source, whole.
+    #[error("the source guest could not be resumed after the cancel ({cancel}): {source}")]
+    ResumeAfterCancel {
+        /// Why the migration was cancelled.
+        cancel: String,
+        /// The VMM's error.
+        source: crate::ports::EmbedError,
+    },
+    /// The userfaultfd given could not be set up.
+    #[error("userfaultfd: {0}")]
+    Uffd(#[from] crate::dest::uffd::UffdError),
+    /// The migration was cancelled before its first connection opened.
+    #[error("cancelled before {before}")]
+    Cancelled {
+        /// What had not happened yet.
+        before: &'static str,
+    },
+    /// The builder was not told where to connect.
+    #[error("the {side} was given no address, listener or connections")]
+    NoTarget {
+        /// Which side.
+        side: &'static str,
+    },
+    /// The thread the library started could not start, or it panicked.
+    #[error("migration thread: {0}")]
+    Thread(String),
+}
