@@ -24,6 +24,7 @@ mod recovery;
 mod residency;
 mod retry;
 
+pub use outgoing::{BULK_FRAMES_MAX, FAULTS_WAITING_MAX};
 use placement::Placing;
 use residency::Residency;
 

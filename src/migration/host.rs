@@ -197,6 +197,7 @@ pub fn run_source_host(opts: &SourceHostOptions) -> Result<SourceReport, Migrati
     let mut handed_over = false;
     let result = migrate_guest(&mut vm, opts, cfg, &mut report, &injection, &mut handed_over);
     report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
+    report.peak_rss_bytes = peak_rss_bytes();
     match result {
         Ok(()) => Ok(report),
         Err(error) if !handed_over => super::cancel::cancel_source(&mut vm, report, &error),

@@ -65,9 +65,9 @@ impl SourceConfig {
             window_pages: 16,
             adaptive_window: false,
             push_pages,
-            // 16 acknowledgement intervals: a healthy destination's Ack trails by one
-            // interval plus what the sockets hold, so the cap only stops a stalled one.
-            unacked_cap_pages: 16 * ACK_EVERY_WINDOWS * u64::from(push_pages),
+            // 128 acknowledgement intervals, twice the peak of a healthy loopback run
+            // (docs/results/2026-12-03-bounded-queues.md): only a stalled destination meets it.
+            unacked_cap_pages: 128 * ACK_EVERY_WINDOWS * u64::from(push_pages),
             max_rounds: 30,
             downtime_target_ms: 5.0,
             compression: CompressionPolicy::Auto,

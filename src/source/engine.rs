@@ -55,7 +55,9 @@ use rounds::{RoundLimits, Rounds};
 use switchover::SwitchPlan;
 use zeroscan::ZeroScan;
 
+pub use acks::UNACKED_WINDOWS_MAX;
 pub use faults::window_around;
+pub use outbox::OUTBOX_RUNS_MAX;
 
 /// The source state machine. See the module docs.
 ///

@@ -15,11 +15,11 @@ use crate::dest::DestQueue;
 
 /// Faults waiting for the network at most. Each is a thread blocked on a missing page (a vCPU,
 /// or the VMM touching guest memory), so no guest comes near it.
-pub(super) const FAULTS_WAITING_MAX: usize = 1024;
+pub const FAULTS_WAITING_MAX: usize = 1024;
 
 /// Frames waiting for the bulk stream at most: every request asked again (one per waiting
 /// fault) with room to spare for the few control frames.
-pub(super) const BULK_FRAMES_MAX: usize = FAULTS_WAITING_MAX + 64;
+pub const BULK_FRAMES_MAX: usize = FAULTS_WAITING_MAX + 64;
 
 impl DestEngine {
     /// Fails when one more fault may not wait for the network.
@@ -79,11 +79,5 @@ impl DestEngine {
         }
         self.bulk_out.push_back(BulkFrame::FaultRequest(request));
         true
-    }
-
-    /// Frames waiting for the bulk stream.
-    #[cfg(test)]
-    pub(super) fn bulk_queued(&self) -> usize {
-        self.bulk_out.len()
     }
 }

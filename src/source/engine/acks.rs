@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 /// Windows kept one by one per stream; older ones are folded into a span. A destination
 /// acknowledges every few dozen windows, so only a stream whose acknowledgements are held up
 /// (bulk stalled while urgent answers flow) ever reaches it.
-pub(super) const UNACKED_WINDOWS_MAX: usize = 4096;
+pub const UNACKED_WINDOWS_MAX: usize = 4096;
 
 /// One window sent and not yet acknowledged.
 #[derive(Debug, Clone, Copy)]

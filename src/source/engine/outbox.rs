@@ -26,7 +26,7 @@ pub(super) struct AnswerRun {
 /// Runs the outbox holds at most. A driver takes every waiting answer each time it has an
 /// urgent buffer, so only an urgent stream that stopped draining fills it; a whole 16-page
 /// answer is at most 9 runs, so this is many more answers than vCPUs can wait on.
-pub(super) const OUTBOX_RUNS_MAX: usize = 1024;
+pub const OUTBOX_RUNS_MAX: usize = 1024;
 
 /// Fault answers waiting for the urgent stream (see the module docs).
 #[derive(Debug, Default)]
