@@ -87,19 +87,19 @@ impl Pair {
         while pair.source.phase() != Phase::Push {
             let mut buf = Vec::new();
             assert!(pair.source.poll_bulk(&mut buf, &mut pair.vm).expect("switch-over"));
-            pair.to_dest(StreamKind::Bulk, &buf);
+            pair.deliver_to_dest(StreamKind::Bulk, &buf);
         }
         pair
     }
 
-    fn to_dest(&mut self, stream: StreamKind, buf: &[u8]) {
+    fn deliver_to_dest(&mut self, stream: StreamKind, buf: &[u8]) {
         let dest = &mut self.dest;
         each_frame(buf, |frame| {
             dest.on_frame(stream, frame, &mut NullSink).expect("dest on_frame");
         });
     }
 
-    fn to_source(&mut self, stream: StreamKind, buf: &[u8]) {
+    fn deliver_to_source(&mut self, stream: StreamKind, buf: &[u8]) {
         let (source, vm) = (&mut self.source, &mut self.vm);
         each_frame(buf, |frame| source.on_frame(stream, frame, vm).expect("source on_frame"));
     }
@@ -153,18 +153,18 @@ fn at_the_cap_no_bulk_window_goes_until_an_ack_but_fault_answers_do() {
     pair.dest.on_fault(page, 0, &mut NullSink).expect("fault");
     let mut request = Vec::new();
     assert!(pair.dest.poll_urgent(&mut request));
-    pair.to_source(StreamKind::Urgent, &request);
+    pair.deliver_to_source(StreamKind::Urgent, &request);
     let mut answer = Vec::new();
     assert!(pair.source.poll_urgent(&mut answer), "the fault answer must not wait at the cap");
     assert_eq!(Pair::windows(&answer), vec![(page, 1)]);
-    pair.to_dest(StreamKind::Urgent, &answer);
+    pair.deliver_to_dest(StreamKind::Urgent, &answer);
     assert!(pair.dest.is_present(page));
 
     // The held windows arrive, the destination acknowledges them, and the push goes on.
-    pair.to_dest(StreamKind::Bulk, &held);
+    pair.deliver_to_dest(StreamKind::Bulk, &held);
     let mut acks = Vec::new();
     assert!(pair.dest.poll_bulk(&mut acks));
-    pair.to_source(StreamKind::Bulk, &acks);
+    pair.deliver_to_source(StreamKind::Bulk, &acks);
     assert!(pair.source.unacked_pages(StreamKind::Bulk) < cap, "the ack released room");
     let mut next = Vec::new();
     assert!(pair.source.poll_bulk(&mut next, &mut pair.vm).expect("push"), "push resumed");
@@ -174,11 +174,11 @@ fn at_the_cap_no_bulk_window_goes_until_an_ack_but_fault_answers_do() {
 fn a_fault_asked_again_while_its_answer_waits_is_not_queued_twice() {
     let mut pair = Pair::resumed(512, |cfg| cfg.push_delay_ms = 3_600_000);
     let request = Pair::request(10, 1);
-    pair.to_source(StreamKind::Urgent, &request);
+    pair.deliver_to_source(StreamKind::Urgent, &request);
     // The same page again before the urgent stream took the answer: on urgent, and on bulk
     // (the destination's retry path), which also answers on bulk.
-    pair.to_source(StreamKind::Urgent, &Pair::request(10, 2));
-    pair.to_source(StreamKind::Bulk, &Pair::request(10, 3));
+    pair.deliver_to_source(StreamKind::Urgent, &Pair::request(10, 2));
+    pair.deliver_to_source(StreamKind::Bulk, &Pair::request(10, 3));
     assert_eq!(pair.source.stats().fault_answers_deduped, 2);
     assert_eq!(pair.source.stats().faults_served, 1);
     let mut urgent = Vec::new();
@@ -196,7 +196,7 @@ fn a_full_outbox_leaves_the_answer_to_the_push_which_takes_it_next() {
     let pages = OUTBOX_RUNS_MAX as u64 + 8;
     let mut pair = Pair::resumed(pages, |_| {});
     for page in 0..=OUTBOX_RUNS_MAX as u64 {
-        pair.to_source(StreamKind::Urgent, &Pair::request(page, page as u32 + 1));
+        pair.deliver_to_source(StreamKind::Urgent, &Pair::request(page, page as u32 + 1));
     }
     let stats = pair.source.stats();
     assert_eq!(stats.faults_served, OUTBOX_RUNS_MAX as u64 + 1);
@@ -235,7 +235,7 @@ fn the_destination_coalesces_acks_and_refuses_input_past_its_bounds() {
             &wire::Limits::default(),
         )
         .expect("window");
-        pair.to_dest(StreamKind::Bulk, &window);
+        pair.deliver_to_dest(StreamKind::Bulk, &window);
     }
     let mut out = Vec::new();
     while pair.dest.poll_bulk(&mut out) {}
