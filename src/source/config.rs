@@ -65,9 +65,9 @@ impl SourceConfig {
             window_pages: 16,
             adaptive_window: false,
             push_pages,
-            // 256 acknowledgement intervals, well above the peak of healthy loopback runs
+            // 512 acknowledgement intervals, above the Ack lag of healthy loopback runs
             // (docs/results/2026-12-03-bounded-queues.md): only a stalled destination meets it.
-            unacked_cap_pages: 256 * ACK_EVERY_WINDOWS * u64::from(push_pages),
+            unacked_cap_pages: 512 * ACK_EVERY_WINDOWS * u64::from(push_pages),
             max_rounds: 30,
             downtime_target_ms: 5.0,
             compression: CompressionPolicy::Auto,
