@@ -428,6 +428,7 @@ fn sim(a: SimArgs) -> Result<()> {
             "recoveries": report.recoveries,
             "multi_recovery_runs": report.multi_recovery_runs,
             "fault_retries": report.fault_retries,
+            "cap_stall_runs": report.cap_stall_runs,
             "failures": failures,
         });
         if let Some(hash) = report.trace_hash {

@@ -156,3 +156,37 @@ fn a_stalled_source_keeps_the_destination_within_its_memory_bound() {
         "the destination used {rss_mib:.1} MiB for a {GUEST_MIB} MiB guest"
     );
 }
+
+/// The source's memory does not grow with a stall of its destination after the resume: its
+/// push stops at the unacknowledged-page cap (or earlier, once the sockets' buffers are
+/// full), and nothing else queues while the destination is silent. A 2 s stall leaves the
+/// source's peak RSS within a few MiB of a 0.1 s one.
+#[test]
+fn a_stalled_destination_does_not_grow_the_source() {
+    if !ready("a_stalled_destination_does_not_grow_the_source") {
+        return;
+    }
+    /// Guest RAM of `guest_args`, and what a longer stall may add to the source (MiB).
+    const GUEST_MIB: f64 = 256.0;
+    const BOUND_OVER_GUEST_MIB: f64 = 64.0;
+    const STALL_GROWTH_MIB: f64 = 8.0;
+    let expected = reference_digest(&guest_args());
+    let rss = |stall_ms: u64| {
+        let r = migrate("postcopy", &format!("dst:stall@resume+100:{stall_ms}"), &expected);
+        let rss_mib = r["source_peak_rss_mb"].as_f64().expect("source_peak_rss_mb");
+        eprintln!(
+            "source peak RSS under a {stall_ms} ms destination stall: {rss_mib:.1} MiB \
+             (unacked_pages_max {}, unacked_cap_stalls {})",
+            r["unacked_pages_max"], r["unacked_cap_stalls"]
+        );
+        assert!(rss_mib > 0.0, "no RSS measured: {r}");
+        rss_mib
+    };
+    let short = rss(100);
+    let long = rss(2000);
+    assert!(long <= GUEST_MIB + BOUND_OVER_GUEST_MIB, "the source used {long:.1} MiB");
+    assert!(
+        long <= short + STALL_GROWTH_MIB,
+        "the source grew with the stall: {short:.1} MiB for 0.1 s, {long:.1} MiB for 2 s"
+    );
+}

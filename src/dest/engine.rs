@@ -18,11 +18,13 @@ use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod outgoing;
 mod placement;
 mod recovery;
 mod residency;
 mod retry;
 
+pub use outgoing::{BULK_FRAMES_MAX, FAULTS_WAITING_MAX};
 use placement::Placing;
 use residency::Residency;
 
@@ -140,7 +142,7 @@ impl std::fmt::Debug for DestEngine {
     }
 }
 
-/// A frame waiting for the bulk stream.
+/// A frame waiting for the bulk stream (bounded: see `outgoing`).
 #[derive(Debug)]
 enum BulkFrame {
     /// Encoded when queued (the DoneAck: once per migration).
@@ -332,6 +334,7 @@ impl DestEngine {
             wire::FrameBody::Done(done) if self.phase == DestPhase::Complete => {
                 // The first DoneAck was lost with a connection: answer the repeated Done,
                 // acknowledging every window first, as the first time.
+                self.check_bulk_room()?;
                 self.stats.source_digest = done.memory_digest;
                 for stream in StreamKind::ALL {
                     self.queue_ack(stream);
@@ -418,7 +421,7 @@ impl DestEngine {
             }
         };
         let loaded = wire::Control { kind: wire::ControlKind::Loaded, seq: 0, value };
-        self.bulk_out.push_back(BulkFrame::Control(loaded));
+        self.queue_bulk(BulkFrame::Control(loaded))?;
         Ok(None)
     }
 
@@ -465,9 +468,11 @@ impl DestEngine {
             self.mark_present(page, self.clock.now_ns());
             return Ok(());
         }
-        if !self.residency.request(page) {
+        if self.residency.is_requested(page) {
             return Ok(()); // a request is in flight; the answer wakes every waiter
         }
+        self.check_fault_room()?;
+        self.residency.request(page);
         self.stats.network_faults += 1;
         let now_ns = self.clock.now_ns();
         tracing::trace!(page, at_ns = now_ns, "destination: fault request");
@@ -499,8 +504,7 @@ impl DestEngine {
             return Ok(());
         }
         let pong = wire::Control { kind: wire::ControlKind::Pong, seq: c.seq, value: c.value };
-        self.bulk_out.push_back(BulkFrame::Control(pong));
-        Ok(())
+        self.queue_bulk(BulkFrame::Control(pong))
     }
 
     fn count_window(&mut self, stream: StreamKind) -> Result<(), DestError> {
@@ -513,16 +517,6 @@ impl DestEngine {
             self.queue_ack(stream);
         }
         Ok(())
-    }
-
-    /// Queues an acknowledgement of every window received so far on `stream` (on bulk).
-    fn queue_ack(&mut self, stream: StreamKind) {
-        let ack = wire::Control {
-            kind: wire::ControlKind::Ack,
-            seq: self.windows_received[stream.index()],
-            value: stream.index() as u64,
-        };
-        self.bulk_out.push_back(BulkFrame::Control(ack));
     }
 
     /// Completes once Done arrived and every needed page is present: checks the digest and
@@ -549,7 +543,8 @@ impl DestEngine {
         Some(DestEvent::Complete)
     }
 
-    /// Queues the DoneAck answering `done`, with this side's digest; returns its verdict.
+    /// Queues the DoneAck answering `done`, with this side's digest; returns its verdict. Once
+    /// per Done: a repeated Done checks the queue's room first.
     fn queue_done_ack(&mut self, done: &wire::Done) -> wire::DoneVerdict {
         let digest = self.stats.memory_digest;
         let verdict = if digest == done.memory_digest {

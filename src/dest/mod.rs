@@ -15,6 +15,26 @@ use crate::memory::MemoryError;
 use crate::wire::{FrameType, StreamKind, WireError};
 pub use engine::{DestEngine, DestEvent, DestPhase, DestStats};
 
+/// The destination engine's bounded queues, as [`DestError::QueueFull`] names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestQueue {
+    /// Faults waiting for a page from the network (one per blocked vCPU or VMM thread); it
+    /// also bounds the fault requests queued for the urgent stream and the retry bookkeeping.
+    FaultsWaiting,
+    /// Frames waiting for the bulk stream (acknowledgements, Pongs, DoneAcks, requests asked
+    /// again, the recovery report).
+    BulkFrames,
+}
+
+impl std::fmt::Display for DestQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DestQueue::FaultsWaiting => "faults waiting for the network",
+            DestQueue::BulkFrames => "frames for the bulk stream",
+        })
+    }
+}
+
 /// Errors of the destination engine (its driver's own errors are
 /// [`crate::driver::DriverError`]).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +79,14 @@ pub enum DestError {
     /// The state did not load (the VMM's error was reported once, when it happened).
     #[error("the guest's state did not load here; the source keeps the guest")]
     StateRefused,
+    /// A queue reached its bound: the input that would have grown it further is refused.
+    #[error("the destination's queue of {queue} is full ({bound} entries)")]
+    QueueFull {
+        /// Which queue.
+        queue: DestQueue,
+        /// Its bound.
+        bound: usize,
+    },
     /// The memory digest did not match the source's.
     #[error(
         "memory digest mismatch: source {source_digest:#018x}, destination {dest_digest:#018x}"

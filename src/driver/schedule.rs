@@ -9,6 +9,8 @@
 //!   two bulk frames, so a fault never waits behind the encoding of a buffer;
 //! - the buffer that carries the VM state leaves at once, not behind pushed pages;
 //! - the destination sends fault requests before acknowledgements;
+//! - a buffer of urgent frames or of the destination's frames takes frames until it holds
+//!   [`FILL_BYTES`]; the rest wait in the engine's bounded queues for the next buffer;
 //! - once its guest runs, it places a large bulk window chunk by chunk and serves urgent input
 //!   (faults, fault answers) before the first chunk and between chunks.
 
@@ -16,6 +18,11 @@ use crate::dest::{DestEngine, DestError, DestPhase};
 use crate::ports::MigratableVm;
 use crate::source::{Phase, SourceEngine, SourceError};
 use crate::wire::StreamKind;
+
+/// Bytes after which a buffer of fault answers, or of the destination's frames, takes no more:
+/// the drivers' send buffers are this size, so a backlog waits in the engines' bounded queues
+/// instead of growing one buffer.
+pub const FILL_BYTES: usize = 64 * 1024;
 
 /// A side's send buffers and link, as the scheduling sees them.
 pub trait Outlet {
@@ -55,7 +62,7 @@ pub trait DestSide: Outlet<Error: From<DestError>> {
 pub fn source_urgent<S: SourceSide>(side: &mut S) -> Result<(), S::Error> {
     let mut queued = false;
     while let Some(mut frames) = side.take_buf(StreamKind::Urgent) {
-        while side.parts().0.poll_urgent(&mut frames) {}
+        while frames.len() < FILL_BYTES && side.parts().0.poll_urgent(&mut frames) {}
         if frames.is_empty() {
             side.put_back(StreamKind::Urgent, frames);
             break;
@@ -119,8 +126,12 @@ pub fn dest_flush<S: DestSide>(side: &mut S) -> Result<(), S::Error> {
         while let Some(mut frames) = side.take_buf(stream) {
             let engine = side.engine();
             match stream {
-                StreamKind::Urgent => while engine.poll_urgent(&mut frames) {},
-                StreamKind::Bulk => while engine.poll_bulk(&mut frames) {},
+                StreamKind::Urgent => {
+                    while frames.len() < FILL_BYTES && engine.poll_urgent(&mut frames) {}
+                }
+                StreamKind::Bulk => {
+                    while frames.len() < FILL_BYTES && engine.poll_bulk(&mut frames) {}
+                }
             }
             if frames.is_empty() {
                 side.put_back(stream, frames);

@@ -236,6 +236,7 @@ fn source_host(
     let mut handed_over = false;
     let result = migrate_guest(&mut vm, opts, cfg, &mut report, &injection, &mut handed_over);
     report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
+    report.peak_rss_bytes = peak_rss_bytes();
     match result {
         Ok(()) => Ok(report),
         Err(error) if !handed_over => {

@@ -68,6 +68,9 @@ pub struct SourceReport {
     /// Faults this host injected (`--inject`).
     #[serde(default)]
     pub injected: Vec<Injected>,
+    /// The source process's peak resident memory (VmHWM), guest memory included (bytes).
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
 }
 
 /// The destination host's report.
@@ -115,6 +118,9 @@ pub struct MigrationReport {
     /// The destination process's peak resident memory, guest memory included (MiB).
     #[serde(default)]
     pub dest_peak_rss_mb: f64,
+    /// The source process's peak resident memory, guest memory included (MiB).
+    #[serde(default)]
+    pub source_peak_rss_mb: f64,
     /// The longest a vCPU waited for a page from the network (us).
     #[serde(default)]
     pub fault_us_max: u64,
@@ -247,6 +253,15 @@ pub struct MigrationReport {
     pub unacked_pages_max: u64,
     /// Bulk pages never acknowledged by DoneAck (must be 0).
     pub unacked_pages_at_end: u64,
+    /// Times the source's bulk windows stopped at its unacknowledged-page cap.
+    #[serde(default)]
+    pub unacked_cap_stalls: u64,
+    /// Fault requests whose page already waited in a queued answer (not queued again).
+    #[serde(default)]
+    pub fault_answers_deduped: u64,
+    /// Fault answers left to the push because the source's outbox was full.
+    #[serde(default)]
+    pub fault_answers_deferred: u64,
     /// Guest progress (ops per 10 ms bucket) from migration start: (ms since start, ops).
     pub progress_buckets: Vec<(f64, f64)>,
     /// Fault latency CDF: (us, cumulative fraction).
@@ -282,6 +297,7 @@ impl MigrationReport {
             pages_resent: s.pages_resent,
             fault_retries: d.stats.fault_retries,
             dest_peak_rss_mb: dst.peak_rss_bytes as f64 / (1 << 20) as f64,
+            source_peak_rss_mb: src.peak_rss_bytes as f64 / (1 << 20) as f64,
             fault_us_max: d.stats.fault_us_max,
             total_ms: ms_between(start, s.finished_ns),
             downtime_ms: ms_between(s.pause_ns, d.resume_ns),
@@ -325,6 +341,9 @@ impl MigrationReport {
             lz4_used: s.lz4_used,
             unacked_pages_max: s.unacked_pages_max,
             unacked_pages_at_end: s.unacked_pages_at_end,
+            unacked_cap_stalls: s.unacked_cap_stalls,
+            fault_answers_deduped: s.fault_answers_deduped,
+            fault_answers_deferred: s.fault_answers_deferred,
             progress_buckets: timeline
                 .buckets(start)
                 .into_iter()

@@ -145,6 +145,9 @@ pub struct SimRun {
     pub stall_us: Option<(u64, u64)>,
     /// A planted fault (tests of the checks only).
     pub plant: Option<Plant>,
+    /// The source's cap on unacknowledged bulk pages at its smallest allowed value, so that
+    /// the push, the rounds and the live pass keep stopping for acknowledgements.
+    pub tight_unacked_cap: bool,
 }
 
 impl Default for SimRun {
@@ -160,6 +163,7 @@ impl Default for SimRun {
             place_chunk_pages: 0,
             stall_us: None,
             plant: None,
+            tight_unacked_cap: false,
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct SimOutcome {
     pub pages_resent: u64,
     /// Fault requests the destination asked again on bulk.
     pub fault_retries: u64,
+    /// Times the source's bulk windows stopped at its unacknowledged-page cap.
+    pub unacked_cap_stalls: u64,
 }
 
 /// Bytes the link may hold beyond the guest's memory: a few frames per stream in flight, each
@@ -394,6 +400,9 @@ impl<'s> World<'s> {
         // Blocks of a few pages, so that arming and zero scans happen all through the live
         // phase.
         cfg.prepare_block_pages = 16;
+        if spec.tight_unacked_cap {
+            cfg.unacked_cap_pages = cfg.min_unacked_cap_pages();
+        }
         // One virtual clock for both engines: every timing decision follows from the seed.
         let clock = VirtualClock::new();
         let mut net = SimNet::new(spec.seed, spec.faults.clone());
@@ -642,6 +651,7 @@ impl<'s> World<'s> {
             frames_refused: self.frames_refused,
             pages_resent: self.source.stats().pages_resent,
             fault_retries: self.dest.stats().fault_retries,
+            unacked_cap_stalls: self.source.stats().unacked_cap_stalls,
         })
     }
 }

@@ -40,6 +40,8 @@ pub struct SeedResult {
     pub frames_refused: u64,
     /// Fault requests asked again on bulk.
     pub fault_retries: u64,
+    /// Times the source's bulk windows stopped at its unacknowledged-page cap.
+    pub unacked_cap_stalls: u64,
 }
 
 impl SeedResult {
@@ -66,6 +68,8 @@ pub struct SeedReport {
     pub multi_recovery_runs: u64,
     /// Fault requests asked again on bulk, over all runs.
     pub fault_retries: u64,
+    /// Runs in which the source's bulk windows stopped at its unacknowledged-page cap.
+    pub cap_stall_runs: u64,
     /// The trace hash when exactly one seed ran.
     pub trace_hash: Option<u64>,
 }
@@ -94,6 +98,8 @@ pub fn spec_for_seed(seed: u64) -> SimRun {
         place_chunk_pages,
         stall_us,
         plant: None,
+        // From the seed, not the generator, so that every other choice stays as it was.
+        tight_unacked_cap: seed % 2 == 0,
     }
 }
 
@@ -153,6 +159,7 @@ pub fn run_seed(seed: u64, plant: Option<Plant>) -> SeedResult {
     let recoveries = result.as_ref().map_or(0, |o| o.recoveries);
     let caught = result.as_ref().map_or(0, |o| o.frames_refused);
     let fault_retries = result.as_ref().map_or(0, |o| o.fault_retries);
+    let unacked_cap_stalls = result.as_ref().map_or(0, |o| o.unacked_cap_stalls);
     let verdict = match result {
         Ok(outcome) => judge(&outcome),
         Err(e) if corrupting && caught_by_codec(&e) => SeedVerdict::CorruptionCaught,
@@ -166,6 +173,7 @@ pub fn run_seed(seed: u64, plant: Option<Plant>) -> SeedResult {
         recoveries,
         frames_refused: caught,
         fault_retries,
+        unacked_cap_stalls,
     }
 }
 
@@ -204,6 +212,7 @@ pub fn run_seeds(
         }
         report.recoveries += result.recoveries;
         report.fault_retries += result.fault_retries;
+        report.cap_stall_runs += u64::from(result.unacked_cap_stalls > 0);
         report.multi_recovery_runs += u64::from(result.recoveries >= 2);
         if count == 1 {
             report.trace_hash = Some(result.trace_hash);

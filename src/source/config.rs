@@ -1,6 +1,7 @@
 //! What the source is told (its tunables), what it reports (its counters), and the names of
 //! its phases. The engine in [`super::engine`] reads the first and fills the second.
 
+use crate::dest::engine::ACK_EVERY_WINDOWS;
 use crate::wire::MigrationMode;
 
 /// Tunables of the source.
@@ -17,6 +18,10 @@ pub struct SourceConfig {
     pub adaptive_window: bool,
     /// Pages in one background-push or round frame.
     pub push_pages: u32,
+    /// Bulk pages sent and not yet acknowledged at which the push, the rounds and the live
+    /// pass wait for an acknowledgement (fault answers never wait). At least
+    /// [`ACK_EVERY_WINDOWS`] windows of `push_pages`, or the engine refuses the config.
+    pub unacked_cap_pages: u64,
     /// Pre-copy: rounds before the switch-over is forced.
     pub max_rounds: u32,
     /// Pre-copy: switch over once the dirty pages fit this downtime at the measured rate.
@@ -44,14 +49,25 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
+    /// The smallest [`SourceConfig::unacked_cap_pages`] that cannot wait forever: the
+    /// destination acknowledges every [`ACK_EVERY_WINDOWS`] windows, so with this many bulk
+    /// pages unacknowledged an Ack is always on its way.
+    pub fn min_unacked_cap_pages(&self) -> u64 {
+        ACK_EVERY_WINDOWS * u64::from(self.push_pages.max(1))
+    }
+
     /// Defaults for `mode`.
     pub fn new(mode: MigrationMode, session_id: u64) -> Self {
+        let push_pages = 16;
         Self {
             mode,
             session_id,
             window_pages: 16,
             adaptive_window: false,
-            push_pages: 16,
+            push_pages,
+            // 512 acknowledgement intervals, above the Ack lag of healthy loopback runs
+            // (docs/results/2026-12-03-bounded-queues.md): only a stalled destination meets it.
+            unacked_cap_pages: 512 * ACK_EVERY_WINDOWS * u64::from(push_pages),
             max_rounds: 30,
             downtime_target_ms: 5.0,
             compression: CompressionPolicy::Auto,
@@ -185,6 +201,15 @@ pub struct SourceStats {
     pub unacked_pages_max: u64,
     /// Bulk-stream pages still unacknowledged when DoneAck arrived (must be 0).
     pub unacked_pages_at_end: u64,
+    /// Times bulk windows stopped at [`SourceConfig::unacked_cap_pages`] until an Ack.
+    #[serde(default)]
+    pub unacked_cap_stalls: u64,
+    /// Fault requests whose page was already in a queued answer (a retry): not queued again.
+    #[serde(default)]
+    pub fault_answers_deduped: u64,
+    /// Fault answers left to the push because the outbox was full.
+    #[serde(default)]
+    pub fault_answers_deferred: u64,
     /// Pre-copy stopped without converging and finished post-copy.
     #[serde(default)]
     pub precopy_fallback: bool,

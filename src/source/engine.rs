@@ -55,7 +55,9 @@ use rounds::{RoundLimits, Rounds};
 use switchover::SwitchPlan;
 use zeroscan::ZeroScan;
 
+pub use acks::UNACKED_WINDOWS_MAX;
 pub use faults::window_around;
+pub use outbox::OUTBOX_RUNS_MAX;
 
 /// The source state machine. See the module docs.
 ///
@@ -136,6 +138,12 @@ impl SourceEngine {
             .map(|r| wire::Region { guest_phys: r.guest_phys, size_bytes: r.size_bytes })
             .collect();
         let block_pages = cfg.prepare_block_pages;
+        let acks = AckLog::new(cfg.unacked_cap_pages);
+        let min_pages = cfg.min_unacked_cap_pages();
+        if cfg.unacked_cap_pages < min_pages {
+            let cap_pages = cfg.unacked_cap_pages;
+            return Err(SourceError::UnackedCapTooSmall { cap_pages, min_pages });
+        }
         Ok(Self {
             window: AdaptiveWindow::new(cfg.window_pages),
             compression: CompressionChoice::new(cfg.compression),
@@ -157,7 +165,7 @@ impl SourceEngine {
             switch: None,
             dirty_scratch: PageBitmap::new(pages),
             need_scratch: PageBitmap::new(pages),
-            acks: AckLog::default(),
+            acks,
             push_from_ns: 0,
             done_digest: 0,
             recovery: None,
@@ -320,9 +328,13 @@ impl SourceEngine {
         let before = out.len();
         let produced = match self.phase {
             Phase::Setup | Phase::AwaitDoneAck | Phase::Finished => false,
-            Phase::Rounds | Phase::WorkingSet => self.poll_pre_switch(out, vm)?,
+            Phase::Rounds | Phase::WorkingSet => {
+                self.bulk_room() && self.poll_pre_switch(out, vm)?
+            }
             Phase::SwitchOver => self.poll_switch(out, vm)?,
-            Phase::Push => self.poll_bulk_answer(out)? || self.poll_push(out)?,
+            Phase::Push => {
+                self.poll_bulk_answer(out)? || (self.bulk_room() && self.poll_push(out)?)
+            }
         };
         self.stats.bytes_bulk += (out.len() - before) as u64;
         Ok(produced)
@@ -567,6 +579,14 @@ impl SourceEngine {
             wire::ControlKind::Ack => self.acks.on_ack(c.value, c.seq),
             _ => {}
         }
+    }
+
+    /// Whether a bulk window may go: not while the bulk pages not acknowledged are at
+    /// [`SourceConfig::unacked_cap_pages`] (fault answers and the switch-over never wait).
+    fn bulk_room(&mut self) -> bool {
+        let room = self.acks.bulk_room();
+        self.stats.unacked_cap_stalls = self.acks.stalls();
+        room
     }
 
     /// Pages sent on `stream` and not yet acknowledged by the destination.

@@ -48,6 +48,15 @@ pub enum SourceError {
         /// The source's phase.
         phase: Phase,
     },
+    /// [`SourceConfig::unacked_cap_pages`] is too small: bulk windows would wait for an Ack
+    /// the destination never sends.
+    #[error("unacked_cap_pages {cap_pages} is below {min_pages}, the bulk pages between two of the destination's acknowledgements")]
+    UnackedCapTooSmall {
+        /// The configured cap.
+        cap_pages: u64,
+        /// The smallest cap allowed ([`SourceConfig::min_unacked_cap_pages`]).
+        min_pages: u64,
+    },
     /// The handshake failed (the destination refused, or its answer was malformed).
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),

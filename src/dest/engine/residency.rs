@@ -52,6 +52,11 @@ impl Residency {
         self.need.as_ref().map(|need| need.get(page))
     }
 
+    /// True while a fault request for `page` is in flight.
+    pub(super) fn is_requested(&self, page: u64) -> bool {
+        self.requested.get(page)
+    }
+
     /// A fault request for `page` goes out; false when one is in flight already.
     pub(super) fn request(&mut self, page: u64) -> bool {
         self.requested.set(page)

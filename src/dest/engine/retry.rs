@@ -82,10 +82,13 @@ impl DestEngine {
         // The same order every time (a map's order is not): the simulator replays by seed.
         due.sort_unstable();
         for &page in &due {
-            let entry = self.retries.asked.entry(page).or_insert((now_ns, 0));
-            *entry = (now_ns, entry.1 + 1);
-            if let Some(request) = self.fault_request_for(page) {
-                self.bulk_out.push_back(BulkFrame::FaultRequest(request));
+            let Some(request) = self.fault_request_for(page) else {
+                continue;
+            };
+            // Not queued twice: one still waiting for the bulk stream asks already.
+            if self.queue_retry(request) {
+                let entry = self.retries.asked.entry(page).or_insert((now_ns, 0));
+                *entry = (now_ns, entry.1 + 1);
                 self.stats.fault_retries += 1;
             }
         }

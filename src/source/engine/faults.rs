@@ -31,6 +31,11 @@ impl SourceEngine {
         req.validate(&self.wire_regions)?;
         let page = self.layout.global(req.region, req.page, 1)?;
         tracing::trace!(page, at_ns = self.now_ns(), "source: fault request");
+        if self.outbox.holds(page) {
+            // Asked again while its answer still waits here: that answer serves both.
+            self.stats.fault_answers_deduped += 1;
+            return Ok(());
+        }
         self.stats.faults_served += 1;
         let window = match self.cfg.mode {
             MigrationMode::Postcopy => 1,
@@ -44,16 +49,25 @@ impl SourceEngine {
         // its own: the vCPU waits for it alone, and 4 KiB fits in the congestion window of a
         // connection that sat idle since the last fault (TCP restarts from its initial window
         // after an idle spell), where a whole 64 KiB window would take several round trips.
-        self.queue_answer_run(page, 1, Some(req.request_id))?;
-        let mut cursor = start;
+        if !self.queue_answer_run(page, 1, Some(req.request_id))? {
+            // The urgent stream stopped draining: the push takes the window next, and the
+            // destination asks again on bulk, which answers there too.
+            self.stats.fault_answers_deferred += 1;
+            self.push.pivot(start);
+            return Ok(());
+        }
         let end = start + count;
+        let (mut cursor, mut rest) = (start, end);
         let pending = |engine: &Self, from: u64| engine.ledger.pending().next_set_before(from, end);
         while let Some(first) = pending(self, cursor) {
             let run_end = self.ledger.pending().next_unset(first).unwrap_or(end).min(end);
-            self.queue_answer_run(first, (run_end - first) as u32, None)?;
+            if !self.queue_answer_run(first, (run_end - first) as u32, None)? {
+                rest = first; // no room: the push sends the rest of the window next
+                break;
+            }
             cursor = run_end;
         }
-        self.push.pivot(end);
+        self.push.pivot(rest);
         Ok(())
     }
 
@@ -91,13 +105,17 @@ impl SourceEngine {
     }
 
     /// Marks pages `first..first+count` sent on the urgent stream and queues them for
-    /// `poll_urgent`, after checking everything their encoding will check.
+    /// `poll_urgent`, after checking everything their encoding will check. False, with
+    /// nothing marked or queued, when the outbox is full.
     fn queue_answer_run(
         &mut self,
         first: u64,
         count: u32,
         request_id: Option<u32>,
-    ) -> Result<(), SourceError> {
+    ) -> Result<bool, SourceError> {
+        if !self.outbox.has_room() {
+            return Ok(false);
+        }
         self.layout.locate(first).ok_or(SourceError::PageOutOfRange { page: first })?;
         let max = self.limits.window_pages();
         if count > max {
@@ -114,9 +132,9 @@ impl SourceEngine {
             self.memory.pages(first, count).ok_or(SourceError::PageOutOfRange { page: first })?;
         self.ledger.mark_sent(first, bytes);
         let compression = self.compression.in_force();
-        self.outbox.queue_answer(AnswerRun { first, count, request_id, compression });
+        let queued = self.outbox.queue_answer(AnswerRun { first, count, request_id, compression });
         self.track(StreamKind::Urgent, first, count);
-        Ok(())
+        Ok(queued)
     }
 
     /// Encodes one queued answer run into `out` (no allocation once `out` has room).

@@ -185,9 +185,9 @@ impl PageLedger {
 
     /// Pages `first..first + count` went in a window that may not have arrived: the
     /// destination's copy is in doubt, so they go again. Returns how many were valid.
-    pub(super) fn doubt(&mut self, first: u64, count: u32) -> u64 {
+    pub(super) fn doubt(&mut self, first: u64, count: u64) -> u64 {
         let mut doubted = 0;
-        for page in first..first + u64::from(count) {
+        for page in first..(first + count).min(self.valid.len()) {
             if self.valid.clear(page) {
                 self.pending.set(page);
                 doubted += 1;

@@ -3,6 +3,10 @@
 //! Fault answers wait as small (run, request id) entries and are encoded only when the driver polls the urgent
 //! stream, straight into its buffer. Entries go into a queue whose memory is kept, so serving
 //! a fault allocates nothing once the queue has reached its largest size.
+//!
+//! The queue holds at most [`OUTBOX_RUNS_MAX`] runs, and a page at most once: a fault asked
+//! again while its answer still waits here is already answered. An answer that finds no room
+//! is left to the push (the engine decides); the urgent stream never waits on anything else.
 
 use crate::source::SourceError;
 use crate::wire::Compression;
@@ -19,6 +23,11 @@ pub(super) struct AnswerRun {
     pub(super) compression: Compression,
 }
 
+/// Runs the outbox holds at most. A driver takes every waiting answer each time it has an
+/// urgent buffer, so only an urgent stream that stopped draining fills it; a whole 16-page
+/// answer is at most 9 runs, so this is many more answers than vCPUs can wait on.
+pub const OUTBOX_RUNS_MAX: usize = 1024;
+
 /// Fault answers waiting for the urgent stream (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
@@ -29,9 +38,24 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues one run of a fault answer (the faulting page's run first).
-    pub(super) fn queue_answer(&mut self, run: AnswerRun) {
+    /// Whether one more run fits.
+    pub(super) fn has_room(&self) -> bool {
+        self.answers.len() < OUTBOX_RUNS_MAX
+    }
+
+    /// Whether a queued run carries `page`.
+    pub(super) fn holds(&self, page: u64) -> bool {
+        self.answers.iter().any(|run| run.first <= page && page < run.first + u64::from(run.count))
+    }
+
+    /// Queues one run of a fault answer (the faulting page's run first); false, and nothing
+    /// queued, when the outbox is full.
+    pub(super) fn queue_answer(&mut self, run: AnswerRun) -> bool {
+        if !self.has_room() {
+            return false;
+        }
         self.answers.push_back(run);
+        true
     }
 
     /// The next run of the answer being polled: any run when `first_of_answer`, else only a
@@ -67,7 +91,7 @@ mod tests {
     fn one_poll_takes_one_whole_answer() {
         let mut outbox = Outbox::default();
         for r in [run(5, Some(1)), run(6, None), run(9, None), run(40, Some(2))] {
-            outbox.queue_answer(r);
+            assert!(outbox.queue_answer(r));
         }
         assert_eq!(outbox.next_answer_run(true), Some(run(5, Some(1))));
         assert_eq!(outbox.next_answer_run(false), Some(run(6, None)));
@@ -75,5 +99,23 @@ mod tests {
         assert_eq!(outbox.next_answer_run(false), None);
         assert_eq!(outbox.next_answer_run(true), Some(run(40, Some(2))));
         assert_eq!(outbox.next_answer_run(true), None);
+    }
+
+    #[test]
+    fn the_outbox_is_bounded_and_knows_its_pages() {
+        let mut outbox = Outbox::default();
+        let window =
+            AnswerRun { first: 100, count: 16, request_id: None, compression: Compression::None };
+        assert!(outbox.queue_answer(window));
+        assert!(outbox.holds(100) && outbox.holds(115));
+        assert!(!outbox.holds(99) && !outbox.holds(116));
+        for page in 0..OUTBOX_RUNS_MAX as u64 - 1 {
+            assert!(outbox.queue_answer(run(1000 + page, None)));
+        }
+        assert!(!outbox.has_room());
+        assert!(!outbox.queue_answer(run(5, Some(1))), "a full outbox takes nothing more");
+        assert!(!outbox.holds(5));
+        assert_eq!(outbox.next_answer_run(true), Some(window));
+        assert!(outbox.has_room(), "a polled run makes room");
     }
 }

@@ -86,6 +86,10 @@ impl SourceEngine {
         let lost = self.ledger.reconcile(&recovery.missing);
         self.stats.pages_resent += lost;
         let dest_runs = dest_flags & wire::RESUME_DEST_RUNNING != 0;
+        if dest_flags & wire::RESUME_DEST_COMPLETE != 0 {
+            // What goes again now is acknowledged only by the DoneAck: nothing to wait for.
+            self.acks.lift_cap();
+        }
         match self.phase {
             Phase::Setup | Phase::Rounds | Phase::WorkingSet | Phase::Finished => {}
             Phase::SwitchOver | Phase::Push | Phase::AwaitDoneAck if !dest_runs => {
