@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! hybridmig: live migration of KVM virtual machines.
 //!
 //! The crate follows a page's journey from the source host to the destination host:

@@ -98,9 +98,16 @@ pub struct DestReport {
     pub peak_rss_bytes: u64,
 }
 
+/// The version of the report's layout: raised when a field changes meaning or goes away (a
+/// new field alone does not raise it), so a reader can refuse what it does not understand.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
 /// The merged report of one migration (the `--json` object of `hybridmig migrate`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MigrationReport {
+    /// [`REPORT_SCHEMA_VERSION`] of the build that wrote it (0: a report from before it).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Migration mode.
     pub mode: String,
     /// Lost connections replaced by a new one (the source's count; each side counts each).
@@ -291,6 +298,7 @@ impl MigrationReport {
         let memory_digest_match = d.stats.memory_digest == s.memory_digest && s.memory_digest != 0;
         let end = s.finished_ns.max(d.stats.complete_ns);
         MigrationReport {
+            schema_version: REPORT_SCHEMA_VERSION,
             mode: src.mode.clone(),
             recoveries: s.recoveries.max(d.stats.recoveries),
             recovery_ms: s.recovery_ms.max(d.recovery_ms),
@@ -368,6 +376,7 @@ impl MigrationReport {
         let dest_ran = dst.is_some_and(|d| d.run.resume_ns > 0);
         let dest_injected = dst.map(|d| d.injected.as_slice()).unwrap_or_default();
         MigrationReport {
+            schema_version: REPORT_SCHEMA_VERSION,
             mode: src.mode.clone(),
             outcome: Outcome::Cancelled,
             guest_finished_on: GuestSite::Source,

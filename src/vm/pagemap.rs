@@ -48,7 +48,13 @@ struct PmScanArg {
 const _: () = assert!(std::mem::size_of::<PageRegion>() == 24);
 const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
 
-vmm_sys_util::ioctl_iowr_nr!(PAGEMAP_SCAN, b'f' as u32, 16, PmScanArg);
+// The macro makes a public function it gives no doc comment.
+#[allow(missing_docs)]
+mod request {
+    use super::PmScanArg;
+    vmm_sys_util::ioctl_iowr_nr!(PAGEMAP_SCAN, b'f' as u32, 16, PmScanArg);
+}
+use request::PAGEMAP_SCAN;
 
 /// Runs returned per `PAGEMAP_SCAN` call; the walk resumes where a full vector stopped.
 const SCAN_VEC_RUNS: usize = 512;
