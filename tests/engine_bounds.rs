@@ -83,8 +83,15 @@ impl Pair {
         let dest = DestEngine::new(source.layout().clone(), &session);
         source.start(&mut vm).expect("start");
         let mut pair = Self { vm, source, dest };
-        // The need set and the state, one frame per poll, until the push starts.
+        // The need set, the state, the destination's Loaded and the Run, one frame per poll,
+        // until the push starts.
         while pair.source.phase() != Phase::Push {
+            if pair.source.awaits_loaded() {
+                let mut answer = Vec::new();
+                while pair.dest.poll_bulk(&mut answer) {}
+                pair.deliver_to_source(StreamKind::Bulk, &answer);
+                continue;
+            }
             let mut buf = Vec::new();
             assert!(pair.source.poll_bulk(&mut buf, &mut pair.vm).expect("switch-over"));
             pair.deliver_to_dest(StreamKind::Bulk, &buf);
