@@ -43,6 +43,11 @@ impl<'a> KvmGuest<'a> {
         Self { vm, refuse_state: false }
     }
 
+    /// The VM, given back.
+    pub fn into_inner(self) -> &'a mut Vm {
+        self.vm
+    }
+
     /// Refuses every state it is asked to restore, as a VMM refuses a state from an
     /// incompatible host: for drills of the cancelled hand-over (`--inject fail-load`).
     pub fn refusing_state(mut self) -> Self {

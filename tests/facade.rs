@@ -1,0 +1,104 @@
+//! The embedding API end to end: a real KVM guest of the built-in VMM, moved between two
+//! threads of this process over loopback TCP by the builders alone, real userfaultfd and
+//! io_uring, and checked against an unmigrated run of the same guest.
+
+mod vm_common;
+
+use hybridmig::facade::{DestBuilder, Outcome, SourceBuilder};
+use hybridmig::host_check::{require_kvm, require_uffd};
+use hybridmig::migration::KvmGuest;
+use hybridmig::source::SourceConfig;
+use hybridmig::vm::{Vm, WorkloadKind};
+use hybridmig::wire::MigrationMode;
+use std::time::Duration;
+use vm_common::{cfg, run_plain};
+
+/// Ops of the test guest: about a second of work, so the migration finds it running.
+const OPS: u64 = 8_000_000;
+
+fn ready(test: &str) -> bool {
+    require_kvm(test) && require_uffd(test)
+}
+
+/// Migrates a running guest in `mode` with `run` on both sides (the caller's threads) and
+/// returns the guest's digest where it finished.
+fn migrate_on_callers_threads(mode: MigrationMode) -> u64 {
+    let c = cfg(WorkloadKind::HotCold, 1, 3, OPS);
+    let mut src = Vm::new(&c).expect("source vm");
+    let mut dst = Vm::new_incoming(&c).expect("destination vm");
+    src.start().expect("start");
+    std::thread::sleep(Duration::from_millis(150));
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::scope(|s| {
+        let dest = s.spawn(|| {
+            let builder = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
+                .accept_timeout(Duration::from_secs(30))
+                .on_listening(tx);
+            builder.run(KvmGuest::new(&mut dst)).result
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the destination listens");
+        let source = SourceBuilder::new(SourceConfig::new(mode, 77)).connect(addr);
+        let end = source.run(KvmGuest::new(&mut src));
+        assert!(end.handed_over, "{mode}: {:?}", end.result);
+        assert_eq!(end.result.expect("source"), Outcome::Completed, "{mode}");
+        assert_eq!(dest.join().expect("thread").expect("destination"), Outcome::Completed);
+    });
+    dst.wait_finished(Duration::from_secs(30)).expect("run").expect("finished in time")
+}
+
+#[test]
+fn every_mode_through_the_builders_ends_exact() {
+    if !ready("every_mode_through_the_builders_ends_exact") {
+        return;
+    }
+    let reference = run_plain(&cfg(WorkloadKind::HotCold, 1, 3, OPS));
+    for mode in [
+        MigrationMode::Precopy,
+        MigrationMode::Postcopy,
+        MigrationMode::Hybrid,
+        MigrationMode::HybridPaper,
+    ] {
+        let digest = migrate_on_callers_threads(mode);
+        assert_eq!(digest, reference, "{mode}: the migrated guest diverged");
+    }
+}
+
+/// On threads the library starts: the handle's status, counters and events follow the
+/// migration, and a cancel after the hand-over is refused.
+#[test]
+fn the_handle_reports_events_and_refuses_a_late_cancel() {
+    if !ready("the_handle_reports_events_and_refuses_a_late_cancel") {
+        return;
+    }
+    let c = cfg(WorkloadKind::HotCold, 1, 4, OPS);
+    let reference = run_plain(&c);
+    // Threads the library starts need VMs they own for good: these two live to the end of
+    // the test process.
+    let src: &'static mut Vm = Box::leak(Box::new(Vm::new(&c).expect("source vm")));
+    let dst: &'static mut Vm = Box::leak(Box::new(Vm::new_incoming(&c).expect("dest vm")));
+    src.start().expect("start");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let dest = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
+        .on_listening(tx)
+        .spawn(KvmGuest::new(dst))
+        .expect("spawn destination");
+    let addr = rx.recv_timeout(Duration::from_secs(10)).expect("listening");
+    let source = SourceBuilder::new(SourceConfig::new(MigrationMode::Postcopy, 78))
+        .connect(addr)
+        .spawn(KvmGuest::new(src))
+        .expect("spawn source");
+    let statuses: Vec<String> = source.events().iter().map(|e| e.status).collect();
+    assert_eq!(statuses.last().map(String::as_str), Some("completed"), "{statuses:?}");
+    assert!(statuses.iter().any(|s| s == "postcopy-active"), "{statuses:?}");
+    let query = source.query();
+    assert_eq!(query["status"], "completed", "{query}");
+    assert!(query["ram"]["transferred"].as_u64().unwrap_or(0) > 0, "{query}");
+    assert!(source.cancel().is_err(), "a cancel after the end must be refused");
+    let source_end = source.join().expect("source thread");
+    assert!(matches!(source_end.result, Ok(Outcome::Completed)), "{:?}", source_end.result);
+    let dest_end = dest.join().expect("destination thread");
+    assert!(dest_end.verified(), "{:?}", dest_end.result);
+    let dst = dest_end.vm.into_inner();
+    let digest = dst.wait_finished(Duration::from_secs(30)).expect("run").expect("finished");
+    assert_eq!(digest, reference, "the migrated guest diverged");
+}
