@@ -37,9 +37,21 @@ enum Cmd {
     /// Forward packets between two TUN devices, each held for a fixed delay (bench-env/netns
     /// starts it for the lan1g-rtt* profiles; the kernel has no netem).
     DelayLine(DelayLineArgs),
+    /// Write a new pre-shared migration key (mode 0600) for `source` and `dest --key-file`.
+    Keygen(KeygenArgs),
     /// Run seeded simulated migrations (both engines, a synthetic guest, a faulty link) and
     /// check each against an unmigrated run; a failure prints the command that replays it.
     Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// The key file to write (one line of hex, mode 0600).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -370,7 +382,15 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => bench(a),
         Cmd::DelayLine(a) => delay_line(a),
         Cmd::Sim(a) => sim(a),
+        Cmd::Keygen(a) => keygen(a),
     }
+}
+
+fn keygen(a: KeygenArgs) -> Result<()> {
+    let key = hybridmig::secure::Psk::generate()?;
+    hybridmig::secure::write_key_file(&a.out, &key, a.force)?;
+    println!("wrote a new key to {} (mode 0600); give both hosts the same file", a.out.display());
+    Ok(())
 }
 
 fn sim(a: SimArgs) -> Result<()> {
