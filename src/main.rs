@@ -9,6 +9,7 @@ use hybridmig::migration::{
     migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
     MigrationReport, Outcome, SourceHostOptions, EXIT_CANCELLED,
 };
+use hybridmig::secure::{Credential, SecureConfig};
 use hybridmig::source::{CompressionPolicy, LivePass};
 use hybridmig::vm::{parse_size, run_local, RunReport, VmConfig, WorkloadKind, WorkloadSpec};
 use hybridmig::wire::MigrationMode;
@@ -195,6 +196,34 @@ impl GuestArgs {
     }
 }
 
+/// Authentication and encryption, shared by `source` and `dest`.
+#[derive(clap::Args, Clone)]
+struct SecurityArgs {
+    /// The migration's pre-shared key (made by `hybridmig keygen`), the same file on both
+    /// hosts, mode 0600. Required: every connection is authenticated.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+    /// Keep the authentication but send frames in the clear after the handshake (trusted
+    /// links only: anyone on the path can read and change the guest's pages). Both hosts must
+    /// agree.
+    #[arg(long)]
+    no_encrypt: bool,
+}
+
+impl SecurityArgs {
+    fn config(&self) -> Result<SecureConfig> {
+        let path = self.key_file.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no --key-file: every connection is authenticated with a pre-shared key; make \
+                 one with `hybridmig keygen --out FILE`, copy it to both hosts, and pass \
+                 --key-file FILE to `source` and `dest`"
+            )
+        })?;
+        let credential = Credential::from_key_file(path)?;
+        Ok(SecureConfig::new(credential).encrypting(!self.no_encrypt))
+    }
+}
+
 /// Options of the migration itself.
 #[derive(clap::Args, Clone)]
 struct MigrationArgs {
@@ -287,6 +316,10 @@ struct MigrateArgs {
     /// `dst:` to pick the host, e.g. `dst:disconnect@start+40,refuse-reconnect` (docs/cli.md).
     #[arg(long, value_name = "SPECS", value_parser = parse_inject)]
     inject: Option<InjectPlan>,
+    /// Keep the authentication (an ephemeral key made for this run) but send frames in the
+    /// clear after the handshake.
+    #[arg(long)]
+    no_encrypt: bool,
 }
 
 #[derive(clap::Args)]
@@ -303,6 +336,8 @@ struct SourceArgs {
     session: Option<u64>,
     #[command(flatten)]
     time: TimeArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Print PROGRESS lines on stderr (for a parent's progress bar and liveness watch).
     #[arg(long)]
     progress_lines: bool,
@@ -331,6 +366,8 @@ struct DestArgs {
     handshake_timeout_ms: u64,
     #[command(flatten)]
     time: TimeArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Print PROGRESS lines on stderr (for a parent's liveness watch).
     #[arg(long)]
     progress_lines: bool,
@@ -511,6 +548,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         recover_timeout: a.time.recover_timeout(),
         liveness: a.time.liveness(),
         inject: a.inject,
+        encrypt: !a.no_encrypt,
     };
     let report = migrate_local(&m).context("migration failed")?;
     if a.json {
@@ -570,6 +608,7 @@ fn source(a: SourceArgs) -> Result<()> {
         progress_timeout: a.time.progress_timeout(),
         recover_timeout: a.time.recover_timeout(),
         inject: a.inject.map(|p| p.only_for(Side::Source)).transpose()?,
+        security: Some(a.security.config()?),
     };
     let report = run_source_host(&opts).context("source failed")?;
     if a.json {
@@ -607,6 +646,7 @@ fn dest(a: DestArgs) -> Result<()> {
         recover_timeout: a.time.recover_timeout(),
         progress_lines: a.progress_lines,
         inject: a.inject.map(|p| p.only_for(Side::Dest)).transpose()?,
+        security: Some(a.security.config()?),
     };
     let report = run_dest_host(&opts, |addr| {
         println!("LISTENING {addr}");

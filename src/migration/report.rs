@@ -68,6 +68,12 @@ pub struct SourceReport {
     /// Faults this host injected (`--inject`).
     #[serde(default)]
     pub injected: Vec<Injected>,
+    /// Every frame on both streams was encrypted (false with `--no-encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// CPU time of the source process (user + system, all threads, vCPUs included; ms).
+    #[serde(default)]
+    pub cpu_ms: f64,
 }
 
 /// The destination host's report.
@@ -93,6 +99,12 @@ pub struct DestReport {
     /// The destination process's peak resident memory (VmHWM), guest memory included (bytes).
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// Every frame on both streams was encrypted (false with `--no-encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// CPU time of the destination process (user + system, all threads, vCPUs included; ms).
+    #[serde(default)]
+    pub cpu_ms: f64,
 }
 
 /// The merged report of one migration (the `--json` object of `hybridmig migrate`).
@@ -136,6 +148,16 @@ pub struct MigrationReport {
     /// Faults injected with `--inject`, by both hosts.
     #[serde(default)]
     pub injected: Vec<Injected>,
+    /// Every frame on both streams was encrypted, as both hosts saw it (false with
+    /// `--no-encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// CPU time of the source process, vCPUs included (ms).
+    #[serde(default)]
+    pub src_cpu_ms: f64,
+    /// CPU time of the destination process, vCPUs included (ms).
+    #[serde(default)]
+    pub dst_cpu_ms: f64,
     /// Workload name.
     pub workload: String,
     /// Workload memory in bytes.
@@ -277,6 +299,9 @@ impl MigrationReport {
         let end = s.finished_ns.max(d.stats.complete_ns);
         MigrationReport {
             mode: src.mode.clone(),
+            encrypted: src.encrypted && dst.encrypted,
+            src_cpu_ms: src.cpu_ms,
+            dst_cpu_ms: dst.cpu_ms,
             recoveries: s.recoveries.max(d.stats.recoveries),
             recovery_ms: s.recovery_ms.max(d.recovery_ms),
             pages_resent: s.pages_resent,

@@ -139,6 +139,11 @@ impl RecordReader {
         }
     }
 
+    /// Forgets a partial record (its connection is gone); the buffers stay.
+    pub fn clear(&mut self) {
+        self.partial.clear();
+    }
+
     /// Bytes of a record still waiting for the rest of it.
     pub fn buffered(&self) -> usize {
         self.partial.len()

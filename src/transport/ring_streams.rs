@@ -10,8 +10,17 @@
 //! so no buffer is freed while the kernel holds it) while [`RingStreams::attach`] lets a new
 //! connection join the running session with a clean frame reader. Frames the engine has queued
 //! stay with the engine; bytes in flight on the old connection are lost with it.
+//!
+//! A connection whose handshake made a Noise cipher ([`Framing::Sealed`]) has every send
+//! buffer sealed into records just before it goes to the kernel, and every received byte
+//! opened before the frame reader sees it: the records' 65535-byte limit is split and joined
+//! here, out of the engines' sight. Sealing writes into a spare buffer per stream that then
+//! trades places with the plaintext one, so no send allocates and the number of buffers a
+//! stream circulates stays the same.
 
+use super::framing::Framing;
 use crate::ring::{Buf, Completion, Ring, RingError};
+use crate::secure::{RecordReader, SecureError};
 use crate::session::{FrameGate, Role};
 use crate::wire::HEADER_LEN;
 use crate::wire::{parse_header, Frame, FrameReader, FrameType, Limits, StreamKind, WireError};
@@ -93,6 +102,17 @@ pub enum StreamError {
         /// The decoder's error.
         source: WireError,
     },
+    /// A record did not decrypt, or could not be sealed.
+    #[error("{stream:?} stream: {source}")]
+    Secure {
+        /// Which stream.
+        stream: StreamKind,
+        /// The secure layer's error.
+        source: SecureError,
+    },
+    /// The pair's framing (its ciphers) was taken by another set of streams already.
+    #[error("the stream pair's framing was taken already: each pair is driven once")]
+    FramingTaken,
     /// The stream has no connection (it was detached and nothing attached since).
     #[error("the {stream:?} stream has no connection")]
     Detached {
@@ -226,6 +246,12 @@ pub struct RingStreams {
     gates: Option<[FrameGate; 2]>,
     /// Fault injection only: `None` unless a plan corrupts a bulk frame.
     corrupt: Option<CorruptHook>,
+    /// How each stream's frames travel (clear or sealed in records).
+    framing: [Framing; 2],
+    /// Joins and opens received records; made on the first sealed attach, kept after.
+    records: [Option<RecordReader>; 2],
+    /// Where a send buffer is sealed; trades places with it.
+    spare: [Vec<u8>; 2],
 }
 
 impl std::fmt::Debug for RingStreams {
@@ -263,16 +289,44 @@ impl RingStreams {
             closed: [false; 2],
             gates: None,
             corrupt: None,
+            framing: [Framing::Clear, Framing::Clear],
+            records: [None, None],
+            spare: [0, 1].map(|_| Vec::new()),
         };
-        for (stream, sock) in [(StreamKind::Bulk, &pair.bulk), (StreamKind::Urgent, &pair.urgent)] {
+        let [bulk_framing, urgent_framing] =
+            pair.framing.take().ok_or(StreamError::FramingTaken)?;
+        let socks = [
+            (StreamKind::Bulk, &pair.bulk, bulk_framing),
+            (StreamKind::Urgent, &pair.urgent, urgent_framing),
+        ];
+        for (stream, sock, framing) in socks {
             let own = sock.try_clone().map_err(|source| StreamError::Io {
                 op: "clone",
                 stream,
                 source,
             })?;
-            streams.attach(ring, stream, own)?;
+            streams.attach_with(ring, stream, own, framing)?;
         }
         Ok(streams)
+    }
+
+    /// True when `stream`'s frames are sealed in records.
+    pub fn is_sealed(&self, stream: StreamKind) -> bool {
+        self.framing[index(stream)].is_sealed()
+    }
+
+    /// Seals `frames` for `stream` when its framing says so: the sealed buffer to send, and
+    /// the plaintext one becomes the stream's spare. On error `frames` comes back.
+    fn seal(&mut self, i: usize, frames: Vec<u8>) -> Result<Vec<u8>, (Vec<u8>, SecureError)> {
+        let Framing::Sealed(cipher) = &mut self.framing[i] else { return Ok(frames) };
+        let mut sealed = std::mem::take(&mut self.spare[i]);
+        sealed.clear();
+        if let Err(error) = cipher.seal(&frames, &mut sealed) {
+            self.spare[i] = sealed;
+            return Err((frames, error));
+        }
+        self.spare[i] = frames;
+        Ok(sealed)
     }
 
     /// A free, empty send buffer for `stream`, if one is not in flight. Frames are encoded
@@ -309,6 +363,10 @@ impl RingStreams {
             self.free_send[i].push(frames);
             return Err(StreamError::Detached { stream });
         }
+        let frames = self.seal(i, frames).map_err(|(frames, source)| {
+            self.free_send[i].push(frames);
+            StreamError::Secure { stream, source }
+        })?;
         if let Err(rejected) = ring.send(self.fds[i], Buf::from_vec(frames), TAG_SEND[i]) {
             if let Some(vec) = rejected.buf.into_vec() {
                 self.free_send[i].push(vec);
@@ -441,10 +499,24 @@ impl RingStreams {
             return Ok(StreamEvent::Closed(stream));
         }
         self.bytes_received[i] += n as u64;
-        self.readers[i].push_bytes(buf.as_slice());
+        self.take_in(i, buf.as_slice())?;
         buf.clear();
         self.arm_recv(ring, i, buf)?;
         Ok(StreamEvent::Received(stream))
+    }
+
+    /// Hands received bytes to the frame reader, opening records first on a sealed stream.
+    fn take_in(&mut self, i: usize, bytes: &[u8]) -> Result<(), StreamError> {
+        let reader = &mut self.readers[i];
+        match (&mut self.framing[i], &mut self.records[i]) {
+            (Framing::Sealed(cipher), Some(records)) => records
+                .feed(cipher, bytes, |plain| reader.push_bytes(plain))
+                .map_err(|source| StreamError::Secure { stream: kind(i), source }),
+            _ => {
+                reader.push_bytes(bytes);
+                Ok(())
+            }
+        }
     }
 
     /// The error of a failed send or receive; a timeout names the liveness that expired.
@@ -529,6 +601,10 @@ impl RingStreams {
         ring.forget_fd(fd);
         self.fds[i] = NO_FD;
         self.readers[i] = FrameReader::new(self.limits);
+        self.framing[i] = Framing::Clear;
+        if let Some(records) = &mut self.records[i] {
+            records.clear();
+        }
         self.closed[i] = true;
         self.socks[i].take().ok_or(StreamError::Detached { stream })
     }
@@ -551,18 +627,36 @@ impl RingStreams {
         }
     }
 
-    /// Joins `sock` to the running session as `stream`'s connection: a receive is armed on it
-    /// and its frame reader starts clean. Frames the engine queued meanwhile go out on it.
+    /// Joins `sock` to the running session as `stream`'s connection, its frames in the
+    /// clear (see [`RingStreams::attach_with`]).
     pub fn attach(
         &mut self,
         ring: &mut Ring,
         stream: StreamKind,
         sock: TcpStream,
     ) -> Result<(), StreamError> {
+        self.attach_with(ring, stream, sock, Framing::Clear)
+    }
+
+    /// Joins `sock` to the running session as `stream`'s connection, its frames travelling
+    /// as `framing` says: a receive is armed on it and its frame reader starts clean. Frames
+    /// the engine queued meanwhile go out on it.
+    pub fn attach_with(
+        &mut self,
+        ring: &mut Ring,
+        stream: StreamKind,
+        sock: TcpStream,
+        framing: Framing,
+    ) -> Result<(), StreamError> {
         let i = index(stream);
         if self.socks[i].is_some() {
             return Err(StreamError::Attached { stream });
         }
+        if framing.is_sealed() {
+            let records = self.records[i].get_or_insert_with(RecordReader::new);
+            records.clear();
+        }
+        self.framing[i] = framing;
         self.fds[i] = sock.as_raw_fd();
         self.socks[i] = Some(sock);
         self.readers[i] = FrameReader::new(self.limits);
