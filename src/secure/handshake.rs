@@ -125,6 +125,7 @@ impl InitiatorHandshake {
                 return Err(SecureError::SuiteDiffers { source_suite, dest_suite });
             }
             s if s == Status::Malformed as u8 => return Err(SecureError::OpeningRefused),
+            s if s == MAGIC.to_be_bytes()[0] => return Err(SecureError::PlainAnswer),
             got => return Err(SecureError::UnknownStatus { got }),
         }
         let mut payload = [0u8; NOISE_MESSAGE_BYTES];

@@ -16,6 +16,7 @@
 //!    |== records{frames}, or frames in the clear (--no-encrypt) ==|
 //! ```
 
+pub mod fuzzing;
 pub mod handshake;
 pub mod key;
 pub mod record;
@@ -197,6 +198,12 @@ pub enum SecureError {
         /// The most.
         max: usize,
     },
+    /// The destination answered with a plain frame: it skips the Noise handshake.
+    #[error(
+        "the destination answered in the clear, without the Noise handshake: it does not \
+         authenticate (no key, or not a hybridmig destination that holds one)"
+    )]
+    PlainAnswer,
     /// The destination found our opening malformed (a build of another format).
     #[error("the destination refused our Noise opening as malformed (another build's format?)")]
     OpeningRefused,
