@@ -165,6 +165,9 @@ fn a_listener_drops_broken_handshakes_with_the_cause_and_pairs_the_real_source()
     assert!(pair.encrypted());
     let theirs = client.join().expect("client").expect("connect");
     assert!(theirs.encrypted() && theirs.ticket.is_some() && theirs.ticket == pair.ticket);
+    // The stalled handshakes are dropped on their own deadlines.
+    let err = l.accept_pair(Duration::from_millis(600)).expect_err("nothing else pairs");
+    assert!(matches!(err, TcpError::Timeout { .. }), "{err}");
     let reasons: Vec<String> = l.take_dropped().iter().map(|d| d.reason.to_string()).collect();
     let all = reasons.join("\n");
     for cause in [

@@ -11,6 +11,7 @@ mod cli_common;
 use cli_common::{code_and_json, wait_bounded, KeyFile, Killed, BIN};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use hybridmig::migration::{DestReport, MigrationReport, SourceReport};
+use hybridmig::ports::MigratableVm;
 use hybridmig::secure::{
     self, open_handshake, Credential, RecordCipher, SecureConfig, ANSWER_STATUS_BYTES,
 };

@@ -1,6 +1,6 @@
 //! A destination that meets hostile or confused connections before the real source never
 //! goes down: `hybridmig dest` on a loopback port first gets 100 bytes of garbage, an empty
-//! connect-and-close (a port probe) and a half-open connection that sends 6 bytes and then
+//! connect-and-close (a port probe) and a half-open connection that sends 6 bytes of a Noise opening and then
 //! stays silent through the whole migration; then `hybridmig source` migrates a real 256 MiB
 //! KVM guest to it, and the merged reports must say verified. Authentication is on (both
 //! hosts hold the same key file): the hostile connections meet the Noise handshake first.
@@ -72,7 +72,7 @@ fn hostile_connections_before_the_source_do_not_stop_the_migration() {
     garbage.write_all(&[0xA5; 100]).expect("garbage");
     drop(TcpStream::connect(addr).expect("port probe"));
     let mut half_open = TcpStream::connect(addr).expect("connect");
-    half_open.write_all(b"HMIG\x00\x02").expect("6 bytes of a Hello");
+    half_open.write_all(b"HMNS\x01\x01").expect("6 bytes of a Noise opening");
 
     let source = Killed(
         Command::new(BIN)

@@ -32,6 +32,21 @@ const PROLOGUE_LABEL: &[u8] = b"hybridmig migration stream, noise v1";
 /// Flag bit: frames are encrypted after the handshake.
 const FLAG_ENCRYPT: u8 = 0x01;
 
+/// Bytes of an opening read first: its magic, which tells a plain Hello and garbage at once.
+pub const OPENING_MAGIC_BYTES: usize = 4;
+
+/// The whole opening's length, from its first [`OPENING_MAGIC_BYTES`]; a plain Hello (no
+/// key) and anything else are refused before the rest is read.
+pub fn opening_len(head: [u8; OPENING_MAGIC_BYTES]) -> Result<usize, SecureError> {
+    if head == MAGIC.to_be_bytes() {
+        return Err(SecureError::PlainHello);
+    }
+    if head != OPENING_MAGIC {
+        return Err(SecureError::NotAnOpening { got: head });
+    }
+    Ok(OPENING_BYTES)
+}
+
 /// The first byte of the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

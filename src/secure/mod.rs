@@ -22,8 +22,8 @@ pub mod key;
 pub mod record;
 
 pub use handshake::{
-    answer_len, open_handshake, respond, HandshakeFailure, InitiatorHandshake, ANSWER_STATUS_BYTES,
-    OPENING_BYTES,
+    answer_len, open_handshake, opening_len, respond, HandshakeFailure, InitiatorHandshake,
+    ANSWER_STATUS_BYTES, OPENING_BYTES, OPENING_MAGIC_BYTES,
 };
 pub use key::{load_key_file, write_key_file, Credential, KeyError, Psk, PSK_BYTES};
 pub use record::{RecordCipher, RecordReader, MAX_RECORD_BYTES, MAX_RECORD_PLAIN_BYTES};

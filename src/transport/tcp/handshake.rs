@@ -3,7 +3,7 @@
 //! polls every connection still in its handshake and must never wait on one of them.
 
 use super::TcpError;
-use crate::secure::{RecordCipher, OPENING_BYTES};
+use crate::secure::{opening_len, RecordCipher, OPENING_MAGIC_BYTES};
 use crate::session::handshake_frame_len;
 use crate::wire::{Limits, HEADER_LEN};
 use std::io::{self, Read};
@@ -113,7 +113,7 @@ impl Unit {
     fn header_len(self) -> usize {
         match self {
             Unit::Hello => HEADER_LEN,
-            Unit::Opening => OPENING_BYTES,
+            Unit::Opening => OPENING_MAGIC_BYTES,
             Unit::HelloRecord => RECORD_LEN_BYTES,
         }
     }
@@ -127,7 +127,8 @@ impl Unit {
                 handshake_frame_len(&header, &Limits::default())
                     .map_err(|error| TcpError::Session { peer, error })
             }
-            Unit::Opening => Ok(OPENING_BYTES),
+            Unit::Opening => opening_len([head[0], head[1], head[2], head[3]])
+                .map_err(|error| TcpError::Secure { peer, error }),
             Unit::HelloRecord => RecordCipher::record_len([head[0], head[1]])
                 .map(|len| RECORD_LEN_BYTES + len)
                 .map_err(|error| TcpError::Secure { peer, error }),
