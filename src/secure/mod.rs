@@ -26,7 +26,9 @@ pub use handshake::{
     ANSWER_STATUS_BYTES, OPENING_BYTES, OPENING_MAGIC_BYTES,
 };
 pub use key::{load_key_file, write_key_file, Credential, KeyError, Psk, PSK_BYTES};
-pub use record::{RecordCipher, RecordReader, MAX_RECORD_BYTES, MAX_RECORD_PLAIN_BYTES};
+pub use record::{
+    RecordCipher, RecordReader, MAX_RECORD_BYTES, MAX_RECORD_PLAIN_BYTES, SEAL_RECORD_PLAIN_BYTES,
+};
 
 use crate::wire::StreamKind;
 use std::sync::Arc;

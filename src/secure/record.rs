@@ -14,6 +14,10 @@ pub const MAX_RECORD_BYTES: usize = 65535;
 const TAG_BYTES: usize = 16;
 /// The most plaintext one record carries.
 pub const MAX_RECORD_PLAIN_BYTES: usize = MAX_RECORD_BYTES - TAG_BYTES;
+/// The plaintext this side puts in one record. Smaller than the limit so that opening one
+/// record is a short step: the receiver opens records one at a time as it reads frames, and
+/// urgent work waits at most one record's decryption.
+pub const SEAL_RECORD_PLAIN_BYTES: usize = 16 << 10;
 /// Bytes of a record's length field.
 const LEN_BYTES: usize = 2;
 
@@ -47,15 +51,15 @@ impl RecordCipher {
 
     /// The bytes `plain_bytes` of plaintext take on the wire.
     pub fn sealed_len(plain_bytes: usize) -> usize {
-        let records = plain_bytes.div_ceil(MAX_RECORD_PLAIN_BYTES).max(1);
+        let records = plain_bytes.div_ceil(SEAL_RECORD_PLAIN_BYTES).max(1);
         plain_bytes + records * (LEN_BYTES + TAG_BYTES)
     }
 
-    /// Appends `plain` to `out` as records (one per [`MAX_RECORD_PLAIN_BYTES`]); `out` grows
+    /// Appends `plain` to `out` as records (one per [`SEAL_RECORD_PLAIN_BYTES`]); `out` grows
     /// only when its capacity is short.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), SecureError> {
         out.reserve(Self::sealed_len(plain.len()));
-        for chunk in plain.chunks(MAX_RECORD_PLAIN_BYTES) {
+        for chunk in plain.chunks(SEAL_RECORD_PLAIN_BYTES) {
             let at = out.len();
             let len = chunk.len() + TAG_BYTES;
             out.resize(at + LEN_BYTES + len, 0);
@@ -114,12 +118,14 @@ impl RecordCipher {
     }
 }
 
-/// Joins received bytes into whole records and opens them, keeping a partial record between
-/// calls. Its two buffers are allocated once, at their largest.
+/// Keeps received bytes until they form whole records, and opens them one at a time, so a
+/// reader of frames decides when the work of opening is done. Its buffers are allocated once
+/// and grow only to the most that was ever buffered at once.
 #[derive(Debug)]
 pub struct RecordReader {
-    /// The start of a record whose end has not arrived.
-    partial: Vec<u8>,
+    /// Received ciphertext; `start` is the first byte not yet opened.
+    pending: Vec<u8>,
+    start: usize,
     /// Where one record's plaintext is opened.
     plain: Vec<u8>,
 }
@@ -134,66 +140,60 @@ impl RecordReader {
     /// An empty reader.
     pub fn new() -> RecordReader {
         RecordReader {
-            partial: Vec::with_capacity(LEN_BYTES + MAX_RECORD_BYTES),
+            pending: Vec::with_capacity(2 * (LEN_BYTES + MAX_RECORD_BYTES)),
+            start: 0,
             plain: vec![0u8; MAX_RECORD_BYTES],
         }
     }
 
-    /// Forgets a partial record (its connection is gone); the buffers stay.
+    /// Forgets what is buffered (its connection is gone); the buffers stay.
     pub fn clear(&mut self) {
-        self.partial.clear();
+        self.pending.clear();
+        self.start = 0;
     }
 
-    /// Bytes of a record still waiting for the rest of it.
+    /// Bytes received and not yet opened.
     pub fn buffered(&self) -> usize {
-        self.partial.len()
+        self.pending.len() - self.start
     }
 
-    /// Takes `bytes` as they arrived: every record they complete is opened with `cipher` and
-    /// its plaintext handed to `sink`, in order.
+    /// Keeps `bytes` as they arrived, to be opened by [`RecordReader::open_next`].
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start == self.pending.len() {
+            self.clear();
+        } else if self.start > 0 && self.pending.len() + bytes.len() > self.pending.capacity() {
+            // Move the partial record to the front rather than grow.
+            self.pending.drain(..self.start);
+            self.start = 0;
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// Opens the next whole record with `cipher` and hands its plaintext to `sink`; false
+    /// when no whole record is buffered.
+    pub fn open_next(
+        &mut self,
+        cipher: &mut RecordCipher,
+        sink: impl FnOnce(&[u8]),
+    ) -> Result<bool, SecureError> {
+        let rest = &self.pending[self.start..];
+        let Some(len) = whole_record(rest)? else { return Ok(false) };
+        let n = cipher.open(&rest[LEN_BYTES..LEN_BYTES + len], &mut self.plain)?;
+        self.start += LEN_BYTES + len;
+        sink(&self.plain[..n]);
+        Ok(true)
+    }
+
+    /// Takes `bytes` as they arrived and opens every record they complete, in order.
     pub fn feed(
         &mut self,
         cipher: &mut RecordCipher,
-        mut bytes: &[u8],
+        bytes: &[u8],
         mut sink: impl FnMut(&[u8]),
     ) -> Result<(), SecureError> {
-        while !bytes.is_empty() {
-            if self.partial.is_empty() {
-                // The common case: whole records straight from the received buffer.
-                let Some(len) = whole_record(bytes)? else {
-                    self.partial.extend_from_slice(bytes);
-                    return Ok(());
-                };
-                let n = cipher.open(&bytes[LEN_BYTES..LEN_BYTES + len], &mut self.plain)?;
-                sink(&self.plain[..n]);
-                bytes = &bytes[LEN_BYTES + len..];
-                continue;
-            }
-            bytes = self.fill_partial(bytes)?;
-            if let Some(len) = whole_record(&self.partial)? {
-                let n = cipher.open(&self.partial[LEN_BYTES..LEN_BYTES + len], &mut self.plain)?;
-                sink(&self.plain[..n]);
-                self.partial.clear();
-            }
-        }
+        self.push(bytes);
+        while self.open_next(cipher, &mut sink)? {}
         Ok(())
-    }
-
-    /// Moves the bytes the partial record still lacks from `bytes`; what is left of `bytes`.
-    fn fill_partial<'a>(&mut self, bytes: &'a [u8]) -> Result<&'a [u8], SecureError> {
-        let need = if self.partial.len() < LEN_BYTES {
-            LEN_BYTES - self.partial.len()
-        } else {
-            let field = [self.partial[0], self.partial[1]];
-            LEN_BYTES + RecordCipher::record_len(field)? - self.partial.len()
-        };
-        let take = need.min(bytes.len());
-        self.partial.extend_from_slice(&bytes[..take]);
-        let rest = &bytes[take..];
-        if self.partial.len() == LEN_BYTES && !rest.is_empty() {
-            return self.fill_partial(rest);
-        }
-        Ok(rest)
     }
 }
 

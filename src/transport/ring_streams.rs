@@ -12,9 +12,9 @@
 //! stay with the engine; bytes in flight on the old connection are lost with it.
 //!
 //! A connection whose handshake made a Noise cipher ([`Framing::Sealed`]) has every send
-//! buffer sealed into records just before it goes to the kernel, and every received byte
-//! opened before the frame reader sees it: the records' 65535-byte limit is split and joined
-//! here, out of the engines' sight. Sealing writes into a spare buffer per stream that then
+//! buffer sealed into records just before it goes to the kernel, and received records opened
+//! one at a time as [`RingStreams::next_frame`] needs them: the records' size limit is split
+//! and joined here, out of the engines' sight. Sealing writes into a spare buffer per stream that then
 //! trades places with the plaintext one, so no send allocates and the number of buffers a
 //! stream circulates stays the same.
 
@@ -505,18 +505,34 @@ impl RingStreams {
         Ok(StreamEvent::Received(stream))
     }
 
-    /// Hands received bytes to the frame reader, opening records first on a sealed stream.
+    /// Hands received bytes to the frame reader; on a sealed stream they wait as records,
+    /// opened one at a time by [`RingStreams::next_frame`] as frames are read.
     fn take_in(&mut self, i: usize, bytes: &[u8]) -> Result<(), StreamError> {
+        match (&self.framing[i], &mut self.records[i]) {
+            (Framing::Sealed(_), Some(records)) => records.push(bytes),
+            _ => self.readers[i].push_bytes(bytes),
+        }
+        Ok(())
+    }
+
+    /// On a sealed stream, opens records until the frame reader holds a whole frame or no
+    /// whole record is left: one frame's worth of decryption per call, so a caller that
+    /// serves urgent work between frames is never held up by a whole receive's worth.
+    fn open_records(&mut self, i: usize) -> Result<(), StreamError> {
         let reader = &mut self.readers[i];
-        match (&mut self.framing[i], &mut self.records[i]) {
-            (Framing::Sealed(cipher), Some(records)) => records
-                .feed(cipher, bytes, |plain| reader.push_bytes(plain))
-                .map_err(|source| StreamError::Secure { stream: kind(i), source }),
-            _ => {
-                reader.push_bytes(bytes);
-                Ok(())
+        let (Framing::Sealed(cipher), Some(records)) = (&mut self.framing[i], &mut self.records[i])
+        else {
+            return Ok(());
+        };
+        while !reader.has_frame() {
+            let opened = records
+                .open_next(cipher, |plain| reader.push_bytes(plain))
+                .map_err(|source| StreamError::Secure { stream: kind(i), source })?;
+            if !opened {
+                break;
             }
         }
+        Ok(())
     }
 
     /// The error of a failed send or receive; a timeout names the liveness that expired.
@@ -551,6 +567,7 @@ impl RingStreams {
 
     /// The next complete frame received on `stream`, if any (checked by its gate, if set).
     pub fn next_frame(&mut self, stream: StreamKind) -> Result<Option<Frame<'_>>, StreamError> {
+        self.open_records(index(stream))?;
         let frame = self.readers[index(stream)]
             .next_frame()
             .map_err(|source| StreamError::Wire { stream, source })?;
