@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod migration;
 pub mod ports;
 pub mod ring;
+pub mod secure;
 pub mod session;
 pub mod sim;
 pub mod source;

@@ -13,6 +13,7 @@ use hybridmig::migration::{
     migrate_local, run_dest_host, run_source_host, DestHostOptions, LocalMigration,
     MigrationReport, Outcome, SourceHostOptions, EXIT_CANCELLED,
 };
+use hybridmig::secure::{Credential, SecureConfig};
 use hybridmig::source::{CompressionPolicy, LivePass};
 use hybridmig::vm::{parse_size, run_local, RunReport, VmConfig, WorkloadKind, WorkloadSpec};
 use hybridmig::wire::MigrationMode;
@@ -41,6 +42,8 @@ enum Cmd {
     /// Forward packets between two TUN devices, each held for a fixed delay (bench-env/netns
     /// starts it for the lan1g-rtt* profiles; the kernel has no netem).
     DelayLine(DelayLineArgs),
+    /// Write a new pre-shared migration key (mode 0600) for `source` and `dest --key-file`.
+    Keygen(KeygenArgs),
     /// Run seeded simulated migrations (both engines, a synthetic guest, a faulty link) and
     /// check each against an unmigrated run; a failure prints the command that replays it.
     Sim(SimArgs),
@@ -51,6 +54,16 @@ enum Cmd {
     /// Resume a migration over a new address: `migrate-recover` on a control socket (send it
     /// to the destination first, so it listens there, then to the source).
     Recover(control_cli::RecoverArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// The key file to write (one line of hex, mode 0600).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -194,6 +207,34 @@ impl GuestArgs {
     }
 }
 
+/// Authentication and encryption, shared by `source` and `dest`.
+#[derive(clap::Args, Clone)]
+struct SecurityArgs {
+    /// The migration's pre-shared key (made by `hybridmig keygen`), the same file on both
+    /// hosts, mode 0600. Required: every connection is authenticated.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+    /// Keep the authentication but send frames in the clear after the handshake (trusted
+    /// links only: anyone on the path can read and change the guest's pages). Both hosts must
+    /// agree.
+    #[arg(long)]
+    no_encrypt: bool,
+}
+
+impl SecurityArgs {
+    fn config(&self) -> Result<SecureConfig> {
+        let path = self.key_file.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no --key-file: every connection is authenticated with a pre-shared key; make \
+                 one with `hybridmig keygen --out FILE`, copy it to both hosts, and pass \
+                 --key-file FILE to `source` and `dest`"
+            )
+        })?;
+        let credential = Credential::from_key_file(path)?;
+        Ok(SecureConfig::new(credential).encrypting(!self.no_encrypt))
+    }
+}
+
 /// Options of the migration itself.
 #[derive(clap::Args, Clone)]
 struct MigrationArgs {
@@ -286,6 +327,10 @@ struct MigrateArgs {
     /// `dst:` to pick the host, e.g. `dst:disconnect@start+40,refuse-reconnect` (docs/cli.md).
     #[arg(long, value_name = "SPECS", value_parser = parse_inject)]
     inject: Option<InjectPlan>,
+    /// Keep the authentication (an ephemeral key made for this run) but send frames in the
+    /// clear after the handshake.
+    #[arg(long)]
+    no_encrypt: bool,
 }
 
 #[derive(clap::Args)]
@@ -302,6 +347,8 @@ struct SourceArgs {
     session: Option<u64>,
     #[command(flatten)]
     time: TimeArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Print PROGRESS lines on stderr (for a parent's progress bar and liveness watch).
     #[arg(long)]
     progress_lines: bool,
@@ -334,6 +381,8 @@ struct DestArgs {
     handshake_timeout_ms: u64,
     #[command(flatten)]
     time: TimeArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Print PROGRESS lines on stderr (for a parent's liveness watch).
     #[arg(long)]
     progress_lines: bool,
@@ -391,7 +440,15 @@ fn main() -> Result<()> {
         Cmd::Sim(a) => sim(a),
         Cmd::Control(a) => control_cli::control(a),
         Cmd::Recover(a) => control_cli::recover(a),
+        Cmd::Keygen(a) => keygen(a),
     }
+}
+
+fn keygen(a: KeygenArgs) -> Result<()> {
+    let key = hybridmig::secure::Psk::generate()?;
+    hybridmig::secure::write_key_file(&a.out, &key, a.force)?;
+    println!("wrote a new key to {} (mode 0600); give both hosts the same file", a.out.display());
+    Ok(())
 }
 
 fn sim(a: SimArgs) -> Result<()> {
@@ -513,6 +570,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         recover_timeout: a.time.recover_timeout(),
         liveness: a.time.liveness(),
         inject: a.inject,
+        encrypt: !a.no_encrypt,
     };
     let report = migrate_local(&m).context("migration failed")?;
     if a.json {
@@ -574,6 +632,7 @@ fn source(a: SourceArgs) -> Result<()> {
         recover_timeout: a.time.recover_timeout(),
         inject: a.inject.map(|p| p.only_for(Side::Source)).transpose()?,
         control,
+        security: Some(a.security.config()?),
     };
     let report = run_source_host(&opts).context("source failed")?;
     if a.json {
@@ -615,6 +674,7 @@ fn dest(a: DestArgs) -> Result<()> {
         progress_lines: a.progress_lines,
         inject: a.inject.map(|p| p.only_for(Side::Dest)).transpose()?,
         control,
+        security: Some(a.security.config()?),
     };
     let report = run_dest_host(&opts, |addr| {
         println!("LISTENING {addr}");

@@ -6,7 +6,7 @@
 
 mod cli_common;
 
-use cli_common::{reference_digest, Killed, BIN};
+use cli_common::{reference_digest, KeyFile, Killed, BIN};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use hybridmig::migration::{DestReport, MigrationReport, SourceReport};
 use serde_json::{json, Value};
@@ -106,9 +106,10 @@ fn last_json<T: serde::de::DeserializeOwned>(out: &str, what: &str) -> T {
 }
 
 /// `hybridmig dest` on loopback with a control socket; its listening address.
-fn spawn_dest(control: &Path, extra: &[&str]) -> (Host, SocketAddr) {
+fn spawn_dest(control: &Path, key: &KeyFile, extra: &[&str]) -> (Host, SocketAddr) {
     let mut cmd = Command::new(BIN);
     cmd.arg("dest").args(guest_args()).args(["--listen", "127.0.0.1:0", "--json"]);
+    cmd.arg("--key-file").arg(&key.0);
     cmd.arg("--control").arg(control).args(extra);
     let host = Host::spawn(&mut cmd);
     let line = host.first_line.recv_timeout(Duration::from_secs(30)).expect("LISTENING");
@@ -119,9 +120,16 @@ fn spawn_dest(control: &Path, extra: &[&str]) -> (Host, SocketAddr) {
     (Host { first_line: rx, ..host }, addr.parse().expect("address"))
 }
 
-fn spawn_source(control: &Path, connect: SocketAddr, mode: &str, extra: &[&str]) -> Host {
+fn spawn_source(
+    control: &Path,
+    key: &KeyFile,
+    connect: SocketAddr,
+    mode: &str,
+    extra: &[&str],
+) -> Host {
     let mut cmd = Command::new(BIN);
-    cmd.arg("source").args(guest_args()).args(["--mode", mode, "--migrate-after-ms", "300"]);
+    cmd.arg("source").arg("--key-file").arg(&key.0);
+    cmd.args(guest_args()).args(["--mode", mode, "--migrate-after-ms", "300"]);
     cmd.args(["--connect", &connect.to_string(), "--json"]).arg("--control").arg(control);
     Host::spawn(cmd.args(extra))
 }
@@ -244,7 +252,8 @@ fn queries_errors_and_a_refused_cancel_during_a_migration() {
     }
     let expected = expected_digest();
     let (dst_path, src_path) = (socket_path("q-dst"), socket_path("q-src"));
-    let (dest, addr) = spawn_dest(&dst_path, &[]);
+    let key = KeyFile::new("control");
+    let (dest, addr) = spawn_dest(&dst_path, &key, &[]);
     let mut dc = Client::connect(&dst_path);
     assert_eq!(class_of(&dc.send(b"{not json\n")), "JSONParsing");
     assert_eq!(class_of(&dc.send(b"[1,2,3]\n")), "InvalidRequest");
@@ -258,7 +267,7 @@ fn queries_errors_and_a_refused_cancel_during_a_migration() {
 
     // The cold part faults after the resume (only the working set crosses live).
     let extra = ["--push-delay-ms", "1200", "--live-pass", "ws"];
-    let source = spawn_source(&src_path, addr, "hybrid", &extra);
+    let source = spawn_source(&src_path, &key, addr, "hybrid", &extra);
     let mut sc = Client::connect(&src_path);
     let events = Client::connect(&src_path);
     let q = wait_status(&mut sc, Duration::from_secs(20), |s| s == "postcopy-active");
@@ -329,8 +338,9 @@ fn a_cancel_before_the_hand_over_leaves_the_guest_on_the_source() {
         return;
     }
     let (dst_path, src_path) = (socket_path("c-dst"), socket_path("c-src"));
-    let (dest, addr) = spawn_dest(&dst_path, &["--inject", "stall@start+0:1500"]);
-    let source = spawn_source(&src_path, addr, "hybrid", &[]);
+    let key = KeyFile::new("control");
+    let (dest, addr) = spawn_dest(&dst_path, &key, &["--inject", "stall@start+0:1500"]);
+    let source = spawn_source(&src_path, &key, addr, "hybrid", &[]);
     let mut sc = Client::connect(&src_path);
     let q = wait_status(&mut sc, Duration::from_secs(20), |s| s != "setup");
     assert_eq!(q["status"], "active", "{q}");
@@ -393,10 +403,11 @@ fn a_recovery_moves_to_a_new_address_on_the_operators_word() {
         return;
     }
     let (dst_path, src_path) = (socket_path("r-dst"), socket_path("r-src"));
-    let (dest, addr) = spawn_dest(&dst_path, &[]);
+    let key = KeyFile::new("control");
+    let (dest, addr) = spawn_dest(&dst_path, &key, &[]);
     let (path, path_closed) = one_time_path(addr, 2);
     let extra = ["--push-delay-ms", "1500", "--inject", "disconnect@resume+300"];
-    let source = spawn_source(&src_path, path, "postcopy", &extra);
+    let source = spawn_source(&src_path, &key, path, "postcopy", &extra);
     let events = Client::connect(&src_path);
     let mut dc = Client::connect(&dst_path);
     let q = wait_status(&mut dc, Duration::from_secs(20), |s| s == "postcopy-paused");

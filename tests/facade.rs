@@ -7,6 +7,7 @@ mod vm_common;
 use hybridmig::facade::{DestBuilder, Outcome, SourceBuilder};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use hybridmig::migration::KvmGuest;
+use hybridmig::secure::{Credential, Psk};
 use hybridmig::source::SourceConfig;
 use hybridmig::vm::{Vm, WorkloadKind};
 use hybridmig::wire::MigrationMode;
@@ -28,16 +29,20 @@ fn migrate_on_callers_threads(mode: MigrationMode) -> u64 {
     let mut dst = Vm::new_incoming(&c).expect("destination vm");
     src.start().expect("start");
     std::thread::sleep(Duration::from_millis(150));
+    let key = Psk::generate().expect("key");
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::scope(|s| {
         let dest = s.spawn(|| {
             let builder = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
+                .credential(Credential::Psk(key.clone()))
                 .accept_timeout(Duration::from_secs(30))
                 .on_listening(tx);
             builder.run(KvmGuest::new(&mut dst)).result
         });
         let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the destination listens");
-        let source = SourceBuilder::new(SourceConfig::new(mode, 77)).connect(addr);
+        let source = SourceBuilder::new(SourceConfig::new(mode, 77))
+            .connect(addr)
+            .credential(Credential::Psk(key.clone()));
         let end = source.run(KvmGuest::new(&mut src));
         assert!(end.handed_over, "{mode}: {:?}", end.result);
         assert_eq!(end.result.expect("source"), Outcome::Completed, "{mode}");
@@ -77,14 +82,17 @@ fn the_handle_reports_events_and_refuses_a_late_cancel() {
     let src: &'static mut Vm = Box::leak(Box::new(Vm::new(&c).expect("source vm")));
     let dst: &'static mut Vm = Box::leak(Box::new(Vm::new_incoming(&c).expect("dest vm")));
     src.start().expect("start");
+    let key = Psk::generate().expect("key");
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let dest = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
+        .credential(Credential::Psk(key.clone()))
         .on_listening(tx)
         .spawn(KvmGuest::new(dst))
         .expect("spawn destination");
     let addr = rx.recv_timeout(Duration::from_secs(10)).expect("listening");
     let source = SourceBuilder::new(SourceConfig::new(MigrationMode::Postcopy, 78))
         .connect(addr)
+        .credential(Credential::Psk(key))
         .spawn(KvmGuest::new(src))
         .expect("spawn source");
     let statuses: Vec<String> = source.events().iter().map(|e| e.status).collect();
@@ -101,4 +109,31 @@ fn the_handle_reports_events_and_refuses_a_late_cancel() {
     let dst = dest_end.vm.into_inner();
     let digest = dst.wait_finished(Duration::from_secs(30)).expect("run").expect("finished");
     assert_eq!(digest, reference, "the migrated guest diverged");
+}
+
+/// Authentication is on by default: a builder without a credential refuses to dial or listen,
+/// and gives the source VM back untouched and running.
+#[test]
+fn a_builder_without_a_credential_is_refused() {
+    if !ready("a_builder_without_a_credential_is_refused") {
+        return;
+    }
+    let c = cfg(WorkloadKind::HotCold, 1, 5, OPS);
+    let mut src = Vm::new(&c).expect("source vm");
+    src.start().expect("start");
+    let cfg = SourceConfig::new(MigrationMode::Postcopy, 79);
+    let addr = "127.0.0.1:9".parse().expect("addr");
+    let end = SourceBuilder::new(cfg).connect(addr).run(KvmGuest::new(&mut src));
+    assert!(!end.handed_over);
+    let reason = match end.result {
+        Ok(hybridmig::facade::Outcome::Cancelled { reason }) => reason,
+        other => panic!("expected a cancel naming the missing credential, got {other:?}"),
+    };
+    assert!(reason.contains("credential"), "{reason}");
+    assert!(!src.is_finished() || src.is_started(), "the guest runs on");
+    let dest = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"));
+    let mut dst = Vm::new_incoming(&c).expect("destination vm");
+    let end = dest.run(KvmGuest::new(&mut dst));
+    let error = end.result.expect_err("no credential");
+    assert!(error.to_string().contains("credential"), "{error}");
 }

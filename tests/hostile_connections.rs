@@ -1,8 +1,9 @@
 //! A destination that meets hostile or confused connections before the real source never
 //! goes down: `hybridmig dest` on a loopback port first gets 100 bytes of garbage, an empty
-//! connect-and-close (a port probe) and a half-open connection that sends 6 bytes and then
+//! connect-and-close (a port probe) and a half-open connection that sends 6 bytes of a Noise opening and then
 //! stays silent through the whole migration; then `hybridmig source` migrates a real 256 MiB
-//! KVM guest to it, and the merged reports must say verified.
+//! KVM guest to it, and the merged reports must say verified. Authentication is on (both
+//! hosts hold the same key file): the hostile connections meet the Noise handshake first.
 
 mod cli_common;
 
@@ -43,9 +44,11 @@ fn hostile_connections_before_the_source_do_not_stop_the_migration() {
     let expected = cli_common::reference_digest(&guest_args());
     // A long handshake timeout keeps the silent connection in its handshake while the real
     // source connects: the listener must serve the source beside it, not after it.
+    let key = cli_common::KeyFile::new("hostile");
     let mut dest = Killed(
         Command::new(BIN)
             .arg("dest")
+            .args(key.args())
             .args(guest_args())
             .args(["--listen", "127.0.0.1:0", "--accept-timeout-s", "60"])
             .args(["--handshake-timeout-ms", "30000", "--json"])
@@ -69,11 +72,12 @@ fn hostile_connections_before_the_source_do_not_stop_the_migration() {
     garbage.write_all(&[0xA5; 100]).expect("garbage");
     drop(TcpStream::connect(addr).expect("port probe"));
     let mut half_open = TcpStream::connect(addr).expect("connect");
-    half_open.write_all(b"HMIG\x00\x02").expect("6 bytes of a Hello");
+    half_open.write_all(b"HMNS\x01\x01").expect("6 bytes of a Noise opening");
 
     let source = Killed(
         Command::new(BIN)
             .arg("source")
+            .args(key.args())
             .args(guest_args())
             .args(["--pace", &PACE.to_string(), "--connect", addr, "--mode", "hybrid"])
             .args(["--migrate-after-ms", "300", "--json"])
@@ -105,7 +109,7 @@ fn hostile_connections_before_the_source_do_not_stop_the_migration() {
     let warnings: Vec<&str> =
         dst_err.lines().filter(|l| l.contains("dropped a connection")).collect();
     assert_eq!(warnings.len(), 2, "garbage and the probe, one line each: {dst_err}");
-    assert!(warnings.iter().any(|l| l.contains("bad frame magic")), "{dst_err}");
+    assert!(warnings.iter().any(|l| l.contains("not a hybridmig Noise opening")), "{dst_err}");
     assert!(warnings.iter().any(|l| l.contains("after 0 bytes")), "{dst_err}");
     eprintln!("destination log:\n{dst_err}");
 }

@@ -33,8 +33,8 @@ struct End {
 fn session() -> (End, End) {
     let (bulk_a, bulk_b) = tcp_pair();
     let (urgent_a, urgent_b) = tcp_pair();
-    let a = StreamPair { bulk: bulk_a, urgent: urgent_a, session: params() };
-    let b = StreamPair { bulk: bulk_b, urgent: urgent_b, session: params() };
+    let a = StreamPair::new(bulk_a, urgent_a, params());
+    let b = StreamPair::new(bulk_b, urgent_b, params());
     (end(&a), end(&b))
 }
 

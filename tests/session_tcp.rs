@@ -151,9 +151,11 @@ fn cli_source_names_the_layout_mismatch_and_fails_and_the_destination_listens_on
     {
         return;
     }
+    let key = cli_common::KeyFile::new("layout");
     let mut dest = Killed(
         Command::new(BIN)
             .arg("dest")
+            .args(key.args())
             .args(guest("256M"))
             .args(["--listen", "127.0.0.1:0", "--accept-timeout-s", "30"])
             .stdin(Stdio::null())
@@ -174,6 +176,7 @@ fn cli_source_names_the_layout_mismatch_and_fails_and_the_destination_listens_on
     let source = Killed(
         Command::new(BIN)
             .arg("source")
+            .args(key.args())
             .args(guest("128M"))
             .args(["--connect", addr, "--mode", "hybrid", "--migrate-after-ms", "100"])
             // A refused handshake cancels the migration and the guest runs on here to the end

@@ -424,7 +424,7 @@ mod tests {
             regions: Vec::new(),
             page_size: 4096,
         };
-        (StreamPair { bulk, urgent, session }, [far_bulk, far_urgent])
+        (StreamPair::new(bulk, urgent, session), [far_bulk, far_urgent])
     }
 
     fn opts(progress_timeout_ms: u64) -> LoopOptions {

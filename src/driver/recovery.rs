@@ -96,14 +96,18 @@ pub fn run_recovering<W: Resumable>(
 
 /// True for a failure of the connection itself, which a new one cures: the peer closed it or
 /// reset it, it timed out (liveness), nothing moved for the progress deadline, or a frame on
-/// it failed its check (a CRC mismatch is never used; what it carried is sent again). An
-/// engine's or the VM's failure is not.
+/// it failed its check (a CRC mismatch is never used; what it carried is sent again), or a
+/// record on it did not decrypt (changed on the way; a new connection brings a new
+/// handshake). An engine's or the VM's failure is not.
 pub fn is_recoverable(error: &DriverError) -> bool {
     match error {
         DriverError::PeerClosed { .. } | DriverError::NoProgress { .. } => true,
         DriverError::Stream(stream) => matches!(
             stream,
-            StreamError::Io { .. } | StreamError::TimedOut { .. } | StreamError::Wire { .. }
+            StreamError::Io { .. }
+                | StreamError::TimedOut { .. }
+                | StreamError::Wire { .. }
+                | StreamError::Secure { .. }
         ),
         _ => false,
     }
@@ -119,9 +123,10 @@ pub fn swap_connections(io: &mut LoopIo, pair: StreamPair) -> Result<(), DriverE
             drop(io.streams.detach(&mut io.ring, stream)?);
         }
     }
-    let StreamPair { bulk, urgent, .. } = pair;
-    io.streams.attach(&mut io.ring, StreamKind::Bulk, bulk)?;
-    io.streams.attach(&mut io.ring, StreamKind::Urgent, urgent)?;
+    let (bulk, urgent, framing) = pair.into_parts();
+    let [bulk_framing, urgent_framing] = framing.ok_or(StreamError::FramingTaken)?;
+    io.streams.attach_with(&mut io.ring, StreamKind::Bulk, bulk, bulk_framing)?;
+    io.streams.attach_with(&mut io.ring, StreamKind::Urgent, urgent, urgent_framing)?;
     io.submit()
 }
 

@@ -7,6 +7,7 @@ use crate::dest::driver::{run_dest_with_uffd, DestDriverOptions, DestRun};
 use crate::dest::uffd::{Uffd, UFFD_FEATURE_THREAD_ID};
 use crate::driver::recovery::Recovery;
 use crate::embed::MigratableVm;
+use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, AcceptorConfig};
 use crate::transport::tcp::{PairListener, StreamPair, TcpOptions};
 use std::net::SocketAddr;
@@ -109,6 +110,22 @@ impl DestBuilder {
         self
     }
 
+    /// Requires `credential` of every connection and proves it back, and encrypts every frame
+    /// (see docs/security.md). Required when the destination listens.
+    pub fn credential(mut self, credential: Credential) -> Self {
+        self.tcp.security = Some(SecureConfig::new(credential));
+        self
+    }
+
+    /// Keeps the authentication but takes frames in the clear after the handshake (`false`);
+    /// both sides must agree. Call after [`Self::credential`].
+    pub fn encrypt(mut self, on: bool) -> Self {
+        if let Some(security) = self.tcp.security.as_mut() {
+            security.encrypt = on;
+        }
+        self
+    }
+
     /// The TCP options of the listener and its connections.
     pub fn tcp_options(mut self, options: TcpOptions) -> Self {
         self.tcp = options;
@@ -153,6 +170,9 @@ impl DestBuilder {
         let control = Some(&*self.control);
         let accept = AcceptorConfig::new(wire_regions(&vm.regions()));
         let (pair, mut listener) = match self.target {
+            Target::Listen(_) if self.tcp.security.is_none() => {
+                return Err(FacadeError::NoCredential { side: "destination" })
+            }
             Target::Listen(addr) => {
                 let mut listener = PairListener::bind(addr, self.tcp.clone(), accept.clone())?;
                 if let (Some(tx), Ok(bound)) = (&self.on_listening, listener.local_addr()) {

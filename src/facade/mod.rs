@@ -15,15 +15,19 @@
 //!
 //! ```no_run
 //! use hybridmig::facade::{DestBuilder, SourceBuilder};
+//! use hybridmig::secure::{Credential, Psk};
 //! use hybridmig::source::SourceConfig;
 //! use hybridmig::wire::MigrationMode;
 //! # fn vms() -> (Box<dyn hybridmig::embed::MigratableVm + Send>, Box<dyn hybridmig::embed::MigratableVm + Send>) { unimplemented!() }
 //! # fn main() -> Result<(), hybridmig::facade::FacadeError> {
 //! let (source_vm, dest_vm) = vms();
 //! let listen = "127.0.0.1:7701".parse().expect("address");
-//! let dest = DestBuilder::listen(listen).spawn(dest_vm)?;
+//! // Both hosts hold the same pre-shared key (`hybridmig keygen --out FILE` makes one).
+//! let key = Psk::generate().expect("random key");
+//! let dest = DestBuilder::listen(listen).credential(Credential::Psk(key.clone())).spawn(dest_vm)?;
 //! let cfg = SourceConfig::new(MigrationMode::Hybrid, 42);
-//! let source = SourceBuilder::new(cfg).connect(listen).spawn(source_vm)?;
+//! let source =
+//!     SourceBuilder::new(cfg).connect(listen).credential(Credential::Psk(key)).spawn(source_vm)?;
 //! for event in source.events().iter().take(1) {
 //!     println!("source is now {}", event.status);
 //! }
@@ -90,6 +94,12 @@ pub enum FacadeError {
     Cancelled {
         /// What had not happened yet.
         before: &'static str,
+    },
+    /// Authentication is on by default, and no credential was given.
+    #[error("the {side} was given no credential: every connection is authenticated (give a pre-shared key with .credential())")]
+    NoCredential {
+        /// Which side.
+        side: &'static str,
     },
     /// The builder was not told where to connect.
     #[error("the {side} was given no address, listener or connections")]

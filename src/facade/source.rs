@@ -5,6 +5,7 @@ use super::{FacadeError, Outcome};
 use crate::control::{connect, Control, MigrationStatus, Side};
 use crate::driver::recovery::Recovery;
 use crate::embed::MigratableVm;
+use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, Offer, SessionIntent};
 use crate::source::driver::{run_source_recovering, SourceDriverOptions};
 use crate::source::{SourceConfig, SourceEngine, SourceStats};
@@ -98,6 +99,22 @@ impl SourceBuilder {
         self
     }
 
+    /// Proves `credential` to the destination on every connection, and encrypts every frame
+    /// (see docs/security.md). Required when the source dials.
+    pub fn credential(mut self, credential: Credential) -> Self {
+        self.tcp.security = Some(SecureConfig::new(credential));
+        self
+    }
+
+    /// Keeps the authentication but sends frames in the clear after the handshake (`false`),
+    /// for trusted links; both sides must agree. Call after [`Self::credential`].
+    pub fn encrypt(mut self, on: bool) -> Self {
+        if let Some(security) = self.tcp.security.as_mut() {
+            security.encrypt = on;
+        }
+        self
+    }
+
     /// The TCP options of every connection the source dials (liveness, buffers, timeouts).
     pub fn tcp_options(mut self, options: TcpOptions) -> Self {
         self.tcp = options;
@@ -155,6 +172,9 @@ impl SourceBuilder {
         let control = Some(&*self.control);
         let offer = Offer::new(self.cfg.session_id, self.cfg.mode, wire_regions(&vm.regions()));
         let (pair, redial_to) = match self.target {
+            Some(Target::Dial(_)) if self.tcp.security.is_none() => {
+                return Err(FacadeError::NoCredential { side: "source" })
+            }
             Some(Target::Dial(addr)) => {
                 let pair = connect::first_dial(control, addr, &offer, &self.tcp, FIRST_DIAL)
                     .map_err(|e| match e {
@@ -169,7 +189,8 @@ impl SourceBuilder {
             None => return Err(FacadeError::NoTarget { side: "source" }),
         };
         let mut engine = SourceEngine::new(self.cfg, &pair.session, &*vm)?;
-        let resume = Offer { intent: SessionIntent::Resume, ..offer };
+        // A resume carries the session's ticket: the destination takes no other stream for it.
+        let resume = Offer { intent: SessionIntent::Resume, ticket: pair.ticket, ..offer };
         let tcp_options = self.tcp.clone();
         let ctl = self.control.clone();
         let mut redial = |timeout: Duration| {

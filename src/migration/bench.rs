@@ -120,6 +120,8 @@ pub struct BenchSpec {
     pub timeout_s: u64,
     /// Path of `bench-env/netns` (default: found from the working directory or the crate).
     pub netns_script: Option<String>,
+    /// Encrypt every frame (false: authentication only, as `--no-encrypt`).
+    pub encrypt: bool,
 }
 
 impl Default for BenchSpec {
@@ -145,6 +147,7 @@ impl Default for BenchSpec {
             vcpus: 1,
             timeout_s: 300,
             netns_script: None,
+            encrypt: true,
         }
     }
 }
@@ -400,6 +403,7 @@ pub fn run_bench(
                             recover_timeout: Some(Duration::from_secs(60)),
                             liveness: Some(crate::transport::tcp::DEFAULT_LIVENESS),
                             inject: None,
+                            encrypt: spec.encrypt,
                         };
                         let run = one_run(&m, profile, rep);
                         bar.finished(&run);

@@ -13,6 +13,7 @@ use crate::driver::recovery::Recovery;
 use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::{EmbedError, HostRegion, MigratableVm};
+use crate::secure::SecureConfig;
 use crate::session::{wire_regions, AcceptorConfig, Offer, SessionIntent};
 use crate::source::driver::{run_source_recovering, SourceDriverOptions};
 use crate::source::workingset::WorkingSetTracker;
@@ -172,6 +173,8 @@ pub struct SourceHostOptions {
     pub inject: Option<SidePlan>,
     /// The control channel ([`crate::control`]): status, cancel, a new address to recover to.
     pub control: Option<Arc<Control>>,
+    /// Authentication and encryption of every connection (`None`: none, library use only).
+    pub security: Option<SecureConfig>,
 }
 
 /// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops. A parent
@@ -242,6 +245,7 @@ fn source_host(
     let result = migrate_guest(&mut vm, opts, cfg, &mut report, &injection, &mut handed_over);
     report.injected = injection.map(|i| i.log.entries()).unwrap_or_default();
     report.peak_rss_bytes = peak_rss_bytes();
+    report.cpu_ms = process_cpu_ms();
     match result {
         Ok(()) => Ok(report),
         Err(error) if !handed_over => {
@@ -329,13 +333,19 @@ fn migrate_guest(
 ) -> Result<(), MigrationError> {
     let mut guest = KvmGuest::new(vm);
     let offer = Offer::new(opts.session_id, opts.mode, wire_regions(&guest.regions()));
-    let tcp_options = tcp::TcpOptions { liveness: opts.liveness, ..tcp::TcpOptions::default() };
-    let resume = Offer { intent: SessionIntent::Resume, ..offer.clone() };
+    let tcp_options = tcp::TcpOptions {
+        liveness: opts.liveness,
+        security: opts.security.clone(),
+        ..tcp::TcpOptions::default()
+    };
     // Dialled until it opens (a Hello that loss holds up past the destination's handshake time
     // is dropped there), within the recovery time; a refusal ends it at once.
     let first_dial = opts.recover_timeout.unwrap_or(Duration::ZERO).max(FIRST_DIAL_MIN);
     let control = opts.control.as_deref();
     let pair = controlled::first_dial(control, opts.connect, &offer, &tcp_options, first_dial)?;
+    report.encrypted = pair.encrypted();
+    // A resume carries the session's ticket, so the destination knows it for this session's.
+    let resume = Offer { intent: SessionIntent::Resume, ticket: pair.ticket, ..offer };
     let mut engine = SourceEngine::new(cfg, &pair.session, &guest)?;
     let mut timeline = std::mem::take(&mut report.timeline);
     let ops_source = OpsReader::new(&guest);
@@ -443,6 +453,8 @@ pub struct DestHostOptions {
     pub inject: Option<SidePlan>,
     /// The control channel ([`crate::control`]): status, cancel, a new address to listen on.
     pub control: Option<Arc<Control>>,
+    /// Authentication and encryption of every connection (`None`: none, library use only).
+    pub security: Option<SecureConfig>,
 }
 
 /// Receives the guest, runs it to the end of its ops, returns the destination's report.
@@ -471,6 +483,7 @@ fn dest_host(
     let tcp_options = tcp::TcpOptions {
         liveness: opts.liveness,
         handshake_timeout: opts.handshake_timeout,
+        security: opts.security.clone(),
         ..tcp::TcpOptions::default()
     };
     let mut listener = tcp::PairListener::bind(opts.listen, tcp_options.clone(), accept.clone())?;
@@ -485,7 +498,7 @@ fn dest_host(
         let error = MigrationError::OperatorCancelled { before: "the source connected" };
         return Ok(super::cancel::cancelled_dest(DestReport::default(), &error));
     };
-    let mut report = DestReport::default();
+    let mut report = DestReport { encrypted: pair.encrypted(), ..DestReport::default() };
     let mut timeline = ProgressTimeline::default();
     let mut guest = KvmGuest::new(&mut vm);
     if opts.inject.as_ref().is_some_and(|plan| plan.fail_load) {
@@ -554,6 +567,7 @@ fn dest_host(
     timeline.record(mono_ns(), vm.ops_done());
     report.timeline = timeline;
     report.peak_rss_bytes = peak_rss_bytes();
+    report.cpu_ms = process_cpu_ms();
     Ok(report)
 }
 
@@ -568,6 +582,18 @@ fn peak_rss_bytes() -> u64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
+}
+
+/// CPU time this process used so far, user and system, all threads (ms); 0 if unreadable.
+fn process_cpu_ms() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage for the call's duration.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
 /// The destination's guest, running to the end of its ops.

@@ -68,6 +68,9 @@ pub struct LocalMigration {
     pub liveness: Option<Duration>,
     /// Faults to inject (`--inject`); each host gets its side's part.
     pub inject: Option<InjectPlan>,
+    /// Encrypt every frame (false: `--no-encrypt`, authentication only). Both hosts get an
+    /// ephemeral key made for this run either way.
+    pub encrypt: bool,
 }
 
 /// The parent waits this much longer than the children's progress timeout, so that a stalled
@@ -156,6 +159,9 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         None => unmigrated_digest(&m.cfg)?,
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
+    // Removed when this function returns, whatever happens to the two hosts.
+    let key = EphemeralKey::create()?;
+    let key_args = key.args(m.encrypt);
     let mut dest_args: Vec<String> = vec![
         "dest".into(),
         "--listen".into(),
@@ -166,6 +172,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         "--json".into(),
     ];
     dest_args.extend(time_args(m));
+    dest_args.extend(key_args.iter().cloned());
     dest_args.extend(config_args(&m.cfg));
     dest_args.extend(inject_args(m.inject.as_ref(), Side::Dest));
     let mut dest = Guard(spawn(m.dst_netns.as_deref(), &dest_args)?);
@@ -195,6 +202,7 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         "--json".into(),
     ];
     src_args.extend(time_args(m));
+    src_args.extend(key_args.iter().cloned());
     if m.adaptive_window {
         src_args.push("--adaptive-window".into());
     }
@@ -232,6 +240,42 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     report.pace = w.pace_ops_per_sec.unwrap_or(0);
     report.digest_expected = hex(expected);
     Ok(report)
+}
+
+/// A key made for one local migration: a fresh key in a mode-0600 file of the temporary
+/// directory, named on the hosts' command lines by its path only, and removed on drop.
+struct EphemeralKey {
+    path: std::path::PathBuf,
+}
+
+impl EphemeralKey {
+    fn create() -> Result<EphemeralKey, MigrationError> {
+        let key = crate::secure::Psk::generate()?;
+        // A name nobody can guess ahead, so nobody can place a file there first.
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).map_err(crate::secure::KeyError::Random)?;
+        let name = format!("hybridmig-{}-{:016x}.key", std::process::id(), u64::from_le_bytes(tag));
+        let path = std::env::temp_dir().join(name);
+        crate::secure::write_key_file(&path, &key, false)?;
+        Ok(EphemeralKey { path })
+    }
+
+    /// The hosts' arguments: the key file, and `--no-encrypt` unless `encrypt`.
+    fn args(&self, encrypt: bool) -> Vec<String> {
+        let mut args = vec!["--key-file".to_string(), self.path.display().to_string()];
+        if !encrypt {
+            args.push("--no-encrypt".into());
+        }
+        args
+    }
+}
+
+impl Drop for EphemeralKey {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove the run's key file");
+        }
+    }
 }
 
 /// The options both hosts take about time: liveness and the progress timeout.

@@ -40,6 +40,9 @@ pub enum MigrationError {
     /// Connecting the two streams failed.
     #[error("transport: {0}")]
     Tcp(#[from] crate::transport::tcp::TcpError),
+    /// Making, writing or loading the migration's key failed.
+    #[error("key: {0}")]
+    Key(#[from] crate::secure::KeyError),
     /// An OS call failed.
     #[error("{what}: {source}")]
     Io {

@@ -71,6 +71,12 @@ pub struct SourceReport {
     /// The source process's peak resident memory (VmHWM), guest memory included (bytes).
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// Every frame on both streams was encrypted (false with `--no-encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// CPU time of the source process (user + system, all threads, vCPUs included; ms).
+    #[serde(default)]
+    pub cpu_ms: f64,
 }
 
 /// The destination host's report.
@@ -96,6 +102,12 @@ pub struct DestReport {
     /// The destination process's peak resident memory (VmHWM), guest memory included (bytes).
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// Every frame on both streams was encrypted (false with `--no-encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// CPU time of the destination process (user + system, all threads, vCPUs included; ms).
+    #[serde(default)]
+    pub cpu_ms: f64,
 }
 
 /// The version of the report's layout: raised when a field changes meaning or goes away (a
@@ -149,6 +161,16 @@ pub struct MigrationReport {
     /// Faults injected with `--inject`, by both hosts.
     #[serde(default)]
     pub injected: Vec<Injected>,
+    /// Every frame on both streams was encrypted, as both hosts saw it (false with
+    /// `--no-encrypt`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// CPU time of the source process, vCPUs included (ms).
+    #[serde(default)]
+    pub src_cpu_ms: f64,
+    /// CPU time of the destination process, vCPUs included (ms).
+    #[serde(default)]
+    pub dst_cpu_ms: f64,
     /// Workload name.
     pub workload: String,
     /// Workload memory in bytes.
@@ -300,6 +322,9 @@ impl MigrationReport {
         MigrationReport {
             schema_version: REPORT_SCHEMA_VERSION,
             mode: src.mode.clone(),
+            encrypted: src.encrypted && dst.encrypted,
+            src_cpu_ms: src.cpu_ms,
+            dst_cpu_ms: dst.cpu_ms,
             recoveries: s.recoveries.max(d.stats.recoveries),
             recovery_ms: s.recovery_ms.max(d.recovery_ms),
             pages_resent: s.pages_resent,

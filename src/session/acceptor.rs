@@ -2,15 +2,15 @@
 //! against this host's VM and the session's other stream, and answers with a HelloAck that
 //! accepts or names the reason for refusing.
 
+use super::auth::check_token;
 use super::{
-    describe_regions, AcceptorConfig, AuthContext, Authenticator, NoAuth, SessionError,
-    SessionIntent, SessionParams,
+    describe_regions, AcceptorConfig, Binding, SessionError, SessionIntent, SessionParams,
+    SessionTicket,
 };
 use crate::wire::{
     self, FrameBody, FrameType, Hello, RejectReason, StreamKind, Verdict, WireError, HEADER_LEN,
     MAGIC, VERSION_CURRENT, VERSION_MIN,
 };
-use std::sync::Arc;
 
 /// The acceptor's answer to one Hello: the bytes to send back (a HelloAck, possibly a reject;
 /// empty when the input was too broken to answer), and what became of the stream.
@@ -28,7 +28,7 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct Acceptor {
     cfg: AcceptorConfig,
-    auth: Arc<dyn Authenticator>,
+    binding: Binding,
     /// The session as the first accepted Hello set it.
     session: Option<SessionParams>,
     open: [bool; 2],
@@ -42,21 +42,30 @@ struct Refusal {
 }
 
 impl Acceptor {
-    /// An acceptor for a VM with `cfg`'s memory layout, without authentication.
+    /// An acceptor for a VM with `cfg`'s memory layout whose streams are not bound to each
+    /// other by a ticket (see [`Acceptor::with_binding`]).
     pub fn new(cfg: AcceptorConfig) -> Self {
         Self {
             cfg,
-            auth: Arc::new(NoAuth),
+            binding: Binding::None,
             session: None,
             open: [false; 2],
             limits: wire::Limits::default(),
         }
     }
 
-    /// Uses `auth` to check the Hellos' tokens.
-    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
-        self.auth = auth;
+    /// Binds the session's streams by a ticket (see [`Binding`]).
+    pub fn with_binding(mut self, binding: Binding) -> Self {
+        self.binding = binding;
         self
+    }
+
+    /// The session's ticket, when its streams are bound.
+    pub fn ticket(&self) -> Option<SessionTicket> {
+        match self.binding {
+            Binding::None => None,
+            Binding::New(ticket) | Binding::Resume(ticket) => Some(ticket),
+        }
     }
 
     /// The session id of the first accepted Hello.
@@ -122,11 +131,8 @@ impl Acceptor {
             });
         }
         self.check_other_stream(hello, version)?;
-        let ctx = AuthContext { session_id: hello.session_id, stream: hello.stream };
-        let token = self.auth.accept(&ctx, hello.auth_token).map_err(|why| Refusal {
-            reason: RejectReason::BadAuth,
-            detail: format!("authentication failed: {why}"),
-        })?;
+        let token = check_token(&self.binding, hello.stream, hello.resume, hello.auth_token)
+            .map_err(|detail| Refusal { reason: RejectReason::BadAuth, detail })?;
         Ok((version, token))
     }
 

@@ -1,14 +1,11 @@
 //! The initiator (source) side of the handshake: one Hello per stream out, one HelloAck per
 //! stream in, and the session's parameters once both streams are accepted.
 
-use super::{
-    AuthContext, Authenticator, NoAuth, Offer, SessionError, SessionIntent, SessionParams,
-};
+use super::{Offer, SessionError, SessionIntent, SessionParams, SessionTicket};
 use crate::wire::{
     self, Frame, FrameBody, FrameType, HelloAck, RejectReason, StreamKind, Verdict, WireError,
     VERSION_CURRENT, VERSION_MIN,
 };
-use std::sync::Arc;
 
 /// Where one stream's handshake stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,26 +25,36 @@ enum Leg {
 #[derive(Debug)]
 pub struct Initiator {
     offer: Offer,
-    auth: Arc<dyn Authenticator>,
+    /// True when the streams are bound by a ticket (see [`super::Binding`]).
+    bound: bool,
+    /// The session's ticket: the offer's (a resume), or the bulk stream's HelloAck's.
+    ticket: Option<SessionTicket>,
     legs: [Leg; 2],
     limits: wire::Limits,
 }
 
 impl Initiator {
-    /// An initiator that offers `offer`, without authentication.
+    /// An initiator that offers `offer`, its streams not bound by a ticket.
     pub fn new(offer: Offer) -> Self {
         Self {
+            ticket: offer.ticket,
             offer,
-            auth: Arc::new(NoAuth),
+            bound: false,
             legs: [Leg::Idle; 2],
             limits: wire::Limits::default(),
         }
     }
 
-    /// Uses `auth` for the tokens.
-    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
-        self.auth = auth;
+    /// Binds the streams by the session's ticket: the bulk stream of a new session learns it
+    /// from its HelloAck, every other stream carries it (a resume, the offer's ticket).
+    pub fn bound(mut self) -> Self {
+        self.bound = true;
         self
+    }
+
+    /// The session's ticket, once known.
+    pub fn ticket(&self) -> Option<SessionTicket> {
+        self.ticket
     }
 
     /// What this side offers.
@@ -60,8 +67,7 @@ impl Initiator {
         if self.legs[stream.index()] != Leg::Idle {
             return Err(SessionError::HelloTwice { stream });
         }
-        let ctx = AuthContext { session_id: self.offer.session_id, stream };
-        let token = self.auth.hello_token(&ctx);
+        let token = self.hello_token(stream)?;
         let hello = wire::Hello {
             max_version: self.offer.max_version,
             session_id: self.offer.session_id,
@@ -127,10 +133,52 @@ impl Initiator {
             return Err(SessionError::Rejected { reason, stream, detail });
         }
         let version = self.check_version(stream, frame.version, ack)?;
-        let ctx = AuthContext { session_id: self.offer.session_id, stream };
-        self.auth.confirm(&ctx, ack.auth_token).map_err(|why| SessionError::Auth { why })?;
+        self.confirm_token(stream, ack.auth_token)?;
         self.legs[stream.index()] = Leg::Open(version);
         Ok(self.params())
+    }
+
+    /// The token of `stream`'s Hello: empty unbound and on a new session's bulk stream, the
+    /// ticket otherwise.
+    fn hello_token(&self, stream: StreamKind) -> Result<Vec<u8>, SessionError> {
+        let opens = self.offer.intent == SessionIntent::New && stream == StreamKind::Bulk;
+        if !self.bound || opens {
+            return Ok(Vec::new());
+        }
+        match self.ticket {
+            Some(ticket) => Ok(ticket.as_bytes().to_vec()),
+            None => Err(SessionError::Auth {
+                why: format!(
+                    "the {stream:?} stream needs the session's ticket, which the bulk stream's \
+                     HelloAck carries: open the bulk stream first"
+                ),
+            }),
+        }
+    }
+
+    /// Checks the HelloAck's token: the ticket on a bound bulk stream (learned there for a
+    /// new session), empty otherwise.
+    fn confirm_token(&mut self, stream: StreamKind, token: &[u8]) -> Result<(), SessionError> {
+        let auth = |why: &str| Err(SessionError::Auth { why: why.to_string() });
+        if !self.bound || stream == StreamKind::Urgent {
+            return if token.is_empty() {
+                Ok(())
+            } else {
+                auth("unexpected token in the HelloAck")
+            };
+        }
+        let Some(got) = SessionTicket::from_token(token) else {
+            return auth("the bulk stream's HelloAck carries no session ticket");
+        };
+        match self.ticket {
+            Some(known) if known != got => {
+                auth("the bulk stream's HelloAck carries another session's ticket")
+            }
+            _ => {
+                self.ticket = Some(got);
+                Ok(())
+            }
+        }
     }
 
     fn check_version(

@@ -13,10 +13,10 @@
 //! ```text
 //!  source (Initiator)                               destination (Acceptor)
 //!    |== bulk connection ===============================|
-//!    |-- Hello{session, Bulk, mode, layout, auth} ----->|  version, layout, auth checked
-//!    |<- HelloAck{version, Accept, auth} ---------------|
+//!    |-- Hello{session, Bulk, mode, layout} ----------->|  version, layout checked
+//!    |<- HelloAck{version, Accept, ticket} -------------|  (ticket when bound)
 //!    |== urgent connection =============================|
-//!    |-- Hello{session, Urgent, ...} ------------------>|  same session, mode, version
+//!    |-- Hello{session, Urgent, ticket, ...} ---------->|  same session, mode, version, ticket
 //!    |<- HelloAck{version, Accept} ---------------------|
 //!    |   both: SessionParams { version, session_id, mode, intent, regions, page_size }
 //!    |
@@ -35,11 +35,13 @@
 //! frame of the oldest version the initiator speaks, so an acceptor of another version can
 //! still read its session id and stream and answer with a reject instead of closing silently.
 //!
-//! # Authentication
+//! # Authentication and binding
 //!
-//! An [`Authenticator`] on each side produces and checks the tokens carried in the Hello's
-//! and HelloAck's `auth_token` fields; [`NoAuth`] (the default) sends and accepts only empty
-//! tokens. A refused token is `Reject(BadAuth)`.
+//! The peers prove who they are below this layer (the TCP transport's Noise handshake,
+//! `crate::secure`, before the Hello). Here, when bound ([`Binding`]), the acceptor gives a
+//! new session's bulk stream a random [`SessionTicket`] in the HelloAck's `auth_token`, and
+//! the urgent stream and every resumed stream must carry it in the Hello's: a stream from
+//! another session is refused with `Reject(BadAuth)`. Unbound, tokens are empty both ways.
 //!
 //! # Resuming a session
 //!
@@ -59,7 +61,7 @@ pub mod sim;
 mod tests;
 
 pub use acceptor::{refuse, Acceptor, Answer};
-pub use auth::{AuthContext, Authenticator, NoAuth};
+pub use auth::{Binding, SessionTicket, TICKET_BYTES};
 pub use error::SessionError;
 pub use framing::{handshake_frame_len, take_handshake_frame};
 pub use gate::{FrameGate, Role};
@@ -110,6 +112,8 @@ pub struct Offer {
     pub intent: SessionIntent,
     /// Newest protocol version offered (this build's, unless a test plays another peer).
     pub max_version: u16,
+    /// The session's ticket when resuming a bound session (see [`Binding`]).
+    pub ticket: Option<SessionTicket>,
 }
 
 impl Offer {
@@ -122,6 +126,7 @@ impl Offer {
             page_size: PAGE_SIZE as u32,
             intent: SessionIntent::New,
             max_version: VERSION_CURRENT,
+            ticket: None,
         }
     }
 }

@@ -185,23 +185,62 @@ fn the_same_stream_twice_is_refused() {
 
 #[test]
 fn a_token_where_none_is_expected_is_bad_auth() {
-    #[derive(Debug)]
-    struct Chatty;
-    impl Authenticator for Chatty {
-        fn hello_token(&self, _: &AuthContext) -> Vec<u8> {
-            b"psk".to_vec()
-        }
-        fn accept(&self, _: &AuthContext, _: &[u8]) -> Result<Vec<u8>, String> {
-            Ok(Vec::new())
-        }
-        fn confirm(&self, _: &AuthContext, _: &[u8]) -> Result<(), String> {
-            Ok(())
-        }
-    }
-    let mut init = Initiator::new(offer()).with_authenticator(std::sync::Arc::new(Chatty));
+    let resume = Offer {
+        intent: SessionIntent::Resume,
+        ticket: Some(SessionTicket::from_bytes([1; 32])),
+        ..offer()
+    };
+    let mut init = Initiator::new(resume).bound();
     let (answer, seen) = exchange(&mut init, &mut acceptor(), StreamKind::Bulk);
     assert_eq!(answer.outcome.expect_err("refused").reject_reason(), Some(RejectReason::BadAuth));
     assert_eq!(seen.expect_err("rejected").reject_reason(), Some(RejectReason::BadAuth));
+}
+
+fn bound_acceptor(ticket: u8) -> Acceptor {
+    acceptor().with_binding(Binding::New(SessionTicket::from_bytes([ticket; 32])))
+}
+
+#[test]
+fn bound_streams_share_the_ticket_the_bulk_ack_gave() {
+    let (mut init, mut acc) = (Initiator::new(offer()).bound(), bound_acceptor(9));
+    assert!(init.hello(StreamKind::Urgent).is_err(), "no ticket before the bulk stream opens");
+    let mut init = Initiator::new(offer()).bound();
+    exchange(&mut init, &mut acc, StreamKind::Bulk).1.expect("bulk");
+    assert_eq!(init.ticket(), acc.ticket());
+    let params = exchange(&mut init, &mut acc, StreamKind::Urgent).1.expect("urgent");
+    assert!(params.is_some());
+}
+
+#[test]
+fn an_urgent_stream_of_another_session_is_refused() {
+    let mut acc = bound_acceptor(9);
+    exchange(&mut Initiator::new(offer()).bound(), &mut acc, StreamKind::Bulk).1.expect("bulk");
+    // Another holder of the key learns its own session's ticket from another destination.
+    let mut stranger = Initiator::new(offer()).bound();
+    exchange(&mut stranger, &mut bound_acceptor(3), StreamKind::Bulk).1.expect("its own bulk");
+    let (answer, seen) = exchange(&mut stranger, &mut acc, StreamKind::Urgent);
+    let err = answer.outcome.expect_err("refused");
+    assert_eq!(err.reject_reason(), Some(RejectReason::BadAuth));
+    assert!(err.to_string().contains("urgent stream from another session"), "{err}");
+    assert_eq!(seen.expect_err("rejected").reject_reason(), Some(RejectReason::BadAuth));
+    assert_eq!(acc.open_streams(), 1, "the refused stream did not join");
+}
+
+#[test]
+fn a_resume_needs_the_sessions_ticket() {
+    let ticket = SessionTicket::from_bytes([5; 32]);
+    let resuming = || acceptor().with_binding(Binding::Resume(ticket));
+    let with = |t| Offer { intent: SessionIntent::Resume, ticket: Some(t), ..offer() };
+    let mut init = Initiator::new(with(ticket)).bound();
+    let mut acc = resuming();
+    exchange(&mut init, &mut acc, StreamKind::Bulk).1.expect("bulk");
+    exchange(&mut init, &mut acc, StreamKind::Urgent).1.expect("urgent").expect("open");
+    let mut wrong = Initiator::new(with(SessionTicket::from_bytes([6; 32]))).bound();
+    let (answer, _) = exchange(&mut wrong, &mut resuming(), StreamKind::Bulk);
+    assert!(answer.outcome.expect_err("refused").to_string().contains("a resume from another"));
+    let (answer, _) =
+        exchange(&mut Initiator::new(offer()).bound(), &mut resuming(), StreamKind::Bulk);
+    assert_eq!(answer.outcome.expect_err("new").reject_reason(), Some(RejectReason::BadAuth));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! session id; [`sim`] is a seeded, virtual-clock simulator of the same two streams with loss,
 //! delay, reordering across streams, disconnects and corruption.
 
+pub mod framing;
 pub mod ring_streams;
 pub mod sim;
 pub mod tcp;

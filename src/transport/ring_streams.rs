@@ -10,11 +10,24 @@
 //! so no buffer is freed while the kernel holds it) while [`RingStreams::attach`] lets a new
 //! connection join the running session with a clean frame reader. Frames the engine has queued
 //! stay with the engine; bytes in flight on the old connection are lost with it.
+//!
+//! A connection whose handshake made a Noise cipher ([`Framing::Sealed`]) has every send
+//! buffer sealed into records just before it goes to the kernel, and received records opened
+//! one at a time as [`RingStreams::next_frame`] needs them: the records' size limit is split
+//! and joined here, out of the engines' sight. Sealing writes into a spare buffer per stream that then
+//! trades places with the plaintext one, so no send allocates and the number of buffers a
+//! stream circulates stays the same.
 
+mod corrupt;
+
+use corrupt::CorruptHook;
+pub use corrupt::CorruptedFrame;
+
+use super::framing::Framing;
 use crate::ring::{Buf, Completion, Ring, RingError};
+use crate::secure::{RecordReader, SecureError};
 use crate::session::{FrameGate, Role};
-use crate::wire::HEADER_LEN;
-use crate::wire::{parse_header, Frame, FrameReader, FrameType, Limits, StreamKind, WireError};
+use crate::wire::{Frame, FrameReader, Limits, StreamKind, WireError};
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
@@ -93,6 +106,17 @@ pub enum StreamError {
         /// The decoder's error.
         source: WireError,
     },
+    /// A record did not decrypt, or could not be sealed.
+    #[error("{stream:?} stream: {source}")]
+    Secure {
+        /// Which stream.
+        stream: StreamKind,
+        /// The secure layer's error.
+        source: SecureError,
+    },
+    /// The pair's framing (its ciphers) was taken by another set of streams already.
+    #[error("the stream pair's framing was taken already: each pair is driven once")]
+    FramingTaken,
     /// The stream has no connection (it was detached and nothing attached since).
     #[error("the {stream:?} stream has no connection")]
     Detached {
@@ -155,56 +179,6 @@ fn is_connection_gone(e: &io::Error) -> bool {
     )
 }
 
-/// A bulk frame the send path corrupted (fault injection, see
-/// [`RingStreams::corrupt_bulk_frame`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CorruptedFrame {
-    /// Its number among the bulk frames with a payload this side sent (from 1).
-    pub nth: u64,
-    /// Its type.
-    pub frame_type: FrameType,
-    /// When it was corrupted (mono ns).
-    pub at_ns: u64,
-}
-
-/// Counts bulk frames with a payload as they are sent and flips a byte of the `nth`.
-#[derive(Debug)]
-struct CorruptHook {
-    nth: u64,
-    seen: u64,
-    done: bool,
-    corrupted: Option<CorruptedFrame>,
-}
-
-impl CorruptHook {
-    /// Walks the whole frames of a send buffer (the drivers encode only whole frames into
-    /// one); a header that does not parse ends the walk, since nothing after it can be found.
-    fn on_send(&mut self, buf: &mut [u8], limits: &Limits) {
-        let mut at = 0;
-        while !self.done && at + HEADER_LEN <= buf.len() {
-            let Ok(info) = parse_header(&buf[at..], limits) else { return };
-            let len = info.payload_len as usize;
-            let end = at + HEADER_LEN + len;
-            if end > buf.len() {
-                return;
-            }
-            if len > 0 {
-                self.seen += 1;
-                if self.seen == self.nth {
-                    // The CRC in the header was computed over the original byte, so the
-                    // receiver's check must fail on this frame.
-                    buf[at + HEADER_LEN + len / 2] ^= 0xFF;
-                    self.done = true;
-                    let at_ns = crate::metrics::mono_ns();
-                    let frame_type = info.frame_type;
-                    self.corrupted = Some(CorruptedFrame { nth: self.nth, frame_type, at_ns });
-                }
-            }
-            at = end;
-        }
-    }
-}
-
 /// The two streams of a migration on one ring.
 pub struct RingStreams {
     /// Each stream's connection (a duplicate of the caller's socket, so the caller's pair
@@ -226,6 +200,12 @@ pub struct RingStreams {
     gates: Option<[FrameGate; 2]>,
     /// Fault injection only: `None` unless a plan corrupts a bulk frame.
     corrupt: Option<CorruptHook>,
+    /// How each stream's frames travel (clear or sealed in records).
+    framing: [Framing; 2],
+    /// Joins and opens received records; made on the first sealed attach, kept after.
+    records: [Option<RecordReader>; 2],
+    /// Where a send buffer is sealed; trades places with it.
+    spare: [Vec<u8>; 2],
 }
 
 impl std::fmt::Debug for RingStreams {
@@ -263,16 +243,44 @@ impl RingStreams {
             closed: [false; 2],
             gates: None,
             corrupt: None,
+            framing: [Framing::Clear, Framing::Clear],
+            records: [None, None],
+            spare: [0, 1].map(|_| Vec::new()),
         };
-        for (stream, sock) in [(StreamKind::Bulk, &pair.bulk), (StreamKind::Urgent, &pair.urgent)] {
+        let [bulk_framing, urgent_framing] =
+            pair.framing.take().ok_or(StreamError::FramingTaken)?;
+        let socks = [
+            (StreamKind::Bulk, &pair.bulk, bulk_framing),
+            (StreamKind::Urgent, &pair.urgent, urgent_framing),
+        ];
+        for (stream, sock, framing) in socks {
             let own = sock.try_clone().map_err(|source| StreamError::Io {
                 op: "clone",
                 stream,
                 source,
             })?;
-            streams.attach(ring, stream, own)?;
+            streams.attach_with(ring, stream, own, framing)?;
         }
         Ok(streams)
+    }
+
+    /// True when `stream`'s frames are sealed in records.
+    pub fn is_sealed(&self, stream: StreamKind) -> bool {
+        self.framing[index(stream)].is_sealed()
+    }
+
+    /// Seals `frames` for `stream` when its framing says so: the sealed buffer to send, and
+    /// the plaintext one becomes the stream's spare. On error `frames` comes back.
+    fn seal(&mut self, i: usize, frames: Vec<u8>) -> Result<Vec<u8>, (Vec<u8>, SecureError)> {
+        let Framing::Sealed(cipher) = &mut self.framing[i] else { return Ok(frames) };
+        let mut sealed = std::mem::take(&mut self.spare[i]);
+        sealed.clear();
+        if let Err(error) = cipher.seal(&frames, &mut sealed) {
+            self.spare[i] = sealed;
+            return Err((frames, error));
+        }
+        self.spare[i] = frames;
+        Ok(sealed)
     }
 
     /// A free, empty send buffer for `stream`, if one is not in flight. Frames are encoded
@@ -309,6 +317,10 @@ impl RingStreams {
             self.free_send[i].push(frames);
             return Err(StreamError::Detached { stream });
         }
+        let frames = self.seal(i, frames).map_err(|(frames, source)| {
+            self.free_send[i].push(frames);
+            StreamError::Secure { stream, source }
+        })?;
         if let Err(rejected) = ring.send(self.fds[i], Buf::from_vec(frames), TAG_SEND[i]) {
             if let Some(vec) = rejected.buf.into_vec() {
                 self.free_send[i].push(vec);
@@ -441,10 +453,40 @@ impl RingStreams {
             return Ok(StreamEvent::Closed(stream));
         }
         self.bytes_received[i] += n as u64;
-        self.readers[i].push_bytes(buf.as_slice());
+        self.take_in(i, buf.as_slice())?;
         buf.clear();
         self.arm_recv(ring, i, buf)?;
         Ok(StreamEvent::Received(stream))
+    }
+
+    /// Hands received bytes to the frame reader; on a sealed stream they wait as records,
+    /// opened one at a time by [`RingStreams::next_frame`] as frames are read.
+    fn take_in(&mut self, i: usize, bytes: &[u8]) -> Result<(), StreamError> {
+        match (&self.framing[i], &mut self.records[i]) {
+            (Framing::Sealed(_), Some(records)) => records.push(bytes),
+            _ => self.readers[i].push_bytes(bytes),
+        }
+        Ok(())
+    }
+
+    /// On a sealed stream, opens records until the frame reader holds a whole frame or no
+    /// whole record is left: one frame's worth of decryption per call, so a caller that
+    /// serves urgent work between frames is never held up by a whole receive's worth.
+    fn open_records(&mut self, i: usize) -> Result<(), StreamError> {
+        let reader = &mut self.readers[i];
+        let (Framing::Sealed(cipher), Some(records)) = (&mut self.framing[i], &mut self.records[i])
+        else {
+            return Ok(());
+        };
+        while !reader.has_frame() {
+            let opened = records
+                .open_next(cipher, |plain| reader.push_bytes(plain))
+                .map_err(|source| StreamError::Secure { stream: kind(i), source })?;
+            if !opened {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The error of a failed send or receive; a timeout names the liveness that expired.
@@ -479,6 +521,7 @@ impl RingStreams {
 
     /// The next complete frame received on `stream`, if any (checked by its gate, if set).
     pub fn next_frame(&mut self, stream: StreamKind) -> Result<Option<Frame<'_>>, StreamError> {
+        self.open_records(index(stream))?;
         let frame = self.readers[index(stream)]
             .next_frame()
             .map_err(|source| StreamError::Wire { stream, source })?;
@@ -529,6 +572,10 @@ impl RingStreams {
         ring.forget_fd(fd);
         self.fds[i] = NO_FD;
         self.readers[i] = FrameReader::new(self.limits);
+        self.framing[i] = Framing::Clear;
+        if let Some(records) = &mut self.records[i] {
+            records.clear();
+        }
         self.closed[i] = true;
         self.socks[i].take().ok_or(StreamError::Detached { stream })
     }
@@ -551,18 +598,36 @@ impl RingStreams {
         }
     }
 
-    /// Joins `sock` to the running session as `stream`'s connection: a receive is armed on it
-    /// and its frame reader starts clean. Frames the engine queued meanwhile go out on it.
+    /// Joins `sock` to the running session as `stream`'s connection, its frames in the
+    /// clear (see [`RingStreams::attach_with`]).
     pub fn attach(
         &mut self,
         ring: &mut Ring,
         stream: StreamKind,
         sock: TcpStream,
     ) -> Result<(), StreamError> {
+        self.attach_with(ring, stream, sock, Framing::Clear)
+    }
+
+    /// Joins `sock` to the running session as `stream`'s connection, its frames travelling
+    /// as `framing` says: a receive is armed on it and its frame reader starts clean. Frames
+    /// the engine queued meanwhile go out on it.
+    pub fn attach_with(
+        &mut self,
+        ring: &mut Ring,
+        stream: StreamKind,
+        sock: TcpStream,
+        framing: Framing,
+    ) -> Result<(), StreamError> {
         let i = index(stream);
         if self.socks[i].is_some() {
             return Err(StreamError::Attached { stream });
         }
+        if framing.is_sealed() {
+            let records = self.records[i].get_or_insert_with(RecordReader::new);
+            records.clear();
+        }
+        self.framing[i] = framing;
         self.fds[i] = sock.as_raw_fd();
         self.socks[i] = Some(sock);
         self.readers[i] = FrameReader::new(self.limits);
@@ -572,57 +637,5 @@ impl RingStreams {
             gates[i] = gates[i].reopened();
         }
         self.arm_recv(ring, i, Buf::with_capacity(RECV_BUF_BYTES))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{encode_frame, FrameBody, VERSION_CURRENT};
-
-    /// A send buffer of `blobs` VmState frames (an empty blob makes a frame with no payload).
-    fn buffer(blobs: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for blob in blobs {
-            let body = FrameBody::VmState(blob);
-            encode_frame(&mut out, VERSION_CURRENT, &body, &Limits::default()).expect("encode");
-        }
-        out
-    }
-
-    /// The index of the first frame of `bytes` whose CRC check fails, if any.
-    fn first_bad_frame(bytes: &[u8]) -> Option<usize> {
-        let mut reader = FrameReader::new(Limits::default());
-        reader.push_bytes(bytes);
-        for i in 0.. {
-            match reader.next_frame() {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(WireError::CrcMismatch { .. }) => return Some(i),
-                Err(e) => panic!("frame {i}: {e}"),
-            }
-        }
-        None
-    }
-
-    #[test]
-    fn the_nth_frame_with_a_payload_fails_its_crc_check() {
-        let mut hook = CorruptHook { nth: 3, seen: 0, done: false, corrupted: None };
-        // Frames with no payload are not counted: the third with one is frame 3 of the second
-        // buffer (index 3 there: empty, payload 2, empty, payload 3).
-        let mut first = buffer(&[b"one", b""]);
-        hook.on_send(&mut first, &Limits::default());
-        assert_eq!(first_bad_frame(&first), None);
-        assert!(hook.corrupted.is_none());
-        let mut second = buffer(&[b"", b"two", b"", b"three", b"four"]);
-        hook.on_send(&mut second, &Limits::default());
-        assert_eq!(first_bad_frame(&second), Some(3));
-        let corrupted = hook.corrupted.take().expect("recorded");
-        assert_eq!((corrupted.nth, corrupted.frame_type), (3, FrameType::VmState));
-        // Once only.
-        let mut third = buffer(&[b"five"]);
-        hook.on_send(&mut third, &Limits::default());
-        assert_eq!(first_bad_frame(&third), None);
-        assert!(hook.corrupted.is_none());
     }
 }

@@ -23,9 +23,11 @@ mod liveness;
 pub use listener::{listen, DroppedConnection, PairListener};
 pub use liveness::{liveness_of, set_liveness, KeepaliveSettings, LivenessReport};
 
+use super::framing::{Framing, PairFraming};
 use super::StreamKind;
-use crate::session::{Initiator, Offer, SessionError, SessionParams};
-use handshake::read_handshake_frame;
+use crate::secure::{self, RecordCipher, SecureConfig, SecureError};
+use crate::session::{Initiator, Offer, SessionError, SessionParams, SessionTicket};
+use handshake::{read_exact_bytes, read_handshake_frame, read_record};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -129,6 +131,18 @@ pub enum TcpError {
         /// What the session layer said.
         error: SessionError,
     },
+    /// The Noise handshake or a handshake record failed: a wrong key, no key, a replayed
+    /// handshake, settings that differ (the message names which).
+    #[error("{error} (peer {peer})")]
+    Secure {
+        /// The peer.
+        peer: SocketAddr,
+        /// What the secure layer said.
+        error: SecureError,
+    },
+    /// The OS random source failed while making a session ticket.
+    #[error("the OS random source failed while making a session ticket: {0}")]
+    Random(getrandom::Error),
     /// A session announced the same stream twice.
     #[error("session {session_id:#x} opened its {kind:?} stream twice (second from {peer})")]
     DuplicateStream {
@@ -172,6 +186,14 @@ impl TcpError {
             _ => None,
         }
     }
+
+    /// The secure layer's error, when the Noise handshake or a handshake record failed.
+    pub fn secure_error(&self) -> Option<&SecureError> {
+        match self {
+            Self::Secure { error, .. } => Some(error),
+            _ => None,
+        }
+    }
 }
 
 /// Socket settings applied to both connections.
@@ -197,6 +219,10 @@ pub struct TcpOptions {
     pub max_half_open_sessions: usize,
     /// Connections the listener reads Hellos from at once; one more drops the oldest.
     pub max_handshakes: usize,
+    /// Mutual authentication (a Noise handshake on every connection before its Hello),
+    /// session binding, and encryption; `None` runs the handshake in the clear and binds
+    /// nothing (the command line never does: it needs a key).
+    pub security: Option<SecureConfig>,
 }
 
 /// The default of [`TcpOptions::liveness`] and of the CLI's `--liveness-ms`.
@@ -214,6 +240,7 @@ impl Default for TcpOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_half_open_sessions: 16,
             max_handshakes: 64,
+            security: None,
         }
     }
 }
@@ -227,9 +254,31 @@ pub struct StreamPair {
     pub urgent: TcpStream,
     /// What the handshake agreed on (the engines are built from it).
     pub session: SessionParams,
+    /// The session's ticket when its streams are bound (authenticated connections); a
+    /// source resumes with it.
+    pub ticket: Option<SessionTicket>,
+    /// How frames travel on each stream after the handshake; the ring takes it once.
+    pub framing: PairFraming,
 }
 
 impl StreamPair {
+    /// A pair whose frames travel in the clear and whose streams are not bound.
+    pub fn new(bulk: TcpStream, urgent: TcpStream, session: SessionParams) -> StreamPair {
+        StreamPair { bulk, urgent, session, ticket: None, framing: PairFraming::clear() }
+    }
+
+    /// True when frames after the handshake are encrypted on both streams.
+    pub fn encrypted(&self) -> bool {
+        self.framing.encrypted()
+    }
+
+    /// The two connections and how frames travel on each (bulk first); `None` for the
+    /// framing when it was taken already.
+    pub fn into_parts(self) -> (TcpStream, TcpStream, Option<[Framing; 2]>) {
+        let framing = self.framing.take();
+        (self.bulk, self.urgent, framing)
+    }
+
     /// The stream of the given kind.
     pub fn stream(&self, kind: StreamKind) -> &TcpStream {
         match kind {
@@ -310,12 +359,16 @@ pub fn connect_with(
     mut initiator: Initiator,
     options: &TcpOptions,
 ) -> Result<StreamPair, TcpError> {
-    let bulk = connect_one(addr, &mut initiator, StreamKind::Bulk, options)?;
-    let urgent = connect_one(addr, &mut initiator, StreamKind::Urgent, options)?;
+    if options.security.is_some() {
+        initiator = initiator.bound();
+    }
+    let (bulk, bulk_framing) = connect_one(addr, &mut initiator, StreamKind::Bulk, options)?;
+    let (urgent, urgent_framing) = connect_one(addr, &mut initiator, StreamKind::Urgent, options)?;
     let session = initiator
         .params()
         .ok_or(TcpError::Session { peer: addr, error: SessionError::Incomplete { open: 1 } })?;
-    Ok(StreamPair { bulk, urgent, session })
+    let framing = PairFraming::new([bulk_framing, urgent_framing]);
+    Ok(StreamPair { bulk, urgent, session, ticket: initiator.ticket(), framing })
 }
 
 /// Dials `addr` again and again, opening or resuming the session `offer` names, until a pair
@@ -366,6 +419,9 @@ pub fn wait_for_peer_close(stream: &TcpStream, limit: Duration) {
 /// True for a refusal that dialling again cannot change.
 fn is_final(error: &TcpError) -> bool {
     use crate::wire::RejectReason::{BadAuth, LayoutMismatch, Mode, Version};
+    if error.secure_error().is_some() {
+        return true;
+    }
     let reason = error.session_error().and_then(SessionError::reject_reason);
     matches!(reason, Some(BadAuth | Version | LayoutMismatch | Mode))
 }
@@ -378,7 +434,7 @@ fn connect_one(
     initiator: &mut Initiator,
     kind: StreamKind,
     options: &TcpOptions,
-) -> Result<TcpStream, TcpError> {
+) -> Result<(TcpStream, Framing), TcpError> {
     let connect_err = |source| TcpError::Connect { addr, kind, source };
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(connect_err)?;
@@ -388,16 +444,52 @@ fn connect_one(
     apply_connected(&stream, options)?;
     apply_kind(&stream, kind, addr)?;
     let session_err = |error| TcpError::Session { peer: addr, error };
-    let hello = initiator.hello(kind).map_err(session_err)?;
+    let secure_err = |error| TcpError::Secure { peer: addr, error };
     let timeout = options.handshake_timeout;
     set_handshake_timeouts(&stream, addr, Some(timeout))?;
+    let mut cipher = match &options.security {
+        Some(cfg) => Some(noise_connect(&stream, addr, cfg, kind, timeout)?),
+        None => None,
+    };
+    let mut hello = initiator.hello(kind).map_err(session_err)?;
+    if let Some(cipher) = cipher.as_mut() {
+        hello = cipher.seal_one(&hello).map_err(secure_err)?;
+    }
     (&stream)
         .write_all(&hello)
         .map_err(|source| handshake::classify(addr, "was sent our Hello", timeout, 0, source))?;
-    let ack = read_handshake_frame(&stream, addr, "was waited on for its HelloAck", timeout)?;
+    const DOING: &str = "was waited on for its HelloAck";
+    let ack = match cipher.as_mut() {
+        Some(cipher) => {
+            let record = read_record(&stream, addr, DOING, timeout)?;
+            cipher.open_one(&record).map_err(secure_err)?
+        }
+        None => read_handshake_frame(&stream, addr, DOING, timeout)?,
+    };
     initiator.on_bytes(kind, &ack).map_err(session_err)?;
     set_handshake_timeouts(&stream, addr, None)?;
-    Ok(stream)
+    let encrypt = options.security.as_ref().is_some_and(|cfg| cfg.encrypt);
+    Ok((stream, Framing::after_handshake(cipher, encrypt)))
+}
+
+/// The initiator's Noise handshake on a fresh connection: the opening out, the answer in.
+fn noise_connect(
+    stream: &TcpStream,
+    addr: SocketAddr,
+    cfg: &SecureConfig,
+    kind: StreamKind,
+    timeout: Duration,
+) -> Result<RecordCipher, TcpError> {
+    let secure_err = |error| TcpError::Secure { peer: addr, error };
+    let (state, opening) = secure::open_handshake(cfg, kind).map_err(secure_err)?;
+    (&*stream).write_all(&opening).map_err(|source| {
+        handshake::classify(addr, "was sent our Noise opening", timeout, 0, source)
+    })?;
+    const DOING: &str = "was waited on for its Noise answer";
+    let mut answer = read_exact_bytes(stream, addr, DOING, timeout, secure::ANSWER_STATUS_BYTES)?;
+    let rest = read_exact_bytes(stream, addr, DOING, timeout, secure::answer_len(answer[0]))?;
+    answer.extend_from_slice(&rest);
+    state.on_answer(&answer).map_err(secure_err)
 }
 
 fn io_err(peer: SocketAddr, doing: &'static str) -> impl Fn(io::Error) -> TcpError {

@@ -9,8 +9,8 @@ use super::{
     PAGE_SIZE,
 };
 use crate::session::{
-    handshake_frame_len, Acceptor, AcceptorConfig, AuthContext, Authenticator, FrameGate,
-    Initiator, Offer, Role,
+    handshake_frame_len, Acceptor, AcceptorConfig, Binding, FrameGate, Initiator, Offer, Role,
+    SessionTicket,
 };
 
 /// Region table the harness validates windows and dirty sets against.
@@ -83,35 +83,29 @@ fn exercise_handshake(stream: &[u8], limits: &Limits) {
     };
     let Ok(total) = handshake_frame_len(&header, limits) else { return };
     let Some(frame) = stream.get(..total) else { return };
-    let mut acceptor = Acceptor::new(AcceptorConfig::new(FUZZ_REGIONS.to_vec()))
-        .with_authenticator(std::sync::Arc::new(AnyToken));
-    let answer = acceptor.on_hello_bytes(None, frame);
-    if !answer.reply.is_empty() {
-        let (reply, _) = decode_frame(&answer.reply, limits).expect("a reply must decode");
-        assert!(matches!(reply.body, FrameBody::HelloAck(_)), "reply is not a HelloAck");
-    }
-    let offer = Offer::new(7, super::MigrationMode::Hybrid, FUZZ_REGIONS.to_vec());
-    let mut initiator = Initiator::new(offer);
-    for stream in StreamKind::ALL {
-        if initiator.hello(stream).is_ok() {
-            let _ = initiator.on_bytes(stream, frame);
+    // Unbound, and bound to a ticket as a new session and as a resumed one, so that fuzzed
+    // tokens reach every branch of the binding check.
+    let ticket = SessionTicket::from_bytes([0xA5; 32]);
+    for binding in [Binding::None, Binding::New(ticket), Binding::Resume(ticket)] {
+        let mut acceptor =
+            Acceptor::new(AcceptorConfig::new(FUZZ_REGIONS.to_vec())).with_binding(binding);
+        let answer = acceptor.on_hello_bytes(None, frame);
+        if !answer.reply.is_empty() {
+            let (reply, _) = decode_frame(&answer.reply, limits).expect("a reply must decode");
+            assert!(matches!(reply.body, FrameBody::HelloAck(_)), "reply is not a HelloAck");
         }
     }
-}
-
-/// Takes every token, so that fuzzed Hellos reach the acceptor's accept path.
-#[derive(Debug)]
-struct AnyToken;
-
-impl Authenticator for AnyToken {
-    fn hello_token(&self, _: &AuthContext) -> Vec<u8> {
-        Vec::new()
-    }
-    fn accept(&self, _: &AuthContext, token: &[u8]) -> Result<Vec<u8>, String> {
-        Ok(token.to_vec())
-    }
-    fn confirm(&self, _: &AuthContext, _: &[u8]) -> Result<(), String> {
-        Ok(())
+    let offer = Offer::new(7, super::MigrationMode::Hybrid, FUZZ_REGIONS.to_vec());
+    for bound in [false, true] {
+        let mut initiator = Initiator::new(offer.clone());
+        if bound {
+            initiator = initiator.bound();
+        }
+        for stream in StreamKind::ALL {
+            if initiator.hello(stream).is_ok() {
+                let _ = initiator.on_bytes(stream, frame);
+            }
+        }
     }
 }
 

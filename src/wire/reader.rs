@@ -105,6 +105,19 @@ impl FrameReader {
         }
     }
 
+    /// True when [`FrameReader::next_frame`] will not say "more bytes needed": a whole frame
+    /// is buffered, or a header that does not parse (the error comes from `next_frame`).
+    pub fn has_frame(&self) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < HEADER_LEN {
+            return false;
+        }
+        match parse_header(avail, &self.limits) {
+            Ok(header) => avail.len() >= HEADER_LEN + header.payload_len as usize,
+            Err(_) => true,
+        }
+    }
+
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, WireError> {
         let avail = &self.buf[self.start..self.end];

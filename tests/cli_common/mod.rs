@@ -93,3 +93,33 @@ pub fn wait_bounded(
     }
     (status, out, err)
 }
+
+/// A fresh key file made by `hybridmig keygen` (mode 0600), for tests that start `source` and
+/// `dest` by hand; removed when dropped.
+pub struct KeyFile(pub std::path::PathBuf);
+
+impl KeyFile {
+    /// Makes a new key in the temporary directory under a name of `tag` and this process.
+    pub fn new(tag: &str) -> KeyFile {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir()
+            .join(format!("hm-test-{tag}-{}-{nanos:x}.key", std::process::id()));
+        let out =
+            Command::new(BIN).args(["keygen", "--out"]).arg(&path).output().expect("run keygen");
+        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        KeyFile(path)
+    }
+
+    /// `--key-file PATH`, for a host's command line.
+    pub fn args(&self) -> [std::ffi::OsString; 2] {
+        ["--key-file".into(), self.0.clone().into_os_string()]
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -9,12 +9,14 @@
 //! warning naming the peer and the reason, an entry in [`PairListener::dropped`], and the
 //! listener keeps waiting until its accept timeout.
 
-use super::handshake::{Incoming, Step};
+use super::handshake::{Incoming, Step, Unit};
 use super::{apply_buffers, apply_connected, apply_kind, set_handshake_timeouts, set_liveness};
 use super::{StreamPair, TcpError, TcpOptions};
+use crate::secure::{self, RecordCipher};
 use crate::session::{
-    refuse, Acceptor, AcceptorConfig, Answer, Authenticator, NoAuth, SessionError,
+    refuse, Acceptor, AcceptorConfig, Answer, Binding, SessionError, SessionTicket,
 };
+use crate::transport::framing::{Framing, PairFraming};
 use crate::transport::StreamKind;
 use crate::wire::{decode_frame, FrameBody, Limits, RejectReason};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -22,11 +24,12 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Dropped connections [`PairListener::dropped`] remembers (the most recent).
 const DROPPED_KEPT: usize = 32;
+/// Tickets of sessions handed out that the listener remembers for their resumes.
+const TICKETS_KEPT: usize = 16;
 
 /// A connection the listener dropped before it joined a session, and why.
 #[derive(Debug)]
@@ -49,12 +52,12 @@ pub fn listen(addr: SocketAddr, accept: AcceptorConfig) -> Result<PairListener, 
 #[derive(Debug)]
 struct Half {
     acceptor: Acceptor,
-    bulk: Option<TcpStream>,
-    urgent: Option<TcpStream>,
+    bulk: Option<(TcpStream, Framing)>,
+    urgent: Option<(TcpStream, Framing)>,
 }
 
 impl Half {
-    fn slot(&mut self, kind: StreamKind) -> &mut Option<TcpStream> {
+    fn slot(&mut self, kind: StreamKind) -> &mut Option<(TcpStream, Framing)> {
         match kind {
             StreamKind::Bulk => &mut self.bulk,
             StreamKind::Urgent => &mut self.urgent,
@@ -68,7 +71,8 @@ pub struct PairListener {
     listener: TcpListener,
     options: TcpOptions,
     accept: AcceptorConfig,
-    auth: Arc<dyn Authenticator>,
+    /// Tickets of the sessions handed out (newest last), so a resume must carry its own.
+    tickets: VecDeque<(u64, SessionTicket)>,
     pending: HashMap<u64, Half>,
     /// Sessions whose pair is complete, in the order they completed.
     complete: VecDeque<u64>,
@@ -100,7 +104,7 @@ impl PairListener {
             listener: sock.into(),
             options,
             accept,
-            auth: Arc::new(NoAuth),
+            tickets: VecDeque::new(),
             pending: HashMap::new(),
             complete: VecDeque::new(),
             incoming: Vec::new(),
@@ -109,14 +113,30 @@ impl PairListener {
         })
     }
 
-    /// Checks the Hellos' tokens with `auth` (the default sends and accepts none).
-    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
-        self.auth = auth;
-        self
+    /// The acceptor for a new half of `session_id`: with authentication on, its streams are
+    /// bound by a fresh ticket, or by the session's own when it was handed out before (only
+    /// its resume may join it).
+    fn acceptor(&self, session_id: Option<u64>) -> Result<Acceptor, TcpError> {
+        let acceptor = Acceptor::new(self.accept.clone());
+        if self.options.security.is_none() {
+            return Ok(acceptor);
+        }
+        let known = self.tickets.iter().rev().find(|(id, _)| Some(*id) == session_id);
+        let binding = match known {
+            Some((_, ticket)) => Binding::Resume(*ticket),
+            None => Binding::New(SessionTicket::generate().map_err(TcpError::Random)?),
+        };
+        Ok(acceptor.with_binding(binding))
     }
 
-    fn acceptor(&self) -> Acceptor {
-        Acceptor::new(self.accept.clone()).with_authenticator(self.auth.clone())
+    /// The first unit a connection sends: the Noise opening, or a plain Hello without
+    /// authentication.
+    fn first_unit(&self) -> Unit {
+        if self.options.security.is_some() {
+            Unit::Opening
+        } else {
+            Unit::Hello
+        }
     }
 
     /// The bound address (with the real port).
@@ -236,7 +256,8 @@ impl PairListener {
         if let Some(liveness) = self.options.liveness {
             set_liveness(&stream, liveness)?;
         }
-        Incoming::new(stream, peer, Instant::now(), self.options.handshake_timeout)
+        let unit = self.first_unit();
+        Incoming::new(stream, peer, Instant::now(), self.options.handshake_timeout, unit)
     }
 
     fn drop_oldest_incoming(&mut self) {
@@ -278,10 +299,12 @@ impl PairListener {
             match conn.read_some() {
                 Step::Pending => kept.push(conn),
                 Step::Failed(reason) => self.drop_connection(conn.peer(), reason),
-                Step::Frame(hello) => {
+                Step::Frame(unit) => {
                     let peer = conn.peer();
-                    if let Err(reason) = self.on_hello(conn.into_stream(), peer, &hello, expected) {
-                        self.drop_connection(peer, reason);
+                    match self.on_unit(conn, &unit, expected) {
+                        Ok(Some(conn)) => kept.push(conn),
+                        Ok(None) => {}
+                        Err(reason) => self.drop_connection(peer, reason),
                     }
                 }
             }
@@ -300,26 +323,81 @@ impl PairListener {
         self.dropped_total += 1;
     }
 
+    /// Takes a whole unit a connection sent: a Noise opening is answered and the connection
+    /// goes on to its Hello's record (returned, to stay in the list); a Hello (plain or from
+    /// its record) is answered and filed. The error says why the connection is dropped.
+    fn on_unit(
+        &mut self,
+        mut conn: Incoming,
+        unit: &[u8],
+        expected: Option<u64>,
+    ) -> Result<Option<Incoming>, TcpError> {
+        let peer = conn.peer();
+        match conn.unit() {
+            Unit::Opening => {
+                let cipher = self.answer_opening(&conn, unit)?;
+                conn.expect_hello_record(cipher);
+                Ok(Some(conn))
+            }
+            Unit::HelloRecord => {
+                let hello = conn.open_hello(unit)?;
+                let (stream, cipher) = conn.into_parts();
+                let link = Link { stream, peer, cipher };
+                self.on_hello(link, &hello, expected).map(|()| None)
+            }
+            Unit::Hello => {
+                let (stream, _) = conn.into_parts();
+                let link = Link { stream, peer, cipher: None };
+                self.on_hello(link, unit, expected).map(|()| None)
+            }
+        }
+    }
+
+    /// Answers a Noise opening: the cipher of the connection, or why it is dropped (its
+    /// refusal sent first, where the peer is one of ours).
+    fn answer_opening(&self, conn: &Incoming, opening: &[u8]) -> Result<RecordCipher, TcpError> {
+        let peer = conn.peer();
+        let cfg = self.options.security.as_ref().ok_or(TcpError::Secure {
+            peer,
+            error: secure::SecureError::NotAnOpening { got: [0; 4] },
+        })?;
+        let (cipher, answer, failure) = match secure::respond(cfg, opening) {
+            Ok((cipher, _stream, answer)) => (Some(cipher), answer, None),
+            Err(refused) => (None, refused.answer, Some(refused.error)),
+        };
+        // A fresh socket takes a few dozen bytes at once; one that does not is dropped.
+        let written = (conn.stream()).write_all(&answer);
+        if let Some(error) = failure {
+            return Err(TcpError::Secure { peer, error });
+        }
+        written.map_err(|source| TcpError::HandshakeIo {
+            peer,
+            doing: "was sent our Noise answer",
+            source,
+        })?;
+        cipher.ok_or(TcpError::Secure { peer, error: secure::SecureError::WrongKey })
+    }
+
     /// Answers a whole Hello and files the stream under its session; the error says why the
     /// connection is dropped instead.
     fn on_hello(
         &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
+        mut link: Link,
         hello: &[u8],
         expected: Option<u64>,
     ) -> Result<(), TcpError> {
+        let peer = link.peer;
         // Blocking again, with the handshake timeout on the reply's write.
-        set_handshake_timeouts(&stream, peer, Some(self.options.handshake_timeout))?;
+        set_handshake_timeouts(&link.stream, peer, Some(self.options.handshake_timeout))?;
         let Some((session_id, kind)) = hello_key(hello) else {
             // Undecodable: a fresh acceptor answers with a reject where it can (another
             // version, another page size) and names the error.
-            let answer = self.acceptor().on_hello_bytes(None, hello);
-            return Err(reply_refused(&stream, peer, answer));
+            let answer = self.acceptor(None)?.on_hello_bytes(None, hello);
+            return Err(link.reply_refused(answer));
         };
         if let Some(want) = expected.filter(|w| *w != session_id) {
             let detail = format!("this destination waits for session {want:#x}");
-            reply(&stream, peer, &refuse(session_id, kind, RejectReason::UnknownSession, detail));
+            link.reply(&refuse(session_id, kind, RejectReason::UnknownSession, detail));
             return Err(TcpError::UnexpectedSession { expected: want, got: session_id, peer });
         }
         if !self.pending.contains_key(&session_id)
@@ -327,32 +405,37 @@ impl PairListener {
         {
             let detail = format!("{} sessions are half open already", self.pending.len());
             let answer = refuse(session_id, kind, RejectReason::Busy, detail);
-            return Err(reply_refused(&stream, peer, answer));
+            return Err(link.reply_refused(answer));
         }
-        let fresh = self.acceptor();
-        let half = self.pending.entry(session_id).or_insert_with(|| Half {
-            acceptor: fresh,
-            bulk: None,
-            urgent: None,
-        });
+        if !self.pending.contains_key(&session_id) {
+            let half =
+                Half { acceptor: self.acceptor(Some(session_id))?, bulk: None, urgent: None };
+            self.pending.insert(session_id, half);
+        }
+        let Some(half) = self.pending.get_mut(&session_id) else { return Ok(()) };
         let duplicate = half.slot(kind).is_some();
-        let answer = half.acceptor.on_hello_bytes(None, hello);
+        // Over Noise the stream the opening named (bound into its handshake) must be the
+        // stream the Hello names.
+        let arrived_on = link.cipher.as_ref().map(RecordCipher::stream);
+        let answer = half.acceptor.on_hello_bytes(arrived_on, hello);
         if half.acceptor.open_streams() == 0 {
             self.pending.remove(&session_id);
         }
         if duplicate {
-            reply(&stream, peer, &answer);
+            link.reply(&answer);
             return Err(TcpError::DuplicateStream { session_id, kind, peer });
         }
         if answer.outcome.is_err() {
-            return Err(reply_refused(&stream, peer, answer));
+            return Err(link.reply_refused(answer));
         }
-        reply(&stream, peer, &answer);
+        link.reply(&answer);
+        let Link { stream, cipher, .. } = link;
         set_handshake_timeouts(&stream, peer, None)?;
         apply_connected(&stream, &self.options)?;
         apply_kind(&stream, kind, peer)?;
+        let encrypt = self.options.security.as_ref().is_some_and(|cfg| cfg.encrypt);
         if let Some(half) = self.pending.get_mut(&session_id) {
-            *half.slot(kind) = Some(stream);
+            *half.slot(kind) = Some((stream, Framing::after_handshake(cipher, encrypt)));
             if half.bulk.is_some() && half.urgent.is_some() {
                 self.complete.push_back(session_id);
             }
@@ -366,7 +449,16 @@ impl PairListener {
         let session_id = self.complete.remove(at)?;
         let half = self.pending.remove(&session_id)?;
         let session = half.acceptor.params().ok()?;
-        Some(StreamPair { bulk: half.bulk?, urgent: half.urgent?, session })
+        let ticket = half.acceptor.ticket();
+        if let Some(ticket) = ticket {
+            if self.tickets.len() >= TICKETS_KEPT {
+                self.tickets.pop_front();
+            }
+            self.tickets.push_back((session_id, ticket));
+        }
+        let ((bulk, bulk_framing), (urgent, urgent_framing)) = (half.bulk?, half.urgent?);
+        let framing = PairFraming::new([bulk_framing, urgent_framing]);
+        Some(StreamPair { bulk, urgent, session, ticket, framing })
     }
 }
 
@@ -383,18 +475,42 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM))
 }
 
-/// Sends `answer`'s HelloAck; a peer that is gone by now changes nothing here.
-fn reply(stream: &TcpStream, peer: SocketAddr, answer: &Answer) {
-    if let Err(e) = (&*stream).write_all(&answer.reply) {
-        tracing::debug!(%peer, error = %e, "could not send the HelloAck");
-    }
+/// A connection whose Hello is being answered, with the cipher of its Noise handshake.
+struct Link {
+    stream: TcpStream,
+    peer: SocketAddr,
+    cipher: Option<RecordCipher>,
 }
 
-/// Sends a refusal and turns it into the reason the connection is dropped.
-fn reply_refused(stream: &TcpStream, peer: SocketAddr, answer: Answer) -> TcpError {
-    reply(stream, peer, &answer);
-    let error = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
-    TcpError::Session { peer, error }
+impl Link {
+    /// Sends `answer`'s HelloAck (sealed when the connection has a cipher); a peer that is
+    /// gone by now changes nothing here.
+    fn reply(&mut self, answer: &Answer) {
+        let sealed;
+        let bytes = match self.cipher.as_mut() {
+            Some(cipher) => match cipher.seal_one(&answer.reply) {
+                Ok(bytes) => {
+                    sealed = bytes;
+                    &sealed
+                }
+                Err(error) => {
+                    tracing::debug!(peer = %self.peer, %error, "could not seal the HelloAck");
+                    return;
+                }
+            },
+            None => &answer.reply,
+        };
+        if let Err(e) = (&self.stream).write_all(bytes) {
+            tracing::debug!(peer = %self.peer, error = %e, "could not send the HelloAck");
+        }
+    }
+
+    /// Sends a refusal and turns it into the reason the connection is dropped.
+    fn reply_refused(&mut self, answer: Answer) -> TcpError {
+        self.reply(&answer);
+        let error = answer.outcome.err().unwrap_or(SessionError::Incomplete { open: 0 });
+        TcpError::Session { peer: self.peer, error }
+    }
 }
 
 /// The session id and stream of a Hello that decodes.
