@@ -1,9 +1,13 @@
 #![warn(missing_docs)]
 //! hybridmig: live migration of KVM virtual machines.
 //!
-//! The crate follows a page's journey from the source host to the destination host:
-//! [`vm`] runs the guest, [`wire`] encodes what crosses, [`ring`] drives io_uring,
-//! [`transport`] carries the bulk and urgent streams.
+//! The crate follows a page's journey from the source host to the destination host: the
+//! engines ([`source`], [`dest`]) decide what crosses, [`wire`] encodes it, [`session`] opens
+//! and authenticates the connections ([`secure`]), [`transport`] carries the bulk and urgent
+//! streams on [`ring`] (io_uring), and the drivers ([`driver`]) run the engines on real
+//! sockets or, in [`sim`], on a seeded simulated link. A VMM embeds it through [`facade`] and
+//! the trait of [`embed`]; [`control`] is the operator's channel. With the default features
+//! the crate also has the built-in VMM (`vm`) and the command's hosts (`migration`).
 
 pub mod control;
 pub mod dest;

@@ -169,10 +169,12 @@ struct GuestArgs {
     /// Number of vCPUs (1-4).
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
-    /// Ops (over all vCPUs) after which the guest digests its memory and stops.
+    /// Ops (over all vCPUs) after which the guest digests its memory and stops [default for
+    /// migrate: a few seconds of work (hotcold 20,000,000); run and source/dest without it: no
+    /// end]
     #[arg(long)]
     ops: Option<u64>,
-    /// Cap on ops per second, per vCPU.
+    /// Cap on ops per second, per vCPU [default: unpaced].
     #[arg(long)]
     pace: Option<u64>,
     /// Seed of every pseudo-random choice.
@@ -552,8 +554,16 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn migrate(a: MigrateArgs) -> Result<()> {
+    let mut cfg = a.guest.config();
+    if cfg.workload.ops.is_none() {
+        // The guest must finish for its digest to be checked: a few seconds of work, so the
+        // migration (after --migrate-after-ms) finds it running.
+        let ops = cfg.workload.kind.default_migration_ops();
+        eprintln!("no --ops given: the guest runs {ops} ops (a few seconds of work) and stops");
+        cfg.workload.ops = Some(ops);
+    }
     let m = LocalMigration {
-        cfg: a.guest.config(),
+        cfg,
         mode: a.migration.mode,
         migrate_after_ms: a.migration.migrate_after_ms,
         window_pages: a.migration.window,
@@ -603,12 +613,33 @@ fn print_migration(r: &MigrationReport) {
         }
     }
     println!("{}", r.summary_line());
+    print_glance(r);
     println!(
         "digest {} expected {} -> {}",
         r.digest,
         r.digest_expected,
         if r.verified { "verified" } else { "MISMATCH" }
     );
+}
+
+/// The few figures a person reads first, on aligned lines (the line above has them all).
+fn print_glance(r: &MigrationReport) {
+    let rows = [
+        ("mode", r.mode.clone()),
+        ("total", format!("{:.1} ms", r.total_ms)),
+        ("downtime", format!("{:.2} ms", r.downtime_ms)),
+        (
+            "faults",
+            format!("{} (p50 {} us, p99 {} us)", r.network_faults, r.fault_us_p50, r.fault_us_p99),
+        ),
+        ("vCPU blocked", format!("{:.1} ms", r.vcpu_blocked_ms)),
+        ("on the wire", format!("{:.1} MiB", r.bytes_wire_total as f64 / (1 << 20) as f64)),
+        ("recoveries", r.recoveries.to_string()),
+        ("encrypted", if r.encrypted { "yes" } else { "no" }.to_string()),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<13}{value}");
+    }
 }
 
 fn source(a: SourceArgs) -> Result<()> {

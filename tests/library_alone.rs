@@ -54,3 +54,19 @@ fn the_library_alone_builds() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_library_alone_is_documented_without_a_warning() {
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("library-alone");
+    let out = cargo()
+        .args(["doc", "--no-deps", "--no-default-features", "--offline", "--target-dir"])
+        .arg(&target)
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .output()
+        .expect("cargo doc");
+    assert!(
+        out.status.success(),
+        "cargo doc --no-deps --no-default-features with -D warnings failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

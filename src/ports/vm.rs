@@ -3,7 +3,7 @@
 //! The engines never reach into a VMM's internals: they see guest memory as a list of regions
 //! mapped in this process, and five operations (dirty tracking, pause, state save, state
 //! restore, resume). A custom VMM implements [`MigratableVm`] to be migrated by hybridmig; the
-//! built-in VMM of [`crate::vm`] is one implementation.
+//! built-in VMM (module `vm`, default features) is one implementation.
 
 use crate::memory::{Layout, MemoryError, PageBitmap};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! off, the cipher) and Noise message `-> psk, e`. The settings and the stream kind are in the
 //! clear (the responder needs them to start its side) and are authenticated by the Noise
 //! prologue, so a changed byte makes the message fail to decrypt. The answer is one status
-//! byte and, when it is [`Status::Ok`], Noise message `<- e, ee`: only a holder of the key
+//! byte and, when it is `Ok`, Noise message `<- e, ee`: only a holder of the key
 //! could write it, which authenticates the responder to the initiator.
 
 use super::key::Credential;

@@ -76,6 +76,18 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
+    /// Ops a migration runs when none is given: a few seconds of guest work on this kind of
+    /// machine, so a migration after a second finds the guest still running.
+    pub fn default_migration_ops(self) -> u64 {
+        match self {
+            WorkloadKind::Scan => 40_000_000,
+            WorkloadKind::HotCold => 20_000_000,
+            WorkloadKind::Random => 20_000_000,
+            WorkloadKind::SeqRead => 8_000_000,
+            WorkloadKind::Idle => 4_000_000_000,
+        }
+    }
+
     /// All kinds, in a fixed order (tests iterate over it).
     pub const ALL: [WorkloadKind; 5] = [
         WorkloadKind::Scan,
