@@ -8,6 +8,7 @@
 //! migrated guest carries them with its memory, and its only state besides memory is the
 //! general-purpose registers.
 
+use std::time::Duration;
 use thiserror::Error;
 
 /// Page size of the guest and of the migration.
@@ -60,6 +61,10 @@ pub struct GuestSpec {
     pub data_bytes: u64,
     /// Sweeps over the data region.
     pub passes: u32,
+    /// The least time a pass takes: the VMM holds the vCPU at the pass's report until then,
+    /// so the guest runs about as long on a fast host as on a slow one. Memory does not
+    /// depend on it.
+    pub min_pass: Duration,
 }
 
 /// Largest guest memory: the data region must end below 4 GiB.
@@ -77,7 +82,7 @@ impl GuestSpec {
         if passes == 0 || passes > MAX_PASSES {
             return Err(GuestError::Passes { passes, max: MAX_PASSES });
         }
-        Ok(Self { data_bytes: mem_bytes - LOW_BYTES, passes })
+        Ok(Self { data_bytes: mem_bytes - LOW_BYTES, passes, min_pass: Duration::ZERO })
     }
 
     /// The regions as (guest-physical address, bytes), in order.

@@ -186,7 +186,9 @@ impl Machine {
     /// Starts the vCPU, or lets a paused one run on.
     pub fn start_or_resume(&mut self) -> Result<(), MachineError> {
         match std::mem::replace(&mut self.vcpu, Vcpu::Moving) {
-            Vcpu::Ready(fd, device) => self.vcpu = Vcpu::Running(VcpuThread::start(fd, device)),
+            Vcpu::Ready(fd, device) => {
+                self.vcpu = Vcpu::Running(VcpuThread::start(fd, device, self.spec.min_pass))
+            }
             Vcpu::Running(thread) => {
                 thread.resume();
                 self.vcpu = Vcpu::Running(thread);

@@ -8,11 +8,14 @@
 //!
 //! ```text
 //! cargo run --release --example custom_vmm -- [--mode precopy|postcopy|hybrid|hybrid-paper]
-//!     [--mem 64M] [--passes 12] [--migrate-after-ms 100]
+//!     [--mem 64M] [--passes 32] [--pass-ms 40] [--migrate-after-ms 200]
 //! ```
 //!
-//! Prints one line containing `verified` and exits 0 when the migrated guest's memory equals
-//! the reference's; exits 1 with the reason otherwise. docs/embedding.md walks through it.
+//! `--passes` sweeps over the data; the VMM holds each pass to at least `--pass-ms`, so the
+//! guest still runs when the migration starts `--migrate-after-ms` after it, on a fast host
+//! too. Prints one line containing `verified` and exits 0 when the migrated guest's memory
+//! equals the reference's; exits 1 with the reason otherwise. docs/embedding.md walks through
+//! it.
 
 mod guest;
 mod machine;
@@ -68,6 +71,7 @@ struct Args {
     mode: MigrationMode,
     mem_bytes: u64,
     passes: u32,
+    pass_ms: u64,
     migrate_after_ms: u64,
 }
 
@@ -86,7 +90,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<String, AppError> {
     let args = parse_args(std::env::args().skip(1))?;
-    let spec = GuestSpec::new(args.mem_bytes, args.passes)?;
+    let spec = GuestSpec {
+        min_pass: Duration::from_millis(args.pass_ms),
+        ..GuestSpec::new(args.mem_bytes, args.passes)?
+    };
     let started = Instant::now();
     let reference = reference_run(spec)?;
     let reference_ms = started.elapsed().as_millis();
@@ -216,14 +223,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, AppError> {
     let mut args = Args {
         mode: MigrationMode::Hybrid,
         mem_bytes: 64 << 20,
-        passes: 12,
-        migrate_after_ms: 100,
+        passes: 32,
+        pass_ms: 40,
+        migrate_after_ms: 200,
     };
     while let Some(arg) = it.next() {
         let flag: &'static str = match arg.as_str() {
             "--mode" => "--mode",
             "--mem" => "--mem",
             "--passes" => "--passes",
+            "--pass-ms" => "--pass-ms",
             "--migrate-after-ms" => "--migrate-after-ms",
             _ => return Err(AppError::UnknownArg(arg)),
         };
@@ -240,6 +249,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, AppError> {
                 args.mem_bytes = parse_size(&value).ok_or_else(|| bad("not a size like 64M"))?
             }
             "--passes" => args.passes = value.parse().map_err(|_| bad("not a whole number"))?,
+            "--pass-ms" => args.pass_ms = value.parse().map_err(|_| bad("not a whole number"))?,
             _ => args.migrate_after_ms = value.parse().map_err(|_| bad("not a whole number"))?,
         }
     }

@@ -8,6 +8,7 @@
 //! completes a port write KVM has not finished yet (otherwise the restored guest would repeat
 //! it), and snapshots the registers for the state blob.
 
+use crate::guest::PORT_PASS;
 use crate::state::{CpuState, DeviceError, ProgressDevice};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -74,6 +75,8 @@ struct Shared {
     immediate_exit: usize,
     /// The thread's pthread id, once it runs (0 before).
     thread: AtomicU64,
+    /// The least time a pass takes: the vCPU is held at a pass's report until then.
+    min_pass: Duration,
 }
 
 impl Shared {
@@ -123,8 +126,9 @@ fn install_kick_handler() {
 
 impl VcpuThread {
     /// Starts running `vcpu` (its registers already set) on a thread of its own; `device` is
-    /// the progress device's state to continue from.
-    pub fn start(mut vcpu: VcpuFd, device: ProgressDevice) -> Self {
+    /// the progress device's state to continue from. Each pass is held to at least `min_pass`
+    /// (a paced guest): timing never changes what the guest writes, only when.
+    pub fn start(mut vcpu: VcpuFd, device: ProgressDevice, min_pass: Duration) -> Self {
         install_kick_handler();
         let immediate_exit = &mut vcpu.get_kvm_run().immediate_exit as *mut u8 as usize;
         let shared = Arc::new(Shared {
@@ -132,6 +136,7 @@ impl VcpuThread {
             changed: Condvar::new(),
             immediate_exit,
             thread: AtomicU64::new(0),
+            min_pass,
         });
         shared.set_immediate_exit(0);
         let for_thread = Arc::clone(&shared);
@@ -153,6 +158,8 @@ impl VcpuThread {
         ctl.pause = true;
         self.shared.set_immediate_exit(1);
         drop(ctl);
+        // Wakes a thread holding a pass; the signal gets one out of KVM_RUN.
+        self.shared.changed.notify_all();
         self.kick();
         let mut ctl = self.shared.lock();
         while !ctl.parked && ctl.ended.is_none() {
@@ -231,6 +238,7 @@ impl Drop for VcpuThread {
 fn run(mut vcpu: VcpuFd, shared: &Shared) -> VcpuFd {
     // SAFETY: pthread_self has no preconditions.
     shared.thread.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+    let mut pass_started = Instant::now();
     loop {
         let (pause, stop) = {
             let ctl = shared.lock();
@@ -251,7 +259,17 @@ fn run(mut vcpu: VcpuFd, shared: &Shared) -> VcpuFd {
         }
         let ended = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
-                shared.lock().device.on_write(port, data).err().map(|e| Err(e.into()))
+                // A statement of its own: the device's lock must be released before the hold.
+                let written = shared.lock().device.on_write(port, data);
+                match written {
+                    Ok(()) if port == PORT_PASS => {
+                        hold(shared, pass_started + shared.min_pass);
+                        pass_started = Instant::now();
+                        None
+                    }
+                    Ok(()) => None,
+                    Err(e) => Some(Err(e.into())),
+                }
             }
             Ok(VcpuExit::Hlt) => Some(Ok(())),
             Ok(exit) => Some(Err(VcpuError::UnexpectedExit { exit: format!("{exit:?}") })),
@@ -261,6 +279,22 @@ fn run(mut vcpu: VcpuFd, shared: &Shared) -> VcpuFd {
         if let Some(result) = ended {
             return end(vcpu, shared, result);
         }
+    }
+}
+
+/// Waits until `until`, or until a pause or stop is asked for.
+fn hold(shared: &Shared, until: Instant) {
+    let mut ctl = shared.lock();
+    while !ctl.pause && !ctl.stop {
+        let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+        else {
+            return;
+        };
+        ctl = shared
+            .changed
+            .wait_timeout(ctl, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|poisoned| poisoned.into_inner().0);
     }
 }
 
