@@ -85,7 +85,6 @@ pub struct Machine {
     // Field order is drop order: the vCPU thread is stopped before the memory is unmapped.
     vcpu: Vcpu,
     vm: VmFd,
-    _kvm: Kvm,
     memory: GuestMemoryMmap,
     spec: GuestSpec,
     dirty_logging: bool,
@@ -100,29 +99,23 @@ impl Machine {
         let ranges: Vec<(GuestAddress, usize)> =
             spec.regions().iter().map(|&(gpa, len)| (GuestAddress(gpa), len as usize)).collect();
         let memory = GuestMemoryMmap::from_ranges(&ranges)?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         let machine = Self {
-            vcpu: Vcpu::Ready(
-                vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?,
-                ProgressDevice::default(),
-            ),
+            vcpu: Vcpu::Ready(vcpu, ProgressDevice::default()),
             vm,
-            _kvm: kvm,
             memory,
             spec,
             dirty_logging: false,
         };
         machine.set_slots(0)?;
-        if let Vcpu::Ready(vcpu, _) = &machine.vcpu {
-            let cpuid = machine
-                ._kvm
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        }
         Ok(machine)
     }
 
-    /// (Re-)registers every region as KVM slot `index` with `flags`.
+    /// (Re-)registers region `i` as KVM slot `i`, with `flags`.
     fn set_slots(&self, flags: u32) -> Result<(), MachineError> {
         for (slot, region) in self.memory.iter().enumerate() {
             let host = region
@@ -187,7 +180,7 @@ impl Machine {
     pub fn start_or_resume(&mut self) -> Result<(), MachineError> {
         match std::mem::replace(&mut self.vcpu, Vcpu::Moving) {
             Vcpu::Ready(fd, device) => {
-                self.vcpu = Vcpu::Running(VcpuThread::start(fd, device, self.spec.min_pass))
+                self.vcpu = Vcpu::Running(VcpuThread::start(fd, device, self.spec.min_pass)?)
             }
             Vcpu::Running(thread) => {
                 thread.resume();

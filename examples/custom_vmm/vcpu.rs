@@ -49,9 +49,12 @@ pub enum VcpuError {
         /// How long the pause waited.
         waited_ms: u64,
     },
-    /// The thread panicked.
-    #[error("the vCPU thread panicked")]
-    Panicked,
+    /// The vCPU thread could not be started.
+    #[error("starting the vCPU thread failed: errno {errno}")]
+    Spawn {
+        /// The errno.
+        errno: i32,
+    },
 }
 
 /// What the VMM wants the thread to do, what the thread reports back, and the device the
@@ -128,7 +131,11 @@ impl VcpuThread {
     /// Starts running `vcpu` (its registers already set) on a thread of its own; `device` is
     /// the progress device's state to continue from. Each pass is held to at least `min_pass`
     /// (a paced guest): timing never changes what the guest writes, only when.
-    pub fn start(mut vcpu: VcpuFd, device: ProgressDevice, min_pass: Duration) -> Self {
+    pub fn start(
+        mut vcpu: VcpuFd,
+        device: ProgressDevice,
+        min_pass: Duration,
+    ) -> Result<Self, VcpuError> {
         install_kick_handler();
         let immediate_exit = &mut vcpu.get_kvm_run().immediate_exit as *mut u8 as usize;
         let shared = Arc::new(Shared {
@@ -140,14 +147,13 @@ impl VcpuThread {
         });
         shared.set_immediate_exit(0);
         let for_thread = Arc::clone(&shared);
+        // A failed spawn drops the vCPU with the closure: `shared` is then never touched again
+        // (no `VcpuThread`, so no `drop` writes its dangling `immediate_exit`).
         let join = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || run(vcpu, &for_thread))
-            .ok();
-        if join.is_none() {
-            shared.lock().ended = Some(Err(VcpuError::Panicked));
-        }
-        Self { shared, join }
+            .map_err(|e| VcpuError::Spawn { errno: e.raw_os_error().unwrap_or(0) })?;
+        Ok(Self { shared, join: Some(join) })
     }
 
     /// Stops the guest and waits until the thread parked (or the guest had ended); returns
