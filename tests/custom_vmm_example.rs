@@ -14,12 +14,13 @@ fn cargo() -> Command {
 }
 
 /// Builds the example once (a no-op when `cargo test --release` already built it: the test
-/// binary's build lock is not held while tests run) and returns its path.
+/// binary's build lock is not held while tests run) and returns its path, as cargo reports it.
 fn example() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let out = cargo()
             .args(["build", "--release", "--offline", "--example", "custom_vmm"])
+            .args(["--message-format", "json"])
             .output()
             .expect("cargo build --example custom_vmm");
         assert!(
@@ -27,10 +28,12 @@ fn example() -> &'static PathBuf {
             "building the example failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-        target.join("release").join("examples").join("custom_vmm")
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|msg| msg["target"]["name"] == "custom_vmm")
+            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no executable for the custom_vmm example")
     })
 }
 
