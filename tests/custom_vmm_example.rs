@@ -42,11 +42,18 @@ fn run_example(args: &[&str]) -> Output {
 }
 
 fn migrates_verified(mode: &str) {
+    ends_verified(mode, &[]);
+}
+
+/// Runs the example in `mode` with `extra` arguments; asserts its `verified` line.
+fn ends_verified(mode: &str, extra: &[&str]) -> String {
     let test = format!("custom_vmm_{mode}");
     if !require_kvm(&test) || !require_uffd(&test) {
-        return;
+        return String::new();
     }
-    let out = run_example(&["--mode", mode]);
+    let mut args = vec!["--mode", mode];
+    args.extend_from_slice(extra);
+    let out = run_example(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "custom_vmm --mode {mode} failed:\n{stdout}\n{stderr}");
@@ -55,6 +62,7 @@ fn migrates_verified(mode: &str) {
         "no verified line for {mode}:\n{stdout}\n{stderr}"
     );
     println!("{stdout}");
+    stdout.into_owned()
 }
 
 #[test]
@@ -75,6 +83,17 @@ fn custom_vmm_hybrid_is_verified() {
 #[test]
 fn custom_vmm_hybrid_paper_is_verified() {
     migrates_verified("hybrid-paper");
+}
+
+/// A refused state cancels before the hand-over: the source's `resume` restarts the paused
+/// guest, which must finish there exactly as the unmigrated run did.
+#[test]
+fn custom_vmm_refused_state_cancels_and_the_guest_finishes_on_the_source() {
+    let stdout = ends_verified("hybrid", &["--refuse-state"]);
+    assert!(
+        stdout.is_empty() || stdout.contains("finished on the source"),
+        "the guest did not finish on the source:\n{stdout}"
+    );
 }
 
 #[test]

@@ -57,6 +57,10 @@ pub enum MachineError {
         /// What the vCPU is.
         state: &'static str,
     },
+    /// The state was refused on purpose (`--refuse-state`), as a VMM refuses a state from an
+    /// incompatible host.
+    #[error("the state was refused on purpose (--refuse-state)")]
+    RefusedOnPurpose,
     /// The guest did not halt in time.
     #[error("the guest did not finish within {waited_ms} ms")]
     NotFinished {
@@ -88,6 +92,7 @@ pub struct Machine {
     memory: GuestMemoryMmap,
     spec: GuestSpec,
     dirty_logging: bool,
+    refuse_state: bool,
 }
 
 impl Machine {
@@ -110,6 +115,7 @@ impl Machine {
             memory,
             spec,
             dirty_logging: false,
+            refuse_state: false,
         };
         machine.set_slots(0)?;
         Ok(machine)
@@ -210,8 +216,16 @@ impl Machine {
         Ok(state::encode(&cpu, &device))
     }
 
+    /// Makes `restore_state` refuse every blob: a drill of the cancelled hand-over.
+    pub fn refuse_states(&mut self) {
+        self.refuse_state = true;
+    }
+
     /// Loads a state blob into a vCPU that has not started.
     pub fn restore_state(&mut self, blob: &[u8]) -> Result<(), MachineError> {
+        if self.refuse_state {
+            return Err(MachineError::RefusedOnPurpose);
+        }
         let Vcpu::Ready(vcpu, device) = &mut self.vcpu else {
             return Err(MachineError::VcpuState { op: "restore the state", state: "running" });
         };

@@ -8,12 +8,13 @@
 //!
 //! ```text
 //! cargo run --release --example custom_vmm -- [--mode precopy|postcopy|hybrid|hybrid-paper]
-//!     [--mem 64M] [--passes 32] [--pass-ms 40] [--migrate-after-ms 200]
+//!     [--mem 64M] [--passes 32] [--pass-ms 40] [--migrate-after-ms 200] [--refuse-state]
 //! ```
 //!
 //! `--passes` sweeps over the data; the VMM holds each pass to at least `--pass-ms`, so the
 //! guest still runs when the migration starts `--migrate-after-ms` after it, on a fast host
-//! too. Prints one line containing `verified` and exits 0 when the migrated guest's memory
+//! too. `--refuse-state` drills a cancel: the destination refuses the state, and the guest must
+//! finish on the source, exact. Prints one line containing `verified` and exits 0 when the migrated guest's memory
 //! equals the reference's; exits 1 with the reason otherwise. docs/embedding.md walks through
 //! it.
 
@@ -53,6 +54,8 @@ enum AppError {
     Migrate(#[from] MigrateError),
     #[error("source: {source}; destination: {dest}")]
     BothSides { source: Box<AppError>, dest: Box<AppError> },
+    #[error("the migration was cancelled, yet the destination completed it")]
+    UnexpectedCancel,
     #[error("the destination never said where it listens")]
     NoListener,
     #[error("the {0} thread panicked")]
@@ -73,6 +76,9 @@ struct Args {
     passes: u32,
     pass_ms: u64,
     migrate_after_ms: u64,
+    /// The destination refuses the state: the migration must cancel, and the guest finish on
+    /// the source.
+    refuse_state: bool,
 }
 
 fn main() -> ExitCode {
@@ -98,7 +104,21 @@ fn run() -> Result<String, AppError> {
     let reference = reference_run(spec)?;
     let reference_ms = started.elapsed().as_millis();
     eprintln!("custom_vmm: reference run (not migrated) took {reference_ms} ms");
-    let migrated = migrated_run(spec, &args)?;
+    let migrated = match migrated_run(spec, &args)? {
+        RunEnd::Migrated(migrated) => migrated,
+        RunEnd::CancelledHere { digest } if digest == reference => {
+            return Ok(format!(
+                "custom_vmm: mode {} mem {} MiB: the destination refused the state, the \
+                 migration was cancelled before the hand-over and the guest finished on the \
+                 source; reference run {reference_ms} ms; digest {digest:#018x} verified",
+                args.mode.name(),
+                args.mem_bytes >> 20,
+            ));
+        }
+        RunEnd::CancelledHere { digest } => {
+            return Err(AppError::Mismatch { reference, migrated: digest });
+        }
+    };
     if migrated.digest != reference {
         return Err(AppError::Mismatch { reference, migrated: migrated.digest });
     }
@@ -162,14 +182,27 @@ struct Migrated {
     digest: u64,
 }
 
+/// How a migrated run ended.
+enum RunEnd {
+    /// The guest moved and finished on the destination.
+    Migrated(Migrated),
+    /// `--refuse-state`: the migration was cancelled and the guest finished on the source,
+    /// whose memory digest this is.
+    CancelledHere { digest: u64 },
+}
+
 /// Starts the guest on a source thread, migrates it to a destination thread, and lets it
-/// finish there.
-fn migrated_run(spec: GuestSpec, args: &Args) -> Result<Migrated, AppError> {
+/// finish there (or, when the destination refuses the state, on the source).
+fn migrated_run(spec: GuestSpec, args: &Args) -> Result<RunEnd, AppError> {
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let (mode, after) = (args.mode, Duration::from_millis(args.migrate_after_ms));
+    let (mode, after, refuse) =
+        (args.mode, Duration::from_millis(args.migrate_after_ms), args.refuse_state);
     std::thread::scope(|scope| {
         let dest = scope.spawn(move || -> Result<(DestRun, u64), AppError> {
             let mut vm = Machine::new(spec)?;
+            if refuse {
+                vm.refuse_states();
+            }
             let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
             let run = migrate_dest(&mut vm, any_port, |addr| {
                 // The source gives up on its own if this end is gone.
@@ -178,37 +211,72 @@ fn migrated_run(spec: GuestSpec, args: &Args) -> Result<Migrated, AppError> {
             check_finished("destination", vm.wait_finished(FINISH_LIMIT)?, spec.passes)?;
             Ok((run, vm.digest()))
         });
-        let source = scope.spawn(move || -> Result<(SourceStats, u32), AppError> {
-            let addr =
-                rx.recv_timeout(Duration::from_secs(10)).map_err(|_| AppError::NoListener)?;
-            let mut vm = Machine::new(spec)?;
-            vm.load_program()?;
-            vm.start_or_resume()?;
-            std::thread::sleep(after);
-            let before = vm.progress();
-            if before.done {
-                return Err(AppError::FinishedEarly { passes: before.passes });
-            }
-            let stats = migrate_source(&mut vm, addr, mode, session_id())?;
-            let at_pause = vm.progress();
-            if at_pause.done {
-                // Migrated, but not while running: not the case this program is here to show.
-                return Err(AppError::FinishedEarly { passes: at_pause.passes });
-            }
-            Ok((stats, at_pause.passes))
-        });
+        let source = scope.spawn(move || run_source_side(spec, &rx, after, mode, refuse));
         let dest = dest.join().map_err(|_| AppError::Panicked("destination"))?;
         let source = source.join().map_err(|_| AppError::Panicked("source"))?;
         match (source, dest) {
-            (Ok((source, paused_at_pass)), Ok((dest, digest))) => {
-                Ok(Migrated { source, dest, paused_at_pass, digest })
+            (Ok(SourceEnd::Migrated(source, paused_at_pass)), Ok((dest, digest))) => {
+                Ok(RunEnd::Migrated(Migrated { source, dest, paused_at_pass, digest }))
             }
+            // The drill's destination fails by design: it refused the state.
+            (Ok(SourceEnd::Cancelled { digest }), Err(_)) if refuse => {
+                Ok(RunEnd::CancelledHere { digest })
+            }
+            (Ok(SourceEnd::Cancelled { .. }), Ok(_)) => Err(AppError::UnexpectedCancel),
+            (Ok(_), Err(e)) => Err(e),
             (Err(source), Err(dest)) => {
                 Err(AppError::BothSides { source: Box::new(source), dest: Box::new(dest) })
             }
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
         }
     })
+}
+
+/// How the source side ended.
+enum SourceEnd {
+    /// Handed over: its stats, and the last pass the guest finished here.
+    Migrated(SourceStats, u32),
+    /// Cancelled before the hand-over; the guest finished here with this memory digest.
+    Cancelled { digest: u64 },
+}
+
+/// The source thread: starts the guest, migrates it `after` later to the address `rx` gives.
+/// With `refuse` (the drill), a cancel is the expected end: the guest then finishes here.
+fn run_source_side(
+    spec: GuestSpec,
+    rx: &std::sync::mpsc::Receiver<SocketAddr>,
+    after: Duration,
+    mode: MigrationMode,
+    refuse: bool,
+) -> Result<SourceEnd, AppError> {
+    let addr = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| AppError::NoListener)?;
+    let mut vm = Machine::new(spec)?;
+    vm.load_program()?;
+    vm.start_or_resume()?;
+    std::thread::sleep(after);
+    let before = vm.progress();
+    if before.done {
+        return Err(AppError::FinishedEarly { passes: before.passes });
+    }
+    let stats = match migrate_source(&mut vm, addr, mode, session_id()) {
+        Ok(stats) => stats,
+        Err(MigrateError::Cancelled(error)) if refuse => {
+            eprintln!("custom_vmm: source: {error}");
+            check_finished(
+                "source after the cancel",
+                vm.wait_finished(FINISH_LIMIT)?,
+                spec.passes,
+            )?;
+            return Ok(SourceEnd::Cancelled { digest: vm.digest() });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let at_pause = vm.progress();
+    if at_pause.done {
+        // Migrated, but not while running: not the case this program is here to show.
+        return Err(AppError::FinishedEarly { passes: at_pause.passes });
+    }
+    Ok(SourceEnd::Migrated(stats, at_pause.passes))
 }
 
 /// A session id unlikely to repeat between runs on one host.
@@ -226,8 +294,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, AppError> {
         passes: 32,
         pass_ms: 40,
         migrate_after_ms: 200,
+        refuse_state: false,
     };
     while let Some(arg) = it.next() {
+        if arg == "--refuse-state" {
+            args.refuse_state = true;
+            continue;
+        }
         let flag: &'static str = match arg.as_str() {
             "--mode" => "--mode",
             "--mem" => "--mem",

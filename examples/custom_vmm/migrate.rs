@@ -27,6 +27,10 @@ pub enum MigrateError {
     /// The event loop (either side).
     #[error(transparent)]
     Driver(#[from] DriverError),
+    /// The source's migration failed before the hand-over: the destination never ran the
+    /// guest, so it is still the source's, and runs on there.
+    #[error("cancelled before the hand-over, the guest runs on at the source: {0}")]
+    Cancelled(#[source] DriverError),
     /// The VM's regions.
     #[error(transparent)]
     Embed(#[from] EmbedError),
@@ -39,7 +43,8 @@ pub enum MigrateError {
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The source side: offers the VM's layout and `mode` to the destination at `dest`, then runs
-/// the migration to its end. The VM stays paused afterwards: the guest now runs there.
+/// the migration to its end. The VM stays paused afterwards: the guest now runs there. A
+/// failure before the hand-over resumes the guest here ([`MigrateError::Cancelled`]).
 pub fn migrate_source(
     vm: &mut Machine,
     dest: SocketAddr,
@@ -56,7 +61,17 @@ pub fn migrate_source(
     let mut engine = SourceEngine::new(cfg, &pair.session, vm)?;
     // The caller's thread keeps its priority: an example shares the machine with its tests.
     let opts = SourceDriverOptions { prioritize_thread: false, ..Default::default() };
-    Ok(run_source(&mut engine, vm, &pair, &opts, &mut |_| {})?)
+    match run_source(&mut engine, vm, &pair, &opts, &mut |_| {}) {
+        Ok(stats) => Ok(stats),
+        Err(error) if !engine.handed_over() => {
+            // Dirty logging only slows the guest's writes from now on: not worth failing for.
+            let _ = vm.set_dirty_logging(false);
+            // Restarts a guest the switch-over paused; a running one is left as it is.
+            MigratableVm::resume(vm)?;
+            Err(MigrateError::Cancelled(error))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The destination side: listens on `listen` for a VM of this one's layout, tells
