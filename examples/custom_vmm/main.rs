@@ -185,7 +185,7 @@ struct Migrated {
 /// How a migrated run ended.
 enum RunEnd {
     /// The guest moved and finished on the destination.
-    Migrated(Migrated),
+    Migrated(Box<Migrated>),
     /// `--refuse-state`: the migration was cancelled and the guest finished on the source,
     /// whose memory digest this is.
     CancelledHere { digest: u64 },
@@ -216,7 +216,12 @@ fn migrated_run(spec: GuestSpec, args: &Args) -> Result<RunEnd, AppError> {
         let source = source.join().map_err(|_| AppError::Panicked("source"))?;
         match (source, dest) {
             (Ok(SourceEnd::Migrated(source, paused_at_pass)), Ok((dest, digest))) => {
-                Ok(RunEnd::Migrated(Migrated { source, dest, paused_at_pass, digest }))
+                Ok(RunEnd::Migrated(Box::new(Migrated {
+                    source: *source,
+                    dest,
+                    paused_at_pass,
+                    digest,
+                })))
             }
             // The drill's destination fails by design: it refused the state.
             (Ok(SourceEnd::Cancelled { digest }), Err(_)) if refuse => {
@@ -235,7 +240,7 @@ fn migrated_run(spec: GuestSpec, args: &Args) -> Result<RunEnd, AppError> {
 /// How the source side ended.
 enum SourceEnd {
     /// Handed over: its stats, and the last pass the guest finished here.
-    Migrated(SourceStats, u32),
+    Migrated(Box<SourceStats>, u32),
     /// Cancelled before the hand-over; the guest finished here with this memory digest.
     Cancelled { digest: u64 },
 }
@@ -276,7 +281,7 @@ fn run_source_side(
         // Migrated, but not while running: not the case this program is here to show.
         return Err(AppError::FinishedEarly { passes: at_pause.passes });
     }
-    Ok(SourceEnd::Migrated(stats, at_pause.passes))
+    Ok(SourceEnd::Migrated(Box::new(stats), at_pause.passes))
 }
 
 /// A session id unlikely to repeat between runs on one host.
