@@ -60,13 +60,13 @@ enum AppError {
     NoListener,
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
-    #[error("the guest finished before the migration started (pass {passes}); raise --passes or lower --migrate-after-ms")]
+    #[error("the guest finished (pass {passes}) before the migration paused it; raise --passes or lower --migrate-after-ms")]
     FinishedEarly { passes: u32 },
     #[error("{what}: the guest ended at pass {passes} (done: {done}), expected pass {expected} and done")]
     Unfinished { what: &'static str, passes: u32, done: bool, expected: u32 },
     #[error("the reference run's data page {page} holds {got:#010x} at offset {offset}, the program should have written {expected:#010x}")]
     Program { page: u32, offset: u64, got: u32, expected: u32 },
-    #[error("memory digest after migration {migrated:#018x} differs from the unmigrated run's {reference:#018x}")]
+    #[error("memory digest of the migrated run {migrated:#018x} differs from the unmigrated run's {reference:#018x}")]
     Mismatch { reference: u64, migrated: u64 },
 }
 
