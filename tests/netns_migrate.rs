@@ -366,11 +366,11 @@ fn rt_throttle_script_turns_off_and_restores() {
 fn migrate_across_a_partition(
     bed: &Bed,
     expected: &str,
-    cut_after_ms: u64,
+    cut_after_resume_ms: u64,
     partition_ms: u64,
     recover_timeout_s: u64,
 ) -> std::process::Output {
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .arg("migrate")
         .args(GUEST)
         .args(["--ops", &OPS.to_string(), "--pace", &PACE.to_string()])
@@ -379,14 +379,34 @@ fn migrate_across_a_partition(
         .args(["--listen", &format!("{DST_ADDR}:0")])
         .args(["--recover-timeout-s", &recover_timeout_s.to_string()])
         .args(["--expected-digest", expected, "--timeout-s", "60", "--json"])
+        // The destination's resume is logged at info: the cut is timed from it, not from the
+        // start, which a loaded machine may delay by seconds.
+        .env("RUST_LOG", "hybridmig=info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("migrate");
-    std::thread::sleep(std::time::Duration::from_millis(cut_after_ms));
+    let stderr = child.stderr.take().expect("stderr");
+    let (resumed_tx, resumed_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("hand-over, resuming the guest") {
+                let _ = resumed_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let resumed = resumed_rx.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(resumed.is_ok(), "the destination never resumed the guest");
+    std::thread::sleep(std::time::Duration::from_millis(cut_after_resume_ms));
     let cut = bed.script(&["partition", &partition_ms.to_string()]);
     assert!(cut.status.success(), "partition: {}", String::from_utf8_lossy(&cut.stderr));
-    child.wait_with_output().expect("migrate output")
+    let mut out = child.wait_with_output().expect("migrate output");
+    out.stderr = reader.join().expect("stderr reader").into_bytes();
+    out
 }
 
 /// A 5 s partition during post-copy: both sides see it within the liveness time (2 s), keep
@@ -401,7 +421,7 @@ fn a_partition_during_post_copy_is_recovered() {
     let bed = Bed::new();
     bed.up("lan1g");
     let expected = reference_digest();
-    let out = migrate_across_a_partition(&bed, &expected, 1_800, 5_000, 60);
+    let out = migrate_across_a_partition(&bed, &expected, 300, 5_000, 60);
     let report = json_of(out, "migrate across a 5 s partition");
     assert_eq!(report["verified"], true, "{report}");
     assert!(report["recoveries"].as_u64().unwrap_or(0) >= 1, "no recovery counted: {report}");
@@ -426,7 +446,7 @@ fn a_partition_longer_than_the_recover_timeout_names_what_each_side_holds() {
     let bed = Bed::new();
     bed.up("lan1g");
     let expected = reference_digest();
-    let out = migrate_across_a_partition(&bed, &expected, 1_800, 9_000, 3);
+    let out = migrate_across_a_partition(&bed, &expected, 300, 9_000, 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a migration cut for longer than it may recover succeeded");
     assert!(stderr.contains("no new connection within"), "{stderr}");

@@ -15,7 +15,7 @@ use wire_common::{make_pages, PageKind, Rng};
 fn seed_streams() -> Vec<Vec<u8>> {
     let limits = Limits::default();
     let mut seeds = Vec::new();
-    for version in [1u16, 2] {
+    for version in [hybridmig::wire::VERSION_MIN, hybridmig::wire::VERSION_CURRENT] {
         let mut s = Vec::new();
         let hello = Hello {
             max_version: version,
@@ -28,7 +28,7 @@ fn seed_streams() -> Vec<Vec<u8>> {
                 Region { guest_phys: 1 << 30, size_bytes: 4096 * PAGE_SIZE as u64 },
             ],
             auth_token: b"token",
-            resume: version == 2,
+            resume: version == hybridmig::wire::VERSION_CURRENT,
         };
         encode_frame(&mut s, version, &FrameBody::Hello(hello), &limits).unwrap();
         let kinds = [

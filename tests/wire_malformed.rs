@@ -269,7 +269,7 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
             matches!(e, WireError::Truncated { what: "payload", need: 17, have: 4 })
         }),
         ("version N+1", decode_both(&raw_frame(VERSION_CURRENT + 1, 9, 0, &[1; 17])), |e| {
-            matches!(e, WireError::UnsupportedVersion { got: 3, min: 1, max: 2 })
+            matches!(e, WireError::UnsupportedVersion { got: 4, min: 2, max: 3 })
         }),
         ("version 0", decode_both(&raw_frame(0, 9, 0, &[1; 17])), |e| {
             matches!(e, WireError::UnsupportedVersion { got: 0, .. })
@@ -303,9 +303,10 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
             matches!(e, WireError::InvalidField { field: "window.map padding", .. })
         }),
         (
-            "mixed window in version 1",
+            // Version 1 (no mixed windows, no request ids) is no longer spoken: refused whole.
+            "a window in version 1",
             decode_both(&raw_frame(1, 3, 0, &window_payload(0, 0, 1, 4, &[0]))[..]),
-            |e| matches!(e, WireError::FeatureNotInVersion { feature: "mixed window", version: 1 }),
+            |e| matches!(e, WireError::UnsupportedVersion { got: 1, min: 2, max: 3 }),
         ),
         ("unknown window encoding", decode_both(&window_frame(1, 9, &[])), |e| {
             matches!(e, WireError::InvalidField { field: "window.encoding", got: 9 })
@@ -564,11 +565,11 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
         ("v2 fault request without request id", decode_both(&raw_frame(2, 6, 0, &[0; 16])), |e| {
             matches!(e, WireError::Truncated { what: "fault.request_id", need: 4, have: 0 })
         }),
-        ("v1 fault request with a request id", decode_both(&raw_frame(1, 6, 0, &[0; 20])), |e| {
-            matches!(e, WireError::TrailingBytes { frame: FrameType::FaultRequest, extra: 4 })
+        ("a fault request in version 1", decode_both(&raw_frame(1, 6, 0, &[0; 20])), |e| {
+            matches!(e, WireError::UnsupportedVersion { got: 1, .. })
         }),
         (
-            "encode request id in version 1",
+            "encode in version 1",
             encode_frame(
                 &mut Vec::new(),
                 1,
@@ -581,12 +582,12 @@ fn cases() -> Vec<(&'static str, Result<(), WireError>, Matcher)> {
                 &Limits::default(),
             )
             .map(|_| ()),
-            |e| matches!(e, WireError::FeatureNotInVersion { feature: "request id", version: 1 }),
+            |e| matches!(e, WireError::UnsupportedVersion { got: 1, .. }),
         ),
         (
-            "encode in version 3",
-            encode_frame(&mut Vec::new(), 3, &control(3).body, &Limits::default()).map(|_| ()),
-            |e| matches!(e, WireError::UnsupportedVersion { got: 3, .. }),
+            "encode in version 4",
+            encode_frame(&mut Vec::new(), 4, &control(4).body, &Limits::default()).map(|_| ()),
+            |e| matches!(e, WireError::UnsupportedVersion { got: 4, .. }),
         ),
         (
             "encode pages that are not whole pages",

@@ -260,15 +260,14 @@ fn varint_len(v: u64) -> usize {
 }
 
 #[test]
-fn v1_window_with_zero_pages_is_raw_or_lz4_not_mixed() {
+fn a_window_with_zero_pages_is_mixed_and_version_1_is_refused() {
     let limits = Limits::default();
     let pages = make_pages(&[PageKind::Zero, PageKind::Text, PageKind::Zero], 3);
     let meta = WindowMeta::default();
     let mut out = Vec::new();
-    let none = encode_page_window(&mut out, 1, &meta, &pages, Compression::None, &limits).unwrap();
-    assert_eq!(none.encoding, WindowEncoding::Raw);
-    let lz4 = encode_page_window(&mut out, 1, &meta, &pages, Compression::Lz4, &limits).unwrap();
-    assert_eq!(lz4.encoding, WindowEncoding::Lz4);
+    let old = encode_page_window(&mut out, 1, &meta, &pages, Compression::None, &limits);
+    assert!(matches!(old, Err(WireError::UnsupportedVersion { got: 1, .. })));
+    assert!(out.is_empty());
     let v2 = encode_page_window(&mut out, 2, &meta, &pages, Compression::None, &limits).unwrap();
     assert_eq!((v2.encoding, v2.zero_pages, v2.raw_pages), (WindowEncoding::Mixed, 2, 1));
 }
@@ -300,10 +299,7 @@ fn encoder_errors_leave_output_untouched() {
     let meta = WindowMeta { request_id: 5, ..WindowMeta::default() };
     let pages = vec![1u8; PAGE_SIZE];
     let err = encode_page_window(&mut out, 1, &meta, &pages, Compression::None, &limits);
-    assert!(matches!(
-        err,
-        Err(WireError::FeatureNotInVersion { feature: "request id", version: 1 })
-    ));
+    assert!(matches!(err, Err(WireError::UnsupportedVersion { got: 1, .. })));
     let big = vec![0u8; (limits.max_vmstate_bytes as usize) + 1];
     let err = encode_frame(&mut out, 2, &FrameBody::VmState(&big), &limits);
     assert!(matches!(err, Err(WireError::PayloadTooLong { frame: FrameType::VmState, .. })));
@@ -346,14 +342,16 @@ fn handshake_accepts_the_documented_exchange() {
     assert_eq!(params.intent, SessionIntent::New);
     let mut src_urgent = FrameGate::new(Role::Initiator, StreamKind::Urgent, params.version);
     let fault = FaultRequest { region: 0, page: 3, vcpu: 0, request_id: 1 };
-    src_urgent.check(&Frame { version: 2, body: FrameBody::FaultRequest(fault) }).unwrap();
+    let version = params.version;
+    src_urgent.check(&Frame { version, body: FrameBody::FaultRequest(fault) }).unwrap();
     let pages = vec![7u8; 4 * PAGE_SIZE];
     let meta = WindowMeta { region: 0, first_page: 2, request_id: 1, urgent_answer: true };
     let mut out = Vec::new();
-    encode_page_window(&mut out, 2, &meta, &pages, Compression::None, &limits).unwrap();
+    encode_page_window(&mut out, version, &meta, &pages, Compression::None, &limits).unwrap();
     let (frame, _) = decode_frame(&out, &limits).unwrap();
     FrameGate::new(Role::Acceptor, StreamKind::Urgent, params.version).check(&frame).unwrap();
     let FrameBody::PageWindow(w) = frame.body else { panic!() };
     w.validate(&regions).unwrap();
-    assert_eq!(negotiate_version(1).unwrap(), 1);
+    assert_eq!(negotiate_version(VERSION_CURRENT - 1).unwrap(), VERSION_CURRENT - 1);
+    assert!(negotiate_version(VERSION_CURRENT - 2).is_err(), "only N and N-1 are spoken");
 }

@@ -27,6 +27,7 @@ mod vm_port;
 
 use guest::{GuestError, GuestSpec, DATA_GPA, PAGE_BYTES};
 use hybridmig::dest::driver::DestRun;
+use hybridmig::secure::{Credential, KeyError, Psk};
 use hybridmig::source::SourceStats;
 use hybridmig::wire::MigrationMode;
 use machine::{Machine, MachineError};
@@ -58,6 +59,8 @@ enum AppError {
     UnexpectedCancel,
     #[error("the destination never said where it listens")]
     NoListener,
+    #[error("making the migration's key: {0}")]
+    Key(KeyError),
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
     #[error("the guest finished (pass {passes}) before the migration paused it; raise --passes or lower --migrate-after-ms")]
@@ -195,6 +198,9 @@ enum RunEnd {
 /// finish there (or, when the destination refuses the state, on the source).
 fn migrated_run(spec: GuestSpec, args: &Args) -> Result<RunEnd, AppError> {
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    // Both sides hold the migration's pre-shared key; here they share the process.
+    let key = Credential::Psk(Psk::generate().map_err(AppError::Key)?);
+    let source_key = key.clone();
     let (mode, after, refuse) =
         (args.mode, Duration::from_millis(args.migrate_after_ms), args.refuse_state);
     std::thread::scope(|scope| {
@@ -204,14 +210,15 @@ fn migrated_run(spec: GuestSpec, args: &Args) -> Result<RunEnd, AppError> {
                 vm.refuse_states();
             }
             let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-            let run = migrate_dest(&mut vm, any_port, |addr| {
+            let run = migrate_dest(&mut vm, any_port, key, |addr| {
                 // The source gives up on its own if this end is gone.
                 let _ = tx.send(addr);
             })?;
             check_finished("destination", vm.wait_finished(FINISH_LIMIT)?, spec.passes)?;
             Ok((run, vm.digest()))
         });
-        let source = scope.spawn(move || run_source_side(spec, &rx, after, mode, refuse));
+        let source =
+            scope.spawn(move || run_source_side(spec, &rx, after, mode, refuse, source_key));
         let dest = dest.join().map_err(|_| AppError::Panicked("destination"))?;
         let source = source.join().map_err(|_| AppError::Panicked("source"))?;
         match (source, dest) {
@@ -253,6 +260,7 @@ fn run_source_side(
     after: Duration,
     mode: MigrationMode,
     refuse: bool,
+    key: Credential,
 ) -> Result<SourceEnd, AppError> {
     let addr = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| AppError::NoListener)?;
     let mut vm = Machine::new(spec)?;
@@ -263,7 +271,7 @@ fn run_source_side(
     if before.done {
         return Err(AppError::FinishedEarly { passes: before.passes });
     }
-    let stats = match migrate_source(&mut vm, addr, mode, session_id()) {
+    let stats = match migrate_source(&mut vm, addr, mode, session_id(), key) {
         Ok(stats) => stats,
         Err(MigrateError::Cancelled(error)) if refuse => {
             eprintln!("custom_vmm: source: {error}");
