@@ -75,7 +75,8 @@ fn lock(next: &Mutex<Option<PairListener>>) -> MutexGuard<'_, Option<PairListene
 /// Puts the listener `migrate-recover` bound in place of `listener` (which closes), if any.
 /// Called by the one thread that accepts, between two slices of its wait.
 pub fn swap_in(listener: &mut PairListener, next: &Mutex<Option<PairListener>>) {
-    if let Some(fresh) = lock(next).take() {
+    if let Some(mut fresh) = lock(next).take() {
+        fresh.adopt_tickets(listener);
         *listener = fresh;
     }
 }

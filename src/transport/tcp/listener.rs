@@ -144,6 +144,19 @@ impl PairListener {
         self.listener.local_addr()
     }
 
+    /// Takes over the session tickets `old` handed out, so a listener that replaces it (an
+    /// operator's new address) still knows each session's resume for what it is.
+    pub fn adopt_tickets(&mut self, old: &PairListener) {
+        for entry in &old.tickets {
+            if !self.tickets.iter().any(|(id, _)| *id == entry.0) {
+                if self.tickets.len() >= TICKETS_KEPT {
+                    self.tickets.pop_front();
+                }
+                self.tickets.push_back(*entry);
+            }
+        }
+    }
+
     /// The most recent connections dropped before joining a session (oldest first), at most
     /// 32.
     pub fn dropped(&self) -> impl Iterator<Item = &DroppedConnection> {
