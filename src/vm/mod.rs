@@ -9,6 +9,7 @@
 //! [`Vm::ops_done`] (counters in guest memory) and the final digest through
 //! [`Vm::wait_finished`]. [`run_local`] is the `hybridmig run` command.
 
+pub mod adapter;
 pub mod blob;
 pub mod config;
 pub mod devices;
@@ -26,6 +27,7 @@ pub mod vmm;
 
 /// The dirty set type the VMM harvests into (one bit a guest page, gpa / 4096).
 pub use crate::memory::PageBitmap as DirtyBitmap;
+pub use adapter::KvmGuest;
 pub use config::{parse_size, ConfigError, VmConfig, WorkloadKind, WorkloadSpec};
 pub use devices::{ControlVcpu, DeviceState};
 pub use error::{VcpuFault, VmError};
