@@ -413,7 +413,9 @@ fn a_recovery_moves_to_a_new_address_on_the_operators_word() {
     let q = wait_status(&mut dc, Duration::from_secs(20), |s| s == "postcopy-paused");
     assert!(path_closed.load(Ordering::Acquire), "the path still accepts: {q}");
     let mut sc = Client::connect(&src_path);
-    assert_eq!(sc.query()["status"], "postcopy-paused");
+    // The source may see the cut a moment after the destination did.
+    let q = wait_status(&mut sc, Duration::from_secs(20), |s| s == "postcopy-paused");
+    assert_eq!(q["status"], "postcopy-paused");
     let new_port =
         TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr");
     let uri = format!("tcp:{new_port}");

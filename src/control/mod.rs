@@ -71,6 +71,17 @@ impl std::fmt::Display for CancelRefusal {
     }
 }
 
+/// How a migration ended, for its final status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Completed.
+    Completed,
+    /// Cancelled before the hand-over, with the reason when known.
+    Cancelled(Option<String>),
+    /// Failed, with the error in words.
+    Failed(String),
+}
+
 /// Errors of the control channel: the socket, a client's request, an answer refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -259,6 +270,15 @@ impl Control {
             }
         }
         self.take_cancel_request(|| Err(CancelRefusal::Ended(status)));
+    }
+
+    /// Sets the final status from how the migration ended (see [`Control::finish`]).
+    pub fn end(&self, ending: Ending) {
+        match ending {
+            Ending::Completed => self.finish(MigrationStatus::Completed, None),
+            Ending::Cancelled(reason) => self.finish(MigrationStatus::Cancelled, reason),
+            Ending::Failed(why) => self.finish(MigrationStatus::Failed, Some(why)),
+        }
     }
 
     /// The current status.

@@ -212,6 +212,13 @@ struct DestWing<'l, 'c> {
     on_tick: &'l mut dyn FnMut(&DestEngine),
 }
 
+impl DestWing<'_, '_> {
+    /// Why this side ends after refusing the state (the VMM's error, once).
+    fn refusal(&mut self) -> DriverError {
+        self.engine.take_refusal().unwrap_or(DestError::StateRefused).into()
+    }
+}
+
 impl Wing for DestWing<'_, '_> {
     fn phase(&self) -> WingPhase {
         WingPhase::Dest(self.engine.phase())
@@ -227,9 +234,7 @@ impl Wing for DestWing<'_, '_> {
         match self.engine.phase() {
             DestPhase::Complete if flushed => return Ok(Next::Done),
             // The refusal is out: the source resumes its guest, and this side ends.
-            DestPhase::Refused if flushed => {
-                return Err(self.engine.take_refusal().unwrap_or(DestError::StateRefused).into());
-            }
+            DestPhase::Refused if flushed => return Err(self.refusal()),
             _ => {}
         }
         Ok(Next::Wait)
@@ -256,9 +261,7 @@ impl Wing for DestWing<'_, '_> {
     fn on_closed(&mut self, _io: &mut LoopIo, stream: StreamKind) -> Result<(), DriverError> {
         match self.engine.phase() {
             DestPhase::Complete => Ok(()),
-            DestPhase::Refused => {
-                Err(self.engine.take_refusal().unwrap_or(DestError::StateRefused).into())
-            }
+            DestPhase::Refused => Err(self.refusal()),
             _ => Err(DriverError::PeerClosed { stream, phase: self.phase() }),
         }
     }

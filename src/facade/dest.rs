@@ -2,7 +2,7 @@
 
 use super::handle::MigrationHandle;
 use super::{FacadeError, Outcome};
-use crate::control::{connect, Control, MigrationStatus, Side};
+use crate::control::{connect, Control, Side};
 use crate::dest::driver::{run_dest_with_uffd, DestDriverOptions, DestRun};
 use crate::dest::uffd::{Uffd, UFFD_FEATURE_THREAD_ID};
 use crate::driver::recovery::Recovery;
@@ -156,13 +156,7 @@ impl DestBuilder {
         let control = self.control.clone();
         let mut run = DestRun::default();
         let result = self.receive(&mut vm, &mut run);
-        match &result {
-            Ok(Outcome::Completed) => control.finish(MigrationStatus::Completed, None),
-            Ok(Outcome::Cancelled { reason }) => {
-                control.finish(MigrationStatus::Cancelled, Some(reason.clone()))
-            }
-            Err(error) => control.finish(MigrationStatus::Failed, Some(error.to_string())),
-        }
+        Outcome::publish(&result, &control);
         DestEnd { vm, result, run }
     }
 

@@ -18,9 +18,8 @@
 //! use hybridmig::secure::{Credential, Psk};
 //! use hybridmig::source::SourceConfig;
 //! use hybridmig::wire::MigrationMode;
-//! # fn vms() -> (Box<dyn hybridmig::embed::MigratableVm + Send>, Box<dyn hybridmig::embed::MigratableVm + Send>) { unimplemented!() }
-//! # fn main() -> Result<(), hybridmig::facade::FacadeError> {
-//! let (source_vm, dest_vm) = vms();
+//! # type Vm = Box<dyn hybridmig::embed::MigratableVm + Send>;
+//! fn migrate(source_vm: Vm, dest_vm: Vm) -> Result<(), hybridmig::facade::FacadeError> {
 //! let listen = "127.0.0.1:7701".parse().expect("address");
 //! // Both hosts hold the same pre-shared key (`hybridmig keygen --out FILE` makes one).
 //! let key = Psk::generate().expect("random key");
@@ -34,7 +33,8 @@
 //! let source_end = source.join()?;
 //! let dest_end = dest.join()?;
 //! assert!(dest_end.verified(), "{:?} / {:?}", source_end.result, dest_end.result);
-//! # Ok(()) }
+//! Ok(())
+//! }
 //! ```
 
 mod dest;
@@ -59,6 +59,18 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+}
+
+impl Outcome {
+    /// Publishes how `result` ended as the migration's final status.
+    fn publish(result: &Result<Outcome, FacadeError>, control: &crate::control::Control) {
+        use crate::control::Ending;
+        control.end(match result {
+            Ok(Outcome::Completed) => Ending::Completed,
+            Ok(Outcome::Cancelled { reason }) => Ending::Cancelled(Some(reason.clone())),
+            Err(error) => Ending::Failed(error.to_string()),
+        });
+    }
 }
 
 /// Errors of the embedding API, typed all the way from the layer that failed.

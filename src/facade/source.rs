@@ -2,7 +2,7 @@
 
 use super::handle::MigrationHandle;
 use super::{FacadeError, Outcome};
-use crate::control::{connect, Control, MigrationStatus, Side};
+use crate::control::{connect, Control, Side};
 use crate::driver::recovery::Recovery;
 use crate::embed::MigratableVm;
 use crate::secure::{Credential, SecureConfig};
@@ -153,13 +153,7 @@ impl SourceBuilder {
             Err(error) if !handed_over => cancel(&mut vm, error),
             Err(error) => Err(error),
         };
-        match &result {
-            Ok(Outcome::Completed) => control.finish(MigrationStatus::Completed, None),
-            Ok(Outcome::Cancelled { reason }) => {
-                control.finish(MigrationStatus::Cancelled, Some(reason.clone()))
-            }
-            Err(error) => control.finish(MigrationStatus::Failed, Some(error.to_string())),
-        }
+        Outcome::publish(&result, &control);
         SourceEnd { vm, result, stats, handed_over }
     }
 

@@ -4,7 +4,7 @@
 use super::report::{DestReport, Outcome, SourceReport};
 use super::MigrationError;
 use crate::control::connect::FirstConnectionError;
-use crate::control::{Control, MigrationStatus};
+use crate::control::{Control, Ending};
 
 pub(super) use crate::control::connect::{
     cancel_taken, dial_target, first_pair, relisten_on_recover, swap_in,
@@ -33,15 +33,7 @@ pub(super) fn source_ended(
     control: Option<&Control>,
     result: Result<SourceReport, MigrationError>,
 ) -> Result<SourceReport, MigrationError> {
-    if let Some(control) = control {
-        match &result {
-            Ok(r) if r.outcome == Outcome::Cancelled => {
-                control.finish(MigrationStatus::Cancelled, r.cancel_reason.clone())
-            }
-            Ok(_) => control.finish(MigrationStatus::Completed, None),
-            Err(e) => control.finish(MigrationStatus::Failed, Some(e.to_string())),
-        }
-    }
+    publish(control, &result, |r| (r.outcome, r.cancel_reason.clone()));
     result
 }
 
@@ -50,14 +42,20 @@ pub(super) fn dest_ended(
     control: Option<&Control>,
     result: Result<DestReport, MigrationError>,
 ) -> Result<DestReport, MigrationError> {
-    if let Some(control) = control {
-        match &result {
-            Ok(r) if r.outcome == Outcome::Cancelled => {
-                control.finish(MigrationStatus::Cancelled, r.cancel_reason.clone())
-            }
-            Ok(_) => control.finish(MigrationStatus::Completed, None),
-            Err(e) => control.finish(MigrationStatus::Failed, Some(e.to_string())),
-        }
-    }
+    publish(control, &result, |r| (r.outcome, r.cancel_reason.clone()));
     result
+}
+
+/// The final status of either host, from its report's outcome and cancel reason.
+fn publish<R>(
+    control: Option<&Control>,
+    result: &Result<R, MigrationError>,
+    outcome: impl Fn(&R) -> (Outcome, Option<String>),
+) {
+    let Some(control) = control else { return };
+    control.end(match result.as_ref().map(outcome) {
+        Ok((Outcome::Cancelled, reason)) => Ending::Cancelled(reason),
+        Ok(_) => Ending::Completed,
+        Err(e) => Ending::Failed(e.to_string()),
+    });
 }
