@@ -10,7 +10,7 @@ use hybridmig::ports::{DestVm, EmbedError, MigratableVm, PageSink, SinkError};
 use hybridmig::session::{SessionIntent, SessionParams};
 use hybridmig::sim::{SimGuestSpec, SimVm};
 use hybridmig::source::engine::OUTBOX_RUNS_MAX;
-use hybridmig::source::{Phase, SourceConfig, SourceEngine};
+use hybridmig::source::{LivePass, Phase, SourceConfig, SourceEngine};
 use hybridmig::wire::{self, FrameBody, MigrationMode, StreamKind};
 
 /// A sink that places nothing: only the engines' decisions are looked at.
@@ -65,10 +65,12 @@ impl Pair {
     fn resumed(pages: u64, tune: impl FnOnce(&mut SourceConfig)) -> Self {
         let spec = SimGuestSpec { region_pages: vec![pages], hot_pages: 16, ..Default::default() };
         let mut vm = SimVm::new(&spec);
+        let mut cfg = SourceConfig::new(MigrationMode::Postcopy, 21);
+        tune(&mut cfg);
         let session = SessionParams {
             version: wire::VERSION_CURRENT,
             session_id: 21,
-            mode: MigrationMode::Postcopy,
+            mode: cfg.mode,
             intent: SessionIntent::New,
             regions: vm
                 .regions()
@@ -77,26 +79,29 @@ impl Pair {
                 .collect(),
             page_size: wire::PAGE_SIZE as u32,
         };
-        let mut cfg = SourceConfig::new(MigrationMode::Postcopy, 21);
-        tune(&mut cfg);
         let mut source = SourceEngine::new(cfg, &session, &vm).expect("source");
         let dest = DestEngine::new(source.layout().clone(), &session);
         source.start(&mut vm).expect("start");
         let mut pair = Self { vm, source, dest };
         // The need set, the state, the destination's Loaded and the Run, one frame per poll,
         // until the push starts.
-        while pair.source.phase() != Phase::Push {
-            if pair.source.awaits_loaded() {
-                let mut answer = Vec::new();
-                while pair.dest.poll_bulk(&mut answer) {}
-                pair.deliver_to_source(StreamKind::Bulk, &answer);
-                continue;
+        // A hybrid source also waits for the destination to confirm its live pass.
+        for _ in 0..100_000 {
+            if pair.source.phase() == Phase::Push {
+                return pair;
             }
             let mut buf = Vec::new();
-            assert!(pair.source.poll_bulk(&mut buf, &mut pair.vm).expect("switch-over"));
-            pair.deliver_to_dest(StreamKind::Bulk, &buf);
+            if !pair.source.awaits_loaded()
+                && pair.source.poll_bulk(&mut buf, &mut pair.vm).expect("switch-over")
+            {
+                pair.deliver_to_dest(StreamKind::Bulk, &buf);
+                continue;
+            }
+            let mut answer = Vec::new();
+            assert!(pair.dest.poll_bulk(&mut answer), "neither side has a frame to send");
+            pair.deliver_to_source(StreamKind::Bulk, &answer);
         }
-        pair
+        panic!("the push never started");
     }
 
     fn deliver_to_dest(&mut self, stream: StreamKind, buf: &[u8]) {
@@ -309,4 +314,34 @@ fn a_cap_below_one_acknowledgement_interval_is_refused() {
     cfg.unacked_cap_pages = cfg.min_unacked_cap_pages() - 1;
     let error = SourceEngine::new(cfg, &session, &vm).expect_err("a cap that would wait forever");
     assert!(error.to_string().contains("unacked_cap_pages"), "{error}");
+}
+
+#[test]
+fn a_faulted_page_can_be_polled_alone_and_its_window_after() {
+    let mut pair = Pair::resumed(512, |cfg| {
+        cfg.mode = MigrationMode::Hybrid;
+        cfg.window_pages = 8;
+        cfg.adaptive_window = false;
+        cfg.live_pass = LivePass::WorkingSet;
+        cfg.push_delay_ms = 3_600_000;
+    });
+    // Page 4 lies in the guest's written (hot) pages, so its window has pages to carry.
+    pair.deliver_to_source(StreamKind::Urgent, &Pair::request(4, 1));
+    pair.deliver_to_source(StreamKind::Urgent, &Pair::request(300, 2));
+    // A sealing driver takes the faulting page alone, so it is sealed and opened as its own
+    // record; the window follows in the next poll, and the next answer's page alone again.
+    let mut alone = Vec::new();
+    assert!(pair.source.poll_faulted_page(&mut alone));
+    assert_eq!(Pair::windows(&alone), vec![(4, 1)]);
+    let mut none = Vec::new();
+    assert!(!pair.source.poll_faulted_page(&mut none), "a window run is not a faulted page");
+    let mut window = Vec::new();
+    assert!(pair.source.poll_urgent(&mut window));
+    let runs = Pair::windows(&window);
+    let pages: u32 = runs.iter().map(|w| w.1).sum();
+    assert_eq!(pages, 7, "the rest of an 8-page window: {runs:?}");
+    assert!(runs.iter().all(|w| w.0 != 300), "one poll holds one answer: {runs:?}");
+    let mut next = Vec::new();
+    assert!(pair.source.poll_faulted_page(&mut next));
+    assert_eq!(Pair::windows(&next), vec![(300, 1)]);
 }

@@ -238,6 +238,10 @@ impl<W: Wing> Outlet for Turn<'_, W> {
     fn push_now(&mut self) -> Result<(), DriverError> {
         self.io.submit()
     }
+
+    fn seals(&self, stream: StreamKind) -> bool {
+        self.io.streams.is_sealed(stream)
+    }
 }
 
 /// Runs `wing` until its step says [`Next::Done`].

@@ -36,6 +36,11 @@ pub trait Outlet {
     fn send(&mut self, stream: StreamKind, buf: Vec<u8>) -> Result<(), Self::Error>;
     /// Hands what was queued to the link now, without waiting for the loop's next turn.
     fn push_now(&mut self) -> Result<(), Self::Error>;
+    /// Whether `stream`'s buffers are sealed into records as they are sent.
+    fn seals(&self, stream: StreamKind) -> bool {
+        let _ = stream;
+        false
+    }
 }
 
 /// The source's engine and VM, and its urgent service, beside its outlet.
@@ -60,9 +65,22 @@ pub trait DestSide: Outlet<Error: From<DestError>> {
 /// Sends every urgent frame the source has, each buffer as soon as it is full or the frames
 /// run out, and pushes them to the link at once.
 pub fn source_urgent<S: SourceSide>(side: &mut S) -> Result<(), S::Error> {
+    let sealed = side.seals(StreamKind::Urgent);
     let mut queued = false;
     while let Some(mut frames) = side.take_buf(StreamKind::Urgent) {
-        while frames.len() < FILL_BYTES && side.parts().0.poll_urgent(&mut frames) {}
+        if sealed && side.parts().0.poll_faulted_page(&mut frames) {
+            // Sealed and on the link before its window is sealed, in a record of its own
+            // that the destination opens without waiting for the window's bytes.
+            side.send(StreamKind::Urgent, frames)?;
+            side.push_now()?;
+            continue;
+        }
+        if sealed {
+            // The rest of one answer: the next answer's faulting page goes alone too.
+            side.parts().0.poll_urgent(&mut frames);
+        } else {
+            while frames.len() < FILL_BYTES && side.parts().0.poll_urgent(&mut frames) {}
+        }
         if frames.is_empty() {
             side.put_back(StreamKind::Urgent, frames);
             break;

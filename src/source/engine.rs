@@ -345,12 +345,30 @@ impl SourceEngine {
     /// allocated per fault (`out` grows only while it is smaller than an answer). An answer
     /// that cannot be encoded is reported by the next `poll_bulk`.
     pub fn poll_urgent(&mut self, out: &mut Vec<u8>) -> bool {
+        self.poll_answer(out, false)
+    }
+
+    /// Appends only the faulting page's frame of the next answer, when the next answer still
+    /// has it; false otherwise. A driver that seals its frames sends it as a record of its
+    /// own, so the vCPU's page is neither sealed nor opened behind its window; the next
+    /// `poll_urgent` takes the window.
+    pub fn poll_faulted_page(&mut self, out: &mut Vec<u8>) -> bool {
+        self.poll_answer(out, true)
+    }
+
+    fn poll_answer(&mut self, out: &mut Vec<u8>, faulted_page_only: bool) -> bool {
         if self.recovery.is_some() {
             return false;
         }
         let before = out.len();
         let mut first_of_answer = true;
-        while let Some(run) = self.outbox.next_answer_run(first_of_answer) {
+        loop {
+            let next = match (faulted_page_only, first_of_answer) {
+                (true, true) => self.outbox.next_faulted_page(),
+                (true, false) => None,
+                (false, first) => self.outbox.next_answer_run(first),
+            };
+            let Some(run) = next else { break };
             first_of_answer = false;
             if let Err(error) = self.encode_answer_run(out, run) {
                 self.outbox.fail(error);

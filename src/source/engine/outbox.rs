@@ -68,6 +68,12 @@ impl Outbox {
         self.answers.pop_front()
     }
 
+    /// The faulting page's own run of the next answer, if the next run is one.
+    pub(super) fn next_faulted_page(&mut self) -> Option<AnswerRun> {
+        self.answers.front()?.request_id?;
+        self.answers.pop_front()
+    }
+
     /// Keeps an encoding error of a polled answer for the next `poll_bulk` to return.
     pub(super) fn fail(&mut self, error: SourceError) {
         self.failed.get_or_insert(error);
@@ -99,6 +105,19 @@ mod tests {
         assert_eq!(outbox.next_answer_run(false), None);
         assert_eq!(outbox.next_answer_run(true), Some(run(40, Some(2))));
         assert_eq!(outbox.next_answer_run(true), None);
+    }
+
+    #[test]
+    fn the_faulted_page_comes_alone_and_its_window_after() {
+        let mut outbox = Outbox::default();
+        for r in [run(5, Some(1)), run(6, None), run(40, Some(2))] {
+            assert!(outbox.queue_answer(r));
+        }
+        assert_eq!(outbox.next_faulted_page(), Some(run(5, Some(1))));
+        assert_eq!(outbox.next_faulted_page(), None, "a window run is not a faulted page");
+        assert_eq!(outbox.next_answer_run(true), Some(run(6, None)));
+        assert_eq!(outbox.next_answer_run(false), None);
+        assert_eq!(outbox.next_faulted_page(), Some(run(40, Some(2))));
     }
 
     #[test]
