@@ -242,8 +242,9 @@ impl SecurityArgs {
 /// Options of the migration itself.
 #[derive(clap::Args, Clone)]
 struct MigrationArgs {
-    /// precopy, postcopy, hybrid or hybrid-paper.
-    #[arg(long, default_value = "hybrid")]
+    /// auto, precopy, postcopy, hybrid or hybrid-paper. Auto starts with hybrid's live pass
+    /// and goes post-copy when the guest writes memory faster than the link carries it.
+    #[arg(long, default_value = "auto")]
     mode: MigrationMode,
     /// Let the guest run this long before the migration starts.
     #[arg(long, default_value_t = 1000)]

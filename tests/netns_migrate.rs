@@ -488,3 +488,44 @@ fn every_mode_stays_exact_under_loss() {
         }
     }
 }
+
+/// `--mode auto` on `lan1g` (lz4 off, so the link's guest rate is its wire rate): a guest that
+/// rewrites its whole hot set unpaced is judged write-heavy and its written pages follow the
+/// switch-over as in post-copy; a paced guest keeps the live pass and never goes post-copy.
+/// Both end exact, and each decision carries the figures it was taken on.
+#[test]
+fn auto_chooses_post_copy_for_a_write_heavy_guest_and_keeps_the_live_pass_when_paced() {
+    let test = "auto_chooses_post_copy_for_a_write_heavy_guest_and_keeps_the_live_pass_when_paced";
+    if !bed_can_run(test) {
+        return;
+    }
+    let bed = Bed::new();
+    bed.up("lan1g");
+    let choices = |report: &Value| -> Vec<String> {
+        let decisions = report["auto_decisions"].as_array().expect("auto_decisions");
+        decisions.iter().map(|d| d["choice"].as_str().unwrap_or("?").to_string()).collect()
+    };
+    let heavy = ["--workload", "hotcold", "--mem", "256M", "--seed", "5", "--hot-frac", "1"];
+    let heavy = [&heavy[..], &["--write-frac", "1"]].concat();
+    let mode = ["--mode", "auto", "--compress", "off", "--migrate-after-ms", "800"];
+    let report = migrate_unpaced(&bed, &heavy, "3000000", &mode, "auto, write-heavy, lan1g");
+    assert_eq!(report["mode"], "auto");
+    let chosen = choices(&report);
+    eprintln!("auto, write-heavy: {chosen:?} {}", report["auto_decisions"]);
+    assert!(chosen.iter().any(|c| c == "postcopy"), "write-heavy guest, no post-copy: {chosen:?}");
+    let decisions = report["auto_decisions"].as_array().expect("decisions");
+    let postcopy = decisions.iter().find(|d| d["choice"] == "postcopy").expect("postcopy");
+    let figures = &postcopy["figures"];
+    let ws_mb_per_s = figures["ws_dirty_pages_per_s"].as_f64().unwrap_or(0.0) * 4096.0 / 1e6;
+    let link = figures["link_guest_mb_per_s"].as_f64().unwrap_or(0.0);
+    assert!(link > 0.0, "no link rate behind the decision: {figures}");
+    assert!(ws_mb_per_s >= link, "written {ws_mb_per_s:.0} MB/s under the link's {link:.0}");
+
+    let paced = ["--workload", "hotcold", "--mem", "256M", "--seed", "5", "--pace", "20000"];
+    let report = migrate_unpaced(&bed, &paced, "60000", &mode, "auto, paced, lan1g");
+    let chosen = choices(&report);
+    eprintln!("auto, paced: {chosen:?}");
+    assert_eq!(chosen.first().map(String::as_str), Some("live-pass"), "{chosen:?}");
+    assert!(!chosen.iter().any(|c| c == "postcopy"), "a paced guest went post-copy: {chosen:?}");
+    assert_eq!(chosen.last().map(String::as_str), Some("switch-over"), "{chosen:?}");
+}

@@ -165,7 +165,10 @@ fn warm_up(
     // the guest's undisturbed rate (each sample stops the guest briefly and re-faults the
     // pages it touches).
     let track_from = started + opts.migrate_after_ms * 100_000;
-    let tracks = matches!(opts.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
+    let tracks = matches!(
+        opts.mode,
+        MigrationMode::Hybrid | MigrationMode::HybridPaper | MigrationMode::Auto
+    );
     let (mut tracking, mut last_window) = (false, 0u64);
     let mut window = PageBitmap::new(pages);
     let mut last_progress = 0u64;

@@ -291,6 +291,12 @@ pub struct MigrationReport {
     /// Fault answers left to the push because the source's outbox was full.
     #[serde(default)]
     pub fault_answers_deferred: u64,
+    /// Faults answered without their window while earlier answers were still crossing.
+    #[serde(default)]
+    pub fault_windows_held: u64,
+    /// `--mode auto`'s decisions: when (ms from the start), what, why, and the figures.
+    #[serde(default)]
+    pub auto_decisions: Vec<crate::source::auto::AutoDecision>,
     /// Guest progress (ops per 10 ms bucket) from migration start: (ms since start, ops).
     pub progress_buckets: Vec<(f64, f64)>,
     /// Fault latency CDF: (us, cumulative fraction).
@@ -377,6 +383,8 @@ impl MigrationReport {
             unacked_cap_stalls: s.unacked_cap_stalls,
             fault_answers_deduped: s.fault_answers_deduped,
             fault_answers_deferred: s.fault_answers_deferred,
+            fault_windows_held: s.fault_windows_held,
+            auto_decisions: s.auto_decisions.clone(),
             progress_buckets: timeline
                 .buckets(start)
                 .into_iter()

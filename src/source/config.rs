@@ -147,6 +147,11 @@ pub enum Phase {
 /// Counters and instants the source reports.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SourceStats {
+    /// `--mode auto`'s decisions, oldest first (empty in the fixed modes).
+    pub auto_decisions: Vec<crate::source::auto::AutoDecision>,
+    /// Faults answered without their window because earlier answers were still crossing the
+    /// link (the neighbours went first on the push instead).
+    pub fault_windows_held: u64,
     /// When the migration started (mono ns).
     pub start_ns: u64,
     /// When the guest was paused (mono ns).

@@ -22,6 +22,7 @@
 //! (fault answers waiting for the urgent stream). The orchestration that calls them is here
 //! and in `blocks`, `live`, `faults` and `switchover`.
 
+use super::auto::AutoPolicy;
 use super::config::{LivePass, Phase, SourceConfig, SourceStats};
 use super::policy::AdaptiveWindow;
 use super::push::PushScheduler;
@@ -40,6 +41,7 @@ mod faults;
 mod ledger;
 mod live;
 mod live_state;
+mod method;
 mod outbox;
 mod recovery;
 mod rounds;
@@ -104,6 +106,11 @@ pub struct SourceEngine {
     handed_over: bool,
     /// The destination answered `Loaded` to the state last sent: `Run` may go.
     dest_loaded: bool,
+    /// `--mode auto`'s policy (None in the fixed modes).
+    auto: Option<AutoPolicy>,
+    /// When the fault answers already handed to the urgent stream will have crossed, at the
+    /// measured link rate (mono ns): a fault before then sends no window (`method`).
+    urgent_free_at_ns: u64,
 }
 
 /// Stale pages left after a drain above which they are named and drained again rather than
@@ -172,6 +179,8 @@ impl SourceEngine {
             bulk_answers: std::collections::VecDeque::new(),
             handed_over: false,
             dest_loaded: false,
+            auto: None,
+            urgent_free_at_ns: 0,
         })
     }
 
@@ -263,14 +272,18 @@ impl SourceEngine {
     /// finds the zero pages as it reads them (they cross as 2-bit entries).
     fn begin(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         tracing::info!(mode = %self.cfg.mode, version = self.version, "source: both streams up, migration starts");
-        match self.cfg.mode {
+        if self.cfg.mode == MigrationMode::Auto {
+            self.auto = Some(AutoPolicy::start(self.stats.start_ns, self.now_ns()));
+            self.sync_auto_decisions();
+        }
+        match self.method() {
             MigrationMode::Precopy => {
                 self.start_dirty_log(vm)?;
                 self.phase = Phase::Rounds;
                 self.stats.rounds = self.rounds.start();
                 self.ledger.queue_all();
             }
-            MigrationMode::Hybrid => {
+            MigrationMode::Hybrid | MigrationMode::Auto => {
                 self.start_dirty_log(vm)?;
                 self.arm_working_set(vm)?;
                 self.phase = Phase::WorkingSet;
@@ -375,8 +388,10 @@ impl SourceEngine {
                 break;
             }
         }
-        self.stats.bytes_urgent += (out.len() - before) as u64;
-        out.len() > before
+        let bytes = (out.len() - before) as u64;
+        self.stats.bytes_urgent += bytes;
+        self.on_urgent_encoded(bytes);
+        bytes > 0
     }
 
     /// Tells the engine that `bytes` of bulk data left this host at `now_ns` (for the rate).
@@ -431,6 +446,7 @@ impl SourceEngine {
                 self.start_drain(out)
             }
             Phase::WorkingSet if !draining && self.working_set_again() => {
+                self.auto_record_round();
                 Ok(self.send_next_live(out, vm)? || !self.ledger.pending_spans_nothing())
             }
             _ if !draining => {
@@ -499,7 +515,7 @@ impl SourceEngine {
         self.switch = None;
         self.push_from_ns = self.now_ns() + self.cfg.push_delay_ms * 1_000_000;
         self.ledger.queue_needed();
-        if self.cfg.mode == MigrationMode::Hybrid {
+        if self.method() == MigrationMode::Hybrid {
             // Stale working-set pages first, in rank order: the guest needs them right away.
             let ledger = &self.ledger;
             let first: Vec<u64> =

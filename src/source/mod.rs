@@ -6,6 +6,7 @@
 //! TCP streams. [`workingset`] estimates the hot pages from dirty-log samples and
 //! [`push`] orders the background push.
 
+pub mod auto;
 pub mod config;
 pub mod driver;
 pub mod engine;

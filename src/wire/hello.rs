@@ -75,15 +75,19 @@ pub enum MigrationMode {
     Hybrid = 3,
     /// The hybrid exactly as Sahni & Varma describe it.
     HybridPaper = 4,
+    /// The source chooses, and changes while it runs, between hybrid's live pass, pre-copy's
+    /// rounds and post-copy, from what it measures (see `source::auto`).
+    Auto = 5,
 }
 
 impl MigrationMode {
     /// Every mode, in the order reports list them.
-    pub const ALL: [MigrationMode; 4] = [
+    pub const ALL: [MigrationMode; 5] = [
         MigrationMode::Precopy,
         MigrationMode::Postcopy,
         MigrationMode::Hybrid,
         MigrationMode::HybridPaper,
+        MigrationMode::Auto,
     ];
 
     /// The mode's name on the command line and in reports.
@@ -93,6 +97,7 @@ impl MigrationMode {
             Self::Postcopy => "postcopy",
             Self::Hybrid => "hybrid",
             Self::HybridPaper => "hybrid-paper",
+            Self::Auto => "auto",
         }
     }
 
@@ -102,6 +107,7 @@ impl MigrationMode {
             2 => Ok(Self::Postcopy),
             3 => Ok(Self::Hybrid),
             4 => Ok(Self::HybridPaper),
+            5 => Ok(Self::Auto),
             _ => Err(WireError::InvalidField { field: "hello.mode", got: got.into() }),
         }
     }
@@ -118,7 +124,7 @@ impl std::str::FromStr for MigrationMode {
 
     fn from_str(s: &str) -> Result<Self, String> {
         Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            format!("unknown mode `{s}` (expected precopy, postcopy, hybrid or hybrid-paper)")
+            format!("unknown mode `{s}` (expected precopy, postcopy, hybrid, hybrid-paper or auto)")
         })
     }
 }

@@ -77,6 +77,19 @@ impl CompressionChoice {
         self.rate.on_link_wait(ns);
     }
 
+    /// The link's rate, learned while the loop waited on it (0 while the loop is the limit).
+    pub(super) fn link_bytes_per_ms(&self) -> f64 {
+        self.rate.link_bytes_per_ms().unwrap_or(0.0)
+    }
+
+    /// Guest bytes per wire byte of the pages sent with lz4 in force (1 without it).
+    pub(super) fn ratio(&self) -> f64 {
+        match (self.in_force, self.probe.estimate()) {
+            (Compression::Lz4, Some((_, ratio))) => ratio.max(1.0),
+            _ => 1.0,
+        }
+    }
+
     /// The measured bulk output rate (0 before any is known).
     pub(super) fn bytes_per_ms(&self) -> f64 {
         self.rate.bytes_per_ms()

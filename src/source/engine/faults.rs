@@ -37,11 +37,7 @@ impl SourceEngine {
             return Ok(());
         }
         self.stats.faults_served += 1;
-        let window = match self.cfg.mode {
-            MigrationMode::Postcopy => 1,
-            _ if self.cfg.adaptive_window => self.window.on_fault(page),
-            _ => self.cfg.window_pages.max(1),
-        };
+        let window = self.fault_window(page);
         self.stats.window_pages_last = window;
         let (start, count) = window_around(&self.layout, page, window);
         // The faulting page always goes, even if the push already sent it: that copy may sit

@@ -65,7 +65,9 @@ impl SourceEngine {
             self.cfg.working_set.iter().rev().copied().filter(|&p| dirty.get(p)).collect();
         let count = written.len() as u64;
         let budget = self.downtime_page_budget() as u64;
-        let ws_again = self.live.worth_again(count, budget, false);
+        // Once auto found the working set written faster than the link, its written pages
+        // follow the switch-over: another pass would only chase them.
+        let ws_again = !self.goes_postcopy() && self.live.worth_again(count, budget, false);
         // Only after a cold part sent to its end: otherwise "stale" would be everything it
         // did not send (and listing it would walk all of memory for nothing).
         let cold_sent = self.cfg.live_pass == LivePass::All && self.live.cold_sent_whole();
@@ -113,7 +115,9 @@ impl SourceEngine {
     /// them are); what is left is pushed after the resume, as in post-copy.
     pub(super) fn check_live_pass(&mut self, vm: &mut dyn MigratableVm) -> Result<(), SourceError> {
         let sent = self.pages_sent();
-        if !self.live.check_due(sent) {
+        // Auto judges more often than the pass is checked, so a write-heavy guest goes
+        // post-copy before much of its memory crossed for nothing.
+        if !self.live.check_due(sent) && !self.auto_due() {
             return Ok(());
         }
         self.harvest(vm)?;
@@ -122,6 +126,9 @@ impl SourceEngine {
         let (ratio, sent_since) = self.live.check(sent, went_stale, &self.dirty_scratch, valid);
         let cold = self.live.cold_open();
         tracing::debug!(went_stale, sent_since, ratio, cold, "source: live-pass check");
+        if self.auto_due() {
+            self.auto_judge(ratio);
+        }
         if ratio > 1.0 {
             tracing::info!(
                 went_stale,

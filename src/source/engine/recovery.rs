@@ -94,7 +94,7 @@ impl SourceEngine {
             Phase::Setup | Phase::Rounds | Phase::WorkingSet | Phase::Finished => {}
             Phase::SwitchOver | Phase::Push | Phase::AwaitDoneAck if !dest_runs => {
                 self.phase = Phase::SwitchOver;
-                let plan = SwitchPlan::again(self.cfg.mode, self.rounds.fallback(), self.version);
+                let plan = SwitchPlan::again(self.method(), self.rounds.fallback(), self.version);
                 self.ledger.drop_pending();
                 if plan.sends_pages() {
                     self.ledger.queue_needed();

@@ -87,7 +87,8 @@ impl SourceEngine {
         self.phase = Phase::SwitchOver;
         self.ledger.drop_pending();
         use SwitchItem::{NeedSet, Pages, State};
-        let items: &[SwitchItem] = match self.cfg.mode {
+        self.auto_record_switch();
+        let items: &[SwitchItem] = match self.method() {
             MigrationMode::Precopy if self.rounds.fallback() => {
                 // No convergence: what is still dirty would not fit the downtime, so it goes
                 // post-copy (need set, state, then faults and the push), not stop-and-copy.
@@ -105,7 +106,7 @@ impl SourceEngine {
                 &[NeedSet, Pages, State]
             }
             MigrationMode::Postcopy => &[NeedSet, State],
-            MigrationMode::Hybrid => {
+            MigrationMode::Hybrid | MigrationMode::Auto => {
                 // The hottest stale working-set pages go again in the downtime, as many as a
                 // quarter of the downtime target carries at the measured rate: the guest touches
                 // them first after the resume, so each one sent now is a network fault saved.
