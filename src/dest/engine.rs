@@ -106,8 +106,14 @@ pub struct DestEngine {
     /// Which pages are present, requested, needed, outstanding.
     residency: Residency,
     page_crc: Vec<u32>,
-    fault_started_ns: HashMap<u64, u64>,
+    /// Pages a thread waits on from the network: since when, and which vCPU asked first.
+    fault_waits: HashMap<u64, FaultWait>,
     fault_hist: LatencyHistogram,
+    /// Network-fault latencies summed per vCPU index (us); grows to the highest index seen,
+    /// at most [`VCPUS_ATTRIBUTED_MAX`].
+    blocked_us_per_vcpu: Vec<u64>,
+    /// Latencies of faults no vCPU index was given for, or past the bound (us).
+    blocked_us_unattributed: u64,
     next_request_id: u32,
     /// Fault requests waiting for the urgent stream, encoded when polled (no allocation per
     /// fault once the queue has reached its largest size).
@@ -154,6 +160,18 @@ enum BulkFrame {
     FaultRequest(wire::FaultRequest),
 }
 
+/// A network fault in progress: when its message was read, and the vCPU that raised it
+/// ([`wire::FAULT_VCPU_UNKNOWN`] when the VMM could not tell).
+#[derive(Debug, Clone, Copy)]
+struct FaultWait {
+    started_ns: u64,
+    vcpu: u32,
+}
+
+/// vCPU indices whose blocked time is kept apart; a higher one counts as unattributed, so a
+/// VMM's bogus index cannot grow the table.
+pub const VCPUS_ATTRIBUTED_MAX: usize = 1024;
+
 /// Windows between two acknowledgements on a stream (the source keeps every unacknowledged
 /// window so that a broken connection can be resumed without losing one).
 pub const ACK_EVERY_WINDOWS: u64 = 32;
@@ -181,8 +199,10 @@ impl DestEngine {
             phase: DestPhase::PreSwitch,
             residency: Residency::new(pages),
             page_crc: vec![zero_page_crc(); pages as usize],
-            fault_started_ns: HashMap::new(),
+            fault_waits: HashMap::new(),
             fault_hist: LatencyHistogram::new(),
+            blocked_us_per_vcpu: Vec::new(),
+            blocked_us_unattributed: 0,
             next_request_id: 1,
             fault_requests: VecDeque::new(),
             failed: None,
@@ -218,6 +238,19 @@ impl DestEngine {
     /// Fault latencies (uffd message to page placed), in microseconds.
     pub fn fault_histogram(&self) -> &LatencyHistogram {
         &self.fault_hist
+    }
+
+    /// Time each vCPU waited on network faults (us), indexed by vCPU: the latency of each
+    /// network fault goes to the vCPU whose fault sent the request (a second thread waiting on
+    /// the same page adds nothing, as in `vcpu_blocked_ms`). With
+    /// [`DestEngine::blocked_us_unattributed`] it sums to the histogram's `sum_us`.
+    pub fn blocked_us_per_vcpu(&self) -> &[u64] {
+        &self.blocked_us_per_vcpu
+    }
+
+    /// Network-fault latencies of threads that were not a known vCPU (us).
+    pub fn blocked_us_unattributed(&self) -> u64 {
+        self.blocked_us_unattributed
     }
 
     /// The page layout.
@@ -440,7 +473,8 @@ impl DestEngine {
         Ok(Some(DestEvent::Resumed))
     }
 
-    /// A vCPU touched missing page `page`.
+    /// A vCPU touched missing page `page`; `vcpu` is its index, or
+    /// [`wire::FAULT_VCPU_UNKNOWN`] for a thread the VMM does not know as a vCPU.
     pub fn on_fault(
         &mut self,
         page: u64,
@@ -476,25 +510,39 @@ impl DestEngine {
         self.stats.network_faults += 1;
         let now_ns = self.clock.now_ns();
         tracing::trace!(page, at_ns = now_ns, "destination: fault request");
-        self.fault_started_ns.insert(page, now_ns);
-        self.queue_fault_request(page, vcpu)
+        self.fault_waits.insert(page, FaultWait { started_ns: now_ns, vcpu });
+        self.queue_fault_request(page)
     }
 
     /// Queues a fault request for `page` with a fresh request id.
-    fn queue_fault_request(&mut self, page: u64, vcpu: u32) -> Result<(), DestError> {
-        let mut request =
+    fn queue_fault_request(&mut self, page: u64) -> Result<(), DestError> {
+        let request =
             self.fault_request_for(page).ok_or(DestError::FaultOutsideMemory { page })?;
-        request.vcpu = vcpu;
         self.fault_requests.push_back(request);
         Ok(())
     }
 
-    /// A fault request for `page` with a fresh request id (None outside memory).
+    /// A fault request for `page` with a fresh request id and the vCPU waiting on it (None
+    /// outside memory).
     fn fault_request_for(&mut self, page: u64) -> Option<wire::FaultRequest> {
         let (region, page_in_region) = self.layout.locate(page)?;
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        Some(wire::FaultRequest { region, page: page_in_region, vcpu: 0, request_id })
+        let vcpu = self.fault_waits.get(&page).map_or(wire::FAULT_VCPU_UNKNOWN, |w| w.vcpu);
+        Some(wire::FaultRequest { region, page: page_in_region, vcpu, request_id })
+    }
+
+    /// Adds a served fault's latency to the vCPU that waited for it.
+    fn charge_blocked(&mut self, vcpu: u32, latency_us: u64) {
+        let index = vcpu as usize;
+        if vcpu == wire::FAULT_VCPU_UNKNOWN || index >= VCPUS_ATTRIBUTED_MAX {
+            self.blocked_us_unattributed += latency_us;
+            return;
+        }
+        if self.blocked_us_per_vcpu.len() <= index {
+            self.blocked_us_per_vcpu.resize(index + 1, 0);
+        }
+        self.blocked_us_per_vcpu[index] += latency_us;
     }
 
     /// Answers a Ping with a Pong of the same sequence number: every frame before the Ping on
