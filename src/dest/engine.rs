@@ -18,12 +18,15 @@ use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod blocked;
 mod outgoing;
 mod placement;
 mod recovery;
 mod residency;
 mod retry;
 
+pub use blocked::VCPUS_ATTRIBUTED_MAX;
+use blocked::FaultWait;
 pub use outgoing::{BULK_FRAMES_MAX, FAULTS_WAITING_MAX};
 use placement::Placing;
 use residency::Residency;
@@ -160,18 +163,6 @@ enum BulkFrame {
     FaultRequest(wire::FaultRequest),
 }
 
-/// A network fault in progress: when its message was read, and the vCPU that raised it
-/// ([`wire::FAULT_VCPU_UNKNOWN`] when the VMM could not tell).
-#[derive(Debug, Clone, Copy)]
-struct FaultWait {
-    started_ns: u64,
-    vcpu: u32,
-}
-
-/// vCPU indices whose blocked time is kept apart; a higher one counts as unattributed, so a
-/// VMM's bogus index cannot grow the table.
-pub const VCPUS_ATTRIBUTED_MAX: usize = 1024;
-
 /// Windows between two acknowledgements on a stream (the source keeps every unacknowledged
 /// window so that a broken connection can be resumed without losing one).
 pub const ACK_EVERY_WINDOWS: u64 = 32;
@@ -238,19 +229,6 @@ impl DestEngine {
     /// Fault latencies (uffd message to page placed), in microseconds.
     pub fn fault_histogram(&self) -> &LatencyHistogram {
         &self.fault_hist
-    }
-
-    /// Time each vCPU waited on network faults (us), indexed by vCPU: the latency of each
-    /// network fault goes to the vCPU whose fault sent the request (a second thread waiting on
-    /// the same page adds nothing, as in `vcpu_blocked_ms`). With
-    /// [`DestEngine::blocked_us_unattributed`] it sums to the histogram's `sum_us`.
-    pub fn blocked_us_per_vcpu(&self) -> &[u64] {
-        &self.blocked_us_per_vcpu
-    }
-
-    /// Network-fault latencies of threads that were not a known vCPU (us).
-    pub fn blocked_us_unattributed(&self) -> u64 {
-        self.blocked_us_unattributed
     }
 
     /// The page layout.
@@ -532,18 +510,6 @@ impl DestEngine {
         Some(wire::FaultRequest { region, page: page_in_region, vcpu, request_id })
     }
 
-    /// Adds a served fault's latency to the vCPU that waited for it.
-    fn charge_blocked(&mut self, vcpu: u32, latency_us: u64) {
-        let index = vcpu as usize;
-        if vcpu == wire::FAULT_VCPU_UNKNOWN || index >= VCPUS_ATTRIBUTED_MAX {
-            self.blocked_us_unattributed += latency_us;
-            return;
-        }
-        if self.blocked_us_per_vcpu.len() <= index {
-            self.blocked_us_per_vcpu.resize(index + 1, 0);
-        }
-        self.blocked_us_per_vcpu[index] += latency_us;
-    }
 
     /// Answers a Ping with a Pong of the same sequence number: every frame before the Ping on
     /// this stream has been placed by now, which is what the source waits for before it pauses.
@@ -630,7 +596,7 @@ mod tests {
 
     /// Records what the engine asks of guest memory.
     #[derive(Default)]
-    struct Recorder {
+    pub(super) struct Recorder {
         placed: Vec<(u64, u64)>,
         zeroed: Vec<(u64, u64)>,
         woken: Vec<(u64, u64)>,
@@ -671,13 +637,13 @@ mod tests {
         }
     }
 
-    fn feed(dest: &mut DestEngine, stream: StreamKind, bytes: &[u8], sink: &mut Recorder) {
+    pub(super) fn feed(dest: &mut DestEngine, stream: StreamKind, bytes: &[u8], sink: &mut Recorder) {
         let (frame, _) = wire::decode_frame(bytes, &wire::Limits::default()).expect("frame");
         dest.on_frame(stream, frame, sink).expect("on_frame");
     }
 
     /// A post-copy destination of 64 pages, running, with every page in its need set.
-    fn running_postcopy(sink: &mut Recorder) -> DestEngine {
+    pub(super) fn running_postcopy(sink: &mut Recorder) -> DestEngine {
         const PAGES: u64 = 64;
         let layout = Layout::new(&[(0, PAGES * PAGE_SIZE as u64)]).expect("layout");
         let regions = vec![wire::Region { guest_phys: 0, size_bytes: PAGES * PAGE_SIZE as u64 }];
@@ -731,7 +697,7 @@ mod tests {
     }
 
     /// A bulk window of `data` (whole pages) from `first_page`.
-    fn window_of(first_page: u64, data: &[u8]) -> Vec<u8> {
+    pub(super) fn window_of(first_page: u64, data: &[u8]) -> Vec<u8> {
         let meta = wire::WindowMeta { region: 0, first_page, request_id: 0, urgent_answer: false };
         let mut out = Vec::new();
         let limits = wire::Limits::default();
