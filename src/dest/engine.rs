@@ -25,8 +25,8 @@ mod recovery;
 mod residency;
 mod retry;
 
-pub use blocked::VCPUS_ATTRIBUTED_MAX;
 use blocked::FaultWait;
+pub use blocked::VCPUS_ATTRIBUTED_MAX;
 pub use outgoing::{BULK_FRAMES_MAX, FAULTS_WAITING_MAX};
 use placement::Placing;
 use residency::Residency;
@@ -494,8 +494,7 @@ impl DestEngine {
 
     /// Queues a fault request for `page` with a fresh request id.
     fn queue_fault_request(&mut self, page: u64) -> Result<(), DestError> {
-        let request =
-            self.fault_request_for(page).ok_or(DestError::FaultOutsideMemory { page })?;
+        let request = self.fault_request_for(page).ok_or(DestError::FaultOutsideMemory { page })?;
         self.fault_requests.push_back(request);
         Ok(())
     }
@@ -509,7 +508,6 @@ impl DestEngine {
         let vcpu = self.fault_waits.get(&page).map_or(wire::FAULT_VCPU_UNKNOWN, |w| w.vcpu);
         Some(wire::FaultRequest { region, page: page_in_region, vcpu, request_id })
     }
-
 
     /// Answers a Ping with a Pong of the same sequence number: every frame before the Ping on
     /// this stream has been placed by now, which is what the source waits for before it pauses.
@@ -637,7 +635,12 @@ mod tests {
         }
     }
 
-    pub(super) fn feed(dest: &mut DestEngine, stream: StreamKind, bytes: &[u8], sink: &mut Recorder) {
+    pub(super) fn feed(
+        dest: &mut DestEngine,
+        stream: StreamKind,
+        bytes: &[u8],
+        sink: &mut Recorder,
+    ) {
         let (frame, _) = wire::decode_frame(bytes, &wire::Limits::default()).expect("frame");
         dest.on_frame(stream, frame, sink).expect("on_frame");
     }

@@ -55,8 +55,7 @@ mod window;
 
 pub use control::{
     Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest, FAULT_VCPU_UNKNOWN,
-    LOADED_REFUSED,
-    RESUME_DEST_COMPLETE, RESUME_DEST_RUNNING,
+    LOADED_REFUSED, RESUME_DEST_COMPLETE, RESUME_DEST_RUNNING,
 };
 pub use dirty::{encode_dirty_set, DirtyFormat, DirtyRuns, DirtySetRef, DirtyStats, PageRun};
 pub use error::WireError;
