@@ -517,6 +517,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         dst_netns: a.dst_netns,
         listen: a.listen,
         expected_digest: a.expected_digest,
+        reference_timeline: None,
         progress: !a.json && std::io::stderr().is_terminal(),
         progress_timeout: a.time.progress_timeout(),
         recover_timeout: a.time.recover_timeout(),
