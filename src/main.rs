@@ -319,7 +319,8 @@ struct MigrateArgs {
     /// first global IPv4 address in that namespace, port 0].
     #[arg(long)]
     listen: Option<String>,
-    /// Digest of an unmigrated run, if known (skips the reference run).
+    /// Digest of an unmigrated run, if known (skips the reference run, so the report has no
+    /// `degradation_pct`).
     #[arg(long, value_parser = parse_hex)]
     expected_digest: Option<u64>,
     #[command(flatten)]
