@@ -242,6 +242,11 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     report.workload = w.kind.name().to_string();
     report.mem_bytes = m.cfg.mem_bytes;
     report.vcpus = m.cfg.vcpus;
+    // The destination lists vCPUs up to the highest that faulted; one per vCPU reads better.
+    let per_vcpu = &mut report.vcpu_blocked_ms_per_vcpu;
+    if report.outcome == Outcome::Completed && per_vcpu.len() < m.cfg.vcpus as usize {
+        per_vcpu.resize(m.cfg.vcpus as usize, 0.0);
+    }
     report.ops = w.ops.unwrap_or(0);
     report.pace = w.pace_ops_per_sec.unwrap_or(0);
     report.digest_expected = hex(expected);
