@@ -320,7 +320,8 @@ struct MigrateArgs {
     /// first global IPv4 address in that namespace, port 0].
     #[arg(long)]
     listen: Option<String>,
-    /// Digest of an unmigrated run, if known (skips the reference run).
+    /// Digest of an unmigrated run, if known (skips the reference run, so the report has no
+    /// `degradation_pct`).
     #[arg(long, value_parser = parse_hex)]
     expected_digest: Option<u64>,
     #[command(flatten)]
@@ -518,6 +519,7 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         dst_netns: a.dst_netns,
         listen: a.listen,
         expected_digest: a.expected_digest,
+        reference_timeline: None,
         progress: !a.json && std::io::stderr().is_terminal(),
         progress_timeout: a.time.progress_timeout(),
         recover_timeout: a.time.recover_timeout(),

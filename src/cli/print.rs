@@ -83,6 +83,17 @@ pub(crate) fn print_migration(r: &MigrationReport) {
     );
 }
 
+/// `vcpu_blocked_ms`, with each vCPU's part when there are several.
+fn blocked_line(r: &MigrationReport) -> String {
+    let total = format!("{:.1} ms", r.vcpu_blocked_ms);
+    if r.vcpu_blocked_ms_per_vcpu.len() < 2 {
+        return total;
+    }
+    let parts: Vec<String> =
+        r.vcpu_blocked_ms_per_vcpu.iter().map(|ms| format!("{ms:.1}")).collect();
+    format!("{total} ({} ms by vCPU)", parts.join(" / "))
+}
+
 /// The few figures a person reads first, on aligned lines (the line above has them all).
 fn print_glance(r: &MigrationReport) {
     let rows = [
@@ -93,7 +104,12 @@ fn print_glance(r: &MigrationReport) {
             "faults",
             format!("{} (p50 {} us, p99 {} us)", r.network_faults, r.fault_us_p50, r.fault_us_p99),
         ),
-        ("vCPU blocked", format!("{:.1} ms", r.vcpu_blocked_ms)),
+        ("vCPU blocked", blocked_line(r)),
+        (
+            "slowdown",
+            r.degradation_pct
+                .map_or("no reference run".to_string(), |p| format!("{p:.1}% (vs unmigrated run)")),
+        ),
         ("on the wire", format!("{:.1} MiB", r.bytes_wire_total as f64 / (1 << 20) as f64)),
         ("recoveries", r.recoveries.to_string()),
         ("encrypted", if r.encrypted { "yes" } else { "no" }.to_string()),

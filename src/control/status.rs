@@ -85,6 +85,10 @@ pub struct View {
     pub pages_moved: u64,
     /// Destination: time vCPUs spent blocked on network faults so far (us).
     pub vcpu_blocked_us: u64,
+    /// Destination: the same by vCPU index (us); empty on the source.
+    pub vcpu_blocked_us_per_vcpu: Vec<u64>,
+    /// Destination: fault latencies in QEMU's power-of-two buckets; `None` on the source.
+    pub fault_latency_dist_us: Option<[u64; crate::metrics::POW2_BUCKETS]>,
 }
 
 /// The status a view gives, given the recovery state around it.
@@ -199,6 +203,12 @@ pub fn query_json(
                 "postcopy-requests": d.network_faults,
             });
             out["postcopy-blocktime"] = json!(view.vcpu_blocked_us / 1000);
+            let per_vcpu_ms: Vec<u64> =
+                view.vcpu_blocked_us_per_vcpu.iter().map(|us| us / 1000).collect();
+            out["postcopy-vcpu-blocktime"] = json!(per_vcpu_ms);
+            if let Some(dist) = &view.fault_latency_dist_us {
+                out["postcopy-latency-dist"] = json!(dist.as_slice());
+            }
             out["recoveries"] = json!(d.recoveries);
             out["counters"] = serde_json::to_value(d).unwrap_or(Value::Null);
         }
@@ -240,6 +250,8 @@ mod tests {
             total_pages: 10,
             pages_moved: 8,
             vcpu_blocked_us: 0,
+            vcpu_blocked_us_per_vcpu: Vec::new(),
+            fault_latency_dist_us: None,
         };
         let times = Times { first_ns: 1, ended_ns: 0 };
         let q = query_json(
@@ -257,5 +269,31 @@ mod tests {
         assert_eq!(q["ram"]["postcopy-requests"], 2);
         assert_eq!(q["counters"]["pages_raw"], 5);
         assert!(q["total-time"].is_u64());
+    }
+
+    #[test]
+    fn the_destination_gives_qemus_latency_distribution_and_per_vcpu_blocktime() {
+        let mut dist = [0u64; crate::metrics::POW2_BUCKETS];
+        dist[6] = 4;
+        let view = View {
+            phase: WingPhase::Dest(DestPhase::Running),
+            handed_over: true,
+            counters: Counters::Dest(Box::default()),
+            sent_bytes: [0, 0],
+            received_bytes: [0, 0],
+            total_pages: 10,
+            pages_moved: 4,
+            vcpu_blocked_us: 5_000,
+            vcpu_blocked_us_per_vcpu: vec![2_000, 3_000],
+            fault_latency_dist_us: Some(dist),
+        };
+        let times = Times { first_ns: 1, ended_ns: 0 };
+        let status = MigrationStatus::PostcopyActive;
+        let q = query_json(Side::Destination, status, Some(&view), times, None, None);
+        assert_eq!(q["postcopy-blocktime"], 5);
+        assert_eq!(q["postcopy-vcpu-blocktime"], json!([2, 3]));
+        let got = q["postcopy-latency-dist"].as_array().expect("postcopy-latency-dist");
+        assert_eq!(got.len(), 24);
+        assert_eq!(got[6], 4);
     }
 }

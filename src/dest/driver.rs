@@ -86,6 +86,16 @@ pub struct DestRun {
     pub fault_us_p999: u64,
     /// Sum of fault latencies: time vCPUs spent blocked on the network (ms).
     pub vcpu_blocked_ms: f64,
+    /// `vcpu_blocked_ms` by vCPU index (ms): each fault's latency goes to the vCPU that
+    /// raised it, named by its thread id ([`MigratableVm::vcpu_of_thread`]).
+    #[serde(default)]
+    pub vcpu_blocked_ms_per_vcpu: Vec<f64>,
+    /// The part of `vcpu_blocked_ms` whose thread the VMM did not name as a vCPU (ms).
+    #[serde(default)]
+    pub vcpu_blocked_ms_unattributed: f64,
+    /// Fault latencies in QEMU's 24 power-of-two buckets (bucket i: [2^i, 2^(i+1)) us).
+    #[serde(default)]
+    pub fault_latency_dist_us: Vec<u64>,
     /// Fault latency CDF: (us, fraction).
     pub fault_cdf: Vec<(u64, f64)>,
     /// Bytes this host sent on the bulk stream (acks, DoneAck).
@@ -194,6 +204,10 @@ fn finish_run(mut run: DestRun, engine: &DestEngine, io: &LoopIo) -> Result<Dest
     run.fault_us_p99 = hist.quantile_us(0.99);
     run.fault_us_p999 = hist.quantile_us(0.999);
     run.vcpu_blocked_ms = hist.sum_us() as f64 / 1e3;
+    run.vcpu_blocked_ms_per_vcpu =
+        engine.blocked_us_per_vcpu().iter().map(|&us| us as f64 / 1e3).collect();
+    run.vcpu_blocked_ms_unattributed = engine.blocked_us_unattributed() as f64 / 1e3;
+    run.fault_latency_dist_us = hist.pow2_dist().to_vec();
     run.fault_cdf = hist.cdf();
     if !engine.verified() {
         return Err(DestError::DigestMismatch {
@@ -318,6 +332,8 @@ impl Wing for DestWing<'_, '_> {
             received_bytes: io.streams.bytes_received,
             total_pages: self.engine.layout().total_pages(),
             vcpu_blocked_us: self.engine.fault_histogram().sum_us(),
+            vcpu_blocked_us_per_vcpu: self.engine.blocked_us_per_vcpu().to_vec(),
+            fault_latency_dist_us: Some(self.engine.fault_histogram().pow2_dist()),
         })
     }
 }
@@ -409,10 +425,13 @@ fn on_uffd_messages(
     bytes: &[u8],
 ) -> Result<(), DriverError> {
     for event in super::uffd::parse_messages(bytes) {
-        if let UffdEvent::PageFault { addr, .. } = event {
+        if let UffdEvent::PageFault { addr, thread_id, .. } = event {
             let page = page_of_host_addr(ctx.regions, ctx.layout, addr as usize)
                 .ok_or(DestError::FaultOutsideMemory { page: u64::MAX })?;
-            engine.on_fault(page, 0, &mut ctx.sink())?;
+            // A thread the VMM does not name (its own device thread, or a VMM without the
+            // method) is charged to no vCPU rather than guessed.
+            let vcpu = ctx.vm.vcpu_of_thread(thread_id).unwrap_or(crate::wire::FAULT_VCPU_UNKNOWN);
+            engine.on_fault(page, vcpu, &mut ctx.sink())?;
         }
     }
     Ok(())

@@ -18,12 +18,15 @@ use crate::wire::{self, MigrationMode, StreamKind};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+mod blocked;
 mod outgoing;
 mod placement;
 mod recovery;
 mod residency;
 mod retry;
 
+use blocked::FaultWait;
+pub use blocked::VCPUS_ATTRIBUTED_MAX;
 pub use outgoing::{BULK_FRAMES_MAX, FAULTS_WAITING_MAX};
 use placement::Placing;
 use residency::Residency;
@@ -106,8 +109,14 @@ pub struct DestEngine {
     /// Which pages are present, requested, needed, outstanding.
     residency: Residency,
     page_crc: Vec<u32>,
-    fault_started_ns: HashMap<u64, u64>,
+    /// Pages a thread waits on from the network: since when, and which vCPU asked first.
+    fault_waits: HashMap<u64, FaultWait>,
     fault_hist: LatencyHistogram,
+    /// Network-fault latencies summed per vCPU index (us); grows to the highest index seen,
+    /// at most [`VCPUS_ATTRIBUTED_MAX`].
+    blocked_us_per_vcpu: Vec<u64>,
+    /// Latencies of faults no vCPU index was given for, or past the bound (us).
+    blocked_us_unattributed: u64,
     next_request_id: u32,
     /// Fault requests waiting for the urgent stream, encoded when polled (no allocation per
     /// fault once the queue has reached its largest size).
@@ -181,8 +190,10 @@ impl DestEngine {
             phase: DestPhase::PreSwitch,
             residency: Residency::new(pages),
             page_crc: vec![zero_page_crc(); pages as usize],
-            fault_started_ns: HashMap::new(),
+            fault_waits: HashMap::new(),
             fault_hist: LatencyHistogram::new(),
+            blocked_us_per_vcpu: Vec::new(),
+            blocked_us_unattributed: 0,
             next_request_id: 1,
             fault_requests: VecDeque::new(),
             failed: None,
@@ -440,7 +451,8 @@ impl DestEngine {
         Ok(Some(DestEvent::Resumed))
     }
 
-    /// A vCPU touched missing page `page`.
+    /// A vCPU touched missing page `page`; `vcpu` is its index, or
+    /// [`wire::FAULT_VCPU_UNKNOWN`] for a thread the VMM does not know as a vCPU.
     pub fn on_fault(
         &mut self,
         page: u64,
@@ -476,25 +488,25 @@ impl DestEngine {
         self.stats.network_faults += 1;
         let now_ns = self.clock.now_ns();
         tracing::trace!(page, at_ns = now_ns, "destination: fault request");
-        self.fault_started_ns.insert(page, now_ns);
-        self.queue_fault_request(page, vcpu)
+        self.fault_waits.insert(page, FaultWait { started_ns: now_ns, vcpu });
+        self.queue_fault_request(page)
     }
 
     /// Queues a fault request for `page` with a fresh request id.
-    fn queue_fault_request(&mut self, page: u64, vcpu: u32) -> Result<(), DestError> {
-        let mut request =
-            self.fault_request_for(page).ok_or(DestError::FaultOutsideMemory { page })?;
-        request.vcpu = vcpu;
+    fn queue_fault_request(&mut self, page: u64) -> Result<(), DestError> {
+        let request = self.fault_request_for(page).ok_or(DestError::FaultOutsideMemory { page })?;
         self.fault_requests.push_back(request);
         Ok(())
     }
 
-    /// A fault request for `page` with a fresh request id (None outside memory).
+    /// A fault request for `page` with a fresh request id and the vCPU waiting on it (None
+    /// outside memory).
     fn fault_request_for(&mut self, page: u64) -> Option<wire::FaultRequest> {
         let (region, page_in_region) = self.layout.locate(page)?;
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-        Some(wire::FaultRequest { region, page: page_in_region, vcpu: 0, request_id })
+        let vcpu = self.fault_waits.get(&page).map_or(wire::FAULT_VCPU_UNKNOWN, |w| w.vcpu);
+        Some(wire::FaultRequest { region, page: page_in_region, vcpu, request_id })
     }
 
     /// Answers a Ping with a Pong of the same sequence number: every frame before the Ping on
@@ -582,7 +594,7 @@ mod tests {
 
     /// Records what the engine asks of guest memory.
     #[derive(Default)]
-    struct Recorder {
+    pub(super) struct Recorder {
         placed: Vec<(u64, u64)>,
         zeroed: Vec<(u64, u64)>,
         woken: Vec<(u64, u64)>,
@@ -623,13 +635,18 @@ mod tests {
         }
     }
 
-    fn feed(dest: &mut DestEngine, stream: StreamKind, bytes: &[u8], sink: &mut Recorder) {
+    pub(super) fn feed(
+        dest: &mut DestEngine,
+        stream: StreamKind,
+        bytes: &[u8],
+        sink: &mut Recorder,
+    ) {
         let (frame, _) = wire::decode_frame(bytes, &wire::Limits::default()).expect("frame");
         dest.on_frame(stream, frame, sink).expect("on_frame");
     }
 
     /// A post-copy destination of 64 pages, running, with every page in its need set.
-    fn running_postcopy(sink: &mut Recorder) -> DestEngine {
+    pub(super) fn running_postcopy(sink: &mut Recorder) -> DestEngine {
         const PAGES: u64 = 64;
         let layout = Layout::new(&[(0, PAGES * PAGE_SIZE as u64)]).expect("layout");
         let regions = vec![wire::Region { guest_phys: 0, size_bytes: PAGES * PAGE_SIZE as u64 }];
@@ -683,7 +700,7 @@ mod tests {
     }
 
     /// A bulk window of `data` (whole pages) from `first_page`.
-    fn window_of(first_page: u64, data: &[u8]) -> Vec<u8> {
+    pub(super) fn window_of(first_page: u64, data: &[u8]) -> Vec<u8> {
         let meta = wire::WindowMeta { region: 0, first_page, request_id: 0, urgent_answer: false };
         let mut out = Vec::new();
         let limits = wire::Limits::default();

@@ -248,4 +248,7 @@ impl MigratableVm for Watched<'_> {
         self.resumed = true;
         self.vm.resume()
     }
+    fn vcpu_of_thread(&self, thread_id: u32) -> Option<u32> {
+        self.vm.vcpu_of_thread(thread_id)
+    }
 }

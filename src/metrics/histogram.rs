@@ -1,14 +1,36 @@
-//! A log-linear latency histogram (HDR-like): constant memory, about 3% relative error.
+//! A log-linear latency histogram (HDR-like): constant memory, about 3% relative error, and
+//! beside it QEMU's coarse power-of-two distribution (`postcopy-latency-dist`).
 
 /// Sub-buckets per power of two; 32 gives a worst-case relative error of 1/32.
 const SUB_BUCKETS: usize = 32;
 /// Powers of two covered: values up to 2^40 microseconds.
 const OCTAVES: usize = 40;
 
+/// Buckets of QEMU's latency distribution (QEMU 10.1's `postcopy-latency-dist`).
+pub const POW2_BUCKETS: usize = 24;
+
+/// QEMU's bucket of a latency in microseconds: bucket i holds [2^i, 2^(i+1)) us; bucket 0
+/// also holds latencies under 1 us, and the last bucket everything from 2^23 us on.
+pub fn pow2_bucket_us(latency_us: u64) -> usize {
+    if latency_us == 0 {
+        return 0;
+    }
+    (63 - latency_us.leading_zeros() as usize).min(POW2_BUCKETS - 1)
+}
+
+/// [`pow2_bucket_us`] of a latency in nanoseconds (whole microseconds, rounded down, as the
+/// histogram records them).
+pub fn pow2_bucket_ns(latency_ns: u64) -> usize {
+    pow2_bucket_us(latency_ns / 1000)
+}
+
 /// Records latencies in microseconds and answers percentiles.
 #[derive(Clone)]
 pub struct LatencyHistogram {
     counts: Vec<u64>,
+    /// The same samples in QEMU's power-of-two buckets: an exact count, not derived from the
+    /// fine buckets.
+    pow2: [u64; POW2_BUCKETS],
     total: u64,
     sum_us: u64,
     max_us: u64,
@@ -22,7 +44,13 @@ impl std::fmt::Debug for LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        Self { counts: vec![0; SUB_BUCKETS * (OCTAVES + 1)], total: 0, sum_us: 0, max_us: 0 }
+        Self {
+            counts: vec![0; SUB_BUCKETS * (OCTAVES + 1)],
+            pow2: [0; POW2_BUCKETS],
+            total: 0,
+            sum_us: 0,
+            max_us: 0,
+        }
     }
 }
 
@@ -55,6 +83,7 @@ impl LatencyHistogram {
     /// Records one latency.
     pub fn record(&mut self, value_us: u64) {
         self.counts[Self::bucket_of(value_us)] += 1;
+        self.pow2[pow2_bucket_us(value_us)] += 1;
         self.total += 1;
         self.sum_us = self.sum_us.saturating_add(value_us);
         self.max_us = self.max_us.max(value_us);
@@ -63,6 +92,9 @@ impl LatencyHistogram {
     /// Adds every sample of `other`.
     pub fn merge(&mut self, other: &LatencyHistogram) {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.pow2.iter_mut().zip(&other.pow2) {
             *mine += theirs;
         }
         self.total += other.total;
@@ -78,6 +110,12 @@ impl LatencyHistogram {
     /// Sum of all samples, in microseconds.
     pub fn sum_us(&self) -> u64 {
         self.sum_us
+    }
+
+    /// Counts in QEMU's power-of-two buckets (see [`pow2_bucket_us`]); they sum to
+    /// [`LatencyHistogram::count`].
+    pub fn pow2_dist(&self) -> [u64; POW2_BUCKETS] {
+        self.pow2
     }
 
     /// The value at quantile `q` in 0..=1 (an upper bound within the bucket error); 0 if empty.
@@ -128,6 +166,33 @@ mod tests {
         assert_eq!(LatencyHistogram::new().quantile_us(0.5), 0);
         let cdf = hist.cdf();
         assert!((cdf.last().unwrap().1 - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn qemu_buckets_have_power_of_two_bounds() {
+        // Under 1 us and [1, 2) us share bucket 0, as in QEMU.
+        assert_eq!(pow2_bucket_ns(500), 0);
+        assert_eq!(pow2_bucket_us(0), 0);
+        assert_eq!(pow2_bucket_us(1), 0);
+        assert_eq!(pow2_bucket_ns(1_999), 0);
+        assert_eq!(pow2_bucket_us(2), 1);
+        assert_eq!(pow2_bucket_us(3), 1);
+        assert_eq!(pow2_bucket_us(4), 2);
+        assert_eq!(pow2_bucket_us(1023), 9);
+        assert_eq!(pow2_bucket_us(1024), 10);
+        assert_eq!(pow2_bucket_us((1 << 23) - 1), 22);
+        assert_eq!(pow2_bucket_us(1 << 23), 23);
+        assert_eq!(pow2_bucket_us(u64::MAX), POW2_BUCKETS - 1);
+        let mut hist = LatencyHistogram::new();
+        for us in [0, 1, 3, 1023, 1024, u64::MAX] {
+            hist.record(us);
+        }
+        let dist = hist.pow2_dist();
+        assert_eq!(dist.iter().sum::<u64>(), hist.count());
+        assert_eq!((dist[0], dist[1], dist[9], dist[10], dist[23]), (2, 1, 1, 1, 1));
+        let mut merged = LatencyHistogram::new();
+        merged.merge(&hist);
+        assert_eq!(merged.pow2_dist(), dist);
     }
 
     #[test]

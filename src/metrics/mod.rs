@@ -9,8 +9,11 @@ mod histogram;
 pub mod plot;
 mod timeline;
 
-pub use histogram::LatencyHistogram;
-pub use timeline::{degradation_pct, ProgressTimeline, BUCKET_MS};
+pub use histogram::{pow2_bucket_ns, pow2_bucket_us, LatencyHistogram, POW2_BUCKETS};
+pub use timeline::{
+    degradation_pct, score_at_op_positions, BoundedTimeline, OpSpanScore, ProgressTimeline,
+    BUCKET_MS,
+};
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
 pub fn mono_ns() -> u64 {

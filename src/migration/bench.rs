@@ -2,15 +2,15 @@
 //! and SVG plots.
 //!
 //! A [`BenchSpec`] (from defaults, `--quick`, a JSON file and command-line flags) names the
-//! modes, workloads, memory sizes, link profiles and repetitions. [`run_bench`] computes each
-//! (workload, memory) pair's unmigrated digest once, runs every cell `reps` times through
-//! [`migrate_local`], and writes the files into the output directory; [`summary`] renders the
-//! markdown and the plots. A link profile other than `loopback` is a `bench-env/netns` profile,
+//! modes, workloads, memory sizes, link profiles and repetitions. [`run_bench`] makes each
+//! (workload, memory) pair's unmigrated reference run (digest and timeline) once, runs every
+//! cell `reps` times through [`migrate_local`], and writes the files into the output
+//! directory; [`summary`] renders the markdown and the plots. A link profile other than `loopback` is a `bench-env/netns` profile,
 //! brought up before its cells and down at the end.
 
 pub mod summary;
 
-use super::local::unmigrated_digest;
+use super::reference::{run_reference, ReferenceRun};
 use super::report::MigrationReport;
 use super::{migrate_local, LocalMigration, MigrationError};
 use crate::source::{CompressionPolicy, LivePass};
@@ -355,8 +355,9 @@ pub fn run_bench(
     let bar = Bar::new(spec.run_count() as u64, progress);
     let script = netns_script(spec);
     let mut bed = NetnsBed { script, up: false };
-    // One unmigrated run per (workload, memory), shared by every profile.
-    let mut digests: Vec<((WorkloadKind, u64), u64)> = Vec::new();
+    // One unmigrated run per (workload, memory), shared by every profile: its digest, and its
+    // timeline to score each run's slowdown against.
+    let mut references: Vec<((WorkloadKind, u64), ReferenceRun)> = Vec::new();
     for profile in &spec.profiles {
         let netns = profile != LOOPBACK;
         if netns {
@@ -370,12 +371,12 @@ pub fn run_bench(
                     kind.name(),
                     mem_bytes >> 20
                 ));
-                let digest = match digests.iter().find(|d| d.0 == (kind, mem_bytes)) {
-                    Some(d) => d.1,
+                let reference = match references.iter().position(|r| r.0 == (kind, mem_bytes)) {
+                    Some(i) => references[i].1.clone(),
                     None => {
-                        let d = reference_digest(&cfg)?;
-                        digests.push(((kind, mem_bytes), d));
-                        d
+                        let run = reference_run(&cfg)?;
+                        references.push(((kind, mem_bytes), run.clone()));
+                        run
                     }
                 };
                 for rep in 0..spec.reps {
@@ -397,7 +398,8 @@ pub fn run_bench(
                             src_netns: netns.then(|| SRC_NS.to_string()),
                             dst_netns: netns.then(|| DST_NS.to_string()),
                             listen: None,
-                            expected_digest: Some(digest),
+                            expected_digest: Some(reference.digest),
+                            reference_timeline: Some(reference.timeline.clone()),
                             progress: false,
                             progress_timeout: Duration::from_secs(spec.timeout_s),
                             recover_timeout: Some(Duration::from_secs(60)),
@@ -445,9 +447,9 @@ fn one_run(m: &LocalMigration, profile: &str, rep: u32) -> BenchRun {
     }
 }
 
-/// The digest of an unmigrated run (see [`unmigrated_digest`]).
-fn reference_digest(cfg: &VmConfig) -> Result<u64, BenchError> {
-    unmigrated_digest(cfg).map_err(|source| BenchError::Reference {
+/// An unmigrated run (see [`run_reference`]).
+fn reference_run(cfg: &VmConfig) -> Result<ReferenceRun, BenchError> {
+    run_reference(cfg).map_err(|source| BenchError::Reference {
         workload: cfg.workload.kind.name().to_string(),
         mem_mib: cfg.mem_bytes >> 20,
         source,

@@ -16,8 +16,9 @@
 use super::report::{hex, DestReport, MigrationReport, Outcome, SourceReport};
 use super::{MigrationError, EXIT_CANCELLED};
 use crate::driver::inject::{InjectPlan, Side};
+use crate::metrics::ProgressTimeline;
 use crate::source::{CompressionPolicy, LivePass};
-use crate::vm::{run_local, VmConfig};
+use crate::vm::VmConfig;
 use crate::wire::MigrationMode;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -56,6 +57,9 @@ pub struct LocalMigration {
     pub listen: Option<String>,
     /// A known digest of the unmigrated run (skips the reference run).
     pub expected_digest: Option<u64>,
+    /// With `expected_digest`: the reference run's timeline, to score `degradation_pct`
+    /// against (`None`: the report has no `degradation_pct`, only its warm-up fallback).
+    pub reference_timeline: Option<ProgressTimeline>,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Both hosts fail after this long without progress, and the run is given up when
@@ -132,15 +136,9 @@ fn spawn(netns: Option<&str>, args: &[String]) -> Result<Child, MigrationError> 
     cmd.spawn().map_err(|source| MigrationError::Io { what: "spawning a host process", source })
 }
 
-/// The digest an unmigrated run of `cfg` ends at. The run is unpaced: the pace changes when
-/// ops happen, never what they do, so the digest is the same and comes sooner.
+/// The digest an unmigrated run of `cfg` ends at (see [`super::run_reference`]).
 pub fn unmigrated_digest(cfg: &VmConfig) -> Result<u64, MigrationError> {
-    let mut unpaced = cfg.clone();
-    unpaced.workload.pace_ops_per_sec = None;
-    run_local(&unpaced, None, 0, |_| {})?
-        .digest
-        .and_then(|d| u64::from_str_radix(&d, 16).ok())
-        .ok_or(MigrationError::ReferenceUnfinished)
+    Ok(super::run_reference(cfg)?.digest)
 }
 
 /// Runs the whole local migration and returns the merged report.
@@ -154,9 +152,12 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         m.src_netns.as_deref(),
         m.dst_netns.as_deref(),
     )?;
-    let expected = match m.expected_digest {
-        Some(d) => d,
-        None => unmigrated_digest(&m.cfg)?,
+    let (expected, reference) = match m.expected_digest {
+        Some(d) => (d, m.reference_timeline.clone()),
+        None => {
+            let run = super::run_reference(&m.cfg)?;
+            (run.digest, Some(run.timeline))
+        }
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
     // Removed when this function returns, whatever happens to the two hosts.
@@ -220,22 +221,32 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     let after_cancel = ProgressSeen::new(DEST_AFTER_CANCEL);
     let dst_watch = if cancelled { &after_cancel } else { &watch };
     let dst_exit = wait_host(&mut dest, "destination", dst_watch, read_all(dest_out), dst_err);
-    let mut report = if cancelled {
+    let (mut report, dst) = if cancelled {
         // The destination never ran the guest; its report says why it stopped, if it could.
         let dst = dst_exit.and_then(|exit| parse_report::<DestReport>(&exit, "destination"));
         let mut report = MigrationReport::merge_cancelled(&src, dst.as_ref().ok(), expected);
-        if let Err(e) = dst {
+        if let Err(e) = &dst {
             report.dest_cancel_reason = Some(e.to_string());
         }
-        report
+        (report, dst.ok())
     } else {
         let dst: DestReport = parse_report(&dst_exit?, "destination")?;
-        MigrationReport::merge(&src, &dst, expected, [dst.run.sent_bulk, dst.run.sent_urgent])
+        let sent = [dst.run.sent_bulk, dst.run.sent_urgent];
+        (MigrationReport::merge(&src, &dst, expected, sent), Some(dst))
     };
     let w = &m.cfg.workload;
+    if let Some(reference) = &reference {
+        let paced = w.pace_ops_per_sec.map(|p| (p * u64::from(m.cfg.vcpus)) as f64);
+        report.score_against_reference(&src, dst.as_ref(), reference, paced);
+    }
     report.workload = w.kind.name().to_string();
     report.mem_bytes = m.cfg.mem_bytes;
     report.vcpus = m.cfg.vcpus;
+    // The destination lists vCPUs up to the highest that faulted; one per vCPU reads better.
+    let per_vcpu = &mut report.vcpu_blocked_ms_per_vcpu;
+    if report.outcome == Outcome::Completed && per_vcpu.len() < m.cfg.vcpus as usize {
+        per_vcpu.resize(m.cfg.vcpus as usize, 0.0);
+    }
     report.ops = w.ops.unwrap_or(0);
     report.pace = w.pace_ops_per_sec.unwrap_or(0);
     report.digest_expected = hex(expected);

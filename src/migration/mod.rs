@@ -9,10 +9,12 @@ pub mod host;
 pub mod local;
 pub mod netns;
 pub mod progress;
+pub mod reference;
 pub mod report;
 
 pub use host::{run_dest_host, run_source_host, DestHostOptions, KvmGuest, SourceHostOptions};
 pub use local::{migrate_local, unmigrated_digest, LocalMigration};
+pub use reference::{run_reference, ReferenceRun};
 pub use report::{DestReport, GuestSite, MigrationReport, Outcome, SourceReport};
 
 /// Exit status of a `hybridmig` process whose migration was cancelled before the hand-over

@@ -2,7 +2,9 @@
 
 use crate::dest::driver::DestRun;
 use crate::driver::inject::Injected;
-use crate::metrics::{degradation_pct, ms_between, ProgressTimeline};
+use crate::metrics::{
+    degradation_pct, ms_between, score_at_op_positions, OpSpanScore, ProgressTimeline,
+};
 use crate::source::SourceStats;
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +114,8 @@ pub struct DestReport {
 
 /// The version of the report's layout: raised when a field changes meaning or goes away (a
 /// new field alone does not raise it), so a reader can refuse what it does not understand.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+/// 2: `degradation_pct` is scored against the unmigrated reference run, and null without one.
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// The merged report of one migration (the `--json` object of `hybridmig migrate`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -219,6 +222,17 @@ pub struct MigrationReport {
     pub fault_us_p999: u64,
     /// Time vCPUs spent blocked on network faults.
     pub vcpu_blocked_ms: f64,
+    /// `vcpu_blocked_ms` by vCPU index (ms); with `vcpu_blocked_ms_unattributed` it sums to
+    /// `vcpu_blocked_ms`.
+    #[serde(default)]
+    pub vcpu_blocked_ms_per_vcpu: Vec<f64>,
+    /// The part of `vcpu_blocked_ms` whose faulting thread the VMM did not name as a vCPU (ms).
+    #[serde(default)]
+    pub vcpu_blocked_ms_unattributed: f64,
+    /// Network-fault latencies in QEMU's `postcopy-latency-dist` buckets: 24 counts, bucket i
+    /// for [2^i, 2^(i+1)) us (bucket 0 also under 1 us, the last one everything above).
+    #[serde(default)]
+    pub fault_latency_dist_us: Vec<u64>,
     /// Working-set pages.
     pub ws_pages: u64,
     /// Fraction of the workload's true hot set in the working set.
@@ -262,8 +276,17 @@ pub struct MigrationReport {
     /// the pause (ms, summed over the drains: one more is made while many pages went stale).
     #[serde(default)]
     pub drain_ms: f64,
-    /// Slowdown of the guest during the migration against its rate before.
-    pub degradation_pct: f64,
+    /// Slowdown of the guest during the migration against the unmigrated reference run at
+    /// the same op positions (`degradation_basis`); `None` when no reference run was made.
+    #[serde(default)]
+    pub degradation_pct: Option<f64>,
+    /// What `degradation_pct` compared: the op span, and the time each run took over it.
+    #[serde(default)]
+    pub degradation_basis: Option<OpSpanScore>,
+    /// The fallback without a reference run: the slowdown against the guest's rate in the
+    /// first tenth of its warm-up, which understates it (that rate is below the steady one).
+    #[serde(default)]
+    pub degradation_warmup_pct: f64,
     /// The guest's digest after its ops, on the destination (hex).
     pub digest: String,
     /// The digest of an unmigrated run of the same workload (hex).
@@ -315,16 +338,15 @@ pub fn hex(digest: u64) -> String {
 }
 
 impl MigrationReport {
-    /// Merges the two hosts' reports; `expected` is the unmigrated run's digest.
+    /// Merges the two hosts' reports; `expected` is the unmigrated run's digest. Without a
+    /// reference run's timeline `degradation_pct` stays `None`: see
+    /// [`MigrationReport::score_against_reference`].
     pub fn merge(src: &SourceReport, dst: &DestReport, expected: u64, dest_sent: [u64; 2]) -> Self {
         let s = &src.stats;
         let d = &dst.run;
-        let start = s.start_ns;
-        let mut timeline = src.timeline.clone();
-        timeline.extend(&dst.timeline);
+        let (timeline, start, end) = migrated_span(src, Some(dst));
         let digest = dst.guest_digest.unwrap_or(0);
         let memory_digest_match = d.stats.memory_digest == s.memory_digest && s.memory_digest != 0;
-        let end = s.finished_ns.max(d.stats.complete_ns);
         MigrationReport {
             schema_version: REPORT_SCHEMA_VERSION,
             mode: src.mode.clone(),
@@ -355,6 +377,9 @@ impl MigrationReport {
             fault_us_p99: d.fault_us_p99,
             fault_us_p999: d.fault_us_p999,
             vcpu_blocked_ms: d.vcpu_blocked_ms,
+            vcpu_blocked_ms_per_vcpu: d.vcpu_blocked_ms_per_vcpu.clone(),
+            vcpu_blocked_ms_unattributed: d.vcpu_blocked_ms_unattributed,
+            fault_latency_dist_us: d.fault_latency_dist_us.clone(),
             ws_pages: s.ws_pages,
             ws_recall: s.ws_recall,
             rounds: s.rounds,
@@ -369,7 +394,12 @@ impl MigrationReport {
             ws_pass_abandoned: s.ws_pass_abandoned,
             write_hot_pages: src.write_hot_pages,
             drain_ms: s.drain_ms,
-            degradation_pct: degradation_pct(&timeline, start, end, src.baseline_ops_per_sec),
+            degradation_warmup_pct: degradation_pct(
+                &timeline,
+                start,
+                end,
+                src.baseline_ops_per_sec,
+            ),
             digest: hex(digest),
             digest_expected: hex(expected),
             verified: dst.guest_digest == Some(expected) && memory_digest_match,
@@ -404,8 +434,7 @@ impl MigrationReport {
     /// `expected` and that the destination (when it reported) never ran it.
     pub fn merge_cancelled(src: &SourceReport, dst: Option<&DestReport>, expected: u64) -> Self {
         let s = &src.stats;
-        // A cancel before the engine started (no connection) has no start: count from it.
-        let start = if s.start_ns > 0 { s.start_ns } else { src.cancelled_ns };
+        let (_, start, end) = migrated_span(src, None);
         let dest_ran = dst.is_some_and(|d| d.run.resume_ns > 0);
         let dest_injected = dst.map(|d| d.injected.as_slice()).unwrap_or_default();
         MigrationReport {
@@ -423,10 +452,10 @@ impl MigrationReport {
             pages_raw: s.pages_raw,
             pages_lz4: s.pages_lz4,
             stale_pages: s.stale_pages,
-            degradation_pct: degradation_pct(
+            degradation_warmup_pct: degradation_pct(
                 &src.timeline,
                 start,
-                src.guest_finished_ns,
+                end,
                 src.baseline_ops_per_sec,
             ),
             digest: hex(src.guest_digest.unwrap_or(0)),
@@ -443,13 +472,54 @@ impl MigrationReport {
         }
     }
 
+    /// Scores `degradation_pct` against `reference`, the timeline of an unmigrated run of the
+    /// same guest: the time the migrated guest took from the ops it had done at the
+    /// migration's start to those it had done at its end, against the time the reference run
+    /// took between the same ops. `paced_ops_per_sec` (all vCPUs) holds a paced guest to its
+    /// pace, since the reference run is unpaced. `dst` is the destination's half (`None` for
+    /// a cancelled migration, whose guest finished on the source).
+    pub fn score_against_reference(
+        &mut self,
+        src: &SourceReport,
+        dst: Option<&DestReport>,
+        reference: &ProgressTimeline,
+        paced_ops_per_sec: Option<f64>,
+    ) {
+        let dst = dst.filter(|_| self.outcome == Outcome::Completed);
+        let (timeline, start, end) = migrated_span(src, dst);
+        let score = score_at_op_positions(&timeline, start, end, reference, paced_ops_per_sec);
+        self.degradation_pct = score.as_ref().map(|s| s.degradation_pct);
+        self.degradation_basis = score;
+    }
+
     /// One line for people: the figures that matter.
     pub fn summary_line(&self) -> String {
         format!(
-            "mode={} total_ms={:.1} downtime_ms={:.2} bytes_wire_total={} network_faults={} fault_us_p50={} fault_us_p99={} vcpu_blocked_ms={:.1} ws_pages={} ws_recall={:.2} rounds={} degradation_pct={:.1} pages_zero={} pages_raw={} pages_lz4={} verified={}",
+            "mode={} total_ms={:.1} downtime_ms={:.2} bytes_wire_total={} network_faults={} fault_us_p50={} fault_us_p99={} vcpu_blocked_ms={:.1} ws_pages={} ws_recall={:.2} rounds={} degradation_pct={} pages_zero={} pages_raw={} pages_lz4={} verified={}",
             self.mode, self.total_ms, self.downtime_ms, self.bytes_wire_total, self.network_faults,
             self.fault_us_p50, self.fault_us_p99, self.vcpu_blocked_ms, self.ws_pages, self.ws_recall,
-            self.rounds, self.degradation_pct, self.pages_zero, self.pages_raw, self.pages_lz4, self.verified
+            self.rounds, self.degradation_pct.map_or("none".into(), |p| format!("{p:.1}")),
+            self.pages_zero, self.pages_raw, self.pages_lz4, self.verified
         )
+    }
+}
+
+/// The guest's progress over the migration, on the shared clock, with the migration's start
+/// and end: for a completed migration both hosts' timelines, from the start to the later of
+/// the source's release and the destination's last page; for a cancelled one (`dst` `None`)
+/// the source's, to the guest's end there.
+fn migrated_span(src: &SourceReport, dst: Option<&DestReport>) -> (ProgressTimeline, u64, u64) {
+    let s = &src.stats;
+    match dst {
+        Some(dst) => {
+            let mut timeline = src.timeline.clone();
+            timeline.extend(&dst.timeline);
+            (timeline, s.start_ns, s.finished_ns.max(dst.run.stats.complete_ns))
+        }
+        None => {
+            // A cancel before the engine started (no connection) has no start: count from it.
+            let start = if s.start_ns > 0 { s.start_ns } else { src.cancelled_ns };
+            (src.timeline.clone(), start, src.guest_finished_ns)
+        }
     }
 }

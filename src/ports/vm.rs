@@ -164,6 +164,16 @@ pub trait MigratableVm {
         let _ = (first, count, out);
         Ok(false)
     }
+    /// The index of the vCPU that runs on kernel thread `thread_id` (a tid as `gettid`
+    /// returns it, and as userfaultfd reports the faulting thread), or `None` for a thread
+    /// that is not one of this VM's vCPUs. The destination calls it for every fault message,
+    /// to charge the fault's wait to its vCPU (`vcpu_blocked_ms_per_vcpu`) and name it in the
+    /// fault request. Optional: the default knows no thread, and every fault is then counted
+    /// as unattributed.
+    fn vcpu_of_thread(&self, thread_id: u32) -> Option<u32> {
+        let _ = thread_id;
+        None
+    }
 }
 
 /// Forwards every call, so a caller can hand over `&mut vm` or a boxed VM and keep its own.
@@ -204,6 +214,9 @@ macro_rules! forward_migratable_vm {
                 out: &mut PageBitmap,
             ) -> Result<bool, EmbedError> {
                 (**self).untouched_pages(first, count, out)
+            }
+            fn vcpu_of_thread(&self, thread_id: u32) -> Option<u32> {
+                (**self).vcpu_of_thread(thread_id)
             }
         }
     )*};

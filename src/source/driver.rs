@@ -226,6 +226,8 @@ impl Wing for SourceWing<'_> {
             total_pages: self.engine.layout().total_pages(),
             pages_moved: self.engine.pages_sent(),
             vcpu_blocked_us: 0,
+            vcpu_blocked_us_per_vcpu: Vec::new(),
+            fault_latency_dist_us: None,
         })
     }
 }

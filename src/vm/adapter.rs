@@ -108,6 +108,10 @@ impl MigratableVm for KvmGuest<'_> {
         self.vm.restore_state(&state).map_err(vm_err("restore_state"))
     }
 
+    fn vcpu_of_thread(&self, thread_id: u32) -> Option<u32> {
+        self.vm.vcpu_of_thread(thread_id)
+    }
+
     /// Starts a new guest's vCPUs, or restarts those a switch-over paused (a cancelled
     /// migration's source guest runs on); harmless on a running guest.
     fn resume(&mut self) -> Result<(), EmbedError> {

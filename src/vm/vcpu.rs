@@ -7,7 +7,7 @@
 //! then completes any pending I/O with one more KVM_RUN (immediate_exit still set), releases
 //! the `VcpuFd` so the VMM can read or write its state, and waits on a condvar until resume.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,8 @@ pub(crate) struct Kick {
     pub pause: AtomicBool,
     immediate_exit: *const AtomicU8,
     thread: AtomicU64,
+    /// The thread's kernel id (0 until it runs): userfaultfd names a faulting thread by it.
+    tid: AtomicU32,
 }
 
 // SAFETY: `immediate_exit` points into the vCPU's kvm_run mapping, which lives as long as the
@@ -104,7 +106,12 @@ impl Kick {
     /// Remembers where `vcpu`'s immediate_exit byte is.
     pub fn new(vcpu: &mut VcpuFd) -> Kick {
         let p: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
-        Kick { pause: AtomicBool::new(false), immediate_exit: p.cast(), thread: AtomicU64::new(0) }
+        Kick {
+            pause: AtomicBool::new(false),
+            immediate_exit: p.cast(),
+            thread: AtomicU64::new(0),
+            tid: AtomicU32::new(0),
+        }
     }
 
     fn set_immediate_exit(&self, v: u8) {
@@ -120,6 +127,11 @@ impl Kick {
         if running {
             self.signal();
         }
+    }
+
+    /// Whether this vCPU's thread has kernel id `tid`.
+    pub fn runs_on(&self, tid: u32) -> bool {
+        tid != 0 && self.tid.load(Ordering::SeqCst) == tid
     }
 
     fn signal(&self) {
@@ -173,6 +185,10 @@ impl VcpuThread {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         self.kick.thread.store(me as u64, Ordering::SeqCst);
+        // SAFETY: gettid has no preconditions. Stored before the first KVM_RUN, so any fault
+        // this vCPU raises is read after its tid is known.
+        let tid = unsafe { libc::gettid() };
+        self.kick.tid.store(tid as u32, Ordering::SeqCst);
         let mut fd = lock(&self.fd);
         loop {
             if self.kick.pause.load(Ordering::SeqCst) {

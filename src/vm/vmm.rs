@@ -259,6 +259,11 @@ impl Vm {
         Ok(())
     }
 
+    /// The vCPU whose thread has kernel id `tid` (as userfaultfd names a faulting thread).
+    pub fn vcpu_of_thread(&self, tid: u32) -> Option<u32> {
+        self.kicks.iter().position(|k| k.runs_on(tid)).map(|i| i as u32)
+    }
+
     /// Whether [`Vm::start`] has run (the vCPUs exist and run unless paused or finished).
     pub fn is_started(&self) -> bool {
         self.started

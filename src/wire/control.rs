@@ -9,6 +9,9 @@
 use super::codec::{put_u32, put_u64, Cur};
 use super::{FrameType, Region, WireError};
 
+/// `FaultRequest::vcpu` of a fault whose thread is not a known vCPU.
+pub const FAULT_VCPU_UNKNOWN: u32 = u32::MAX;
+
 /// The destination asks for the page a vCPU faulted on (urgent stream). The answer is a
 /// `PageWindow` with the urgent-answer flag and the same request id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,7 +20,8 @@ pub struct FaultRequest {
     pub region: u32,
     /// Page index within the region.
     pub page: u64,
-    /// The vCPU that faulted.
+    /// The index of the vCPU that faulted, or [`FAULT_VCPU_UNKNOWN`] when the faulting thread
+    /// was not a vCPU the VMM named. Informational: the source answers alike.
     pub vcpu: u32,
     /// Chosen by the destination, echoed in the answer (0 and absent in version 1, where the
     /// answer is matched by page).

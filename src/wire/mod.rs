@@ -54,8 +54,8 @@ mod reader;
 mod window;
 
 pub use control::{
-    Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest, LOADED_REFUSED,
-    RESUME_DEST_COMPLETE, RESUME_DEST_RUNNING,
+    Control, ControlKind, Done, DoneAck, DoneVerdict, FaultRequest, FAULT_VCPU_UNKNOWN,
+    LOADED_REFUSED, RESUME_DEST_COMPLETE, RESUME_DEST_RUNNING,
 };
 pub use dirty::{encode_dirty_set, DirtyFormat, DirtyRuns, DirtySetRef, DirtyStats, PageRun};
 pub use error::WireError;

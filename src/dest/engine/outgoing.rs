@@ -24,7 +24,7 @@ pub const BULK_FRAMES_MAX: usize = FAULTS_WAITING_MAX + 64;
 impl DestEngine {
     /// Fails when one more fault may not wait for the network.
     pub(super) fn check_fault_room(&self) -> Result<(), DestError> {
-        if self.fault_started_ns.len() >= FAULTS_WAITING_MAX {
+        if self.fault_waits.len() >= FAULTS_WAITING_MAX {
             let bound = FAULTS_WAITING_MAX;
             return Err(DestError::QueueFull { queue: DestQueue::FaultsWaiting, bound });
         }

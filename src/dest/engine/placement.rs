@@ -197,7 +197,7 @@ impl DestEngine {
     /// `page` is placed; a fault that waited for it ends its latency now.
     pub(super) fn mark_present(&mut self, page: u64, now_ns: u64) {
         if self.residency.mark_present(page, self.phase == DestPhase::Running) {
-            if let Some(start) = self.fault_started_ns.remove(&page) {
+            if let Some(FaultWait { started_ns: start, vcpu }) = self.fault_waits.remove(&page) {
                 let latency_us = now_ns.saturating_sub(start) / 1000;
                 self.retries.answered(page, now_ns.saturating_sub(start));
                 self.stats.fault_us_max = self.stats.fault_us_max.max(latency_us);
@@ -209,6 +209,7 @@ impl DestEngine {
                     "destination: fault served"
                 );
                 self.fault_hist.record(latency_us);
+                self.charge_blocked(vcpu, latency_us);
             }
         }
     }

@@ -67,7 +67,7 @@ impl DestEngine {
         self.retries.restart(self.clock.now_ns());
         let waiting: Vec<u64> = self.residency.requested().collect();
         for page in waiting {
-            self.queue_fault_request(page, 0)?;
+            self.queue_fault_request(page)?;
         }
         tracing::info!(
             phase = ?self.phase,

@@ -60,20 +60,21 @@ impl Retries {
 impl DestEngine {
     /// True while a vCPU waits for a page from the network.
     pub fn faults_waiting(&self) -> bool {
-        !self.fault_started_ns.is_empty()
+        !self.fault_waits.is_empty()
     }
 
     /// Asks again, on bulk, for every page whose fault has waited past the retry time since it
     /// was last asked for. Call it often (the drivers' schedule does, each time it sends).
     pub fn poll_retries(&mut self) {
-        if self.phase != DestPhase::Running || self.fault_started_ns.is_empty() {
+        if self.phase != DestPhase::Running || self.fault_waits.is_empty() {
             return;
         }
         let now_ns = self.clock.now_ns();
         let wait_ns = self.retries.retry_after_ns();
         let mut due = std::mem::take(&mut self.retries.due);
         due.clear();
-        for (&page, &started_ns) in &self.fault_started_ns {
+        for (&page, wait) in &self.fault_waits {
+            let started_ns = wait.started_ns;
             let (last_ns, asks) = self.retries.asked.get(&page).copied().unwrap_or((started_ns, 0));
             if asks < RETRIES_PER_PAGE && now_ns.saturating_sub(last_ns) >= wait_ns {
                 due.push(page);

@@ -14,13 +14,16 @@ use std::path::Path;
 /// Reads one figure out of a report.
 pub type MetricFn = fn(&MigrationReport) -> f64;
 
-/// The metrics of the tables: name and how to read it from a report.
-pub const METRICS: [(&str, MetricFn); 5] = [
+/// The metrics of the tables: name and how to read it from a report (NaN: the run has no
+/// such figure, and it is left out of the cell's spread).
+pub const METRICS: [(&str, MetricFn); 7] = [
     ("total_ms", |r| r.total_ms),
     ("downtime_ms", |r| r.downtime_ms),
     ("network_faults", |r| r.network_faults as f64),
     ("fault_us_p99", |r| r.fault_us_p99 as f64),
     ("bytes_wire_total", |r| r.bytes_wire_total as f64),
+    ("vcpu_blocked_ms", |r| r.vcpu_blocked_ms),
+    ("degradation_pct", |r| r.degradation_pct.unwrap_or(f64::NAN)),
 ];
 
 /// Median, min and max of a sample.
@@ -156,6 +159,7 @@ fn group_tables(md: &mut String, results: &BenchResults, key: &GroupKey, modes: 
         let _ = writeln!(md, "| {mode} | {ok}/{} | {} |", runs.len(), cols.join(" | "));
     }
     let _ = writeln!(md);
+    latency_dist_table(md, results, key, modes);
     if !modes.iter().any(|m| m == "hybrid") {
         return;
     }
@@ -177,6 +181,50 @@ fn group_tables(md: &mut String, results: &BenchResults, key: &GroupKey, modes: 
             })
             .collect();
         let _ = writeln!(md, "| hybrid/{base} | {} |", cols.join(" | "));
+    }
+    let _ = writeln!(md);
+}
+
+/// The label of QEMU's latency bucket `i`: [2^i, 2^(i+1)) us, bucket 0 from 0, the last
+/// one open.
+fn pow2_label(i: usize) -> String {
+    let low = if i == 0 { 0 } else { 1u64 << i };
+    if i + 1 == crate::metrics::POW2_BUCKETS {
+        return format!(">={low} us");
+    }
+    format!("{low}-{} us", 1u64 << (i + 1))
+}
+
+/// Fault latencies in QEMU's `postcopy-latency-dist` buckets, summed over each cell's runs;
+/// only the buckets some cell of the group uses.
+fn latency_dist_table(md: &mut String, results: &BenchResults, key: &GroupKey, modes: &[String]) {
+    let sums: Vec<Vec<u64>> = modes
+        .iter()
+        .map(|mode| {
+            let mut sum = vec![0u64; crate::metrics::POW2_BUCKETS];
+            for r in cell_runs(results, key, mode).filter_map(|r| r.report.as_ref()) {
+                for (total, count) in sum.iter_mut().zip(&r.fault_latency_dist_us) {
+                    *total += count;
+                }
+            }
+            sum
+        })
+        .collect();
+    let used: Vec<usize> =
+        (0..crate::metrics::POW2_BUCKETS).filter(|&i| sums.iter().any(|sum| sum[i] > 0)).collect();
+    if used.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Fault latency (QEMU's `postcopy-latency-dist`), faults summed over the runs:\n"
+    );
+    let labels: Vec<String> = used.iter().map(|&i| pow2_label(i)).collect();
+    let _ = writeln!(md, "| mode | {} |", labels.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(used.len()));
+    for (mode, sum) in modes.iter().zip(&sums) {
+        let cols: Vec<String> = used.iter().map(|&i| sum[i].to_string()).collect();
+        let _ = writeln!(md, "| {mode} | {} |", cols.join(" | "));
     }
     let _ = writeln!(md);
 }
@@ -283,6 +331,7 @@ mod tests {
             network_faults: faults,
             verified,
             fault_cdf: vec![(100, 0.5), (400, 1.0)],
+            fault_latency_dist_us: (0..24).map(|i| u64::from(i == 6) * faults).collect(),
             progress_buckets: vec![(0.0, 10.0), (10.0, 12.0)],
             ..MigrationReport::default()
         };
@@ -331,6 +380,12 @@ mod tests {
         assert!(!md.contains("hybrid/precopy"), "{md}");
         assert!(md.contains("## Runs not verified"), "{md}");
         assert!(md.contains("Runs: 3 of 4 verified."), "{md}");
+        // Faults of 64-128 us, summed over each cell's runs; no degradation without reference.
+        assert!(md.contains("| 64-128 us |"), "{md}");
+        assert!(md.contains("| postcopy | 240 |"), "{md}");
+        assert!(md.contains("| hybrid | 50 |"), "{md}");
+        assert_eq!((pow2_label(0), pow2_label(10)), ("0-2 us".into(), "1024-2048 us".into()));
+        assert_eq!(pow2_label(23), ">=8388608 us");
     }
 
     #[test]
