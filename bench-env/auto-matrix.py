@@ -4,7 +4,8 @@
 Usage: bench-env/auto-matrix.py SPEC.json OUT_DIR [BIN]
        bench-env/auto-matrix.py --table OUT_DIR/runs.jsonl
   SPEC names a netns profile, a memory size, the modes, the reps and the guests (each a list
-  of `hybridmig migrate` guest arguments). For each guest it computes the unmigrated digest
+  of `hybridmig migrate` guest arguments), and when the migration starts (`migrate_after_ms`,
+  per guest in `migrate_after_ms_by_guest`). For each guest it computes the unmigrated digest
   once (`hybridmig run`), then for each rep runs every mode once, in an order that rotates
   with the rep, so the modes share the same minutes of a shared machine. The namespaces are
   named hm-auto-src/hm-auto-dst (override with HM_SRC_NS/HM_DST_NS) and torn down at the end.
@@ -49,11 +50,12 @@ def main():
     try:
         for name, guest in spec["guests"].items():
             expected = digest(binary, guest, spec["mem"])
+            after = spec.get("migrate_after_ms_by_guest", {}).get(name, spec["migrate_after_ms"])
             for rep in range(spec["reps"]):
                 k = rep % len(spec["modes"])
                 for mode in spec["modes"][k:] + spec["modes"][:k]:
                     cmd = [binary, "migrate", *guest, "--mem", spec["mem"], *ns, "--mode", mode,
-                           "--migrate-after-ms", str(spec["migrate_after_ms"]),
+                           "--migrate-after-ms", str(after),
                            "--expected-digest", expected, "--timeout-s", "300", "--json"]
                     r = subprocess.run(cmd, capture_output=True, text=True)
                     lines = [l for l in r.stdout.splitlines() if l.startswith("{")]

@@ -19,8 +19,12 @@
 use serde::{Deserialize, Serialize};
 
 /// Pages sent between two judgements while the guest runs (the first comes after this many,
-/// a small share of any guest, so a write-heavy guest goes post-copy early).
+/// a small share of any guest, so a write-heavy guest is found early).
 pub const AUTO_CHECK_PAGES: u64 = 2_048;
+
+/// Least time between two judgements (ns): on a fast path pages cross quickly, and each
+/// judgement harvests the dirty log, which costs the guest write faults.
+pub const AUTO_CHECK_MIN_NS: u64 = 20_000_000;
 
 /// Decisions kept for the report; later ones replace the last (a run makes a handful).
 pub const AUTO_DECISIONS_MAX: usize = 32;
@@ -106,9 +110,11 @@ impl AutoPolicy {
         self.postcopy
     }
 
-    /// Whether a judgement is due with `pages_sent` sent by now.
-    pub fn due(&self, pages_sent: u64) -> bool {
-        !self.postcopy && pages_sent >= self.last_check_pages + AUTO_CHECK_PAGES
+    /// Whether a judgement is due at `now_ns` with `pages_sent` sent by then.
+    pub fn due(&self, pages_sent: u64, now_ns: u64) -> bool {
+        !self.postcopy
+            && pages_sent >= self.last_check_pages + AUTO_CHECK_PAGES
+            && now_ns >= self.last_check_ns + AUTO_CHECK_MIN_NS
     }
 
     /// Nanoseconds since the last judgement, which the next one's rates are over.
@@ -187,11 +193,12 @@ mod tests {
     #[test]
     fn a_working_set_written_faster_than_the_link_goes_postcopy() {
         let mut auto = AutoPolicy::start(0, 0);
-        assert!(auto.due(AUTO_CHECK_PAGES));
+        assert!(!auto.due(AUTO_CHECK_PAGES, 1), "too soon");
+        assert!(auto.due(AUTO_CHECK_PAGES, AUTO_CHECK_MIN_NS));
         // 40,000 pages/s is 164 MB/s, over a 125 MB/s link.
         assert!(auto.judge(0, 100_000_000, AUTO_CHECK_PAGES, figures(40_000.0, 125.0)));
         assert!(auto.goes_postcopy());
-        assert!(!auto.due(10 * AUTO_CHECK_PAGES), "no judgement after going post-copy");
+        assert!(!auto.due(10 * AUTO_CHECK_PAGES, u64::MAX / 2), "none after going post-copy");
         let last = auto.decisions().last().expect("decision");
         assert_eq!(last.choice, AutoChoice::Postcopy);
         assert_eq!(last.at_ms, 100.0);
@@ -207,7 +214,7 @@ mod tests {
         assert_eq!(auto.decisions()[1].choice, AutoChoice::LivePass);
         assert!(!auto.judge(0, 2, 2 * AUTO_CHECK_PAGES, figures(5_000.0, 125.0)));
         assert_eq!(auto.decisions().len(), 2, "a judgement that changes nothing is not kept");
-        assert!(!auto.due(AUTO_CHECK_PAGES + 1), "the next judgement waits for more pages");
+        assert!(!auto.due(AUTO_CHECK_PAGES + 1, u64::MAX / 2), "the next waits for more pages");
     }
 
     #[test]

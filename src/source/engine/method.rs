@@ -52,7 +52,7 @@ impl SourceEngine {
 
     /// Whether auto judges at this live-pass check.
     pub(super) fn auto_due(&self) -> bool {
-        self.auto.as_ref().is_some_and(|auto| auto.due(self.pages_sent()))
+        self.auto.as_ref().is_some_and(|auto| auto.due(self.pages_sent(), self.now_ns()))
     }
 
     /// Auto's judgement on the dirty pages just harvested (`dirty_scratch`) and the live
