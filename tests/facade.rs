@@ -4,7 +4,7 @@
 
 mod vm_common;
 
-use hybridmig::facade::{DestBuilder, Outcome, SourceBuilder};
+use hybridmig::facade::{DestBuilder, Outcome, SourceBuilder, Step};
 use hybridmig::host_check::{require_kvm, require_uffd};
 use hybridmig::migration::KvmGuest;
 use hybridmig::secure::{Credential, Psk};
@@ -136,4 +136,80 @@ fn a_builder_without_a_credential_is_refused() {
     let end = dest.run(KvmGuest::new(&mut dst));
     let error = end.result.expect_err("no credential");
     assert!(error.to_string().contains("credential"), "{error}");
+}
+
+/// Steps `migration` from this thread's own poll loop until it ends: poll its descriptor for
+/// at most its interval, then one step of at most a few ms. Bounded by `limit`.
+macro_rules! step_to_end {
+    ($migration:expr, $limit:expr) => {{
+        let started = std::time::Instant::now();
+        let mut steps = 0u64;
+        loop {
+            assert!(started.elapsed() < $limit, "no end within {:?}", $limit);
+            if let Some(fd) = $migration.poll_fd() {
+                let wait_ms = $migration.step_within().as_millis().min(5) as i32;
+                let mut pfd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd on a live local, for a descriptor the migration keeps open.
+                unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            }
+            steps += 1;
+            match $migration.step(Duration::from_millis(3)).expect("step") {
+                Step::Pending => {}
+                Step::Finished(end) => break (end, steps),
+            }
+        }
+    }};
+}
+
+/// Both sides turned by loops of the test's own (one per thread) through the step call, in
+/// post-copy and hybrid: the guest ends exact, and the status moves through the same control
+/// state a handle reads.
+#[test]
+fn a_migration_stepped_from_the_callers_loop_ends_exact() {
+    if !ready("a_migration_stepped_from_the_callers_loop_ends_exact") {
+        return;
+    }
+    let c = cfg(WorkloadKind::HotCold, 1, 6, OPS);
+    let reference = run_plain(&c);
+    for (mode, session) in [(MigrationMode::Postcopy, 80), (MigrationMode::Hybrid, 81)] {
+        let mut src = Vm::new(&c).expect("source vm");
+        let mut dst = Vm::new_incoming(&c).expect("destination vm");
+        src.start().expect("start");
+        std::thread::sleep(Duration::from_millis(150));
+        let key = Psk::generate().expect("key");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::scope(|s| {
+            let dest = s.spawn(|| {
+                let mut migration = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
+                    .credential(Credential::Psk(key.clone()))
+                    .accept_timeout(Duration::from_secs(30))
+                    .on_listening(tx)
+                    .start(KvmGuest::new(&mut dst));
+                let (end, _) = step_to_end!(migration, Duration::from_secs(60));
+                end.result
+            });
+            let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the destination listens");
+            let mut migration = SourceBuilder::new(SourceConfig::new(mode, session))
+                .connect(addr)
+                .credential(Credential::Psk(key.clone()))
+                .start(KvmGuest::new(&mut src));
+            let events = migration.control().subscribe();
+            let (end, steps) = step_to_end!(migration, Duration::from_secs(60));
+            assert!(steps > 10, "{mode}: {steps} steps: the loop was not turned step by step");
+            assert!(end.handed_over, "{mode}: {:?}", end.result);
+            assert_eq!(end.result.expect("source"), Outcome::Completed, "{mode}");
+            assert!(end.stats.bytes_bulk > 0, "{mode}");
+            assert_eq!(migration.status().as_str(), "completed", "{mode}");
+            assert!(migration.step(Duration::ZERO).is_err(), "{mode}: stepped past its end");
+            let statuses: Vec<String> = events.try_iter().collect();
+            assert!(statuses.iter().any(|l| l.contains("completed")), "{mode}: {statuses:?}");
+            assert_eq!(dest.join().expect("thread").expect("destination"), Outcome::Completed);
+        });
+        let digest = dst.wait_finished(Duration::from_secs(30)).expect("run").expect("in time");
+        assert_eq!(digest, reference, "{mode}: the migrated guest diverged");
+    }
 }

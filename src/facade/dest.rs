@@ -1,16 +1,18 @@
 //! The destination side of the embedding API.
 
 use super::handle::MigrationHandle;
-use super::{FacadeError, Outcome};
-use crate::control::{connect, Control, Side};
-use crate::dest::driver::{run_dest_with_uffd, DestDriverOptions, DestRun};
+use super::{FacadeError, Outcome, Step};
+use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationStatus, Side};
+use crate::dest::driver::{DestDriverOptions, DestLoop, DestRun};
 use crate::dest::uffd::{Uffd, UFFD_FEATURE_THREAD_ID};
 use crate::driver::recovery::Recovery;
+use crate::driver::DriverError;
 use crate::embed::MigratableVm;
 use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, AcceptorConfig};
 use crate::transport::tcp::{PairListener, StreamPair, TcpOptions};
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,15 +154,40 @@ impl DestBuilder {
     }
 
     /// Receives the migration on the caller's thread, to its end.
-    pub fn run<V: MigratableVm>(self, mut vm: V) -> DestEnd<V> {
+    pub fn run<V: MigratableVm>(self, vm: V) -> DestEnd<V> {
         let control = self.control.clone();
-        let mut run = DestRun::default();
-        let result = self.receive(&mut vm, &mut run);
-        Outcome::publish(&result, &control);
-        DestEnd { vm, result, run }
+        let mut receiving = match Receiving::open(self, vm) {
+            Ok(receiving) => receiving,
+            Err((vm, result)) => return settle(vm, result, DestRun::default(), &control),
+        };
+        loop {
+            if let Some(result) = receiving.turn(Duration::MAX) {
+                return receiving.finish(result, &control);
+            }
+        }
     }
 
-    fn receive(self, vm: &mut dyn MigratableVm, out: &mut DestRun) -> Result<Outcome, FacadeError> {
+    /// Opens the migration for the caller's own loop, which then turns it with
+    /// [`DestMigration::step`]. The source's first connection is awaited here, blocking for up
+    /// to the accept timeout ([`Self::accept_timeout`]); a failure there is the first step's
+    /// outcome.
+    pub fn start<V: MigratableVm>(self, vm: V) -> DestMigration<V> {
+        let control = self.control.clone();
+        let stage = match Receiving::open(self, vm) {
+            Ok(receiving) => Stage::Running(Box::new(receiving)),
+            Err((vm, result)) => {
+                Stage::Ended(Box::new(settle(vm, result, DestRun::default(), &control)))
+            }
+        };
+        DestMigration { control, stage }
+    }
+
+    /// Listens or takes the caller's connections, and starts the loop: everything before the
+    /// first turn. `Ok(None)`: cancelled before the source came.
+    fn connect_and_start(
+        self,
+        vm: &dyn MigratableVm,
+    ) -> Result<Option<(DestLoop<'static>, StreamPair)>, FacadeError> {
         let control = Some(&*self.control);
         let accept = AcceptorConfig::new(wire_regions(&vm.regions()));
         let (pair, mut listener) = match self.target {
@@ -175,11 +202,7 @@ impl DestBuilder {
                 let next = connect::relisten_on_recover(control, &self.tcp, &accept);
                 let first =
                     connect::first_pair(control, &mut listener, &next, self.accept_timeout)?;
-                let Some(pair) = first else {
-                    return Ok(Outcome::Cancelled {
-                        reason: "cancelled before the source came".into(),
-                    });
-                };
+                let Some(pair) = first else { return Ok(None) };
                 (pair, Some((listener, next)))
             }
             Target::Streams(pair) => (*pair, None),
@@ -189,7 +212,7 @@ impl DestBuilder {
             None => Uffd::open_with_features(UFFD_FEATURE_THREAD_ID)?.0,
         };
         let session_id = pair.session.session_id;
-        let mut reaccept = |timeout: Duration| match listener.as_mut() {
+        let reaccept = move |timeout: Duration| match listener.as_mut() {
             Some((listener, next)) => {
                 connect::swap_in(listener, next);
                 listener.accept_session(session_id, timeout)
@@ -199,30 +222,178 @@ impl DestBuilder {
                 Err(crate::transport::tcp::TcpError::NoAddress)
             }
         };
-        let recovery =
-            self.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
+        let recovery: Option<Recovery<'static>> =
+            self.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(reaccept), timeout });
         let opts = DestDriverOptions { control: Some(self.control.clone()), ..self.driver };
-        let mut watched = Watched { vm, resumed: false };
-        let result = run_dest_with_uffd(uffd, &mut watched, &pair, &opts, &mut |_| {}, recovery);
-        match result {
-            Ok(run) => {
-                *out = run;
-                Ok(Outcome::Completed)
-            }
-            // Never resumed here: the source still has the guest, and nothing here is needed.
-            Err(error) if !watched.resumed => Ok(Outcome::Cancelled { reason: error.to_string() }),
-            Err(error) => Err(error.into()),
-        }
+        let dest = DestLoop::start(uffd, vm, &pair, &opts, recovery)?;
+        Ok(Some((dest, pair)))
     }
 }
 
+/// A destination-side migration turned by the caller's own loop ([`DestBuilder::start`]).
+///
+/// Call [`Self::step`] whenever [`Self::poll_fd`] polls readable (a frame or a guest's fault
+/// came), and at least every [`Self::step_within`]; each step waits at most its `max_wait`.
+/// One step may block longer: while a lost connection is being replaced (up to the recover
+/// timeout, [`DestBuilder::recover_timeout`]), and the last one while the source closes the
+/// connections (up to 10 s). While a vCPU waits for a page it is this loop that brings it:
+/// step often.
+#[derive(Debug)]
+pub struct DestMigration<V> {
+    control: Arc<Control>,
+    stage: Stage<V>,
+}
+
+#[derive(Debug)]
+enum Stage<V> {
+    Running(Box<Receiving<V>>),
+    /// Ended before a first step could tell it.
+    Ended(Box<DestEnd<V>>),
+    /// The end was given to the caller.
+    Gone,
+}
+
+/// A migration between two turns: the VM and the loop.
+#[derive(Debug)]
+struct Receiving<V> {
+    vm: V,
+    dest: DestLoop<'static>,
+    /// The caller's handles on the connections, kept open while the loop uses its own.
+    _pair: StreamPair,
+    /// True once the guest was resumed here.
+    resumed: bool,
+    cancelled: bool,
+}
+
+impl<V: MigratableVm> Receiving<V> {
+    /// The migration up to its first turn; else how it ended already.
+    #[allow(clippy::type_complexity)]
+    fn open(builder: DestBuilder, vm: V) -> Result<Self, (V, Result<Outcome, FacadeError>)> {
+        match builder.connect_and_start(&vm) {
+            Ok(Some((dest, pair))) => {
+                Ok(Self { vm, dest, _pair: pair, resumed: false, cancelled: false })
+            }
+            Ok(None) => {
+                let reason = "cancelled before the source came".into();
+                Err((vm, Ok(Outcome::Cancelled { reason })))
+            }
+            Err(error) => Err((vm, Err(error))),
+        }
+    }
+
+    /// One turn; the loop's result once it is over.
+    fn turn(&mut self, max_wait: Duration) -> Option<Result<DestRun, DriverError>> {
+        if self.cancelled {
+            return Some(Err(DriverError::Cancelled { phase: self.dest.phase() }));
+        }
+        let mut watched = Watched { vm: &mut self.vm, resumed: self.resumed };
+        let turned = self.dest.turn(&mut watched, &mut |_| {}, max_wait);
+        self.resumed = watched.resumed;
+        turned.transpose()
+    }
+
+    fn finish(self, result: Result<DestRun, DriverError>, control: &Control) -> DestEnd<V> {
+        let Receiving { vm, dest, _pair, resumed, .. } = self;
+        drop((dest, _pair));
+        let (result, run) = match result {
+            Ok(run) => (Ok(Outcome::Completed), run),
+            // Never resumed here: the source still has the guest, and nothing here is needed.
+            Err(error) if !resumed => {
+                (Ok(Outcome::Cancelled { reason: error.to_string() }), DestRun::default())
+            }
+            Err(error) => (Err(error.into()), DestRun::default()),
+        };
+        settle(vm, result, run, control)
+    }
+}
+
+impl<V: MigratableVm> DestMigration<V> {
+    /// One turn of the migration, waiting at most `max_wait` for something to do; the end,
+    /// with the VM, once it is over. Stepping again after that is [`FacadeError::Finished`].
+    pub fn step(&mut self, max_wait: Duration) -> Result<Step<DestEnd<V>>, FacadeError> {
+        match std::mem::replace(&mut self.stage, Stage::Gone) {
+            Stage::Running(mut receiving) => match receiving.turn(max_wait) {
+                None => {
+                    self.stage = Stage::Running(receiving);
+                    Ok(Step::Pending)
+                }
+                Some(result) => Ok(Step::Finished(receiving.finish(result, &self.control))),
+            },
+            Stage::Ended(end) => Ok(Step::Finished(*end)),
+            Stage::Gone => Err(FacadeError::Finished),
+        }
+    }
+
+    /// A descriptor that polls readable when the migration has something to do (None once it
+    /// ended). Poll it from the thread that steps: the ring's completions are posted there.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.stage {
+            Stage::Running(receiving) => Some(receiving.dest.ring_fd()),
+            Stage::Ended(_) | Stage::Gone => None,
+        }
+    }
+
+    /// The longest the caller may wait between two steps with nothing to read: the loop's
+    /// tick, or a millisecond while a fault waits for its page; zero once the end waits.
+    pub fn step_within(&self) -> Duration {
+        match &self.stage {
+            Stage::Running(receiving) => receiving.dest.tick(),
+            Stage::Ended(_) | Stage::Gone => Duration::ZERO,
+        }
+    }
+
+    /// Cancels the migration from the stepping thread while the guest has not run here and
+    /// its state was not loaded; the next step ends it. Other threads cancel through
+    /// [`Self::control`] ([`Control::request_cancel`]), answered in a step.
+    pub fn cancel(&mut self) -> Result<(), ControlError> {
+        match &mut self.stage {
+            Stage::Running(receiving) => {
+                let allowed = receiving.dest.may_cancel();
+                allowed.map_err(|reason| ControlError::CancelRefused { reason })?;
+                receiving.cancelled = true;
+                Ok(())
+            }
+            Stage::Ended(_) | Stage::Gone => Err(ControlError::CancelRefused {
+                reason: CancelRefusal::Ended(self.control.status()),
+            }),
+        }
+    }
+
+    /// The status now.
+    pub fn status(&self) -> MigrationStatus {
+        self.control.status()
+    }
+
+    /// The status with every counter of the report, as [`MigrationHandle::query`] gives it.
+    pub fn query(&self) -> serde_json::Value {
+        self.control.query()
+    }
+
+    /// The control channel: to serve on a socket, to subscribe to events, or to cancel or
+    /// redirect a recovery from another thread.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+}
+
+/// Ends the destination side and publishes the end on `control`.
+fn settle<V>(
+    vm: V,
+    result: Result<Outcome, FacadeError>,
+    run: DestRun,
+    control: &Control,
+) -> DestEnd<V> {
+    Outcome::publish(&result, control);
+    DestEnd { vm, result, run }
+}
+
 /// The caller's VM, watched for the one call that tells whether the guest ever ran here.
-struct Watched<'a> {
-    vm: &'a mut dyn MigratableVm,
+struct Watched<'a, V> {
+    vm: &'a mut V,
     resumed: bool,
 }
 
-impl MigratableVm for Watched<'_> {
+impl<V: MigratableVm> MigratableVm for Watched<'_, V> {
     fn regions(&self) -> Vec<crate::embed::HostRegion> {
         self.vm.regions()
     }

@@ -41,9 +41,20 @@ mod dest;
 mod handle;
 mod source;
 
-pub use dest::{DestBuilder, DestEnd};
+pub use dest::{DestBuilder, DestEnd, DestMigration};
 pub use handle::{MigrationEvent, MigrationHandle};
-pub use source::{SourceBuilder, SourceEnd};
+pub use source::{SourceBuilder, SourceEnd, SourceMigration};
+
+/// What one step of a migration the caller turns came to
+/// ([`SourceMigration::step`], [`DestMigration::step`]).
+#[derive(Debug)]
+pub enum Step<T> {
+    /// Not over yet: step again when the poll descriptor is readable, or within the interval
+    /// the migration names.
+    Pending,
+    /// Over on this side: the end, with the VM.
+    Finished(T),
+}
 
 use crate::driver::DriverError;
 use crate::transport::tcp::TcpError;
@@ -119,6 +130,9 @@ pub enum FacadeError {
         /// Which side.
         side: &'static str,
     },
+    /// A migration that already gave its end was stepped again.
+    #[error("the migration has ended and its end was already given")]
+    Finished,
     /// The thread the library started could not start, or it panicked.
     #[error("migration thread: {0}")]
     Thread(String),

@@ -1,16 +1,18 @@
 //! The source side of the embedding API.
 
 use super::handle::MigrationHandle;
-use super::{FacadeError, Outcome};
-use crate::control::{connect, Control, Side};
+use super::{FacadeError, Outcome, Step};
+use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationStatus, Side};
 use crate::driver::recovery::Recovery;
+use crate::driver::{DriverError, WingPhase};
 use crate::embed::MigratableVm;
 use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, Offer, SessionIntent};
-use crate::source::driver::{run_source_recovering, SourceDriverOptions};
+use crate::source::driver::{SourceDriverOptions, SourceLoop};
 use crate::source::{SourceConfig, SourceEngine, SourceStats};
 use crate::transport::tcp::{self, StreamPair, TcpOptions};
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,27 +144,42 @@ impl SourceBuilder {
     }
 
     /// Runs the migration on the caller's thread, to its end.
-    pub fn run<V: MigratableVm>(self, mut vm: V) -> SourceEnd<V> {
+    pub fn run<V: MigratableVm>(self, vm: V) -> SourceEnd<V> {
         let control = self.control.clone();
-        let mut handed_over = false;
-        let mut stats = SourceStats::default();
-        let result = self.migrate(&mut vm, &mut stats, &mut handed_over);
-        let result = match result {
-            Ok(()) => Ok(Outcome::Completed),
-            // The guest never left: it runs on here, resumed if the switch-over paused it.
-            Err(error) if !handed_over => cancel(&mut vm, error),
-            Err(error) => Err(error),
+        let mut running = match Running::open(self, vm) {
+            Ok(running) => running,
+            Err((vm, error)) => {
+                return settle(vm, Err(error), SourceStats::default(), false, &control)
+            }
         };
-        Outcome::publish(&result, &control);
-        SourceEnd { vm, result, stats, handed_over }
+        loop {
+            if let Some(result) = running.turn(Duration::MAX) {
+                return running.finish(result, &control);
+            }
+        }
     }
 
-    fn migrate(
+    /// Opens the migration for the caller's own loop, which then turns it with
+    /// [`SourceMigration::step`]. The first connection is dialled here, blocking for up to
+    /// 10 s while the destination is not listening yet; a failure there is the first step's
+    /// outcome (the guest runs on).
+    pub fn start<V: MigratableVm>(self, vm: V) -> SourceMigration<V> {
+        let control = self.control.clone();
+        let stage = match Running::open(self, vm) {
+            Ok(running) => Stage::Running(Box::new(running)),
+            Err((vm, error)) => {
+                let end = settle(vm, Err(error), SourceStats::default(), false, &control);
+                Stage::Ended(Box::new(end))
+            }
+        };
+        SourceMigration { control, stage }
+    }
+
+    /// Connects, builds the engine from `vm` and starts it: everything before the first turn.
+    fn connect_and_start(
         self,
         vm: &mut dyn MigratableVm,
-        stats: &mut SourceStats,
-        handed_over: &mut bool,
-    ) -> Result<(), FacadeError> {
+    ) -> Result<(SourceEngine, SourceLoop<'static>, StreamPair), FacadeError> {
         let control = Some(&*self.control);
         let offer = Offer::new(self.cfg.session_id, self.cfg.mode, wire_regions(&vm.regions()));
         let (pair, redial_to) = match self.target {
@@ -187,7 +204,7 @@ impl SourceBuilder {
         let resume = Offer { intent: SessionIntent::Resume, ticket: pair.ticket, ..offer };
         let tcp_options = self.tcp.clone();
         let ctl = self.control.clone();
-        let mut redial = |timeout: Duration| {
+        let redial = move |timeout: Duration| {
             let to = ctl.recover_target().or(redial_to);
             match to {
                 Some(addr) => tcp::redial(addr, &resume, &tcp_options, timeout),
@@ -198,17 +215,166 @@ impl SourceBuilder {
                 }
             }
         };
-        let recovery =
-            self.recover_timeout.map(|timeout| Recovery { reconnect: &mut redial, timeout });
+        let recovery: Option<Recovery<'static>> =
+            self.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(redial), timeout });
         let opts = SourceDriverOptions { control: Some(self.control.clone()), ..self.driver };
-        let result = run_source_recovering(&mut engine, vm, &pair, &opts, &mut |_| {}, recovery);
-        *handed_over = engine.handed_over();
-        *stats = match &result {
+        let source = SourceLoop::start(&mut engine, vm, &pair, &opts, recovery)?;
+        Ok((engine, source, pair))
+    }
+}
+
+/// A source-side migration turned by the caller's own loop ([`SourceBuilder::start`]).
+///
+/// Call [`Self::step`] whenever [`Self::poll_fd`] polls readable, and at least every
+/// [`Self::step_within`]; each step waits at most its `max_wait`. One step may block longer
+/// only while a lost connection is being replaced: up to the recover timeout
+/// ([`SourceBuilder::recover_timeout`]). The status and an operator's cancel go through the
+/// same [`Control`] as a [`MigrationHandle`]'s.
+#[derive(Debug)]
+pub struct SourceMigration<V> {
+    control: Arc<Control>,
+    stage: Stage<V>,
+}
+
+#[derive(Debug)]
+enum Stage<V> {
+    Running(Box<Running<V>>),
+    /// Ended before a first step could tell it.
+    Ended(Box<SourceEnd<V>>),
+    /// The end was given to the caller.
+    Gone,
+}
+
+/// A migration between two turns: the VM, the engine and the loop.
+#[derive(Debug)]
+struct Running<V> {
+    vm: V,
+    engine: SourceEngine,
+    source: SourceLoop<'static>,
+    /// The caller's handles on the connections, kept open while the loop uses its own.
+    _pair: StreamPair,
+    cancelled: bool,
+}
+
+impl<V: MigratableVm> Running<V> {
+    fn open(builder: SourceBuilder, mut vm: V) -> Result<Self, (V, FacadeError)> {
+        match builder.connect_and_start(&mut vm) {
+            Ok((engine, source, pair)) => {
+                Ok(Self { vm, engine, source, _pair: pair, cancelled: false })
+            }
+            Err(error) => Err((vm, error)),
+        }
+    }
+
+    /// One turn; the loop's result once it is over.
+    fn turn(&mut self, max_wait: Duration) -> Option<Result<SourceStats, DriverError>> {
+        if self.cancelled {
+            let phase = WingPhase::Source(self.engine.phase());
+            return Some(Err(DriverError::Cancelled { phase }));
+        }
+        self.source.turn(&mut self.engine, &mut self.vm, &mut |_| {}, max_wait).transpose()
+    }
+
+    fn finish(self, result: Result<SourceStats, DriverError>, control: &Control) -> SourceEnd<V> {
+        let Running { vm, engine, source, _pair, .. } = self;
+        // The connections close before the guest resumes or the end is published.
+        drop((source, _pair));
+        let handed_over = engine.handed_over();
+        let stats = match &result {
             Ok(done) => done.clone(),
             Err(_) => engine.stats().clone(),
         };
-        result.map(|_| ()).map_err(FacadeError::from)
+        settle(vm, result.map(drop).map_err(FacadeError::from), stats, handed_over, control)
     }
+}
+
+impl<V: MigratableVm> SourceMigration<V> {
+    /// One turn of the migration, waiting at most `max_wait` for something to do; the end,
+    /// with the VM, once it is over. Stepping again after that is [`FacadeError::Finished`].
+    pub fn step(&mut self, max_wait: Duration) -> Result<Step<SourceEnd<V>>, FacadeError> {
+        match std::mem::replace(&mut self.stage, Stage::Gone) {
+            Stage::Running(mut running) => match running.turn(max_wait) {
+                None => {
+                    self.stage = Stage::Running(running);
+                    Ok(Step::Pending)
+                }
+                Some(result) => Ok(Step::Finished(running.finish(result, &self.control))),
+            },
+            Stage::Ended(end) => Ok(Step::Finished(*end)),
+            Stage::Gone => Err(FacadeError::Finished),
+        }
+    }
+
+    /// A descriptor that polls readable when the migration has something to do (None once it
+    /// ended). Poll it from the thread that steps: the ring's completions are posted there.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.stage {
+            Stage::Running(running) => Some(running.source.ring_fd()),
+            Stage::Ended(_) | Stage::Gone => None,
+        }
+    }
+
+    /// The longest the caller may wait between two steps with nothing to read (the loop's
+    /// tick: the dirty-log passes and the deadlines run on it); zero once the end waits.
+    pub fn step_within(&self) -> Duration {
+        match &self.stage {
+            Stage::Running(running) => running.source.tick(),
+            Stage::Ended(_) | Stage::Gone => Duration::ZERO,
+        }
+    }
+
+    /// Cancels the migration from the stepping thread if it has not been handed over yet: the
+    /// next step ends it and resumes the guest here. Other threads cancel through
+    /// [`Self::control`] ([`Control::request_cancel`]), answered in a step.
+    pub fn cancel(&mut self) -> Result<(), ControlError> {
+        match &mut self.stage {
+            Stage::Running(running) if running.engine.handed_over() => {
+                Err(ControlError::CancelRefused { reason: CancelRefusal::HandedOver })
+            }
+            Stage::Running(running) => {
+                running.cancelled = true;
+                Ok(())
+            }
+            Stage::Ended(_) | Stage::Gone => Err(ControlError::CancelRefused {
+                reason: CancelRefusal::Ended(self.control.status()),
+            }),
+        }
+    }
+
+    /// The status now.
+    pub fn status(&self) -> MigrationStatus {
+        self.control.status()
+    }
+
+    /// The status with every counter of the report, as [`MigrationHandle::query`] gives it.
+    pub fn query(&self) -> serde_json::Value {
+        self.control.query()
+    }
+
+    /// The control channel: to serve on a socket, to subscribe to events, or to cancel or
+    /// redirect a recovery from another thread.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+}
+
+/// Ends the source side: a failure before the hand-over resumes the guest here, and the end
+/// is published on `control`.
+fn settle<V: MigratableVm>(
+    mut vm: V,
+    result: Result<(), FacadeError>,
+    stats: SourceStats,
+    handed_over: bool,
+    control: &Control,
+) -> SourceEnd<V> {
+    let result = match result {
+        Ok(()) => Ok(Outcome::Completed),
+        // The guest never left: it runs on here, resumed if the switch-over paused it.
+        Err(error) if !handed_over => cancel(&mut vm, error),
+        Err(error) => Err(error),
+    };
+    Outcome::publish(&result, control);
+    SourceEnd { vm, result, stats, handed_over }
 }
 
 /// A failure before the hand-over: the guest resumes here (a running guest is left as it is).

@@ -250,7 +250,8 @@ fn migrate_guest(
     // Each slice dials the operator's address once `migrate-recover` gave one.
     let mut redial =
         |timeout| tcp::redial(dial_target(control, opts.connect), &resume, &tcp_options, timeout);
-    let recovery = opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut redial, timeout });
+    let recovery =
+        opts.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(&mut redial), timeout });
     let mut on_tick = |e: &SourceEngine| {
         let now = mono_ns();
         if e.stats().pause_ns == 0 {
@@ -410,8 +411,9 @@ fn dest_host(
         controlled::swap_in(&mut listener, &next);
         listener.accept_session(session_id, timeout)
     };
-    let recovery =
-        opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
+    let recovery = opts
+        .recover_timeout
+        .map(|timeout| Recovery { reconnect: Box::new(&mut reaccept), timeout });
     let mut on_tick = |e: &crate::dest::DestEngine| {
         let running =
             matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
