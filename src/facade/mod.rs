@@ -43,7 +43,7 @@ mod source;
 
 pub use dest::{DestBuilder, DestEnd, DestMigration};
 pub use handle::{MigrationEvent, MigrationHandle};
-pub use source::{SourceBuilder, SourceEnd, SourceMigration};
+pub use source::{SourceBuilder, SourceEnd, SourceMigration, WorkingSet};
 
 /// What one step of a migration the caller turns came to
 /// ([`SourceMigration::step`], [`DestMigration::step`]).

@@ -6,11 +6,14 @@ use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationSta
 use crate::driver::recovery::Recovery;
 use crate::driver::{DriverError, WingPhase};
 use crate::embed::MigratableVm;
+use crate::ports::layout_of;
 use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, Offer, SessionIntent};
 use crate::source::driver::{SourceDriverOptions, SourceLoop};
+use crate::source::workingset::{WorkingSetSampler, SAMPLE_WINDOW};
 use crate::source::{SourceConfig, SourceEngine, SourceStats};
 use crate::transport::tcp::{self, StreamPair, TcpOptions};
+use crate::wire::MigrationMode;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -36,7 +39,26 @@ pub struct SourceBuilder {
     tcp: TcpOptions,
     driver: SourceDriverOptions,
     recover_timeout: Option<Duration>,
+    working_set: WorkingSet,
     control: Arc<Control>,
+}
+
+/// Where hybrid's working set comes from ([`SourceBuilder::working_set`]); other modes have
+/// none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WorkingSet {
+    /// As the [`SourceConfig`] has it (empty unless the caller filled it in). The default.
+    #[default]
+    AsConfigured,
+    /// Sampled while the guest runs, for `for_ms` before the first connection: with the VMM's
+    /// access sampler ([`MigratableVm::sample_accessed`]) when it has one, else from dirty-log
+    /// windows (written pages only). At most a quarter of memory, most used first.
+    Sample {
+        /// How long to sample (ms); the caller's thread is busy for that long.
+        for_ms: u64,
+    },
+    /// These pages (global page indices), most important first.
+    Pages(Vec<u64>),
 }
 
 /// How the source side ended, with its VM.
@@ -65,6 +87,7 @@ impl SourceBuilder {
             tcp: TcpOptions::default(),
             driver,
             recover_timeout: Some(Duration::from_secs(60)),
+            working_set: WorkingSet::AsConfigured,
             control: Arc::new(Control::new(Side::Source)),
         }
     }
@@ -86,6 +109,14 @@ impl SourceBuilder {
     /// lost connection ends the migration). Default 60 s.
     pub fn recover_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.recover_timeout = timeout;
+        self
+    }
+
+    /// Where hybrid's working set comes from (default: the configuration's). With
+    /// [`WorkingSet::Sample`] the guest is sampled on the caller's thread before the first
+    /// connection, in [`Self::run`], [`Self::spawn`]'s thread or [`Self::start`].
+    pub fn working_set(mut self, working_set: WorkingSet) -> Self {
+        self.working_set = working_set;
         self
     }
 
@@ -175,11 +206,33 @@ impl SourceBuilder {
         SourceMigration { control, stage }
     }
 
+    /// Fills in hybrid's working set as [`Self::working_set`] says.
+    fn estimate_working_set(&mut self, vm: &mut dyn MigratableVm) -> Result<(), FacadeError> {
+        let hybrid = matches!(self.cfg.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
+        match std::mem::take(&mut self.working_set) {
+            WorkingSet::AsConfigured => {}
+            WorkingSet::Pages(pages) => self.cfg.working_set = pages,
+            WorkingSet::Sample { for_ms } if hybrid => {
+                let total_pages = layout_of(&vm.regions())?.total_pages();
+                let mut sampler = WorkingSetSampler::new(total_pages, SAMPLE_WINDOW);
+                let control = Some(&*self.control);
+                let period = Duration::from_millis(for_ms);
+                if !sampler.sample_for(vm, period, || !connect::cancel_taken(control))? {
+                    return Err(FacadeError::Cancelled { before: "the migration started" });
+                }
+                self.cfg.working_set = sampler.estimate(total_pages / 4);
+            }
+            WorkingSet::Sample { .. } => {}
+        }
+        Ok(())
+    }
+
     /// Connects, builds the engine from `vm` and starts it: everything before the first turn.
     fn connect_and_start(
-        self,
+        mut self,
         vm: &mut dyn MigratableVm,
     ) -> Result<(SourceEngine, SourceLoop<'static>, StreamPair), FacadeError> {
+        self.estimate_working_set(vm)?;
         let control = Some(&*self.control);
         let offer = Offer::new(self.cfg.session_id, self.cfg.mode, wire_regions(&vm.regions()));
         let (pair, redial_to) = match self.target {

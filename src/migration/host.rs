@@ -10,13 +10,12 @@ use crate::control::{Control, MigrationStatus};
 use crate::dest::driver::{run_dest_recovering, DestDriverOptions};
 use crate::driver::inject::{Injection, Side, SidePlan};
 use crate::driver::recovery::Recovery;
-use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::MigratableVm;
 use crate::secure::SecureConfig;
 use crate::session::{wire_regions, AcceptorConfig, Offer, SessionIntent};
 use crate::source::driver::{run_source_recovering, SourceDriverOptions};
-use crate::source::workingset::WorkingSetTracker;
+use crate::source::workingset::{WorkingSetSampler, SAMPLE_WINDOW};
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
 use crate::transport::tcp;
 use crate::vm::{Vm, VmConfig};
@@ -76,8 +75,6 @@ fn progress_line(phase: &str, pages: u64, total: u64, ops: u64) {
 /// Period of `PROGRESS` lines.
 const PROGRESS_LINE_NS: u64 = 100_000_000;
 
-/// Sampling window of the working-set tracker (page-table Accessed bits).
-const WS_WINDOW: Duration = Duration::from_millis(100);
 /// Progress sampling period.
 const SAMPLE: Duration = Duration::from_millis(10);
 
@@ -156,9 +153,8 @@ fn warm_up(
     report: &mut SourceReport,
 ) -> Result<SourceConfig, MigrationError> {
     let pages = vm.total_pages();
-    // Accessed bits see reads too, so one touch in the tracking period makes a page a
-    // candidate; pages are ranked by how many windows touched them.
-    let mut tracker = WorkingSetTracker::new(pages, 1);
+    // The library's estimator, on the built-in VMM's Accessed bits.
+    let mut sampler = WorkingSetSampler::new(pages, SAMPLE_WINDOW);
     let started = mono_ns();
     let migrate_at = started + opts.migrate_after_ms * 1_000_000;
     // Track the working set over the last 90% of the pre-migration run; the first 10% gives
@@ -166,8 +162,6 @@ fn warm_up(
     // pages it touches).
     let track_from = started + opts.migrate_after_ms * 100_000;
     let tracks = matches!(opts.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
-    let (mut tracking, mut last_window) = (false, 0u64);
-    let mut window = PageBitmap::new(pages);
     let mut last_progress = 0u64;
     while mono_ns() < migrate_at {
         if cancel_taken(opts.control.as_deref()) {
@@ -180,20 +174,15 @@ fn warm_up(
             last_progress = now;
             progress_line("Before", 0, pages, vm.ops_done());
         }
-        if tracks && !tracking && now >= track_from {
-            report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
-            (tracking, last_window) = (true, now);
-        } else if tracking && now - last_window >= WS_WINDOW.as_nanos() as u64 {
-            window.clear_all();
-            report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
-            tracker.record_window(&window);
-            last_window = now;
+        if tracks && now >= track_from {
+            sampler.poll(&mut KvmGuest::new(vm), now).map_err(crate::source::SourceError::from)?;
         }
     }
+    report.ws_sample_pause_ms = sampler.stopped().as_secs_f64() * 1e3;
     report.baseline_ops_per_sec = report.timeline.ops_between(started, track_from.min(migrate_at))
         * 1e9
         / (track_from.min(migrate_at) - started).max(1) as f64;
-    report.ws_windows = tracker.windows();
+    report.ws_windows = sampler.windows();
     report.write_hot_pages = vm.write_hot_pages().len() as u64;
 
     let mut cfg = SourceConfig::new(opts.mode, opts.session_id);
@@ -205,7 +194,7 @@ fn warm_up(
     cfg.true_hot_set = vm.hot_pages();
     if tracks {
         let structures = structure_pages(vm);
-        let estimate = tracker.estimate((pages / 4).saturating_sub(structures.len() as u64));
+        let estimate = sampler.estimate((pages / 4).saturating_sub(structures.len() as u64));
         cfg.working_set = structures.into_iter().chain(estimate).collect();
     }
     Ok(cfg)
