@@ -517,7 +517,11 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         dst_netns: a.dst_netns,
         listen: a.listen,
         expected_digest: a.expected_digest,
-        progress: !a.json && std::io::stderr().is_terminal(),
+        progress: if std::io::stderr().is_terminal() {
+            hybridmig::migration::phases::ProgressOutput::Terminal
+        } else {
+            hybridmig::migration::phases::ProgressOutput::Lines
+        },
         progress_timeout: a.time.progress_timeout(),
         recover_timeout: a.time.recover_timeout(),
         liveness: a.time.liveness(),

@@ -4,8 +4,11 @@
 //! [`SourceBuilder`] and on the destination host a [`DestBuilder`]. Each takes the VM, the
 //! configuration, the credential and where to connect (an address, a listener, or sockets the
 //! caller already connected), and either runs the migration on a thread the library starts
-//! ([`SourceBuilder::spawn`], [`DestBuilder::spawn`]) or on the caller's thread
-//! ([`SourceBuilder::run`], [`DestBuilder::run`]). The [`MigrationHandle`] gives the live
+//! ([`SourceBuilder::spawn`], [`DestBuilder::spawn`]), on the caller's thread
+//! ([`SourceBuilder::run`], [`DestBuilder::run`]), or on the caller's own event loop, one
+//! step at a time ([`SourceBuilder::start`], [`DestBuilder::start`], then
+//! [`SourceMigration::step`] whenever its poll descriptor is readable). The [`MigrationHandle`]
+//! gives the live
 //! status with every counter, a cancel, a recovery to a new address, and a stream of events;
 //! [`MigrationHandle::join`] gives the VM back with the outcome.
 //!

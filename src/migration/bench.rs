@@ -398,7 +398,7 @@ pub fn run_bench(
                             dst_netns: netns.then(|| DST_NS.to_string()),
                             listen: None,
                             expected_digest: Some(digest),
-                            progress: false,
+                            progress: super::phases::ProgressOutput::Off,
                             progress_timeout: Duration::from_secs(spec.timeout_s),
                             recover_timeout: Some(Duration::from_secs(60)),
                             liveness: Some(crate::transport::tcp::DEFAULT_LIVENESS),

@@ -66,10 +66,11 @@ pub struct SourceHostOptions {
     pub security: Option<SecureConfig>,
 }
 
-/// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops. A parent
-/// (`hybridmig migrate`) draws its progress bar from it and treats a change in it as progress.
-fn progress_line(phase: &str, pages: u64, total: u64, ops: u64) {
-    eprintln!("PROGRESS {phase} {pages} {total} {ops}");
+/// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops, bytes
+/// sent or received. A parent (`hybridmig migrate`) shows the phases from it and treats a
+/// change in it as progress.
+fn progress_line(phase: &str, pages: u64, total: u64, ops: u64, bytes: u64) {
+    eprintln!("PROGRESS {phase} {pages} {total} {ops} {bytes}");
 }
 
 /// Period of `PROGRESS` lines.
@@ -172,7 +173,7 @@ fn warm_up(
         report.timeline.record(now, vm.ops_done());
         if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
             last_progress = now;
-            progress_line("Before", 0, pages, vm.ops_done());
+            progress_line("Before", 0, pages, vm.ops_done(), 0);
         }
         if tracks && now >= track_from {
             sampler.poll(&mut KvmGuest::new(vm), now).map_err(crate::source::SourceError::from)?;
@@ -230,15 +231,24 @@ fn migrate_guest(
     let ops_source = OpsReader::new(&guest);
     let progress_lines = opts.progress_lines;
     let mut last_progress = 0u64;
+    // A phase change is shown at once, however short the phase.
+    let mut last_phase = None;
     let driver_opts = SourceDriverOptions {
         progress_timeout: opts.progress_timeout,
         inject: injection.clone(),
         control: opts.control.clone(),
         ..Default::default()
     };
+    // The last progress line's figures, for the lines a recovery prints.
+    let shown = std::cell::Cell::new((0u64, 0u64, 0u64, 0u64));
     // Each slice dials the operator's address once `migrate-recover` gave one.
-    let mut redial =
-        |timeout| tcp::redial(dial_target(control, opts.connect), &resume, &tcp_options, timeout);
+    let mut redial = |timeout| {
+        if progress_lines {
+            let (pages, total, ops, bytes) = shown.get();
+            progress_line("Recovering", pages, total, ops, bytes);
+        }
+        tcp::redial(dial_target(control, opts.connect), &resume, &tcp_options, timeout)
+    };
     let recovery =
         opts.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(&mut redial), timeout });
     let mut on_tick = |e: &SourceEngine| {
@@ -246,15 +256,15 @@ fn migrate_guest(
         if e.stats().pause_ns == 0 {
             timeline.record(now, ops_source.ops());
         }
-        if progress_lines && now - last_progress > PROGRESS_LINE_NS {
+        let phase = Some(e.phase());
+        if progress_lines && (now - last_progress > PROGRESS_LINE_NS || phase != last_phase) {
             last_progress = now;
             let ops = ops_source.ops();
-            progress_line(
-                &format!("{:?}", e.phase()),
-                e.pages_sent(),
-                e.layout().total_pages(),
-                ops,
-            );
+            let (pages, total) = (e.pages_sent(), e.layout().total_pages());
+            let bytes = e.stats().bytes_bulk + e.stats().bytes_urgent;
+            shown.set((pages, total, ops, bytes));
+            progress_line(&format!("{:?}", e.phase()), pages, total, ops, bytes);
+            last_phase = phase;
         }
     };
     let result =
@@ -394,6 +404,8 @@ fn dest_host(
         ..Default::default()
     };
     let mut last_progress = 0u64;
+    // A phase change is shown at once, however short the phase.
+    let mut last_phase = None;
     let session_id = pair.session.session_id;
     // A listener `migrate-recover` bound replaces this one between two slices.
     let mut reaccept = |timeout| {
@@ -411,11 +423,14 @@ fn dest_host(
         if counters_here {
             timeline.record(now, ops_source.ops());
         }
-        if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
+        let phase = Some(e.phase());
+        if opts.progress_lines && (now - last_progress > PROGRESS_LINE_NS || phase != last_phase) {
             last_progress = now;
             let ops = if counters_here { ops_source.ops() } else { 0 };
-            let phase = format!("{:?}", e.phase());
-            progress_line(&phase, e.stats().pages_placed, e.layout().total_pages(), ops);
+            let (pages, total) = (e.stats().pages_placed, e.layout().total_pages());
+            let bytes = e.stats().bytes_bulk + e.stats().bytes_urgent;
+            progress_line(&format!("{:?}", e.phase()), pages, total, ops, bytes);
+            last_phase = phase;
         }
     };
     let result = run_dest_recovering(&mut guest, &pair, &driver_opts, &mut on_tick, recovery);
@@ -434,13 +449,14 @@ fn dest_host(
         control.finish(MigrationStatus::Completed, None);
     }
     let total = vm.total_pages();
+    let received = report.run.stats.bytes_bulk + report.run.stats.bytes_urgent;
     let mut finishing = FinishingVm(&mut vm);
     let digest =
         wait_guest_finished(&mut finishing, opts.progress_timeout, SAMPLE, &mut |now, ops| {
             timeline.record(now, ops);
             if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
                 last_progress = now;
-                progress_line("Finishing", total, total, ops);
+                progress_line("Finishing", total, total, ops, received);
             }
         })?;
     report.guest_digest = Some(digest);

@@ -13,6 +13,7 @@
 //! guest ops), and the run is given up only when neither line changed for the progress
 //! timeout (plus a margin, so a child's own typed error about what stalled comes first).
 
+use super::phases::{HostProgress, PhaseDisplay, ProgressOutput};
 use super::report::{hex, DestReport, MigrationReport, Outcome, SourceReport};
 use super::{MigrationError, EXIT_CANCELLED};
 use crate::driver::inject::{InjectPlan, Side};
@@ -22,7 +23,7 @@ use crate::wire::MigrationMode;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long the destination may take to exit once the source has cancelled.
@@ -56,8 +57,8 @@ pub struct LocalMigration {
     pub listen: Option<String>,
     /// A known digest of the unmigrated run (skips the reference run).
     pub expected_digest: Option<u64>,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where each phase's progress is shown (stderr only).
+    pub progress: ProgressOutput,
     /// Both hosts fail after this long without progress, and the run is given up when
     /// neither host showed progress for this long (there is no limit on total time).
     pub progress_timeout: Duration,
@@ -135,9 +136,17 @@ fn spawn(netns: Option<&str>, args: &[String]) -> Result<Child, MigrationError> 
 /// The digest an unmigrated run of `cfg` ends at. The run is unpaced: the pace changes when
 /// ops happen, never what they do, so the digest is the same and comes sooner.
 pub fn unmigrated_digest(cfg: &VmConfig) -> Result<u64, MigrationError> {
+    unmigrated_digest_with(cfg, &mut |_| {})
+}
+
+/// [`unmigrated_digest`], telling `on_ops` the ops done as the run goes.
+pub fn unmigrated_digest_with(
+    cfg: &VmConfig,
+    on_ops: &mut dyn FnMut(u64),
+) -> Result<u64, MigrationError> {
     let mut unpaced = cfg.clone();
     unpaced.workload.pace_ops_per_sec = None;
-    run_local(&unpaced, None, 0, |_| {})?
+    run_local(&unpaced, None, 0, |p| on_ops(p.ops_total))?
         .digest
         .and_then(|d| u64::from_str_radix(&d, 16).ok())
         .ok_or(MigrationError::ReferenceUnfinished)
@@ -154,9 +163,28 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         m.src_netns.as_deref(),
         m.dst_netns.as_deref(),
     )?;
+    let ops_total = m.cfg.workload.ops.unwrap_or(0);
+    let display = PhaseDisplay::new(m.progress, ops_total, m.migrate_after_ms);
+    let display = Arc::new(Mutex::new(display));
+    let result = migrate_shown(m, listen, &display);
+    lock(&display).finish();
+    result
+}
+
+/// [`migrate_local`] past its checks, showing its progress on `display`.
+fn migrate_shown(
+    m: &LocalMigration,
+    listen: std::net::SocketAddr,
+    display: &Shared,
+) -> Result<MigrationReport, MigrationError> {
+    if m.expected_digest.is_none() {
+        lock(display).reference(crate::metrics::mono_ns(), 0);
+    }
     let expected = match m.expected_digest {
         Some(d) => d,
-        None => unmigrated_digest(&m.cfg)?,
+        None => unmigrated_digest_with(&m.cfg, &mut |ops| {
+            lock(display).reference(crate::metrics::mono_ns(), ops);
+        })?,
     };
     let session_id = crate::metrics::mono_ns() ^ u64::from(std::process::id()) << 32;
     // Removed when this function returns, whatever happens to the two hosts.
@@ -210,8 +238,8 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     src_args.extend(inject_args(m.inject.as_ref(), Side::Source));
     let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);
     let watch = ProgressSeen::new(m.progress_timeout + PARENT_PROGRESS_MARGIN);
-    let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source", watch.clone());
-    let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination", watch.clone());
+    let src_err = forward_stderr(source.0.stderr.take(), display, "source", watch.clone());
+    let dst_err = forward_stderr(dest.0.stderr.take(), display, "destination", watch.clone());
     let src_out = source_stdout(&mut source.0)?;
     let src_exit = wait_host(&mut source, "source", &watch, src_out, src_err)?;
     let src: SourceReport = parse_report(&src_exit, "source")?;
@@ -355,30 +383,29 @@ fn read_all<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Strin
     })
 }
 
-/// Forwards a child's stderr; `PROGRESS` lines count as progress when they change, and drive
-/// a progress bar when `bar` is set.
+/// The progress display, shared by the reference run and both hosts' stderr forwarders.
+type Shared = Arc<Mutex<PhaseDisplay>>;
+
+/// A poisoned lock only means a forwarder panicked mid-line; the display is still whole.
+fn lock(display: &Shared) -> MutexGuard<'_, PhaseDisplay> {
+    display.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forwards a child's stderr; `PROGRESS` lines count as progress when they change, and go to
+/// the phase display.
 fn forward_stderr(
     err: Option<std::process::ChildStderr>,
-    bar: bool,
+    display: &Shared,
     host: &'static str,
     watch: ProgressSeen,
 ) -> std::thread::JoinHandle<String> {
+    let display = display.clone();
     std::thread::spawn(move || {
         let Some(err) = err else { return String::new() };
-        let progress = bar.then(|| {
-            let pb = indicatif::ProgressBar::new(1);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {msg:>12} [{bar:40}] {pos}/{len} pages {elapsed}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            pb
-        });
         let (mut tail, mut last_progress) = (String::new(), String::new());
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             let Some(rest) = line.strip_prefix("PROGRESS ") else {
-                eprintln!("[{host}] {line}");
+                lock(&display).passthrough(&format!("[{host}] {line}"));
                 tail.push_str(&line);
                 tail.push('\n');
                 continue;
@@ -387,15 +414,10 @@ fn forward_stderr(
                 watch.progressed();
                 last_progress = rest.to_string();
             }
-            let parts: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(pb), [phase, sent, total, ..]) = (&progress, &parts[..]) {
-                pb.set_length(total.parse().unwrap_or(1));
-                pb.set_position(sent.parse().unwrap_or(0));
-                pb.set_message(phase.to_string());
+            if let Some(progress) = HostProgress::parse(rest) {
+                let now = crate::metrics::mono_ns();
+                lock(&display).host(host == "source", now, &progress);
             }
-        }
-        if let Some(pb) = progress {
-            pb.finish_and_clear();
         }
         tail
     })
