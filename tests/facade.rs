@@ -9,7 +9,7 @@ use hybridmig::host_check::{require_kvm, require_uffd};
 use hybridmig::migration::KvmGuest;
 use hybridmig::secure::{Credential, Psk};
 use hybridmig::source::SourceConfig;
-use hybridmig::vm::{Vm, WorkloadKind};
+use hybridmig::vm::{Vm, VmConfig, WorkloadKind};
 use hybridmig::wire::MigrationMode;
 use std::time::Duration;
 use vm_common::{cfg, run_plain};
@@ -21,24 +21,30 @@ fn ready(test: &str) -> bool {
     require_kvm(test) && require_uffd(test)
 }
 
+/// A source guest running for 150 ms, an incoming destination VM, and a fresh key.
+fn running_pair(c: &VmConfig) -> (Vm, Vm, Psk) {
+    let mut src = Vm::new(c).expect("source vm");
+    let dst = Vm::new_incoming(c).expect("destination vm");
+    src.start().expect("start");
+    std::thread::sleep(Duration::from_millis(150));
+    (src, dst, Psk::generate().expect("key"))
+}
+
+/// A destination listening on a free loopback port, which it sends on `tx`.
+fn listening(key: &Psk, tx: std::sync::mpsc::SyncSender<std::net::SocketAddr>) -> DestBuilder {
+    DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
+        .credential(Credential::Psk(key.clone()))
+        .accept_timeout(Duration::from_secs(30))
+        .on_listening(tx)
+}
+
 /// Migrates a running guest in `mode` with `run` on both sides (the caller's threads) and
 /// returns the guest's digest where it finished.
 fn migrate_on_callers_threads(mode: MigrationMode) -> u64 {
-    let c = cfg(WorkloadKind::HotCold, 1, 3, OPS);
-    let mut src = Vm::new(&c).expect("source vm");
-    let mut dst = Vm::new_incoming(&c).expect("destination vm");
-    src.start().expect("start");
-    std::thread::sleep(Duration::from_millis(150));
-    let key = Psk::generate().expect("key");
+    let (mut src, mut dst, key) = running_pair(&cfg(WorkloadKind::HotCold, 1, 3, OPS));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::scope(|s| {
-        let dest = s.spawn(|| {
-            let builder = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
-                .credential(Credential::Psk(key.clone()))
-                .accept_timeout(Duration::from_secs(30))
-                .on_listening(tx);
-            builder.run(KvmGuest::new(&mut dst)).result
-        });
+        let dest = s.spawn(|| listening(&key, tx).run(KvmGuest::new(&mut dst)).result);
         let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the destination listens");
         let source = SourceBuilder::new(SourceConfig::new(mode, 77))
             .connect(addr)
@@ -176,19 +182,11 @@ fn a_migration_stepped_from_the_callers_loop_ends_exact() {
     let c = cfg(WorkloadKind::HotCold, 1, 6, OPS);
     let reference = run_plain(&c);
     for (mode, session) in [(MigrationMode::Postcopy, 80), (MigrationMode::Hybrid, 81)] {
-        let mut src = Vm::new(&c).expect("source vm");
-        let mut dst = Vm::new_incoming(&c).expect("destination vm");
-        src.start().expect("start");
-        std::thread::sleep(Duration::from_millis(150));
-        let key = Psk::generate().expect("key");
+        let (mut src, mut dst, key) = running_pair(&c);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::scope(|s| {
             let dest = s.spawn(|| {
-                let mut migration = DestBuilder::listen("127.0.0.1:0".parse().expect("addr"))
-                    .credential(Credential::Psk(key.clone()))
-                    .accept_timeout(Duration::from_secs(30))
-                    .on_listening(tx)
-                    .start(KvmGuest::new(&mut dst));
+                let mut migration = listening(&key, tx).start(KvmGuest::new(&mut dst));
                 let (end, _) = step_to_end!(migration, Duration::from_secs(60));
                 end.result
             });

@@ -1,12 +1,13 @@
 //! The destination side of the embedding API.
 
 use super::handle::MigrationHandle;
+use super::stepping::{self, Stepper, Turning};
 use super::{FacadeError, Outcome, Step};
 use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationStatus, Side};
 use crate::dest::driver::{DestDriverOptions, DestLoop, DestRun};
 use crate::dest::uffd::{Uffd, UFFD_FEATURE_THREAD_ID};
 use crate::driver::recovery::Recovery;
-use crate::driver::DriverError;
+use crate::driver::{DriverError, WingPhase};
 use crate::embed::MigratableVm;
 use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, AcceptorConfig};
@@ -156,14 +157,9 @@ impl DestBuilder {
     /// Receives the migration on the caller's thread, to its end.
     pub fn run<V: MigratableVm>(self, vm: V) -> DestEnd<V> {
         let control = self.control.clone();
-        let mut receiving = match Receiving::open(self, vm) {
-            Ok(receiving) => receiving,
-            Err((vm, result)) => return settle(vm, result, DestRun::default(), &control),
-        };
-        loop {
-            if let Some(result) = receiving.turn(Duration::MAX) {
-                return receiving.finish(result, &control);
-            }
+        match Receiving::open(self, vm, &control) {
+            Ok(receiving) => stepping::run_to_end(receiving, &control),
+            Err(end) => end,
         }
     }
 
@@ -173,13 +169,8 @@ impl DestBuilder {
     /// outcome.
     pub fn start<V: MigratableVm>(self, vm: V) -> DestMigration<V> {
         let control = self.control.clone();
-        let stage = match Receiving::open(self, vm) {
-            Ok(receiving) => Stage::Running(Box::new(receiving)),
-            Err((vm, result)) => {
-                Stage::Ended(Box::new(settle(vm, result, DestRun::default(), &control)))
-            }
-        };
-        DestMigration { control, stage }
+        let opened = Receiving::open(self, vm, &control);
+        DestMigration { stepper: Stepper::new(control, opened) }
     }
 
     /// Listens or takes the caller's connections, and starts the loop: everything before the
@@ -239,18 +230,8 @@ impl DestBuilder {
 /// connections (up to 10 s). While a vCPU waits for a page it is this loop that brings it:
 /// step often.
 #[derive(Debug)]
-pub struct DestMigration<V> {
-    control: Arc<Control>,
-    stage: Stage<V>,
-}
-
-#[derive(Debug)]
-enum Stage<V> {
-    Running(Box<Receiving<V>>),
-    /// Ended before a first step could tell it.
-    Ended(Box<DestEnd<V>>),
-    /// The end was given to the caller.
-    Gone,
+pub struct DestMigration<V: MigratableVm> {
+    stepper: Stepper<Receiving<V>>,
 }
 
 /// A migration between two turns: the VM and the loop.
@@ -262,30 +243,27 @@ struct Receiving<V> {
     _pair: StreamPair,
     /// True once the guest was resumed here.
     resumed: bool,
-    cancelled: bool,
 }
 
 impl<V: MigratableVm> Receiving<V> {
-    /// The migration up to its first turn; else how it ended already.
-    #[allow(clippy::type_complexity)]
-    fn open(builder: DestBuilder, vm: V) -> Result<Self, (V, Result<Outcome, FacadeError>)> {
-        match builder.connect_and_start(&vm) {
-            Ok(Some((dest, pair))) => {
-                Ok(Self { vm, dest, _pair: pair, resumed: false, cancelled: false })
-            }
+    /// The migration up to its first turn; else its end already.
+    fn open(builder: DestBuilder, vm: V, control: &Control) -> Result<Self, DestEnd<V>> {
+        let result = match builder.connect_and_start(&vm) {
+            Ok(Some((dest, pair))) => return Ok(Self { vm, dest, _pair: pair, resumed: false }),
             Ok(None) => {
-                let reason = "cancelled before the source came".into();
-                Err((vm, Ok(Outcome::Cancelled { reason })))
+                Ok(Outcome::Cancelled { reason: "cancelled before the source came".into() })
             }
-            Err(error) => Err((vm, Err(error))),
-        }
+            Err(error) => Err(error),
+        };
+        Err(settle(vm, result, DestRun::default(), control))
     }
+}
 
-    /// One turn; the loop's result once it is over.
+impl<V: MigratableVm> Turning for Receiving<V> {
+    type Done = DestRun;
+    type End = DestEnd<V>;
+
     fn turn(&mut self, max_wait: Duration) -> Option<Result<DestRun, DriverError>> {
-        if self.cancelled {
-            return Some(Err(DriverError::Cancelled { phase: self.dest.phase() }));
-        }
         let mut watched = Watched { vm: &mut self.vm, resumed: self.resumed };
         let turned = self.dest.turn(&mut watched, &mut |_| {}, max_wait);
         self.resumed = watched.resumed;
@@ -293,7 +271,7 @@ impl<V: MigratableVm> Receiving<V> {
     }
 
     fn finish(self, result: Result<DestRun, DriverError>, control: &Control) -> DestEnd<V> {
-        let Receiving { vm, dest, _pair, resumed, .. } = self;
+        let Receiving { vm, dest, _pair, resumed } = self;
         drop((dest, _pair));
         let (result, run) = match result {
             Ok(run) => (Ok(Outcome::Completed), run),
@@ -305,76 +283,25 @@ impl<V: MigratableVm> Receiving<V> {
         };
         settle(vm, result, run, control)
     }
-}
 
-impl<V: MigratableVm> DestMigration<V> {
-    /// One turn of the migration, waiting at most `max_wait` for something to do; the end,
-    /// with the VM, once it is over. Stepping again after that is [`FacadeError::Finished`].
-    pub fn step(&mut self, max_wait: Duration) -> Result<Step<DestEnd<V>>, FacadeError> {
-        match std::mem::replace(&mut self.stage, Stage::Gone) {
-            Stage::Running(mut receiving) => match receiving.turn(max_wait) {
-                None => {
-                    self.stage = Stage::Running(receiving);
-                    Ok(Step::Pending)
-                }
-                Some(result) => Ok(Step::Finished(receiving.finish(result, &self.control))),
-            },
-            Stage::Ended(end) => Ok(Step::Finished(*end)),
-            Stage::Gone => Err(FacadeError::Finished),
-        }
+    fn phase(&self) -> WingPhase {
+        self.dest.phase()
     }
 
-    /// A descriptor that polls readable when the migration has something to do (None once it
-    /// ended). Poll it from the thread that steps: the ring's completions are posted there.
-    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.stage {
-            Stage::Running(receiving) => Some(receiving.dest.ring_fd()),
-            Stage::Ended(_) | Stage::Gone => None,
-        }
+    fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.dest.ring_fd()
     }
 
-    /// The longest the caller may wait between two steps with nothing to read: the loop's
-    /// tick, or a millisecond while a fault waits for its page; zero once the end waits.
-    pub fn step_within(&self) -> Duration {
-        match &self.stage {
-            Stage::Running(receiving) => receiving.dest.tick(),
-            Stage::Ended(_) | Stage::Gone => Duration::ZERO,
-        }
+    fn step_within(&self) -> Duration {
+        self.dest.tick()
     }
 
-    /// Cancels the migration from the stepping thread while the guest has not run here and
-    /// its state was not loaded; the next step ends it. Other threads cancel through
-    /// [`Self::control`] ([`Control::request_cancel`]), answered in a step.
-    pub fn cancel(&mut self) -> Result<(), ControlError> {
-        match &mut self.stage {
-            Stage::Running(receiving) => {
-                let allowed = receiving.dest.may_cancel();
-                allowed.map_err(|reason| ControlError::CancelRefused { reason })?;
-                receiving.cancelled = true;
-                Ok(())
-            }
-            Stage::Ended(_) | Stage::Gone => Err(ControlError::CancelRefused {
-                reason: CancelRefusal::Ended(self.control.status()),
-            }),
-        }
-    }
-
-    /// The status now.
-    pub fn status(&self) -> MigrationStatus {
-        self.control.status()
-    }
-
-    /// The status with every counter of the report, as [`MigrationHandle::query`] gives it.
-    pub fn query(&self) -> serde_json::Value {
-        self.control.query()
-    }
-
-    /// The control channel: to serve on a socket, to subscribe to events, or to cancel or
-    /// redirect a recovery from another thread.
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        self.dest.may_cancel()
     }
 }
+
+super::stepping::step_calls!(DestMigration, DestEnd);
 
 /// Ends the destination side and publishes the end on `control`.
 fn settle<V>(

@@ -43,6 +43,7 @@
 mod dest;
 mod handle;
 mod source;
+mod stepping;
 
 pub use dest::{DestBuilder, DestEnd, DestMigration};
 pub use handle::{MigrationEvent, MigrationHandle};

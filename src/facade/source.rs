@@ -1,6 +1,7 @@
 //! The source side of the embedding API.
 
 use super::handle::MigrationHandle;
+use super::stepping::{self, Stepper, Turning};
 use super::{FacadeError, Outcome, Step};
 use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationStatus, Side};
 use crate::driver::recovery::Recovery;
@@ -177,33 +178,20 @@ impl SourceBuilder {
     /// Runs the migration on the caller's thread, to its end.
     pub fn run<V: MigratableVm>(self, vm: V) -> SourceEnd<V> {
         let control = self.control.clone();
-        let mut running = match Running::open(self, vm) {
-            Ok(running) => running,
-            Err((vm, error)) => {
-                return settle(vm, Err(error), SourceStats::default(), false, &control)
-            }
-        };
-        loop {
-            if let Some(result) = running.turn(Duration::MAX) {
-                return running.finish(result, &control);
-            }
+        match Running::open(self, vm, &control) {
+            Ok(running) => stepping::run_to_end(running, &control),
+            Err(end) => end,
         }
     }
 
     /// Opens the migration for the caller's own loop, which then turns it with
     /// [`SourceMigration::step`]. The first connection is dialled here, blocking for up to
-    /// 10 s while the destination is not listening yet; a failure there is the first step's
-    /// outcome (the guest runs on).
+    /// 10 s while the destination is not listening yet (after the working set's sampling, if
+    /// asked for); a failure there is the first step's outcome (the guest runs on).
     pub fn start<V: MigratableVm>(self, vm: V) -> SourceMigration<V> {
         let control = self.control.clone();
-        let stage = match Running::open(self, vm) {
-            Ok(running) => Stage::Running(Box::new(running)),
-            Err((vm, error)) => {
-                let end = settle(vm, Err(error), SourceStats::default(), false, &control);
-                Stage::Ended(Box::new(end))
-            }
-        };
-        SourceMigration { control, stage }
+        let opened = Running::open(self, vm, &control);
+        SourceMigration { stepper: Stepper::new(control, opened) }
     }
 
     /// Fills in hybrid's working set as [`Self::working_set`] says.
@@ -284,18 +272,8 @@ impl SourceBuilder {
 /// ([`SourceBuilder::recover_timeout`]). The status and an operator's cancel go through the
 /// same [`Control`] as a [`MigrationHandle`]'s.
 #[derive(Debug)]
-pub struct SourceMigration<V> {
-    control: Arc<Control>,
-    stage: Stage<V>,
-}
-
-#[derive(Debug)]
-enum Stage<V> {
-    Running(Box<Running<V>>),
-    /// Ended before a first step could tell it.
-    Ended(Box<SourceEnd<V>>),
-    /// The end was given to the caller.
-    Gone,
+pub struct SourceMigration<V: MigratableVm> {
+    stepper: Stepper<Running<V>>,
 }
 
 /// A migration between two turns: the VM, the engine and the loop.
@@ -306,30 +284,29 @@ struct Running<V> {
     source: SourceLoop<'static>,
     /// The caller's handles on the connections, kept open while the loop uses its own.
     _pair: StreamPair,
-    cancelled: bool,
 }
 
 impl<V: MigratableVm> Running<V> {
-    fn open(builder: SourceBuilder, mut vm: V) -> Result<Self, (V, FacadeError)> {
+    /// The migration up to its first turn; else its end already.
+    fn open(builder: SourceBuilder, mut vm: V, control: &Control) -> Result<Self, SourceEnd<V>> {
         match builder.connect_and_start(&mut vm) {
-            Ok((engine, source, pair)) => {
-                Ok(Self { vm, engine, source, _pair: pair, cancelled: false })
-            }
-            Err(error) => Err((vm, error)),
+            Ok((engine, source, pair)) => Ok(Self { vm, engine, source, _pair: pair }),
+            Err(error) => Err(settle(vm, Err(error), SourceStats::default(), false, control)),
         }
     }
+}
 
-    /// One turn; the loop's result once it is over.
+impl<V: MigratableVm> Turning for Running<V> {
+    type Done = SourceStats;
+    type End = SourceEnd<V>;
+
     fn turn(&mut self, max_wait: Duration) -> Option<Result<SourceStats, DriverError>> {
-        if self.cancelled {
-            let phase = WingPhase::Source(self.engine.phase());
-            return Some(Err(DriverError::Cancelled { phase }));
-        }
-        self.source.turn(&mut self.engine, &mut self.vm, &mut |_| {}, max_wait).transpose()
+        let Running { vm, engine, source, .. } = self;
+        source.turn(engine, vm, &mut |_| {}, max_wait).transpose()
     }
 
     fn finish(self, result: Result<SourceStats, DriverError>, control: &Control) -> SourceEnd<V> {
-        let Running { vm, engine, source, _pair, .. } = self;
+        let Running { vm, engine, source, _pair } = self;
         // The connections close before the guest resumes or the end is published.
         drop((source, _pair));
         let handed_over = engine.handed_over();
@@ -339,77 +316,29 @@ impl<V: MigratableVm> Running<V> {
         };
         settle(vm, result.map(drop).map_err(FacadeError::from), stats, handed_over, control)
     }
+
+    fn phase(&self) -> WingPhase {
+        WingPhase::Source(self.engine.phase())
+    }
+
+    fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.source.ring_fd()
+    }
+
+    fn step_within(&self) -> Duration {
+        self.source.tick()
+    }
+
+    /// The source decides until the hand-over.
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        match self.engine.handed_over() {
+            true => Err(CancelRefusal::HandedOver),
+            false => Ok(()),
+        }
+    }
 }
 
-impl<V: MigratableVm> SourceMigration<V> {
-    /// One turn of the migration, waiting at most `max_wait` for something to do; the end,
-    /// with the VM, once it is over. Stepping again after that is [`FacadeError::Finished`].
-    pub fn step(&mut self, max_wait: Duration) -> Result<Step<SourceEnd<V>>, FacadeError> {
-        match std::mem::replace(&mut self.stage, Stage::Gone) {
-            Stage::Running(mut running) => match running.turn(max_wait) {
-                None => {
-                    self.stage = Stage::Running(running);
-                    Ok(Step::Pending)
-                }
-                Some(result) => Ok(Step::Finished(running.finish(result, &self.control))),
-            },
-            Stage::Ended(end) => Ok(Step::Finished(*end)),
-            Stage::Gone => Err(FacadeError::Finished),
-        }
-    }
-
-    /// A descriptor that polls readable when the migration has something to do (None once it
-    /// ended). Poll it from the thread that steps: the ring's completions are posted there.
-    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.stage {
-            Stage::Running(running) => Some(running.source.ring_fd()),
-            Stage::Ended(_) | Stage::Gone => None,
-        }
-    }
-
-    /// The longest the caller may wait between two steps with nothing to read (the loop's
-    /// tick: the dirty-log passes and the deadlines run on it); zero once the end waits.
-    pub fn step_within(&self) -> Duration {
-        match &self.stage {
-            Stage::Running(running) => running.source.tick(),
-            Stage::Ended(_) | Stage::Gone => Duration::ZERO,
-        }
-    }
-
-    /// Cancels the migration from the stepping thread if it has not been handed over yet: the
-    /// next step ends it and resumes the guest here. Other threads cancel through
-    /// [`Self::control`] ([`Control::request_cancel`]), answered in a step.
-    pub fn cancel(&mut self) -> Result<(), ControlError> {
-        match &mut self.stage {
-            Stage::Running(running) if running.engine.handed_over() => {
-                Err(ControlError::CancelRefused { reason: CancelRefusal::HandedOver })
-            }
-            Stage::Running(running) => {
-                running.cancelled = true;
-                Ok(())
-            }
-            Stage::Ended(_) | Stage::Gone => Err(ControlError::CancelRefused {
-                reason: CancelRefusal::Ended(self.control.status()),
-            }),
-        }
-    }
-
-    /// The status now.
-    pub fn status(&self) -> MigrationStatus {
-        self.control.status()
-    }
-
-    /// The status with every counter of the report, as [`MigrationHandle::query`] gives it.
-    pub fn query(&self) -> serde_json::Value {
-        self.control.query()
-    }
-
-    /// The control channel: to serve on a socket, to subscribe to events, or to cancel or
-    /// redirect a recovery from another thread.
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
-    }
-}
+super::stepping::step_calls!(SourceMigration, SourceEnd);
 
 /// Ends the source side: a failure before the hand-over resumes the guest here, and the end
 /// is published on `control`.
