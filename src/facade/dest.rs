@@ -159,7 +159,7 @@ impl DestBuilder {
         let control = self.control.clone();
         match Receiving::open(self, vm, &control) {
             Ok(receiving) => stepping::run_to_end(receiving, &control),
-            Err(end) => end,
+            Err(end) => *end,
         }
     }
 
@@ -247,7 +247,7 @@ struct Receiving<V> {
 
 impl<V: MigratableVm> Receiving<V> {
     /// The migration up to its first turn; else its end already.
-    fn open(builder: DestBuilder, vm: V, control: &Control) -> Result<Self, DestEnd<V>> {
+    fn open(builder: DestBuilder, vm: V, control: &Control) -> Result<Self, Box<DestEnd<V>>> {
         let result = match builder.connect_and_start(&vm) {
             Ok(Some((dest, pair))) => return Ok(Self { vm, dest, _pair: pair, resumed: false }),
             Ok(None) => {
@@ -255,7 +255,7 @@ impl<V: MigratableVm> Receiving<V> {
             }
             Err(error) => Err(error),
         };
-        Err(settle(vm, result, DestRun::default(), control))
+        Err(Box::new(settle(vm, result, DestRun::default(), control)))
     }
 }
 

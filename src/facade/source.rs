@@ -180,7 +180,7 @@ impl SourceBuilder {
         let control = self.control.clone();
         match Running::open(self, vm, &control) {
             Ok(running) => stepping::run_to_end(running, &control),
-            Err(end) => end,
+            Err(end) => *end,
         }
     }
 
@@ -288,10 +288,16 @@ struct Running<V> {
 
 impl<V: MigratableVm> Running<V> {
     /// The migration up to its first turn; else its end already.
-    fn open(builder: SourceBuilder, mut vm: V, control: &Control) -> Result<Self, SourceEnd<V>> {
+    fn open(
+        builder: SourceBuilder,
+        mut vm: V,
+        control: &Control,
+    ) -> Result<Self, Box<SourceEnd<V>>> {
         match builder.connect_and_start(&mut vm) {
             Ok((engine, source, pair)) => Ok(Self { vm, engine, source, _pair: pair }),
-            Err(error) => Err(settle(vm, Err(error), SourceStats::default(), false, control)),
+            Err(error) => {
+                Err(Box::new(settle(vm, Err(error), SourceStats::default(), false, control)))
+            }
         }
     }
 }

@@ -66,10 +66,10 @@ impl<R: Turning> std::fmt::Debug for Stepper<R> {
 
 impl<R: Turning> Stepper<R> {
     /// A migration that opened (`Ok`), or ended before its first turn (`Err`, its end).
-    pub(super) fn new(control: Arc<Control>, opened: Result<R, R::End>) -> Self {
+    pub(super) fn new(control: Arc<Control>, opened: Result<R, Box<R::End>>) -> Self {
         let stage = match opened {
             Ok(running) => Stage::Running(Box::new(running)),
-            Err(end) => Stage::Ended(Box::new(end)),
+            Err(end) => Stage::Ended(end),
         };
         Self { control, stage, cancelled: false }
     }
