@@ -198,7 +198,7 @@ impl<'r> DestLoop<'r> {
     /// One turn of the loop, waiting at most `max_wait` (and at most the tick); what the
     /// destination measured once every page is here and the digest held. A lost connection is
     /// replaced inside the turn (see [`Recovering::turn`]), and the last turn waits up to
-    /// [`LINGER_FOR_SOURCE`] for the source to close the streams.
+    /// 10 s for the source to close the streams.
     pub fn turn(
         &mut self,
         vm: &mut dyn MigratableVm,
