@@ -97,9 +97,10 @@ impl Rate {
 }
 
 /// The progress display of one `migrate`.
-#[derive(Debug)]
 pub struct PhaseDisplay {
     output: ProgressOutput,
+    /// Where lines go: stderr, or a test's buffer.
+    sink: Box<dyn Write + Send>,
     ops_total: u64,
     migrate_after_ms: u64,
     phase: Option<String>,
@@ -114,10 +115,22 @@ pub struct PhaseDisplay {
 }
 
 impl PhaseDisplay {
-    /// A display for a guest of `ops_total` ops, migrated `migrate_after_ms` after it starts.
+    /// A display on stderr for a guest of `ops_total` ops, migrated `migrate_after_ms` after it
+    /// starts.
     pub fn new(output: ProgressOutput, ops_total: u64, migrate_after_ms: u64) -> Self {
+        Self::to(Box::new(std::io::stderr()), output, ops_total, migrate_after_ms)
+    }
+
+    /// [`Self::new`] writing to `sink`.
+    pub fn to(
+        sink: Box<dyn Write + Send>,
+        output: ProgressOutput,
+        ops_total: u64,
+        migrate_after_ms: u64,
+    ) -> Self {
         Self {
             output,
+            sink,
             ops_total,
             migrate_after_ms,
             phase: None,
@@ -163,7 +176,8 @@ impl PhaseDisplay {
     /// A line of a host's own output, shown between progress lines.
     pub fn passthrough(&mut self, line: &str) {
         self.end_line();
-        eprintln!("{line}");
+        // Best effort: a closed stderr only loses the line.
+        let _ = writeln!(self.sink, "{line}");
     }
 
     /// Ends the display: the last phase's latest line is shown and kept.
@@ -176,7 +190,7 @@ impl PhaseDisplay {
 
     fn end_line(&mut self) {
         if self.open_line {
-            eprintln!();
+            let _ = writeln!(self.sink);
             self.open_line = false;
         }
     }
@@ -238,7 +252,7 @@ impl PhaseDisplay {
 
     /// Prints a line: a new one, or on a terminal over the one drawn (unless `new_phase`).
     fn print(&mut self, line: &str, new_phase: bool) {
-        let mut err = std::io::stderr().lock();
+        let err = &mut self.sink;
         // Best effort: a closed stderr only loses the display.
         let _ = match self.output {
             ProgressOutput::Off => return,
@@ -249,6 +263,15 @@ impl PhaseDisplay {
             ProgressOutput::Lines => writeln!(err, "{line}"),
         };
         self.open_line = self.output == ProgressOutput::Terminal;
+    }
+}
+
+impl std::fmt::Debug for PhaseDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseDisplay")
+            .field("output", &self.output)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
     }
 }
 
@@ -315,7 +338,7 @@ mod tests {
 
     #[test]
     fn lines_show_bytes_left_a_rate_and_an_eta() {
-        let mut d = PhaseDisplay::new(ProgressOutput::Off, 1000, 500);
+        let (mut d, _) = display(ProgressOutput::Off);
         let p = |pages, bytes| HostProgress {
             phase: "Push".into(),
             pages,
@@ -331,9 +354,50 @@ mod tests {
         assert!(line.contains("eta 1.0 s"), "{line}");
     }
 
+    /// A buffer the display writes to, readable by the test.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("buffer")).into_owned()
+        }
+    }
+
+    fn display(output: ProgressOutput) -> (PhaseDisplay, Shared) {
+        let sink = Shared::default();
+        (PhaseDisplay::to(Box::new(sink.clone()), output, 1000, 500), sink)
+    }
+
+    #[test]
+    fn a_terminal_redraws_in_place_and_keeps_each_phase_last_line() {
+        let (mut d, out) = display(ProgressOutput::Terminal);
+        d.show("Rounds", 0, "r1".into());
+        d.show("Rounds", 300 * MS, "r2".into());
+        d.show("Rounds", 400 * MS, "r3".into());
+        d.show("Push", 500 * MS, "p1".into());
+        d.passthrough("[source] a log line");
+        d.show("Push", 900 * MS, "p2".into());
+        d.finish();
+        let redraw = "\r\x1b[2K";
+        let expected =
+            format!("{redraw}r1{redraw}r2{redraw}r3\np1\n[source] a log line\n{redraw}p2\n");
+        assert_eq!(out.text(), expected);
+    }
+
     #[test]
     fn only_a_phase_change_or_the_period_shows_a_line() {
-        let mut d = PhaseDisplay::new(ProgressOutput::Lines, 1000, 500);
+        let (mut d, out) = display(ProgressOutput::Lines);
         d.show("Rounds", 0, "a".into());
         assert_eq!(d.last_shown_ns, 0);
         d.show("Rounds", 100 * MS, "b".into());
@@ -344,5 +408,6 @@ mod tests {
         assert_eq!(d.unshown, None, "the last line of the phase before was shown first");
         d.show("Push", 2300 * MS, "d".into());
         assert_eq!(d.last_shown_ns, 2300 * MS, "the period passed");
+        assert_eq!(out.text(), "a\nb\nc\nd\n");
     }
 }
