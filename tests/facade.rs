@@ -211,3 +211,43 @@ fn a_migration_stepped_from_the_callers_loop_ends_exact() {
         assert_eq!(digest, reference, "{mode}: the migrated guest diverged");
     }
 }
+
+/// A cancel from the stepping thread before the hand-over: the next step ends the migration
+/// as cancelled, the guest runs on at the source and ends exact, the destination (which never
+/// ran it) ends cancelled too, and a second cancel is refused.
+#[test]
+fn a_cancel_from_the_stepping_thread_leaves_the_guest_on_the_source() {
+    if !ready("a_cancel_from_the_stepping_thread_leaves_the_guest_on_the_source") {
+        return;
+    }
+    let c = cfg(WorkloadKind::HotCold, 1, 7, OPS);
+    let reference = run_plain(&c);
+    let (mut src, mut dst, key) = running_pair(&c);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::scope(|s| {
+        let dest = s.spawn(|| {
+            let builder = listening(&key, tx).recover_timeout(None);
+            builder.run(KvmGuest::new(&mut dst)).result
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("the destination listens");
+        let mut migration = SourceBuilder::new(SourceConfig::new(MigrationMode::Precopy, 82))
+            .connect(addr)
+            .credential(Credential::Psk(key.clone()))
+            .start(KvmGuest::new(&mut src));
+        for _ in 0..3 {
+            assert!(matches!(migration.step(Duration::from_millis(2)), Ok(Step::Pending)));
+        }
+        migration.cancel().expect("a cancel before the hand-over is taken");
+        let Ok(Step::Finished(end)) = migration.step(Duration::from_millis(2)) else {
+            panic!("the step after the cancel did not end the migration");
+        };
+        assert!(!end.handed_over);
+        assert!(matches!(end.result, Ok(Outcome::Cancelled { .. })), "{:?}", end.result);
+        assert_eq!(migration.status().as_str(), "cancelled");
+        assert!(migration.cancel().is_err(), "a cancel after the end must be refused");
+        let dest_end = dest.join().expect("thread").expect("destination");
+        assert!(matches!(dest_end, Outcome::Cancelled { .. }), "{dest_end:?}");
+    });
+    let digest = src.wait_finished(Duration::from_secs(30)).expect("run").expect("in time");
+    assert_eq!(digest, reference, "the guest that stayed on the source diverged");
+}
