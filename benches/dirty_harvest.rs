@@ -10,7 +10,7 @@
 //! - `harvest_dirty_1g/running_scan`: the same while the guest scans (writes one byte in every
 //!   page, over and over), harvests back to back: each log holds what the guest dirtied since
 //!   the previous harvest.
-//! - `harvest_accessed_1g/paused` and `/running_scan`: the working-set tracker's step as
+//! - `harvest_accessed_1g/paused` and `/running_scan`: the working-set sampler's step as
 //!   `run_source_host` takes it (`clear_all` of its window, then `Vm::harvest_accessed`: the
 //!   page-table walk over 1 GiB clearing Accessed bits, data slots re-added); on a running
 //!   guest this includes the pause and resume that `harvest_accessed` does itself.

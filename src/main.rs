@@ -520,7 +520,11 @@ fn migrate(a: MigrateArgs) -> Result<()> {
         listen: a.listen,
         expected_digest: a.expected_digest,
         reference_timeline: None,
-        progress: !a.json && std::io::stderr().is_terminal(),
+        progress: if std::io::stderr().is_terminal() {
+            hybridmig::migration::phases::ProgressOutput::Terminal
+        } else {
+            hybridmig::migration::phases::ProgressOutput::Lines
+        },
         progress_timeout: a.time.progress_timeout(),
         recover_timeout: a.time.recover_timeout(),
         liveness: a.time.liveness(),

@@ -128,14 +128,15 @@ fn run() -> Result<String, AppError> {
     let downtime_ms = migrated.dest.resume_ns.saturating_sub(migrated.source.pause_ns) as f64 / 1e6;
     Ok(format!(
         "custom_vmm: mode {} mem {} MiB: paused on the source after {} of {} passes, finished \
-         on the destination; downtime {downtime_ms:.2} ms, network faults {}, pages placed {}; \
-         reference run {reference_ms} ms; digest {:#018x} verified",
+         on the destination; downtime {downtime_ms:.2} ms, network faults {}, pages placed {}, \
+         working set {} pages; reference run {reference_ms} ms; digest {:#018x} verified",
         args.mode.name(),
         args.mem_bytes >> 20,
         migrated.paused_at_pass,
         args.passes,
         migrated.dest.stats.network_faults,
         migrated.dest.stats.pages_placed,
+        migrated.source.ws_pages,
         migrated.digest,
     ))
 }

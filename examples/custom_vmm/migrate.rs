@@ -1,10 +1,9 @@
 //! The wiring: one function per side, through hybridmig's embedding API alone
 //! (`hybridmig::facade`: a builder per side, run on the caller's thread).
 
-use crate::guest::{CODE_GPA, PAGE_BYTES, PARAMS_GPA, STATUS_GPA};
 use crate::machine::Machine;
 use hybridmig::dest::driver::DestRun;
-use hybridmig::facade::{DestBuilder, FacadeError, Outcome, SourceBuilder};
+use hybridmig::facade::{DestBuilder, FacadeError, Outcome, SourceBuilder, WorkingSet};
 use hybridmig::secure::Credential;
 use hybridmig::source::{SourceConfig, SourceStats};
 use hybridmig::wire::MigrationMode;
@@ -27,6 +26,9 @@ pub enum MigrateError {
     DestCancelled(String),
 }
 
+/// How long hybrid's working set is sampled before the migration starts.
+const WORKING_SET_SAMPLE_MS: u64 = 300;
+
 /// How long the destination waits for the source to connect.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,13 +42,16 @@ pub fn migrate_source(
     session_id: u64,
     key: Credential,
 ) -> Result<SourceStats, MigrateError> {
-    let mut cfg = SourceConfig::new(mode, session_id);
-    // Hybrid's working set, hottest first: this VMM has no access sampler, but it knows its
-    // guest rereads its code, parameters and status on every pass.
-    cfg.working_set =
-        [CODE_GPA, PARAMS_GPA, STATUS_GPA].iter().map(|gpa| gpa / PAGE_BYTES).collect();
+    let cfg = SourceConfig::new(mode, session_id);
+    // Hybrid's working set, sampled by the library while the guest runs: this VMM has no
+    // access sampler, so the library falls back to dirty-log windows (the pages written).
+    let working_set = WorkingSet::Sample { for_ms: WORKING_SET_SAMPLE_MS };
     // The caller's thread keeps its priority (the builders never raise it unless asked).
-    let end = SourceBuilder::new(cfg).connect(dest).credential(key).run(&mut *vm);
+    let end = SourceBuilder::new(cfg)
+        .connect(dest)
+        .credential(key)
+        .working_set(working_set)
+        .run(&mut *vm);
     match end.result {
         Ok(Outcome::Completed) => Ok(end.stats),
         Ok(Outcome::Cancelled { reason }) => {

@@ -12,7 +12,7 @@ use super::DestError;
 use crate::control::{CancelRefusal, Control, Counters, View};
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
-use crate::driver::recovery::{run_recovering, Recovery, Resumable};
+use crate::driver::recovery::{Recovering, Recovery, Resumable};
 use crate::driver::schedule::{self, DestSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -147,49 +147,131 @@ pub fn run_dest_with_uffd(
     on_tick: &mut dyn FnMut(&DestEngine),
     recovery: Option<Recovery<'_>>,
 ) -> Result<DestRun, DriverError> {
-    let regions = vm.regions();
-    let layout = layout_of(&regions).map_err(DestError::from)?;
-    for r in &regions {
-        uffd.register(r.host_addr() as u64, r.size_bytes)
-            .map_err(uffd_err("userfaultfd register"))?;
+    let mut dest = DestLoop::start(uffd, &*vm, pair, opts, recovery)?;
+    loop {
+        if let Some(run) = dest.turn(vm, on_tick, opts.tick)? {
+            return Ok(run);
+        }
     }
-    let mut engine = DestEngine::new(layout.clone(), &pair.session);
-    engine.set_place_chunk(opts.place_chunk_pages);
-    let mut io = LoopIo::new(pair, crate::session::Role::Acceptor, SEND_BUFS, SEND_BUF_BYTES)?;
-    arm_uffd_read(
-        &mut io.ring,
-        &uffd,
-        Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ),
-    )?;
-    // Every mode keeps userfaultfd registered: a pre-copy that does not converge finishes
-    // post-copy, and its missing pages then fault like any other.
-    let run = DestRun { mode: Some(pair.session.mode.to_string()), ..DestRun::default() };
-    let ctx = Ctx { vm, uffd: &uffd, regions: &regions, layout: &layout, run };
-    let mut wing = DestWing { engine: &mut engine, ctx, on_tick };
-    let loop_opts = LoopOptions {
-        tick: opts.tick,
-        progress_timeout: opts.progress_timeout,
-        prioritize_thread: opts.prioritize_thread,
-        name: "destination",
-        inject: opts.inject.clone(),
-        control: opts.control.clone(),
-    };
-    let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
-    let mut run = finish_run(wing.ctx.run, &engine, &io)?;
-    run.recovery_ms = count.recovery_ms;
-    // The source lets go of the streams once it has the DoneAck; leaving first could reset a
-    // connection whose DoneAck is still in flight (a loss being repaired).
-    if let Ok(bulk) = io.streams.detach(&mut io.ring, StreamKind::Bulk) {
-        crate::transport::tcp::wait_for_peer_close(&bulk, LINGER_FOR_SOURCE);
+}
+
+/// The destination's event loop between two turns, for a caller that turns it from a loop of
+/// its own ([`DestLoop::turn`]); the VM stays the caller's, lent to each turn.
+#[derive(Debug)]
+pub struct DestLoop<'r> {
+    engine: DestEngine,
+    io: LoopIo,
+    uffd: Uffd,
+    regions: Vec<HostRegion>,
+    layout: crate::memory::Layout,
+    run: DestRun,
+    recovering: Recovering<'r>,
+    loop_opts: LoopOptions,
+}
+
+impl<'r> DestLoop<'r> {
+    /// Registers `vm`'s memory with `uffd` and puts `pair`'s streams and the fault reads on a
+    /// ring: fault service runs before the first frame is read.
+    pub fn start(
+        uffd: Uffd,
+        vm: &dyn MigratableVm,
+        pair: &StreamPair,
+        opts: &DestDriverOptions,
+        recovery: Option<Recovery<'r>>,
+    ) -> Result<Self, DriverError> {
+        let regions = vm.regions();
+        let layout = layout_of(&regions).map_err(DestError::from)?;
+        for r in &regions {
+            uffd.register(r.host_addr() as u64, r.size_bytes)
+                .map_err(uffd_err("userfaultfd register"))?;
+        }
+        let mut engine = DestEngine::new(layout.clone(), &pair.session);
+        engine.set_place_chunk(opts.place_chunk_pages);
+        let mut io = LoopIo::new(pair, crate::session::Role::Acceptor, SEND_BUFS, SEND_BUF_BYTES)?;
+        let read_buf = Buf::with_capacity(UFFD_MSG_LEN_BYTES * UFFD_MSGS_PER_READ);
+        arm_uffd_read(&mut io.ring, &uffd, read_buf)?;
+        // Every mode keeps userfaultfd registered: a pre-copy that does not converge finishes
+        // post-copy, and its missing pages then fault like any other.
+        let run = DestRun { mode: Some(pair.session.mode.to_string()), ..DestRun::default() };
+        let loop_opts = LoopOptions {
+            tick: opts.tick,
+            progress_timeout: opts.progress_timeout,
+            prioritize_thread: opts.prioritize_thread,
+            name: "destination",
+            inject: opts.inject.clone(),
+            control: opts.control.clone(),
+        };
+        let recovering = Recovering::new(&mut io, &loop_opts, recovery);
+        Ok(Self { engine, io, uffd, regions, layout, run, recovering, loop_opts })
     }
-    // The guest keeps running here without this loop: every page still missing is a zero page
-    // (the need set is complete), so hand the memory back to the kernel's own fault path.
-    // Unregistering also wakes any vCPU whose fault message was not read yet.
-    for r in &regions {
-        uffd.unregister(r.host_addr() as u64, r.size_bytes)
-            .map_err(uffd_err("userfaultfd unregister"))?;
+
+    /// One turn of the loop, waiting at most `max_wait` (and at most the tick); what the
+    /// destination measured once every page is here and the digest held. A lost connection is
+    /// replaced inside the turn (see [`Recovering::turn`]), and the last turn waits up to
+    /// 10 s for the source to close the streams.
+    pub fn turn(
+        &mut self,
+        vm: &mut dyn MigratableVm,
+        on_tick: &mut dyn FnMut(&DestEngine),
+        max_wait: Duration,
+    ) -> Result<Option<DestRun>, DriverError> {
+        let ctx = Ctx {
+            vm,
+            uffd: &self.uffd,
+            regions: &self.regions,
+            layout: &self.layout,
+            run: &mut self.run,
+        };
+        let mut wing = DestWing { engine: &mut self.engine, ctx, on_tick };
+        let turned = self.recovering.turn(&mut wing, &mut self.io, &self.loop_opts, max_wait)?;
+        let Some(count) = turned else { return Ok(None) };
+        self.finish(count.recovery_ms).map(Some)
     }
-    Ok(run)
+
+    /// The engine's phase, for errors.
+    pub fn phase(&self) -> WingPhase {
+        WingPhase::Dest(self.engine.phase())
+    }
+
+    /// Whether an operator's cancel may stop this side now, or why not.
+    pub fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        may_cancel(&self.engine, self.run.resume_ns)
+    }
+
+    /// The ring's descriptor: it polls readable when a completion (a frame, a fault) waits for
+    /// the next turn.
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.io.ring)
+    }
+
+    /// The loop's tick: the longest a caller should go between two turns, even with nothing
+    /// to read. While a fault waits for its page, turn again within a millisecond.
+    pub fn tick(&self) -> Duration {
+        if self.engine.faults_waiting() {
+            return RETRY_LOOK;
+        }
+        self.loop_opts.tick
+    }
+
+    fn finish(&mut self, recovery_ms: f64) -> Result<DestRun, DriverError> {
+        let mut run = finish_run(self.run.clone(), &self.engine, &self.io)?;
+        run.recovery_ms = recovery_ms;
+        let io = &mut self.io;
+        // The source lets go of the streams once it has the DoneAck; leaving first could reset
+        // a connection whose DoneAck is still in flight (a loss being repaired).
+        if let Ok(bulk) = io.streams.detach(&mut io.ring, StreamKind::Bulk) {
+            crate::transport::tcp::wait_for_peer_close(&bulk, LINGER_FOR_SOURCE);
+        }
+        // The guest keeps running here without this loop: every page still missing is a zero
+        // page (the need set is complete), so hand the memory back to the kernel's own fault
+        // path. Unregistering also wakes any vCPU whose fault message was not read yet.
+        for r in &self.regions {
+            self.uffd
+                .unregister(r.host_addr() as u64, r.size_bytes)
+                .map_err(uffd_err("userfaultfd unregister"))?;
+        }
+        Ok(run)
+    }
 }
 
 /// Fills in the counters and fault latencies, and checks the digest.
@@ -303,20 +385,8 @@ impl Wing for DestWing<'_, '_> {
         Some(self.ctx.run.resume_ns).filter(|&ns| ns > 0)
     }
 
-    /// Only before the guest runs here: the state restores and the vCPUs start inside one
-    /// frame's handling, so the phase says it.
     fn may_cancel(&self) -> Result<(), CancelRefusal> {
-        match self.engine.phase() {
-            // A state loaded once was answered with `Loaded`, after which the source may hand
-            // over at any moment: from then on only the source decides.
-            DestPhase::PreSwitch | DestPhase::Loaded | DestPhase::Refused
-                if self.engine.stats().state_received_ns > 0 =>
-            {
-                Err(CancelRefusal::StateLoaded)
-            }
-            DestPhase::PreSwitch if self.ctx.run.resume_ns == 0 => Ok(()),
-            _ => Err(CancelRefusal::GuestRunsHere),
-        }
+        may_cancel(self.engine, self.ctx.run.resume_ns)
     }
 
     fn control_view(&self, io: &LoopIo) -> Option<View> {
@@ -386,6 +456,22 @@ impl DestWing<'_, '_> {
     }
 }
 
+/// Only before the guest runs here: the state restores and the vCPUs start inside one
+/// frame's handling, so the phase says it.
+fn may_cancel(engine: &DestEngine, resume_ns: u64) -> Result<(), CancelRefusal> {
+    match engine.phase() {
+        // A state loaded once was answered with `Loaded`, after which the source may hand
+        // over at any moment: from then on only the source decides.
+        DestPhase::PreSwitch | DestPhase::Loaded | DestPhase::Refused
+            if engine.stats().state_received_ns > 0 =>
+        {
+            Err(CancelRefusal::StateLoaded)
+        }
+        DestPhase::PreSwitch if resume_ns == 0 => Ok(()),
+        _ => Err(CancelRefusal::GuestRunsHere),
+    }
+}
+
 fn arm_uffd_read(ring: &mut Ring, uffd: &Uffd, buf: Buf) -> Result<(), DriverError> {
     ring.read(uffd.as_raw_fd(), buf, TAG_UFFD)
         .map_err(|r| DriverError::Ring { what: "userfaultfd read submit", source: r.error })
@@ -397,7 +483,7 @@ struct Ctx<'a> {
     uffd: &'a Uffd,
     regions: &'a [HostRegion],
     layout: &'a crate::memory::Layout,
-    run: DestRun,
+    run: &'a mut DestRun,
 }
 
 impl Ctx<'_> {

@@ -263,51 +263,98 @@ pub fn run_with<W: Wing>(
     opts: &LoopOptions,
     injector: &mut Option<Injector>,
 ) -> Result<(), DriverError> {
+    prioritize(opts);
+    let mut state = LoopState::new(io);
+    loop {
+        if turn(wing, io, opts, injector, &mut state, opts.tick)? == Turned::Done {
+            return Ok(());
+        }
+    }
+}
+
+/// Asks for real-time priority for the calling thread when `opts` says so.
+pub fn prioritize(opts: &LoopOptions) {
     if opts.prioritize_thread && !crate::ring::prioritize_this_thread() {
         tracing::info!("{} event loop runs at normal priority (no CAP_SYS_NICE)", opts.name);
     }
-    let tick_ns = opts.tick.as_nanos() as u64;
-    let timeout_ns = opts.progress_timeout.as_nanos() as u64;
-    let mut next_tick = 0u64;
-    let (mut last_marker, mut last_progress_ns) = (io.streams.progress_marker(), mono_ns());
-    let mut published = Published::default();
-    loop {
-        let now = mono_ns();
-        if now >= next_tick {
-            wing.tick();
-            next_tick = now + tick_ns;
-        }
-        if let Some(control) = opts.control.as_deref() {
-            control_turn(control, wing, io, now, &mut published)?;
-        }
-        if let Some(injector) = injector.as_mut() {
-            if stalls(injector, wing, io, now, opts.tick)? {
-                // A stall of this side's own making is not the peer's lack of progress.
-                last_progress_ns = mono_ns();
-                continue;
-            }
-        }
-        let marker = io.streams.progress_marker();
-        if marker != last_marker {
-            (last_marker, last_progress_ns) = (marker, now);
-        } else if now.saturating_sub(last_progress_ns) > timeout_ns {
-            let idle_secs = opts.progress_timeout.as_secs();
-            return Err(DriverError::NoProgress { idle_secs, phase: wing.phase() });
-        }
-        match wing.step(io)? {
-            Next::Done => return Ok(()),
-            Next::WaitOnLink => wait_on_link(wing, io, opts.tick)?,
-            Next::Wait => {
-                let wait = wing.wait_limit().map_or(opts.tick, |limit| limit.min(opts.tick));
-                io.ring
-                    .submit_and_wait(1, Some(wait))
-                    .map_err(DriverError::ring("io_uring wait"))?;
-            }
-        }
-        while let Some(completion) = io.ring.next_completion() {
-            dispatch(wing, io, completion)?;
+}
+
+/// What one [`turn`] of the loop came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turned {
+    /// The wing is done: the migration is over on this side.
+    Done,
+    /// More turns are needed.
+    Pending,
+}
+
+/// What the loop remembers from one turn to the next.
+#[derive(Debug)]
+pub struct LoopState {
+    next_tick_ns: u64,
+    last_marker: u64,
+    last_progress_ns: u64,
+    published: Published,
+}
+
+impl LoopState {
+    /// A fresh state for `io`'s streams: the tick is due and progress counts from now.
+    pub fn new(io: &LoopIo) -> Self {
+        Self {
+            next_tick_ns: 0,
+            last_marker: io.streams.progress_marker(),
+            last_progress_ns: mono_ns(),
+            published: Published::default(),
         }
     }
+}
+
+/// One turn of the loop: the tick when due, the control channel, the injections, the
+/// progress deadline, the wing's step, one wait of at most `max_wait` (and at most the tick),
+/// and every completion that is ready.
+pub fn turn<W: Wing>(
+    wing: &mut W,
+    io: &mut LoopIo,
+    opts: &LoopOptions,
+    injector: &mut Option<Injector>,
+    state: &mut LoopState,
+    max_wait: Duration,
+) -> Result<Turned, DriverError> {
+    let now = mono_ns();
+    let longest_wait = opts.tick.min(max_wait);
+    if now >= state.next_tick_ns {
+        wing.tick();
+        state.next_tick_ns = now + opts.tick.as_nanos() as u64;
+    }
+    if let Some(control) = opts.control.as_deref() {
+        control_turn(control, wing, io, now, &mut state.published)?;
+    }
+    if let Some(injector) = injector.as_mut() {
+        if stalls(injector, wing, io, now, longest_wait)? {
+            // A stall of this side's own making is not the peer's lack of progress.
+            state.last_progress_ns = mono_ns();
+            return Ok(Turned::Pending);
+        }
+    }
+    let marker = io.streams.progress_marker();
+    if marker != state.last_marker {
+        (state.last_marker, state.last_progress_ns) = (marker, now);
+    } else if now.saturating_sub(state.last_progress_ns) > opts.progress_timeout.as_nanos() as u64 {
+        let idle_secs = opts.progress_timeout.as_secs();
+        return Err(DriverError::NoProgress { idle_secs, phase: wing.phase() });
+    }
+    match wing.step(io)? {
+        Next::Done => return Ok(Turned::Done),
+        Next::WaitOnLink => wait_on_link(wing, io, longest_wait)?,
+        Next::Wait => {
+            let wait = wing.wait_limit().map_or(longest_wait, |limit| limit.min(longest_wait));
+            io.ring.submit_and_wait(1, Some(wait)).map_err(DriverError::ring("io_uring wait"))?;
+        }
+    }
+    while let Some(completion) = io.ring.next_completion() {
+        dispatch(wing, io, completion)?;
+    }
+    Ok(Turned::Pending)
 }
 
 /// Fires the injections due now; true when this side stalls, after sleeping up to one tick

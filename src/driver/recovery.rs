@@ -5,7 +5,8 @@
 //! [`crate::dest::DestEngine::on_reconnect`]). The ring stays: on the destination its armed
 //! userfaultfd read, and any fault message it already holds, carry over to the new connection.
 
-use super::event_loop::{self, LoopIo, LoopOptions, Wing};
+use super::event_loop::{self, LoopIo, LoopOptions, LoopState, Turned, Wing};
+use super::inject::Injector;
 use super::DriverError;
 use crate::control::Control;
 use crate::transport::ring_streams::StreamError;
@@ -17,8 +18,9 @@ use std::time::Duration;
 /// accepts the source's resume. Called with the time it may take, again and again in slices of
 /// at most [`RECONNECT_SLICE`] (so an operator's cancel or new address is taken between two);
 /// errors are what the last attempt met. It returns an error before its time is up only for a
-/// failure no retry can change (a refusal of the session), which ends the recovery.
-pub type Reconnect<'a> = &'a mut dyn FnMut(Duration) -> Result<StreamPair, TcpError>;
+/// failure no retry can change (a refusal of the session), which ends the recovery. Boxed, so
+/// a migration the caller steps ([`Recovering`]) can own it.
+pub type Reconnect<'a> = Box<dyn FnMut(Duration) -> Result<StreamPair, TcpError> + 'a>;
 
 /// Longest single call of a [`Reconnect`].
 pub const RECONNECT_SLICE: Duration = Duration::from_millis(250);
@@ -61,23 +63,67 @@ pub fn run_recovering<W: Resumable>(
     wing: &mut W,
     io: &mut LoopIo,
     opts: &LoopOptions,
-    mut recovery: Option<Recovery<'_>>,
+    recovery: Option<Recovery<'_>>,
 ) -> Result<RecoveryCount, DriverError> {
-    let mut injector = event_loop::start_injector(io, opts);
-    let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
-    let mut count = RecoveryCount::default();
-    let control = opts.control.as_deref();
+    let mut recovering = Recovering::new(io, opts, recovery);
     loop {
-        let error = match event_loop::run_with(wing, io, opts, &mut injector) {
-            Ok(()) => {
+        if let Some(count) = recovering.turn(wing, io, opts, opts.tick)? {
+            return Ok(count);
+        }
+    }
+}
+
+/// The loop of one side between turns, with its recoveries: [`run_recovering`] turns it to
+/// the end, and a caller with a loop of its own turns it from there.
+pub struct Recovering<'r> {
+    recovery: Option<Recovery<'r>>,
+    injector: Option<Injector>,
+    refuses: bool,
+    count: RecoveryCount,
+    state: LoopState,
+}
+
+impl std::fmt::Debug for Recovering<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovering").field("count", &self.count).finish()
+    }
+}
+
+impl<'r> Recovering<'r> {
+    /// Arms `opts`' injection plan on `io` and takes the thread's priority `opts` asks for.
+    pub fn new(io: &mut LoopIo, opts: &LoopOptions, recovery: Option<Recovery<'r>>) -> Self {
+        event_loop::prioritize(opts);
+        let injector = event_loop::start_injector(io, opts);
+        let refuses = opts.inject.as_ref().is_some_and(|i| i.plan.refuse_reconnect);
+        let state = LoopState::new(io);
+        Self { recovery, injector, refuses, count: RecoveryCount::default(), state }
+    }
+
+    /// One turn, waiting at most `max_wait`; the recoveries' cost once `wing` is done. A lost
+    /// connection is replaced inside the turn, which then blocks for up to the recovery's
+    /// timeout while the new connection comes.
+    pub fn turn<W: Resumable>(
+        &mut self,
+        wing: &mut W,
+        io: &mut LoopIo,
+        opts: &LoopOptions,
+        max_wait: Duration,
+    ) -> Result<Option<RecoveryCount>, DriverError> {
+        let control = opts.control.as_deref();
+        let turned =
+            event_loop::turn(wing, io, opts, &mut self.injector, &mut self.state, max_wait);
+        let error = match turned {
+            Ok(Turned::Pending) => return Ok(None),
+            Ok(Turned::Done) => {
                 if let Some(control) = control {
                     event_loop::publish(control, wing, io);
                 }
-                return Ok(count);
+                return Ok(Some(self.count));
             }
             Err(error) => error,
         };
-        let Some(recovery) = recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
+        let refuses = self.refuses;
+        let Some(recovery) = self.recovery.as_mut().filter(|_| !refuses && is_recoverable(&error))
         else {
             return Err(error);
         };
@@ -88,9 +134,11 @@ pub fn run_recovering<W: Resumable>(
         if let Some(control) = control {
             control.set_recovering(false);
         }
-        count.recovery_ms += reconnected?;
-        count.recoveries += 1;
+        self.count.recovery_ms += reconnected?;
+        self.count.recoveries += 1;
         wing.on_reconnect()?;
+        self.state = LoopState::new(io);
+        Ok(None)
     }
 }
 

@@ -1,16 +1,19 @@
 //! The destination side of the embedding API.
 
 use super::handle::MigrationHandle;
-use super::{FacadeError, Outcome};
-use crate::control::{connect, Control, Side};
-use crate::dest::driver::{run_dest_with_uffd, DestDriverOptions, DestRun};
+use super::stepping::{self, Stepper, Turning};
+use super::{FacadeError, Outcome, Step};
+use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationStatus, Side};
+use crate::dest::driver::{DestDriverOptions, DestLoop, DestRun};
 use crate::dest::uffd::{Uffd, UFFD_FEATURE_THREAD_ID};
 use crate::driver::recovery::Recovery;
+use crate::driver::{DriverError, WingPhase};
 use crate::embed::MigratableVm;
 use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, AcceptorConfig};
 use crate::transport::tcp::{PairListener, StreamPair, TcpOptions};
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,15 +155,30 @@ impl DestBuilder {
     }
 
     /// Receives the migration on the caller's thread, to its end.
-    pub fn run<V: MigratableVm>(self, mut vm: V) -> DestEnd<V> {
+    pub fn run<V: MigratableVm>(self, vm: V) -> DestEnd<V> {
         let control = self.control.clone();
-        let mut run = DestRun::default();
-        let result = self.receive(&mut vm, &mut run);
-        Outcome::publish(&result, &control);
-        DestEnd { vm, result, run }
+        match Receiving::open(self, vm, &control) {
+            Ok(receiving) => stepping::run_to_end(receiving, &control),
+            Err(end) => *end,
+        }
     }
 
-    fn receive(self, vm: &mut dyn MigratableVm, out: &mut DestRun) -> Result<Outcome, FacadeError> {
+    /// Opens the migration for the caller's own loop, which then turns it with
+    /// [`DestMigration::step`]. The source's first connection is awaited here, blocking for up
+    /// to the accept timeout ([`Self::accept_timeout`]); a failure there is the first step's
+    /// outcome.
+    pub fn start<V: MigratableVm>(self, vm: V) -> DestMigration<V> {
+        let control = self.control.clone();
+        let opened = Receiving::open(self, vm, &control);
+        DestMigration { stepper: Stepper::new(control, opened) }
+    }
+
+    /// Listens or takes the caller's connections, and starts the loop: everything before the
+    /// first turn. `Ok(None)`: cancelled before the source came.
+    fn connect_and_start(
+        self,
+        vm: &dyn MigratableVm,
+    ) -> Result<Option<(DestLoop<'static>, StreamPair)>, FacadeError> {
         let control = Some(&*self.control);
         let accept = AcceptorConfig::new(wire_regions(&vm.regions()));
         let (pair, mut listener) = match self.target {
@@ -175,11 +193,7 @@ impl DestBuilder {
                 let next = connect::relisten_on_recover(control, &self.tcp, &accept);
                 let first =
                     connect::first_pair(control, &mut listener, &next, self.accept_timeout)?;
-                let Some(pair) = first else {
-                    return Ok(Outcome::Cancelled {
-                        reason: "cancelled before the source came".into(),
-                    });
-                };
+                let Some(pair) = first else { return Ok(None) };
                 (pair, Some((listener, next)))
             }
             Target::Streams(pair) => (*pair, None),
@@ -189,7 +203,7 @@ impl DestBuilder {
             None => Uffd::open_with_features(UFFD_FEATURE_THREAD_ID)?.0,
         };
         let session_id = pair.session.session_id;
-        let mut reaccept = |timeout: Duration| match listener.as_mut() {
+        let reaccept = move |timeout: Duration| match listener.as_mut() {
             Some((listener, next)) => {
                 connect::swap_in(listener, next);
                 listener.accept_session(session_id, timeout)
@@ -199,30 +213,114 @@ impl DestBuilder {
                 Err(crate::transport::tcp::TcpError::NoAddress)
             }
         };
-        let recovery =
-            self.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
+        let recovery: Option<Recovery<'static>> =
+            self.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(reaccept), timeout });
         let opts = DestDriverOptions { control: Some(self.control.clone()), ..self.driver };
-        let mut watched = Watched { vm, resumed: false };
-        let result = run_dest_with_uffd(uffd, &mut watched, &pair, &opts, &mut |_| {}, recovery);
-        match result {
-            Ok(run) => {
-                *out = run;
-                Ok(Outcome::Completed)
-            }
-            // Never resumed here: the source still has the guest, and nothing here is needed.
-            Err(error) if !watched.resumed => Ok(Outcome::Cancelled { reason: error.to_string() }),
-            Err(error) => Err(error.into()),
-        }
+        let dest = DestLoop::start(uffd, vm, &pair, &opts, recovery)?;
+        Ok(Some((dest, pair)))
     }
 }
 
-/// The caller's VM, watched for the one call that tells whether the guest ever ran here.
-struct Watched<'a> {
-    vm: &'a mut dyn MigratableVm,
+/// A destination-side migration turned by the caller's own loop ([`DestBuilder::start`]).
+///
+/// Call [`Self::step`] whenever [`Self::poll_fd`] polls readable (a frame or a guest's fault
+/// came), and at least every [`Self::step_within`]; each step waits at most its `max_wait`.
+/// One step may block longer: while a lost connection is being replaced (up to the recover
+/// timeout, [`DestBuilder::recover_timeout`]), and the last one while the source closes the
+/// connections (up to 10 s). While a vCPU waits for a page it is this loop that brings it:
+/// step often.
+#[derive(Debug)]
+pub struct DestMigration<V: MigratableVm> {
+    stepper: Stepper<Receiving<V>>,
+}
+
+/// A migration between two turns: the VM and the loop.
+#[derive(Debug)]
+struct Receiving<V> {
+    vm: V,
+    dest: DestLoop<'static>,
+    /// The caller's handles on the connections, kept open while the loop uses its own.
+    _pair: StreamPair,
+    /// True once the guest was resumed here.
     resumed: bool,
 }
 
-impl MigratableVm for Watched<'_> {
+impl<V: MigratableVm> Receiving<V> {
+    /// The migration up to its first turn; else its end already.
+    fn open(builder: DestBuilder, vm: V, control: &Control) -> Result<Self, Box<DestEnd<V>>> {
+        let result = match builder.connect_and_start(&vm) {
+            Ok(Some((dest, pair))) => return Ok(Self { vm, dest, _pair: pair, resumed: false }),
+            Ok(None) => {
+                Ok(Outcome::Cancelled { reason: "cancelled before the source came".into() })
+            }
+            Err(error) => Err(error),
+        };
+        Err(Box::new(settle(vm, result, DestRun::default(), control)))
+    }
+}
+
+impl<V: MigratableVm> Turning for Receiving<V> {
+    type Done = DestRun;
+    type End = DestEnd<V>;
+
+    fn turn(&mut self, max_wait: Duration) -> Option<Result<DestRun, DriverError>> {
+        let mut watched = Watched { vm: &mut self.vm, resumed: self.resumed };
+        let turned = self.dest.turn(&mut watched, &mut |_| {}, max_wait);
+        self.resumed = watched.resumed;
+        turned.transpose()
+    }
+
+    fn finish(self, result: Result<DestRun, DriverError>, control: &Control) -> DestEnd<V> {
+        let Receiving { vm, dest, _pair, resumed } = self;
+        drop((dest, _pair));
+        let (result, run) = match result {
+            Ok(run) => (Ok(Outcome::Completed), run),
+            // Never resumed here: the source still has the guest, and nothing here is needed.
+            Err(error) if !resumed => {
+                (Ok(Outcome::Cancelled { reason: error.to_string() }), DestRun::default())
+            }
+            Err(error) => (Err(error.into()), DestRun::default()),
+        };
+        settle(vm, result, run, control)
+    }
+
+    fn phase(&self) -> WingPhase {
+        self.dest.phase()
+    }
+
+    fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.dest.ring_fd()
+    }
+
+    fn step_within(&self) -> Duration {
+        self.dest.tick()
+    }
+
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        self.dest.may_cancel()
+    }
+}
+
+super::stepping::step_calls!(DestMigration, DestEnd);
+
+/// Ends the destination side and publishes the end on `control`.
+fn settle<V>(
+    vm: V,
+    result: Result<Outcome, FacadeError>,
+    run: DestRun,
+    control: &Control,
+) -> DestEnd<V> {
+    Outcome::publish(&result, control);
+    DestEnd { vm, result, run }
+}
+
+/// The caller's VM, watched for the one call that tells whether the guest ever ran here.
+struct Watched<'a, V> {
+    vm: &'a mut V,
+    resumed: bool,
+}
+
+impl<V: MigratableVm> MigratableVm for Watched<'_, V> {
     fn regions(&self) -> Vec<crate::embed::HostRegion> {
         self.vm.regions()
     }

@@ -4,8 +4,11 @@
 //! [`SourceBuilder`] and on the destination host a [`DestBuilder`]. Each takes the VM, the
 //! configuration, the credential and where to connect (an address, a listener, or sockets the
 //! caller already connected), and either runs the migration on a thread the library starts
-//! ([`SourceBuilder::spawn`], [`DestBuilder::spawn`]) or on the caller's thread
-//! ([`SourceBuilder::run`], [`DestBuilder::run`]). The [`MigrationHandle`] gives the live
+//! ([`SourceBuilder::spawn`], [`DestBuilder::spawn`]), on the caller's thread
+//! ([`SourceBuilder::run`], [`DestBuilder::run`]), or on the caller's own event loop, one
+//! step at a time ([`SourceBuilder::start`], [`DestBuilder::start`], then
+//! [`SourceMigration::step`] whenever its poll descriptor is readable). The [`MigrationHandle`]
+//! gives the live
 //! status with every counter, a cancel, a recovery to a new address, and a stream of events;
 //! [`MigrationHandle::join`] gives the VM back with the outcome.
 //!
@@ -40,10 +43,22 @@
 mod dest;
 mod handle;
 mod source;
+mod stepping;
 
-pub use dest::{DestBuilder, DestEnd};
+pub use dest::{DestBuilder, DestEnd, DestMigration};
 pub use handle::{MigrationEvent, MigrationHandle};
-pub use source::{SourceBuilder, SourceEnd};
+pub use source::{SourceBuilder, SourceEnd, SourceMigration, WorkingSet};
+
+/// What one step of a migration the caller turns came to
+/// ([`SourceMigration::step`], [`DestMigration::step`]).
+#[derive(Debug)]
+pub enum Step<T> {
+    /// Not over yet: step again when the poll descriptor is readable, or within the interval
+    /// the migration names.
+    Pending,
+    /// Over on this side: the end, with the VM.
+    Finished(T),
+}
 
 use crate::driver::DriverError;
 use crate::transport::tcp::TcpError;
@@ -119,6 +134,9 @@ pub enum FacadeError {
         /// Which side.
         side: &'static str,
     },
+    /// A migration that already gave its end was stepped again.
+    #[error("the migration has ended and its end was already given")]
+    Finished,
     /// The thread the library started could not start, or it panicked.
     #[error("migration thread: {0}")]
     Thread(String),

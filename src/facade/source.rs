@@ -1,16 +1,22 @@
 //! The source side of the embedding API.
 
 use super::handle::MigrationHandle;
-use super::{FacadeError, Outcome};
-use crate::control::{connect, Control, Side};
+use super::stepping::{self, Stepper, Turning};
+use super::{FacadeError, Outcome, Step};
+use crate::control::{connect, CancelRefusal, Control, ControlError, MigrationStatus, Side};
 use crate::driver::recovery::Recovery;
+use crate::driver::{DriverError, WingPhase};
 use crate::embed::MigratableVm;
+use crate::ports::layout_of;
 use crate::secure::{Credential, SecureConfig};
 use crate::session::{wire_regions, Offer, SessionIntent};
-use crate::source::driver::{run_source_recovering, SourceDriverOptions};
+use crate::source::driver::{SourceDriverOptions, SourceLoop};
+use crate::source::workingset::{WorkingSetSampler, SAMPLE_WINDOW};
 use crate::source::{SourceConfig, SourceEngine, SourceStats};
 use crate::transport::tcp::{self, StreamPair, TcpOptions};
+use crate::wire::MigrationMode;
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +40,26 @@ pub struct SourceBuilder {
     tcp: TcpOptions,
     driver: SourceDriverOptions,
     recover_timeout: Option<Duration>,
+    working_set: WorkingSet,
     control: Arc<Control>,
+}
+
+/// Where hybrid's working set comes from ([`SourceBuilder::working_set`]); other modes have
+/// none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WorkingSet {
+    /// As the [`SourceConfig`] has it (empty unless the caller filled it in). The default.
+    #[default]
+    AsConfigured,
+    /// Sampled while the guest runs, for `for_ms` before the first connection: with the VMM's
+    /// access sampler ([`MigratableVm::sample_accessed`]) when it has one, else from dirty-log
+    /// windows (written pages only). At most a quarter of memory, most used first.
+    Sample {
+        /// How long to sample (ms); the caller's thread is busy for that long.
+        for_ms: u64,
+    },
+    /// These pages (global page indices), most important first.
+    Pages(Vec<u64>),
 }
 
 /// How the source side ended, with its VM.
@@ -63,6 +88,7 @@ impl SourceBuilder {
             tcp: TcpOptions::default(),
             driver,
             recover_timeout: Some(Duration::from_secs(60)),
+            working_set: WorkingSet::AsConfigured,
             control: Arc::new(Control::new(Side::Source)),
         }
     }
@@ -84,6 +110,14 @@ impl SourceBuilder {
     /// lost connection ends the migration). Default 60 s.
     pub fn recover_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.recover_timeout = timeout;
+        self
+    }
+
+    /// Where hybrid's working set comes from (default: the configuration's). With
+    /// [`WorkingSet::Sample`] the guest is sampled on the caller's thread before the first
+    /// connection, in [`Self::run`], [`Self::spawn`]'s thread or [`Self::start`].
+    pub fn working_set(mut self, working_set: WorkingSet) -> Self {
+        self.working_set = working_set;
         self
     }
 
@@ -142,27 +176,51 @@ impl SourceBuilder {
     }
 
     /// Runs the migration on the caller's thread, to its end.
-    pub fn run<V: MigratableVm>(self, mut vm: V) -> SourceEnd<V> {
+    pub fn run<V: MigratableVm>(self, vm: V) -> SourceEnd<V> {
         let control = self.control.clone();
-        let mut handed_over = false;
-        let mut stats = SourceStats::default();
-        let result = self.migrate(&mut vm, &mut stats, &mut handed_over);
-        let result = match result {
-            Ok(()) => Ok(Outcome::Completed),
-            // The guest never left: it runs on here, resumed if the switch-over paused it.
-            Err(error) if !handed_over => cancel(&mut vm, error),
-            Err(error) => Err(error),
-        };
-        Outcome::publish(&result, &control);
-        SourceEnd { vm, result, stats, handed_over }
+        match Running::open(self, vm, &control) {
+            Ok(running) => stepping::run_to_end(running, &control),
+            Err(end) => *end,
+        }
     }
 
-    fn migrate(
-        self,
+    /// Opens the migration for the caller's own loop, which then turns it with
+    /// [`SourceMigration::step`]. The first connection is dialled here, blocking for up to
+    /// 10 s while the destination is not listening yet (after the working set's sampling, if
+    /// asked for); a failure there is the first step's outcome (the guest runs on).
+    pub fn start<V: MigratableVm>(self, vm: V) -> SourceMigration<V> {
+        let control = self.control.clone();
+        let opened = Running::open(self, vm, &control);
+        SourceMigration { stepper: Stepper::new(control, opened) }
+    }
+
+    /// Fills in hybrid's working set as [`Self::working_set`] says.
+    fn estimate_working_set(&mut self, vm: &mut dyn MigratableVm) -> Result<(), FacadeError> {
+        let hybrid = matches!(self.cfg.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
+        match std::mem::take(&mut self.working_set) {
+            WorkingSet::AsConfigured => {}
+            WorkingSet::Pages(pages) => self.cfg.working_set = pages,
+            WorkingSet::Sample { for_ms } if hybrid => {
+                let total_pages = layout_of(&vm.regions())?.total_pages();
+                let mut sampler = WorkingSetSampler::new(total_pages, SAMPLE_WINDOW);
+                let control = Some(&*self.control);
+                let period = Duration::from_millis(for_ms);
+                if !sampler.sample_for(vm, period, || !connect::cancel_taken(control))? {
+                    return Err(FacadeError::Cancelled { before: "the migration started" });
+                }
+                self.cfg.working_set = sampler.estimate(total_pages / 4);
+            }
+            WorkingSet::Sample { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Connects, builds the engine from `vm` and starts it: everything before the first turn.
+    fn connect_and_start(
+        mut self,
         vm: &mut dyn MigratableVm,
-        stats: &mut SourceStats,
-        handed_over: &mut bool,
-    ) -> Result<(), FacadeError> {
+    ) -> Result<(SourceEngine, SourceLoop<'static>, StreamPair), FacadeError> {
+        self.estimate_working_set(vm)?;
         let control = Some(&*self.control);
         let offer = Offer::new(self.cfg.session_id, self.cfg.mode, wire_regions(&vm.regions()));
         let (pair, redial_to) = match self.target {
@@ -187,7 +245,7 @@ impl SourceBuilder {
         let resume = Offer { intent: SessionIntent::Resume, ticket: pair.ticket, ..offer };
         let tcp_options = self.tcp.clone();
         let ctl = self.control.clone();
-        let mut redial = |timeout: Duration| {
+        let redial = move |timeout: Duration| {
             let to = ctl.recover_target().or(redial_to);
             match to {
                 Some(addr) => tcp::redial(addr, &resume, &tcp_options, timeout),
@@ -198,17 +256,113 @@ impl SourceBuilder {
                 }
             }
         };
-        let recovery =
-            self.recover_timeout.map(|timeout| Recovery { reconnect: &mut redial, timeout });
+        let recovery: Option<Recovery<'static>> =
+            self.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(redial), timeout });
         let opts = SourceDriverOptions { control: Some(self.control.clone()), ..self.driver };
-        let result = run_source_recovering(&mut engine, vm, &pair, &opts, &mut |_| {}, recovery);
-        *handed_over = engine.handed_over();
-        *stats = match &result {
+        let source = SourceLoop::start(&mut engine, vm, &pair, &opts, recovery)?;
+        Ok((engine, source, pair))
+    }
+}
+
+/// A source-side migration turned by the caller's own loop ([`SourceBuilder::start`]).
+///
+/// Call [`Self::step`] whenever [`Self::poll_fd`] polls readable, and at least every
+/// [`Self::step_within`]; each step waits at most its `max_wait`. One step may block longer
+/// only while a lost connection is being replaced: up to the recover timeout
+/// ([`SourceBuilder::recover_timeout`]). The status and an operator's cancel go through the
+/// same [`Control`] as a [`MigrationHandle`]'s.
+#[derive(Debug)]
+pub struct SourceMigration<V: MigratableVm> {
+    stepper: Stepper<Running<V>>,
+}
+
+/// A migration between two turns: the VM, the engine and the loop.
+#[derive(Debug)]
+struct Running<V> {
+    vm: V,
+    engine: SourceEngine,
+    source: SourceLoop<'static>,
+    /// The caller's handles on the connections, kept open while the loop uses its own.
+    _pair: StreamPair,
+}
+
+impl<V: MigratableVm> Running<V> {
+    /// The migration up to its first turn; else its end already.
+    fn open(
+        builder: SourceBuilder,
+        mut vm: V,
+        control: &Control,
+    ) -> Result<Self, Box<SourceEnd<V>>> {
+        match builder.connect_and_start(&mut vm) {
+            Ok((engine, source, pair)) => Ok(Self { vm, engine, source, _pair: pair }),
+            Err(error) => {
+                Err(Box::new(settle(vm, Err(error), SourceStats::default(), false, control)))
+            }
+        }
+    }
+}
+
+impl<V: MigratableVm> Turning for Running<V> {
+    type Done = SourceStats;
+    type End = SourceEnd<V>;
+
+    fn turn(&mut self, max_wait: Duration) -> Option<Result<SourceStats, DriverError>> {
+        let Running { vm, engine, source, .. } = self;
+        source.turn(engine, vm, &mut |_| {}, max_wait).transpose()
+    }
+
+    fn finish(self, result: Result<SourceStats, DriverError>, control: &Control) -> SourceEnd<V> {
+        let Running { vm, engine, source, _pair } = self;
+        // The connections close before the guest resumes or the end is published.
+        drop((source, _pair));
+        let handed_over = engine.handed_over();
+        let stats = match &result {
             Ok(done) => done.clone(),
             Err(_) => engine.stats().clone(),
         };
-        result.map(|_| ()).map_err(FacadeError::from)
+        settle(vm, result.map(drop).map_err(FacadeError::from), stats, handed_over, control)
     }
+
+    fn phase(&self) -> WingPhase {
+        WingPhase::Source(self.engine.phase())
+    }
+
+    fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.source.ring_fd()
+    }
+
+    fn step_within(&self) -> Duration {
+        self.source.tick()
+    }
+
+    /// The source decides until the hand-over.
+    fn may_cancel(&self) -> Result<(), CancelRefusal> {
+        match self.engine.handed_over() {
+            true => Err(CancelRefusal::HandedOver),
+            false => Ok(()),
+        }
+    }
+}
+
+super::stepping::step_calls!(SourceMigration, SourceEnd);
+
+/// Ends the source side: a failure before the hand-over resumes the guest here, and the end
+/// is published on `control`.
+fn settle<V: MigratableVm>(
+    mut vm: V,
+    result: Result<(), FacadeError>,
+    stats: SourceStats,
+    handed_over: bool,
+    control: &Control,
+) -> SourceEnd<V> {
+    let result = match result {
+        Ok(()) => Ok(Outcome::Completed),
+        // The guest never left: it runs on here, resumed if the switch-over paused it.
+        Err(error) if !handed_over => cancel(&mut vm, error),
+        Err(error) => Err(error),
+    };
+    Outcome::publish(&result, control);
+    SourceEnd { vm, result, stats, handed_over }
 }
 
 /// A failure before the hand-over: the guest resumes here (a running guest is left as it is).

@@ -400,7 +400,7 @@ pub fn run_bench(
                             listen: None,
                             expected_digest: Some(reference.digest),
                             reference_timeline: Some(reference.timeline.clone()),
-                            progress: false,
+                            progress: super::phases::ProgressOutput::Off,
                             progress_timeout: Duration::from_secs(spec.timeout_s),
                             recover_timeout: Some(Duration::from_secs(60)),
                             liveness: Some(crate::transport::tcp::DEFAULT_LIVENESS),

@@ -10,13 +10,12 @@ use crate::control::{Control, MigrationStatus};
 use crate::dest::driver::{run_dest_recovering, DestDriverOptions};
 use crate::driver::inject::{Injection, Side, SidePlan};
 use crate::driver::recovery::Recovery;
-use crate::memory::PageBitmap;
 use crate::metrics::{mono_ns, ProgressTimeline};
 use crate::ports::MigratableVm;
 use crate::secure::SecureConfig;
 use crate::session::{wire_regions, AcceptorConfig, Offer, SessionIntent};
 use crate::source::driver::{run_source_recovering, SourceDriverOptions};
-use crate::source::workingset::WorkingSetTracker;
+use crate::source::workingset::{WorkingSetSampler, SAMPLE_WINDOW};
 use crate::source::{CompressionPolicy, LivePass, SourceConfig, SourceEngine};
 use crate::transport::tcp;
 use crate::vm::{Vm, VmConfig};
@@ -67,17 +66,16 @@ pub struct SourceHostOptions {
     pub security: Option<SecureConfig>,
 }
 
-/// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops. A parent
-/// (`hybridmig migrate`) draws its progress bar from it and treats a change in it as progress.
-fn progress_line(phase: &str, pages: u64, total: u64, ops: u64) {
-    eprintln!("PROGRESS {phase} {pages} {total} {ops}");
+/// A `PROGRESS` line on stderr: phase, pages sent or placed, pages in all, guest ops, bytes
+/// sent or received. A parent (`hybridmig migrate`) shows the phases from it and treats a
+/// change in it as progress.
+fn progress_line(phase: &str, pages: u64, total: u64, ops: u64, bytes: u64) {
+    eprintln!("PROGRESS {phase} {pages} {total} {ops} {bytes}");
 }
 
 /// Period of `PROGRESS` lines.
 const PROGRESS_LINE_NS: u64 = 100_000_000;
 
-/// Sampling window of the working-set tracker (page-table Accessed bits).
-const WS_WINDOW: Duration = Duration::from_millis(100);
 /// Progress sampling period.
 const SAMPLE: Duration = Duration::from_millis(10);
 
@@ -156,9 +154,8 @@ fn warm_up(
     report: &mut SourceReport,
 ) -> Result<SourceConfig, MigrationError> {
     let pages = vm.total_pages();
-    // Accessed bits see reads too, so one touch in the tracking period makes a page a
-    // candidate; pages are ranked by how many windows touched them.
-    let mut tracker = WorkingSetTracker::new(pages, 1);
+    // The library's estimator, on the built-in VMM's Accessed bits.
+    let mut sampler = WorkingSetSampler::new(pages, SAMPLE_WINDOW);
     let started = mono_ns();
     let migrate_at = started + opts.migrate_after_ms * 1_000_000;
     // Track the working set over the last 90% of the pre-migration run; the first 10% gives
@@ -169,8 +166,6 @@ fn warm_up(
         opts.mode,
         MigrationMode::Hybrid | MigrationMode::HybridPaper | MigrationMode::Auto
     );
-    let (mut tracking, mut last_window) = (false, 0u64);
-    let mut window = PageBitmap::new(pages);
     let mut last_progress = 0u64;
     while mono_ns() < migrate_at {
         if cancel_taken(opts.control.as_deref()) {
@@ -181,22 +176,17 @@ fn warm_up(
         report.timeline.record(now, vm.ops_done());
         if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
             last_progress = now;
-            progress_line("Before", 0, pages, vm.ops_done());
+            progress_line("Before", 0, pages, vm.ops_done(), 0);
         }
-        if tracks && !tracking && now >= track_from {
-            report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
-            (tracking, last_window) = (true, now);
-        } else if tracking && now - last_window >= WS_WINDOW.as_nanos() as u64 {
-            window.clear_all();
-            report.ws_sample_pause_ms += vm.harvest_accessed(&mut window)?.as_secs_f64() * 1e3;
-            tracker.record_window(&window);
-            last_window = now;
+        if tracks && now >= track_from {
+            sampler.poll(&mut KvmGuest::new(vm), now).map_err(crate::source::SourceError::from)?;
         }
     }
+    report.ws_sample_pause_ms = sampler.stopped().as_secs_f64() * 1e3;
     report.baseline_ops_per_sec = report.timeline.ops_between(started, track_from.min(migrate_at))
         * 1e9
         / (track_from.min(migrate_at) - started).max(1) as f64;
-    report.ws_windows = tracker.windows();
+    report.ws_windows = sampler.windows();
     report.write_hot_pages = vm.write_hot_pages().len() as u64;
 
     let mut cfg = SourceConfig::new(opts.mode, opts.session_id);
@@ -208,7 +198,7 @@ fn warm_up(
     cfg.true_hot_set = vm.hot_pages();
     if tracks {
         let structures = structure_pages(vm);
-        let estimate = tracker.estimate((pages / 4).saturating_sub(structures.len() as u64));
+        let estimate = sampler.estimate((pages / 4).saturating_sub(structures.len() as u64));
         cfg.working_set = structures.into_iter().chain(estimate).collect();
     }
     Ok(cfg)
@@ -244,30 +234,40 @@ fn migrate_guest(
     let ops_source = OpsReader::new(&guest);
     let progress_lines = opts.progress_lines;
     let mut last_progress = 0u64;
+    // A phase change is shown at once, however short the phase.
+    let mut last_phase = None;
     let driver_opts = SourceDriverOptions {
         progress_timeout: opts.progress_timeout,
         inject: injection.clone(),
         control: opts.control.clone(),
         ..Default::default()
     };
+    // The last progress line's figures, for the lines a recovery prints.
+    let shown = std::cell::Cell::new((0u64, 0u64, 0u64, 0u64));
     // Each slice dials the operator's address once `migrate-recover` gave one.
-    let mut redial =
-        |timeout| tcp::redial(dial_target(control, opts.connect), &resume, &tcp_options, timeout);
-    let recovery = opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut redial, timeout });
+    let mut redial = |timeout| {
+        if progress_lines {
+            let (pages, total, ops, bytes) = shown.get();
+            progress_line("Recovering", pages, total, ops, bytes);
+        }
+        tcp::redial(dial_target(control, opts.connect), &resume, &tcp_options, timeout)
+    };
+    let recovery =
+        opts.recover_timeout.map(|timeout| Recovery { reconnect: Box::new(&mut redial), timeout });
     let mut on_tick = |e: &SourceEngine| {
         let now = mono_ns();
         if e.stats().pause_ns == 0 {
             timeline.record(now, ops_source.ops());
         }
-        if progress_lines && now - last_progress > PROGRESS_LINE_NS {
+        let phase = Some(e.phase());
+        if progress_lines && (now - last_progress > PROGRESS_LINE_NS || phase != last_phase) {
             last_progress = now;
             let ops = ops_source.ops();
-            progress_line(
-                &format!("{:?}", e.phase()),
-                e.pages_sent(),
-                e.layout().total_pages(),
-                ops,
-            );
+            let (pages, total) = (e.pages_sent(), e.layout().total_pages());
+            let bytes = e.stats().bytes_bulk + e.stats().bytes_urgent;
+            shown.set((pages, total, ops, bytes));
+            progress_line(&format!("{:?}", e.phase()), pages, total, ops, bytes);
+            last_phase = phase;
         }
     };
     let result =
@@ -407,14 +407,17 @@ fn dest_host(
         ..Default::default()
     };
     let mut last_progress = 0u64;
+    // A phase change is shown at once, however short the phase.
+    let mut last_phase = None;
     let session_id = pair.session.session_id;
     // A listener `migrate-recover` bound replaces this one between two slices.
     let mut reaccept = |timeout| {
         controlled::swap_in(&mut listener, &next);
         listener.accept_session(session_id, timeout)
     };
-    let recovery =
-        opts.recover_timeout.map(|timeout| Recovery { reconnect: &mut reaccept, timeout });
+    let recovery = opts
+        .recover_timeout
+        .map(|timeout| Recovery { reconnect: Box::new(&mut reaccept), timeout });
     let mut on_tick = |e: &crate::dest::DestEngine| {
         let running =
             matches!(e.phase(), crate::dest::DestPhase::Running | crate::dest::DestPhase::Complete);
@@ -423,11 +426,14 @@ fn dest_host(
         if counters_here {
             timeline.record(now, ops_source.ops());
         }
-        if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
+        let phase = Some(e.phase());
+        if opts.progress_lines && (now - last_progress > PROGRESS_LINE_NS || phase != last_phase) {
             last_progress = now;
             let ops = if counters_here { ops_source.ops() } else { 0 };
-            let phase = format!("{:?}", e.phase());
-            progress_line(&phase, e.stats().pages_placed, e.layout().total_pages(), ops);
+            let (pages, total) = (e.stats().pages_placed, e.layout().total_pages());
+            let bytes = e.stats().bytes_bulk + e.stats().bytes_urgent;
+            progress_line(&format!("{:?}", e.phase()), pages, total, ops, bytes);
+            last_phase = phase;
         }
     };
     let result = run_dest_recovering(&mut guest, &pair, &driver_opts, &mut on_tick, recovery);
@@ -446,13 +452,14 @@ fn dest_host(
         control.finish(MigrationStatus::Completed, None);
     }
     let total = vm.total_pages();
+    let received = report.run.stats.bytes_bulk + report.run.stats.bytes_urgent;
     let mut finishing = FinishingVm(&mut vm);
     let digest =
         wait_guest_finished(&mut finishing, opts.progress_timeout, SAMPLE, &mut |now, ops| {
             timeline.record(now, ops);
             if opts.progress_lines && now - last_progress > PROGRESS_LINE_NS {
                 last_progress = now;
-                progress_line("Finishing", total, total, ops);
+                progress_line("Finishing", total, total, ops, received);
             }
         })?;
     report.guest_digest = Some(digest);

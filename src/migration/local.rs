@@ -13,6 +13,7 @@
 //! guest ops), and the run is given up only when neither line changed for the progress
 //! timeout (plus a margin, so a child's own typed error about what stalled comes first).
 
+use super::phases::{HostProgress, PhaseDisplay, ProgressOutput};
 use super::report::{hex, DestReport, MigrationReport, Outcome, SourceReport};
 use super::{MigrationError, EXIT_CANCELLED};
 use crate::driver::inject::{InjectPlan, Side};
@@ -23,7 +24,7 @@ use crate::wire::MigrationMode;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long the destination may take to exit once the source has cancelled.
@@ -60,8 +61,8 @@ pub struct LocalMigration {
     /// With `expected_digest`: the reference run's timeline, to score `degradation_pct`
     /// against (`None`: the report has no `degradation_pct`, only its warm-up fallback).
     pub reference_timeline: Option<ProgressTimeline>,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where each phase's progress is shown (stderr only).
+    pub progress: ProgressOutput,
     /// Both hosts fail after this long without progress, and the run is given up when
     /// neither host showed progress for this long (there is no limit on total time).
     pub progress_timeout: Duration,
@@ -141,6 +142,14 @@ pub fn unmigrated_digest(cfg: &VmConfig) -> Result<u64, MigrationError> {
     Ok(super::run_reference(cfg)?.digest)
 }
 
+/// [`unmigrated_digest`], telling `on_ops` the ops done as the run goes.
+pub fn unmigrated_digest_with(
+    cfg: &VmConfig,
+    on_ops: &mut dyn FnMut(u64),
+) -> Result<u64, MigrationError> {
+    Ok(super::reference::run_reference_with(cfg, on_ops)?.digest)
+}
+
 /// Runs the whole local migration and returns the merged report.
 pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationError> {
     if m.cfg.workload.ops.is_none() {
@@ -152,10 +161,29 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
         m.src_netns.as_deref(),
         m.dst_netns.as_deref(),
     )?;
+    let ops_total = m.cfg.workload.ops.unwrap_or(0);
+    let display = PhaseDisplay::new(m.progress, ops_total, m.migrate_after_ms);
+    let display = Arc::new(Mutex::new(display));
+    let result = migrate_shown(m, listen, &display);
+    lock(&display).finish();
+    result
+}
+
+/// [`migrate_local`] past its checks, showing its progress on `display`.
+fn migrate_shown(
+    m: &LocalMigration,
+    listen: std::net::SocketAddr,
+    display: &Shared,
+) -> Result<MigrationReport, MigrationError> {
+    if m.expected_digest.is_none() {
+        lock(display).reference(crate::metrics::mono_ns(), 0);
+    }
     let (expected, reference) = match m.expected_digest {
         Some(d) => (d, m.reference_timeline.clone()),
         None => {
-            let run = super::run_reference(&m.cfg)?;
+            let run = super::reference::run_reference_with(&m.cfg, &mut |ops| {
+                lock(display).reference(crate::metrics::mono_ns(), ops);
+            })?;
             (run.digest, Some(run.timeline))
         }
     };
@@ -211,8 +239,8 @@ pub fn migrate_local(m: &LocalMigration) -> Result<MigrationReport, MigrationErr
     src_args.extend(inject_args(m.inject.as_ref(), Side::Source));
     let mut source = Guard(spawn(m.src_netns.as_deref(), &src_args)?);
     let watch = ProgressSeen::new(m.progress_timeout + PARENT_PROGRESS_MARGIN);
-    let src_err = forward_stderr(source.0.stderr.take(), m.progress, "source", watch.clone());
-    let dst_err = forward_stderr(dest.0.stderr.take(), false, "destination", watch.clone());
+    let src_err = forward_stderr(source.0.stderr.take(), display, "source", watch.clone());
+    let dst_err = forward_stderr(dest.0.stderr.take(), display, "destination", watch.clone());
     let src_out = source_stdout(&mut source.0)?;
     let src_exit = wait_host(&mut source, "source", &watch, src_out, src_err)?;
     let src: SourceReport = parse_report(&src_exit, "source")?;
@@ -366,30 +394,29 @@ fn read_all<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Strin
     })
 }
 
-/// Forwards a child's stderr; `PROGRESS` lines count as progress when they change, and drive
-/// a progress bar when `bar` is set.
+/// The progress display, shared by the reference run and both hosts' stderr forwarders.
+type Shared = Arc<Mutex<PhaseDisplay>>;
+
+/// A poisoned lock only means a forwarder panicked mid-line; the display is still whole.
+fn lock(display: &Shared) -> MutexGuard<'_, PhaseDisplay> {
+    display.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forwards a child's stderr; `PROGRESS` lines count as progress when they change, and go to
+/// the phase display.
 fn forward_stderr(
     err: Option<std::process::ChildStderr>,
-    bar: bool,
+    display: &Shared,
     host: &'static str,
     watch: ProgressSeen,
 ) -> std::thread::JoinHandle<String> {
+    let display = display.clone();
     std::thread::spawn(move || {
         let Some(err) = err else { return String::new() };
-        let progress = bar.then(|| {
-            let pb = indicatif::ProgressBar::new(1);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {msg:>12} [{bar:40}] {pos}/{len} pages {elapsed}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            pb
-        });
         let (mut tail, mut last_progress) = (String::new(), String::new());
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             let Some(rest) = line.strip_prefix("PROGRESS ") else {
-                eprintln!("[{host}] {line}");
+                lock(&display).passthrough(&format!("[{host}] {line}"));
                 tail.push_str(&line);
                 tail.push('\n');
                 continue;
@@ -398,15 +425,10 @@ fn forward_stderr(
                 watch.progressed();
                 last_progress = rest.to_string();
             }
-            let parts: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(pb), [phase, sent, total, ..]) = (&progress, &parts[..]) {
-                pb.set_length(total.parse().unwrap_or(1));
-                pb.set_position(sent.parse().unwrap_or(0));
-                pb.set_message(phase.to_string());
+            if let Some(progress) = HostProgress::parse(rest) {
+                let now = crate::metrics::mono_ns();
+                lock(&display).host(host == "source", now, &progress);
             }
-        }
-        if let Some(pb) = progress {
-            pb.finish_and_clear();
         }
         tail
     })

@@ -8,6 +8,7 @@ pub mod delayline;
 pub mod host;
 pub mod local;
 pub mod netns;
+pub mod phases;
 pub mod progress;
 pub mod reference;
 pub mod report;

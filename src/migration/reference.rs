@@ -28,6 +28,14 @@ pub struct ReferenceRun {
 /// never what they do, so the digest is the paced guest's too; a paced guest's score holds it
 /// to its pace instead (see [`crate::metrics::OpSpanScore::paced_floor_ms`]).
 pub fn run_reference(cfg: &VmConfig) -> Result<ReferenceRun, MigrationError> {
+    run_reference_with(cfg, &mut |_| {})
+}
+
+/// [`run_reference`], telling `on_ops` the ops done as the run goes (for a progress display).
+pub fn run_reference_with(
+    cfg: &VmConfig,
+    on_ops: &mut dyn FnMut(u64),
+) -> Result<ReferenceRun, MigrationError> {
     let mut unpaced = cfg.clone();
     unpaced.workload.pace_ops_per_sec = None;
     let mut vm = Vm::new(&unpaced)?;
@@ -37,7 +45,8 @@ pub fn run_reference(cfg: &VmConfig) -> Result<ReferenceRun, MigrationError> {
     let mut guest = Reference(&mut vm);
     let digest =
         wait_guest_finished(&mut guest, DEFAULT_PROGRESS_TIMEOUT, SAMPLE, &mut |t, ops| {
-            samples.record(t, ops, false)
+            samples.record(t, ops, false);
+            on_ops(ops);
         })
         .map_err(|error| match error {
             MigrationError::GuestNoProgress { .. } => MigrationError::ReferenceUnfinished,

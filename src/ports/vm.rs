@@ -174,6 +174,14 @@ pub trait MigratableVm {
         let _ = thread_id;
         None
     }
+    /// ORs into `out` the pages the guest touched, read or written, since the last call
+    /// (global page indices of [`layout_of`]), and returns how long the guest was stopped for
+    /// it; `None` when the VMM cannot tell. Optional: hybrid's working set then comes from
+    /// dirty-log windows, which see writes only ([`crate::source::workingset`]).
+    fn sample_accessed(&mut self, out: &mut PageBitmap) -> Result<Option<Duration>, EmbedError> {
+        let _ = out;
+        Ok(None)
+    }
 }
 
 /// Forwards every call, so a caller can hand over `&mut vm` or a boxed VM and keep its own.
@@ -217,6 +225,12 @@ macro_rules! forward_migratable_vm {
             }
             fn vcpu_of_thread(&self, thread_id: u32) -> Option<u32> {
                 (**self).vcpu_of_thread(thread_id)
+            }
+            fn sample_accessed(
+                &mut self,
+                out: &mut PageBitmap,
+            ) -> Result<Option<Duration>, EmbedError> {
+                (**self).sample_accessed(out)
             }
         }
     )*};

@@ -164,6 +164,16 @@ impl std::fmt::Debug for Ring {
     }
 }
 
+/// The ring's descriptor polls readable while completions wait to be reaped, which lets a
+/// caller with a poll loop of its own know when to turn the event loop again.
+impl std::os::fd::AsFd for Ring {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor belongs to `self.uring`, which outlives the borrow.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.uring.as_raw_fd()) }
+    }
+}
+
 impl Ring {
     /// A ring with `entries` SQ slots and room for `2 * entries` operations in flight.
     ///

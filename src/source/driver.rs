@@ -10,7 +10,7 @@ use super::engine::SourceEngine;
 use crate::control::{CancelRefusal, Control, Counters, View};
 use crate::driver::event_loop::{self, LoopIo, LoopOptions, Next, Turn, Wing};
 use crate::driver::inject::Injection;
-use crate::driver::recovery::{run_recovering, Recovery, Resumable};
+use crate::driver::recovery::{Recovering, Recovery, Resumable};
 use crate::driver::schedule::{self, SourceSide};
 use crate::driver::{DriverError, WingPhase};
 use crate::metrics::mono_ns;
@@ -77,35 +77,87 @@ pub fn run_source_recovering(
     on_tick: &mut dyn FnMut(&SourceEngine),
     recovery: Option<Recovery<'_>>,
 ) -> Result<SourceStats, DriverError> {
-    let mut io = LoopIo::new(
-        pair,
-        crate::session::Role::Initiator,
-        opts.bulk_in_flight,
-        opts.bulk_buf_bytes,
-    )?;
-    engine.start(vm)?;
-    let loop_opts = LoopOptions {
-        tick: opts.tick,
-        progress_timeout: opts.progress_timeout,
-        prioritize_thread: opts.prioritize_thread,
-        name: "source",
-        inject: opts.inject.clone(),
-        control: opts.control.clone(),
-    };
-    let mut wing = SourceWing {
-        engine,
-        vm,
-        on_tick,
-        bulk_buf_bytes: opts.bulk_buf_bytes,
-        control: opts.control.clone(),
-        push_cap: None,
-    };
-    let count = run_recovering(&mut wing, &mut io, &loop_opts, recovery)?;
-    let mut stats = wing.engine.stats().clone();
-    stats.recovery_ms = count.recovery_ms;
-    stats.bytes_bulk = io.streams.bytes_sent[0];
-    stats.bytes_urgent = io.streams.bytes_sent[1];
-    Ok(stats)
+    let mut source = SourceLoop::start(engine, vm, pair, opts, recovery)?;
+    loop {
+        if let Some(stats) = source.turn(engine, vm, on_tick, opts.tick)? {
+            return Ok(stats);
+        }
+    }
+}
+
+/// The source's event loop between two turns, for a caller that turns it from a loop of its
+/// own ([`SourceLoop::turn`]); the engine and the VM stay the caller's, lent to each turn.
+#[derive(Debug)]
+pub struct SourceLoop<'r> {
+    io: LoopIo,
+    recovering: Recovering<'r>,
+    loop_opts: LoopOptions,
+    bulk_buf_bytes: usize,
+    /// The operator's push cap in force: (since when, bulk bytes sent then, the cap).
+    push_cap: Option<(u64, u64, u64)>,
+}
+
+impl<'r> SourceLoop<'r> {
+    /// Puts `pair`'s streams on a ring and starts `engine` on `vm` (the first dirty-log pass).
+    pub fn start(
+        engine: &mut SourceEngine,
+        vm: &mut dyn MigratableVm,
+        pair: &StreamPair,
+        opts: &SourceDriverOptions,
+        recovery: Option<Recovery<'r>>,
+    ) -> Result<Self, DriverError> {
+        let role = crate::session::Role::Initiator;
+        let mut io = LoopIo::new(pair, role, opts.bulk_in_flight, opts.bulk_buf_bytes)?;
+        engine.start(vm)?;
+        let loop_opts = LoopOptions {
+            tick: opts.tick,
+            progress_timeout: opts.progress_timeout,
+            prioritize_thread: opts.prioritize_thread,
+            name: "source",
+            inject: opts.inject.clone(),
+            control: opts.control.clone(),
+        };
+        let recovering = Recovering::new(&mut io, &loop_opts, recovery);
+        Ok(Self { io, recovering, loop_opts, bulk_buf_bytes: opts.bulk_buf_bytes, push_cap: None })
+    }
+
+    /// One turn of the loop, waiting at most `max_wait` (and at most the tick); the final
+    /// counters once the migration is over on this side. A lost connection is replaced inside
+    /// the turn (see [`Recovering::turn`]).
+    pub fn turn(
+        &mut self,
+        engine: &mut SourceEngine,
+        vm: &mut dyn MigratableVm,
+        on_tick: &mut dyn FnMut(&SourceEngine),
+        max_wait: Duration,
+    ) -> Result<Option<SourceStats>, DriverError> {
+        let mut wing = SourceWing {
+            engine,
+            vm,
+            on_tick,
+            bulk_buf_bytes: self.bulk_buf_bytes,
+            control: self.loop_opts.control.as_deref(),
+            push_cap: &mut self.push_cap,
+        };
+        let turned = self.recovering.turn(&mut wing, &mut self.io, &self.loop_opts, max_wait)?;
+        let Some(count) = turned else { return Ok(None) };
+        let mut stats = wing.engine.stats().clone();
+        stats.recovery_ms = count.recovery_ms;
+        stats.bytes_bulk = self.io.streams.bytes_sent[0];
+        stats.bytes_urgent = self.io.streams.bytes_sent[1];
+        Ok(Some(stats))
+    }
+
+    /// The ring's descriptor: it polls readable when a completion waits for the next turn.
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.io.ring)
+    }
+
+    /// The loop's tick: the longest a caller should go between two turns, even with nothing
+    /// to read, for the dirty-log passes and the progress deadline.
+    pub fn tick(&self) -> Duration {
+        self.loop_opts.tick
+    }
 }
 
 /// The source engine's steps in the shared loop.
@@ -114,9 +166,9 @@ struct SourceWing<'a> {
     vm: &'a mut dyn MigratableVm,
     on_tick: &'a mut dyn FnMut(&SourceEngine),
     bulk_buf_bytes: usize,
-    control: Option<Arc<Control>>,
-    /// The operator's push cap in force: (since when, bulk bytes sent then, the cap).
-    push_cap: Option<(u64, u64, u64)>,
+    control: Option<&'a Control>,
+    /// The operator's push cap in force (kept by [`SourceLoop`] between turns).
+    push_cap: &'a mut Option<(u64, u64, u64)>,
 }
 
 impl SourceWing<'_> {
@@ -124,15 +176,15 @@ impl SourceWing<'_> {
     /// than the operator's cap (`migrate-set-parameters`) allows; fault answers on urgent are
     /// never held. One atomic load a turn when no cap is set.
     fn over_push_cap(&mut self, io: &LoopIo) -> bool {
-        let cap = self.control.as_deref().map_or(0, Control::push_cap);
+        let cap = self.control.map_or(0, Control::push_cap);
         if cap == 0 || self.engine.phase() != crate::source::Phase::Push {
-            self.push_cap = None;
+            *self.push_cap = None;
             return false;
         }
         let (now, sent) = (mono_ns(), io.streams.bytes_sent[0]);
         let (from_ns, from_bytes, from_cap) = *self.push_cap.get_or_insert((now, sent, cap));
         if from_cap != cap {
-            self.push_cap = Some((now, sent, cap));
+            *self.push_cap = Some((now, sent, cap));
             return false;
         }
         let allowed = u128::from(cap) * u128::from(now.saturating_sub(from_ns)) / 1_000_000_000;

@@ -3,7 +3,7 @@
 //!
 //! [`engine::SourceEngine`] is the sans-IO state machine, told what to do by [`config`] and
 //! steered by the adaptive rules in [`policy`]; [`driver`] runs it on io_uring over the two
-//! TCP streams. [`workingset`] estimates the hot pages from dirty-log samples and
+//! TCP streams. [`workingset`] estimates the hot pages from access or dirty-log samples and
 //! [`push`] orders the background push.
 
 pub mod auto;

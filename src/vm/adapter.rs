@@ -87,6 +87,11 @@ impl MigratableVm for KvmGuest<'_> {
             .map_err(vm_err("untouched_pages"))
     }
 
+    /// The page tables' Accessed bits (data pages only; the guest is stopped briefly).
+    fn sample_accessed(&mut self, out: &mut PageBitmap) -> Result<Option<Duration>, EmbedError> {
+        self.vm.harvest_accessed(out).map(Some).map_err(vm_err("sample_accessed"))
+    }
+
     fn pause(&mut self) -> Result<Duration, EmbedError> {
         self.vm.pause().map_err(vm_err("pause"))
     }
