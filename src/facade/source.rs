@@ -14,7 +14,6 @@ use crate::source::driver::{SourceDriverOptions, SourceLoop};
 use crate::source::workingset::{WorkingSetSampler, SAMPLE_WINDOW};
 use crate::source::{SourceConfig, SourceEngine, SourceStats};
 use crate::transport::tcp::{self, StreamPair, TcpOptions};
-use crate::wire::MigrationMode;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -196,7 +195,7 @@ impl SourceBuilder {
 
     /// Fills in hybrid's working set as [`Self::working_set`] says.
     fn estimate_working_set(&mut self, vm: &mut dyn MigratableVm) -> Result<(), FacadeError> {
-        let hybrid = matches!(self.cfg.mode, MigrationMode::Hybrid | MigrationMode::HybridPaper);
+        let hybrid = self.cfg.mode.uses_working_set();
         match std::mem::take(&mut self.working_set) {
             WorkingSet::AsConfigured => {}
             WorkingSet::Pages(pages) => self.cfg.working_set = pages,

@@ -162,10 +162,7 @@ fn warm_up(
     // the guest's undisturbed rate (each sample stops the guest briefly and re-faults the
     // pages it touches).
     let track_from = started + opts.migrate_after_ms * 100_000;
-    let tracks = matches!(
-        opts.mode,
-        MigrationMode::Hybrid | MigrationMode::HybridPaper | MigrationMode::Auto
-    );
+    let tracks = opts.mode.uses_working_set();
     let mut last_progress = 0u64;
     while mono_ns() < migrate_at {
         if cancel_taken(opts.control.as_deref()) {

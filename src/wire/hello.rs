@@ -101,6 +101,12 @@ impl MigrationMode {
         }
     }
 
+    /// Whether the source needs hybrid's working set before it starts (hybrid, the paper's
+    /// hybrid, and auto, which runs hybrid's structure).
+    pub fn uses_working_set(self) -> bool {
+        matches!(self, Self::Hybrid | Self::HybridPaper | Self::Auto)
+    }
+
     fn from_u8(got: u8) -> Result<Self, WireError> {
         match got {
             1 => Ok(Self::Precopy),
@@ -417,5 +423,21 @@ impl<'a> HelloAck<'a> {
         let auth_token = read_auth(&mut c, limits, "hello_ack.auth")?;
         c.finish(FrameType::HelloAck)?;
         Ok(Self { version, session_id, stream, verdict, auth_token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MigrationMode;
+
+    #[test]
+    fn auto_samples_the_working_set_as_hybrid_does() {
+        let sampled: Vec<_> =
+            MigrationMode::ALL.into_iter().filter(|m| m.uses_working_set()).collect();
+        let hybrids = [MigrationMode::Hybrid, MigrationMode::HybridPaper, MigrationMode::Auto];
+        assert_eq!(sampled, hybrids);
+        for mode in MigrationMode::ALL {
+            assert_eq!(mode.name().parse::<MigrationMode>(), Ok(mode));
+        }
     }
 }
