@@ -109,7 +109,7 @@ struct DelayLineArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Modes, comma-separated (precopy, postcopy, hybrid, hybrid-paper).
+    /// Modes, comma-separated (precopy, postcopy, hybrid, hybrid-paper, auto).
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// Workloads, comma-separated.
